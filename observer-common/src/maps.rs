@@ -1,0 +1,235 @@
+//! Keys and values of the maps shared by the eBPF programs and the agent.
+//!
+//! All are `#[repr(C)]` with explicit padding and only integer or byte-array fields (no `bool`,
+//! no enums), so every bit pattern is a valid value on both sides. The maps themselves are
+//! declared in `observer-ebpf/src/maps.rs`; their names are in [`crate::names`].
+
+use crate::addr::IpKey;
+
+/// Roles of an address, as bits of the `IP_ROLES` and `CIDR_ROLES` values.
+pub mod role {
+    /// A pod on this node (destination role).
+    pub const LOCAL_POD: u32 = 1 << 0;
+    /// An address of this node (destination role).
+    pub const NODE: u32 = 1 << 1;
+    /// Inside the cluster: any node's address, any pod's address, a cluster CIDR (source role).
+    pub const CLUSTER: u32 = 1 << 2;
+    /// A source allowed to reach pod IPs directly, e.g. a load balancer subnet (source role).
+    pub const ALLOWED: u32 = 1 << 3;
+    /// A Service ClusterIP / external IP, or the Service CIDR (destination role).
+    pub const SERVICE: u32 = 1 << 4;
+}
+
+/// A flow's 5-tuple as the packet's sender sent it. Ports in host order.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct FlowKey {
+    pub src: IpKey,
+    pub dst: IpKey,
+    pub sport: u16,
+    pub dport: u16,
+    pub proto: u8,
+    pub _pad: [u8; 3],
+}
+
+impl FlowKey {
+    #[inline(always)]
+    pub const fn new(src: IpKey, dst: IpKey, sport: u16, dport: u16, proto: u8) -> Self {
+        FlowKey {
+            src,
+            dst,
+            sport,
+            dport,
+            proto,
+            _pad: [0; 3],
+        }
+    }
+
+    /// The same flow seen from the other end.
+    #[inline(always)]
+    pub const fn reversed(&self) -> Self {
+        FlowKey::new(self.dst, self.src, self.dport, self.sport, self.proto)
+    }
+}
+
+/// `FlowStats::origin` and `FlowEvent::origin`: how the flow began as far as the observer saw.
+pub mod origin {
+    /// The observer saw the flow open (TCP SYN, SCTP INIT, ICMP echo request).
+    pub const START: u8 = 1;
+    /// The first packet seen was mid-stream (TCP without SYN): the origin is unknown.
+    pub const MID_STREAM: u8 = 2;
+    /// A protocol without a handshake (UDP, other ICMP, other protocols).
+    pub const DATAGRAM: u8 = 3;
+}
+
+/// Value of `FLOWS`: one flagged flow, keyed by its [`FlowKey`] at the uplink.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowStats {
+    /// Packets and bytes seen at the uplink (atomic adds).
+    pub packets: u64,
+    pub bytes: u64,
+    /// `bpf_ktime_get_boot_ns()` of the first and the last packet at the uplink.
+    pub first_seen_ns: u64,
+    pub last_seen_ns: u64,
+    /// The uplink the flow entered on.
+    pub ifindex: u32,
+    /// The pod veth it was delivered through (0 until delivered).
+    pub pod_ifindex: u32,
+    /// OR of the TCP flags seen at the uplink. A plain read-modify-write: a flag can be lost
+    /// only if two CPUs update one flow at once, which RSS makes rare.
+    pub tcp_flags: u8,
+    /// 1 once a packet of the flow went out of a pod veth towards the pod. Each state is its
+    /// own byte, so the pod-side programs set it with one store and never race.
+    pub delivered: u8,
+    /// 1 once the pod answered (SYN-ACK, data, UDP reply, echo reply).
+    pub answered: u8,
+    /// 1 once the pod refused (TCP RST, ICMP unreachable).
+    pub refused: u8,
+    /// The [`crate::verdict::Verdict`] and [`crate::verdict::Reason`] of the first packet.
+    pub verdict: u8,
+    pub reason: u8,
+    /// One of [`origin`].
+    pub origin: u8,
+    pub _pad: u8,
+}
+
+/// Value of `POD_FLOWS`: a flow a local pod opened, keyed by its [`FlowKey`] as the pod sent it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PodFlow {
+    pub first_seen_ns: u64,
+    /// The pod veth it left through.
+    pub ifindex: u32,
+    pub _pad: u32,
+}
+
+/// Value of `VERDICT_STATS` (per CPU), indexed by [`stats_index`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct VerdictStats {
+    pub packets: u64,
+    pub bytes: u64,
+    /// Packets that open a flow (TCP SYN, SCTP INIT, ICMP echo request).
+    pub flow_starts: u64,
+}
+
+/// Protocol classes of `VERDICT_STATS`.
+pub mod proto_class {
+    pub const TCP: u32 = 0;
+    pub const UDP: u32 = 1;
+    pub const ICMP: u32 = 2;
+    pub const SCTP: u32 = 3;
+    pub const OTHER: u32 = 4;
+    pub const COUNT: u32 = 5;
+    pub const NAMES: [&str; COUNT as usize] = ["tcp", "udp", "icmp", "sctp", "other"];
+}
+
+/// The protocol class of an IP protocol number.
+#[inline(always)]
+pub const fn proto_class_of(proto: u8) -> u32 {
+    match proto {
+        6 => proto_class::TCP,
+        17 => proto_class::UDP,
+        1 | 58 => proto_class::ICMP,
+        132 => proto_class::SCTP,
+        _ => proto_class::OTHER,
+    }
+}
+
+/// Index into `VERDICT_STATS` of a verdict and protocol class.
+#[inline(always)]
+pub const fn stats_index(verdict: u8, class: u32) -> u32 {
+    verdict as u32 * proto_class::COUNT + class
+}
+
+/// Entries of `VERDICT_STATS`.
+pub const STATS_ENTRIES: u32 = crate::verdict::VERDICT_COUNT as u32 * proto_class::COUNT;
+
+/// Indices of `HEALTH` (per-CPU `u64` counters).
+pub mod health {
+    /// A new flagged flow's event could not be reserved in the ring buffer.
+    pub const EVENTS_LOST: u32 = 0;
+    /// A flagged flow could not be inserted into `FLOWS`.
+    pub const FLOW_INSERT_FAILED: u32 = 1;
+    /// A pod-opened flow could not be inserted into `POD_FLOWS`.
+    pub const POD_FLOW_INSERT_FAILED: u32 = 2;
+    /// A `VERDICT_STATS` slot was missing (cannot happen with a consistent object).
+    pub const STATS_MISSING: u32 = 3;
+    /// Packets seen going to pods, and coming from pods.
+    pub const TO_POD_PACKETS: u32 = 4;
+    pub const FROM_POD_PACKETS: u32 = 5;
+    /// Flagged flows marked delivered / answered or refused by the pod side.
+    pub const DELIVERED_MARKS: u32 = 6;
+    pub const ANSWER_MARKS: u32 = 7;
+    /// Pod-opened flows recorded.
+    pub const POD_FLOWS_OPENED: u32 = 8;
+    pub const COUNT: u32 = 9;
+    pub const NAMES: [&str; COUNT as usize] = [
+        "events_lost",
+        "flow_insert_failed",
+        "pod_flow_insert_failed",
+        "stats_missing",
+        "to_pod_packets",
+        "from_pod_packets",
+        "delivered_marks",
+        "answer_marks",
+        "pod_flows_opened",
+    ];
+}
+
+/// Ring-buffer record: a new flagged flow appeared at an uplink.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowEvent {
+    pub key: FlowKey,
+    /// `bpf_ktime_get_boot_ns()` of the first packet.
+    pub ts_ns: u64,
+    pub ifindex: u32,
+    /// Length of the first packet.
+    pub bytes: u32,
+    pub verdict: u8,
+    pub reason: u8,
+    pub origin: u8,
+    pub tcp_flags: u8,
+    pub _pad: [u8; 4],
+}
+
+/// Value of `TRACE` (per CPU, one entry): the last uplink decision on that CPU (tests only).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TraceRecord {
+    /// Incremented on every traced packet.
+    pub seq: u64,
+    pub verdict: u8,
+    pub reason: u8,
+    pub _pad: [u8; 6],
+}
+
+const _: () = {
+    assert!(core::mem::size_of::<FlowKey>() == 40);
+    assert!(core::mem::size_of::<FlowStats>() == 48);
+    assert!(core::mem::size_of::<PodFlow>() == 16);
+    assert!(core::mem::size_of::<VerdictStats>() == 24);
+    assert!(core::mem::size_of::<FlowEvent>() == 64);
+    assert!(core::mem::size_of::<TraceRecord>() == 16);
+};
+
+#[cfg(feature = "user")]
+mod pod_impls {
+    use super::*;
+    // SAFETY: each type is `#[repr(C)]`, `Copy`, and made only of integers and byte arrays with
+    // its padding spelled out as fields (the size asserts above prove there is no implicit
+    // padding), so every bit pattern is a valid value and reading it from the kernel is sound.
+    unsafe impl aya::Pod for FlowKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for FlowStats {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for PodFlow {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for VerdictStats {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for FlowEvent {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for TraceRecord {}
+}

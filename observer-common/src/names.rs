@@ -1,0 +1,36 @@
+//! Names of maps, programs and load-time globals, shared by the eBPF object and the agent.
+
+/// TC ingress of an uplink (eth*, ens*...): judges every packet before netfilter DNAT.
+pub const PROG_UPLINK: &str = "observer_uplink";
+/// TC egress of a pod's host-side veth: traffic delivered to the pod.
+pub const PROG_TO_POD: &str = "observer_to_pod";
+/// TC ingress of a pod's host-side veth: traffic the pod sends.
+pub const PROG_FROM_POD: &str = "observer_from_pod";
+/// All programs, for loading and listing.
+pub const PROGRAMS: [&str; 3] = [PROG_UPLINK, PROG_TO_POD, PROG_FROM_POD];
+
+/// Exact addresses and their roles ([`crate::maps::IpRole`]).
+pub const MAP_IP_ROLES: &str = "IP_ROLES";
+/// CIDRs and their roles (LPM trie), consulted when the exact map misses.
+pub const MAP_CIDR_ROLES: &str = "CIDR_ROLES";
+/// Flows opened by local pods (LRU), so their replies are judged "reply".
+pub const MAP_POD_FLOWS: &str = "POD_FLOWS";
+/// Flagged flows (direct to pod) with their counters and state (LRU).
+pub const MAP_FLOWS: &str = "FLOWS";
+/// Per-CPU packet/byte/flow-start counters per verdict and protocol class.
+pub const MAP_VERDICT_STATS: &str = "VERDICT_STATS";
+/// Per-CPU health counters ([`crate::maps::Health`]).
+pub const MAP_HEALTH: &str = "HEALTH";
+/// Ring buffer of [`crate::maps::FlowEvent`], one per new flagged flow.
+pub const MAP_EVENTS: &str = "EVENTS";
+/// Per-CPU record of the last uplink decision, written only when [`GLOBAL_TRACE`] is set (tests).
+pub const MAP_TRACE: &str = "TRACE";
+
+/// Lowest NodePort (u16, load-time global).
+pub const GLOBAL_NODEPORT_MIN: &str = "NODEPORT_MIN";
+/// Highest NodePort (u16, load-time global).
+pub const GLOBAL_NODEPORT_MAX: &str = "NODEPORT_MAX";
+/// Bit mask of verdicts whose flows go into [`MAP_FLOWS`] (u32, load-time global).
+pub const GLOBAL_TRACK_MASK: &str = "TRACK_MASK";
+/// Non-zero: write each uplink decision into [`MAP_TRACE`] (u8, load-time global; tests only).
+pub const GLOBAL_TRACE: &str = "TRACE_ENABLED";

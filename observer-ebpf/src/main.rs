@@ -1,0 +1,44 @@
+//! The observer's TC programs. They only read and count: every program returns
+//! `TC_ACT_UNSPEC` (TCX_NEXT), so the next program (Calico, aws-network-policy-agent) and the
+//! stack see the packet unchanged. Internal failures are counted in `HEALTH`, never acted on.
+#![no_std]
+#![no_main]
+#![feature(asm_experimental_arch)]
+
+mod maps;
+mod pod;
+mod skb;
+mod uplink;
+
+use aya_ebpf::{bindings::TC_ACT_UNSPEC, macros::classifier, programs::TcContext};
+
+/// TC ingress of an uplink: judges each packet before netfilter/kube-proxy DNAT.
+#[classifier]
+pub fn observer_uplink(ctx: TcContext) -> i32 {
+    uplink::observe(&ctx);
+    TC_ACT_UNSPEC
+}
+
+/// TC egress of a pod's host-side veth: marks flagged flows delivered.
+#[classifier]
+pub fn observer_to_pod(ctx: TcContext) -> i32 {
+    pod::to_pod(&ctx);
+    TC_ACT_UNSPEC
+}
+
+/// TC ingress of a pod's host-side veth: the pod's answers and the flows it opens.
+#[classifier]
+pub fn observer_from_pod(ctx: TcContext) -> i32 {
+    pod::from_pod(&ctx);
+    TC_ACT_UNSPEC
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

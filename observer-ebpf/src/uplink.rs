@@ -1,0 +1,153 @@
+//! Uplink ingress: one verdict per packet, counted; flagged flows go into `FLOWS`, and a new
+//! one also into `EVENTS`.
+
+use aya_ebpf::{bindings::BPF_NOEXIST, helpers::bpf_ktime_get_boot_ns, programs::TcContext};
+use observer_common::{
+    maps::{FlowEvent, FlowStats, health, proto_class, proto_class_of, stats_index},
+    packet::{Packet, Status, parse},
+    verdict::{Decision, Settings, decide, origin_of},
+};
+
+use crate::{
+    maps::{
+        EVENTS, FLOWS, Maps, TRACE, VERDICT_STATS, health, nodeport_range, trace_enabled,
+        track_mask,
+    },
+    skb::{Skb, ifindex},
+};
+
+#[inline(always)]
+pub fn observe(ctx: &TcContext) {
+    let mut p = Packet::EMPTY;
+    let status = parse(&Skb(ctx), &mut p);
+    let (nodeport_min, nodeport_max) = nodeport_range();
+    let settings = Settings {
+        nodeport_min,
+        nodeport_max,
+    };
+    let d = decide(status, &p, &settings, &Maps);
+    let len = ctx.len();
+    if status == Status::Ip {
+        count(&d, proto_class_of(p.proto), len, p.flow_start);
+        if track_mask() & d.verdict.bit() != 0 {
+            track(ctx, &p, &d, len);
+        }
+    } else {
+        count(&d, proto_class::OTHER, len, false);
+    }
+    if trace_enabled() {
+        trace(&d);
+    }
+}
+
+#[inline(always)]
+fn count(d: &Decision, class: u32, len: u32, flow_start: bool) {
+    match VERDICT_STATS.get_ptr_mut(stats_index(d.verdict as u8, class)) {
+        Some(s) => {
+            // SAFETY: a per-CPU slot, so no other program writes it concurrently.
+            unsafe {
+                (*s).packets += 1;
+                (*s).bytes += u64::from(len);
+                (*s).flow_starts += u64::from(flow_start);
+            }
+        }
+        None => health(health::STATS_MISSING),
+    }
+}
+
+#[inline(always)]
+fn trace(d: &Decision) {
+    if let Some(t) = TRACE.get_ptr_mut(0) {
+        // SAFETY: a per-CPU slot.
+        unsafe {
+            (*t).seq += 1;
+            (*t).verdict = d.verdict as u8;
+            (*t).reason = d.reason as u8;
+        }
+    }
+}
+
+/// `*p += v` as one BPF atomic add (XADD), so no CPU's packet is lost.
+///
+/// # Safety
+/// `p` must point to an aligned u64 inside a map value.
+#[inline(always)]
+unsafe fn atomic_add(p: *mut u64, v: u64) {
+    // SAFETY: the caller's pointer is valid; the instruction only adds to it.
+    unsafe {
+        core::arch::asm!(
+            "lock *(u64 *)({p} + 0) += {v}",
+            p = in(reg) p,
+            v = in(reg) v,
+            options(nostack),
+        );
+    }
+}
+
+/// Updates a flow's counters from another packet.
+#[inline(always)]
+fn update(s: *mut FlowStats, len: u32, now: u64, tcp_flags: u8) {
+    // SAFETY: `s` points into a map value.
+    unsafe {
+        atomic_add(&raw mut (*s).packets, 1);
+        atomic_add(&raw mut (*s).bytes, u64::from(len));
+        if (*s).tcp_flags & tcp_flags != tcp_flags {
+            (*s).tcp_flags |= tcp_flags;
+        }
+        (*s).last_seen_ns = now;
+    }
+}
+
+#[inline(always)]
+fn track(ctx: &TcContext, p: &Packet, d: &Decision, len: u32) {
+    let key = p.key();
+    // SAFETY: a helper without preconditions.
+    let now = unsafe { bpf_ktime_get_boot_ns() };
+    if let Some(s) = FLOWS.get_ptr_mut(&key) {
+        update(s, len, now, p.tcp_flags);
+        return;
+    }
+    let ifindex = ifindex(ctx);
+    let origin = origin_of(p);
+    let stats = FlowStats {
+        packets: 1,
+        bytes: u64::from(len),
+        first_seen_ns: now,
+        last_seen_ns: now,
+        ifindex,
+        pod_ifindex: 0,
+        tcp_flags: p.tcp_flags,
+        delivered: 0,
+        answered: 0,
+        refused: 0,
+        verdict: d.verdict as u8,
+        reason: d.reason as u8,
+        origin,
+        _pad: 0,
+    };
+    if FLOWS.insert(&key, &stats, u64::from(BPF_NOEXIST)).is_err() {
+        // Another CPU inserted it first, or the insert failed.
+        match FLOWS.get_ptr_mut(&key) {
+            Some(s) => update(s, len, now, p.tcp_flags),
+            None => health(health::FLOW_INSERT_FAILED),
+        }
+        return;
+    }
+    match EVENTS.reserve::<FlowEvent>(0) {
+        Some(mut e) => {
+            e.write(FlowEvent {
+                key,
+                ts_ns: now,
+                ifindex,
+                bytes: len,
+                verdict: d.verdict as u8,
+                reason: d.reason as u8,
+                origin,
+                tcp_flags: p.tcp_flags,
+                _pad: [0; 4],
+            });
+            e.submit(0);
+        }
+        None => health(health::EVENTS_LOST),
+    }
+}

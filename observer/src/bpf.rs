@@ -1,0 +1,80 @@
+//! The embedded eBPF object and how it is loaded.
+
+use aya::{
+    Ebpf, EbpfLoader,
+    programs::{ProgramError, SchedClassifier},
+};
+use observer_common::{
+    names::{
+        GLOBAL_NODEPORT_MAX, GLOBAL_NODEPORT_MIN, GLOBAL_TRACE, GLOBAL_TRACK_MASK, PROGRAMS,
+    },
+    verdict::Verdict,
+};
+
+/// The eBPF object built by `build.rs` from `observer-ebpf`.
+pub static OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/observer-ebpf"));
+
+/// Load-time settings of the programs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LoadOptions {
+    pub nodeport_min: u16,
+    pub nodeport_max: u16,
+    /// Verdicts whose flows are kept in `FLOWS` (bits of [`Verdict::bit`]).
+    pub track_mask: u32,
+    /// Record each uplink decision in `TRACE` (tests only; costs a map write per packet).
+    pub trace: bool,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        LoadOptions {
+            nodeport_min: 30000,
+            nodeport_max: 32767,
+            track_mask: Verdict::DirectToPod.bit(),
+            trace: false,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BpfError {
+    #[error("loading the eBPF object failed (needs Linux >= 5.15 and CAP_BPF, CAP_NET_ADMIN, CAP_PERFMON): {0}")]
+    Load(#[from] aya::EbpfError),
+    #[error("the eBPF object has no program {0:?}")]
+    MissingProgram(&'static str),
+    #[error("program {name}: {source}")]
+    Program {
+        name: &'static str,
+        #[source]
+        source: ProgramError,
+    },
+}
+
+/// Loads the object with `opts` and loads (verifies) every program into the kernel.
+pub fn load(opts: &LoadOptions) -> Result<Ebpf, BpfError> {
+    let trace = u8::from(opts.trace);
+    let mut ebpf = EbpfLoader::new()
+        .override_global(GLOBAL_NODEPORT_MIN, &opts.nodeport_min, true)
+        .override_global(GLOBAL_NODEPORT_MAX, &opts.nodeport_max, true)
+        .override_global(GLOBAL_TRACK_MASK, &opts.track_mask, true)
+        .override_global(GLOBAL_TRACE, &trace, true)
+        .load(OBJECT)?;
+    for name in PROGRAMS {
+        classifier(&mut ebpf, name)?
+            .load()
+            .map_err(|source| BpfError::Program { name, source })?;
+    }
+    Ok(ebpf)
+}
+
+/// One of the object's classifiers.
+pub fn classifier<'a>(
+    ebpf: &'a mut Ebpf,
+    name: &'static str,
+) -> Result<&'a mut SchedClassifier, BpfError> {
+    ebpf.program_mut(name)
+        .ok_or(BpfError::MissingProgram(name))?
+        .try_into()
+        .map_err(|source| BpfError::Program { name, source })
+}
