@@ -1,6 +1,6 @@
-use std::prelude::rust_2024::*;
 //! A small builder of Ethernet frames: VLAN tags, IPv4 with options, IPv6 with extension
 //! headers, fragments, TCP/UDP/SCTP/ICMP/ICMPv6 and ICMP errors quoting another packet.
+
 
 use std::{net::IpAddr, vec::Vec};
 

@@ -1,7 +1,8 @@
-use std::prelude::rust_2024::*;
 //! The rows of `SCENARIOS.md` as crafted frames with the verdict each must get, on a node of
 //! each layout of the seed article: VPC CNI (pods in the node subnet) and Calico (a routed pod
 //! CIDR). Addresses come from the article's `ip a` / `ip r` output.
+
+use std::string::ToString;
 
 use std::{net::IpAddr, vec, vec::Vec};
 

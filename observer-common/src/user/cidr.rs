@@ -1,4 +1,4 @@
-use std::prelude::rust_2024::*;
+use std::string::{String, ToString};
 use std::{
     fmt,
     net::{IpAddr, Ipv4Addr, Ipv6Addr},

@@ -1,4 +1,4 @@
-use std::prelude::rust_2024::*;
+use std::vec::Vec;
 use std::{
     collections::{BTreeMap, BTreeSet},
     net::IpAddr,

@@ -1,0 +1,248 @@
+//! The kernel's verdict equals the host function's, frame by frame, through BPF_PROG_TEST_RUN:
+//! the SCENARIOS corpus with its variants (VLAN, IPv4 options, IPv6 extension headers,
+//! fragments) and 100,000+ random and mutated frames. Every program returns TC_ACT_UNSPEC.
+//!
+//! Needs root and a kernel that runs eBPF; without them it fails, it never skips.
+
+use std::collections::BTreeMap;
+
+use aya::{
+    Ebpf,
+    programs::{TestRun, TestRunOptions},
+};
+use observer::{
+    bpf::{self, LoadOptions, classifier},
+    kmaps,
+};
+use observer_common::{
+    names::PROG_UPLINK,
+    packet::{ETH_HLEN, TCP_ACK, TCP_FIN, TCP_PSH, TCP_RST, TCP_SYN, parse_frame},
+    testing::{
+        frames::{Frame, L4},
+        scenarios::{Case, Layout, SETTINGS, full_corpus},
+    },
+    verdict::{Decision, Reason, Verdict, decide},
+};
+
+/// TC_ACT_UNSPEC (-1) as BPF_PROG_TEST_RUN reports it.
+const UNSPEC: u32 = u32::MAX;
+
+/// Pins the test thread to the CPU it is on, so the per-CPU TRACE slot is known.
+fn pin_cpu() -> usize {
+    // SAFETY: plain libc calls on this thread with a properly sized cpu_set_t.
+    unsafe {
+        let cpu = libc::sched_getcpu();
+        assert!(cpu >= 0, "sched_getcpu failed");
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu as usize, &mut set);
+        let rc = libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+        assert_eq!(rc, 0, "sched_setaffinity failed");
+        cpu as usize
+    }
+}
+
+fn load(layout: &Layout) -> Ebpf {
+    let mut ebpf = bpf::load(&LoadOptions {
+        trace: true,
+        ..LoadOptions::default()
+    })
+    .expect("loading the eBPF object (this test needs root and a kernel that runs eBPF)");
+    kmaps::write_inventory(&mut ebpf, &layout.inventory).expect("filling the maps");
+    ebpf
+}
+
+/// Whether BPF_PROG_TEST_RUN refuses the frame: shorter than Ethernet, or an untagged IPv4/IPv6
+/// frame shorter than its fixed IP header (the kernel checks that before running the program).
+/// The host tests cover those frames.
+fn refused_by_test_run(frame: &[u8]) -> bool {
+    match frame.get(12..14) {
+        None => true,
+        Some([0x08, 0x00]) => frame.len() < ETH_HLEN + 20,
+        Some([0x86, 0xdd]) => frame.len() < ETH_HLEN + 40,
+        Some(_) => false,
+    }
+}
+
+/// Runs a frame through the uplink program; returns its return code and decision.
+fn run_uplink(ebpf: &mut Ebpf, cpu: usize, frame: &[u8]) -> (u32, Decision) {
+    let before = kmaps::trace(ebpf, cpu).expect("trace").seq;
+    let prog = classifier(ebpf, PROG_UPLINK).expect("uplink program");
+    let mut opts = TestRunOptions::default();
+    opts.data_in = Some(frame);
+    let r = prog
+        .test_run(opts)
+        .unwrap_or_else(|e| panic!("test_run of a {}-byte frame {frame:02x?}: {e:?}", frame.len()));
+    let t = kmaps::trace(ebpf, cpu).expect("trace");
+    assert_eq!(t.seq, before + 1, "the program did not trace this run");
+    let d = Decision {
+        verdict: Verdict::from_u8(t.verdict).expect("verdict byte"),
+        reason: Reason::from_u8(t.reason).expect("reason byte"),
+    };
+    (r.return_value, d)
+}
+
+fn host(layout: &Layout, frame: &[u8]) -> Decision {
+    let (status, p) = parse_frame(frame);
+    decide(status, &p, &SETTINGS, &layout.inventory)
+}
+
+/// A small deterministic PRNG (xorshift64*), so a failure reproduces.
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+    fn pick<'a, T>(&mut self, v: &'a [T]) -> &'a T {
+        &v[self.below(v.len())]
+    }
+}
+
+/// A random frame built from the layout's addresses and random ones, so that every verdict
+/// comes up, not only "malformed".
+fn structured(rng: &mut Rng, addrs4: &[String], addrs6: &[String]) -> Vec<u8> {
+    let v6 = rng.below(4) == 0;
+    let pool = if v6 { addrs6 } else { addrs4 };
+    let addr = |rng: &mut Rng| -> String {
+        if rng.below(3) == 0 {
+            if v6 {
+                format!("2001:db8::{:x}", rng.next() as u16)
+            } else {
+                let x = rng.next();
+                format!("{}.{}.{}.{}", x as u8, (x >> 8) as u8, (x >> 16) as u8, (x >> 24) as u8)
+            }
+        } else {
+            rng.pick(pool).clone()
+        }
+    };
+    let (src, dst) = (addr(rng), addr(rng));
+    let port = |rng: &mut Rng| -> u16 {
+        *rng.pick(&[22, 53, 80, 81, 443, 5353, 10250, 30000, 30080, 32767, 32768, 40000, 40001, 40002, 40003, 51000])
+            .min(&u16::MAX)
+            ^ if rng.below(4) == 0 { rng.next() as u16 } else { 0 }
+    };
+    let flags = *rng.pick(&[TCP_SYN, TCP_SYN | TCP_ACK, TCP_ACK, TCP_ACK | TCP_PSH, TCP_RST, TCP_FIN | TCP_ACK, 0]);
+    let l4 = match rng.below(7) {
+        0 | 1 => L4::Tcp { sport: port(rng), dport: port(rng), flags },
+        2 => L4::Udp { sport: port(rng), dport: port(rng) },
+        3 => L4::Sctp { sport: port(rng), dport: port(rng), chunk: rng.below(3) as u8 },
+        4 => L4::Echo { request: rng.below(2) == 0, id: *rng.pick(&[77, 9, 10, 12]) },
+        5 => {
+            let inner = Frame::new(&dst, &addr(rng), L4::Udp { sport: port(rng), dport: port(rng) });
+            L4::IcmpError { ty: if v6 { 1 } else { 3 }, code: 3, quoted: inner.ip_packet() }
+        }
+        _ => L4::Raw { proto: *rng.pick(&[47, 50, 89, 253]) },
+    };
+    let mut f = Frame::new(&src, &dst, l4);
+    if rng.below(5) == 0 {
+        f = f.vlan(rng.below(4095) as u16);
+    }
+    if !v6 && rng.below(5) == 0 {
+        f = f.ipv4_options(rng.below(11) as u8);
+    }
+    if v6 && rng.below(4) == 0 {
+        let ext: Vec<u8> = (0..rng.below(8)).map(|_| *rng.pick(&[0u8, 43, 60, 51, 44])).collect();
+        f = f.ipv6_ext(&ext);
+    }
+    if rng.below(10) == 0 {
+        f = f.fragment(rng.below(3) as u16 * 100, rng.below(2) == 0);
+    }
+    f.payload(rng.below(64)).build()
+}
+
+/// A corpus frame with a few bytes changed, or cut short.
+fn mutated(rng: &mut Rng, corpus: &[Case]) -> Vec<u8> {
+    let mut b = rng.pick(corpus).bytes.clone();
+    for _ in 0..1 + rng.below(3) {
+        let i = rng.below(b.len());
+        b[i] = rng.next() as u8;
+    }
+    if rng.below(3) == 0 {
+        let n = ETH_HLEN + rng.below(b.len() - ETH_HLEN + 1);
+        b.truncate(n);
+    }
+    b
+}
+
+fn random_bytes(rng: &mut Rng) -> Vec<u8> {
+    let n = ETH_HLEN + rng.below(200);
+    let mut b: Vec<u8> = (0..n).map(|_| rng.next() as u8).collect();
+    // Most random ethertypes are "not IP": make IP and VLAN likely, to stress the parser.
+    let t = *rng.pick(&[[0x08u8, 0x00], [0x86, 0xdd], [0x81, 0x00], [0x88, 0xa8], [b[12], b[13]]]);
+    b[12..14].copy_from_slice(&t);
+    b
+}
+
+#[test]
+fn kernel_and_host_agree_on_every_frame() {
+    let cpu = pin_cpu();
+    let mut seen: BTreeMap<Verdict, u64> = BTreeMap::new();
+    let mut total = 0u64;
+    let mut corpus_total = 0u64;
+    let mut disagreements = Vec::new();
+    for (layout, cases) in full_corpus() {
+        let mut ebpf = load(&layout);
+        // The SCENARIOS corpus: the host must give the row's verdict, the kernel the host's.
+        for c in &cases {
+            let h = host(&layout, &c.bytes);
+            assert_eq!(h.verdict, c.expect, "{} row {}: {}", layout.name, c.row, c.what);
+            if refused_by_test_run(&c.bytes) {
+                continue;
+            }
+            let (rc, k) = run_uplink(&mut ebpf, cpu, &c.bytes);
+            assert_eq!(rc, UNSPEC, "return code for {}", c.what);
+            if k != h {
+                disagreements.push(format!("{} row {} {}: kernel {k:?} host {h:?}", layout.name, c.row, c.what));
+            }
+            corpus_total += 1;
+        }
+        // Random, structured and mutated frames.
+        let addrs: Vec<String> = layout
+            .inventory
+            .ip_entries()
+            .iter()
+            .map(|(k, _)| observer_common::addr::ip_of(k).to_string())
+            .chain(["10.0.6.245", "10.0.14.50", "172.20.0.10", "10.96.0.10", "172.16.72.69", "198.51.100.7", "10.0.0.2"].map(String::from))
+            .collect();
+        let (addrs6, addrs4): (Vec<String>, Vec<String>) = addrs.into_iter().partition(|a| a.contains(':'));
+        let mut rng = Rng(0x0b5e_7e11 ^ layout.name.len() as u64);
+        let mut run = 0u64;
+        for i in 0..60_000 {
+            let frame = match i % 4 {
+                0 | 1 => structured(&mut rng, &addrs4, &addrs6),
+                2 => mutated(&mut rng, &cases),
+                _ => random_bytes(&mut rng),
+            };
+            let h = host(&layout, &frame);
+            if refused_by_test_run(&frame) {
+                continue;
+            }
+            let (rc, k) = run_uplink(&mut ebpf, cpu, &frame);
+            assert_eq!(rc, UNSPEC);
+            if k != h && disagreements.len() < 20 {
+                disagreements.push(format!("{}: kernel {k:?} host {h:?} frame {frame:02x?}", layout.name));
+            }
+            *seen.entry(k.verdict).or_default() += 1;
+            total += 1;
+            run += 1;
+        }
+        // Counters: every run was counted once.
+        let counts = kmaps::verdict_counts(&ebpf).expect("verdict counters");
+        let counted: u64 = Verdict::ALL.iter().map(|v| counts.packets(*v)).sum();
+        let corpus_run = cases.iter().filter(|c| !refused_by_test_run(&c.bytes)).count() as u64;
+        assert_eq!(counted, run + corpus_run, "every run counted once");
+        let health = kmaps::health_counts(&ebpf).expect("health");
+        assert_eq!(health[observer_common::maps::health::STATS_MISSING as usize], 0);
+    }
+    println!("corpus frames: {corpus_total}, random/mutated frames: {total}, verdicts: {seen:?}");
+    assert!(disagreements.is_empty(), "{} disagreements:\n{}", disagreements.len(), disagreements.join("\n"));
+    assert!(total >= 100_000);
+    for v in Verdict::ALL {
+        assert!(seen.get(&v).copied().unwrap_or(0) > 0, "random frames never produced {v:?}");
+    }
+}
