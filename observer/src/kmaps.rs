@@ -4,13 +4,19 @@ use std::collections::BTreeMap;
 
 use aya::{
     Ebpf, Pod,
-    maps::{HashMap, MapData, MapError, PerCpuArray, lpm_trie::{Key, LpmTrie}},
+    maps::{
+        HashMap, MapData, MapError, PerCpuArray, RingBuf,
+        lpm_trie::{Key, LpmTrie},
+    },
 };
 use observer_common::{
     addr::IpKey,
-    maps::{FlowKey, FlowStats, PodFlow, STATS_ENTRIES, TraceRecord, VerdictStats, health, proto_class},
+    maps::{
+        FlowEvent, FlowKey, FlowStats, PodFlow, STATS_ENTRIES, TraceRecord, VerdictStats,
+        health, proto_class,
+    },
     names::{
-        MAP_CIDR_ROLES, MAP_FLOWS, MAP_HEALTH, MAP_IP_ROLES, MAP_POD_FLOWS, MAP_TRACE,
+        MAP_CIDR_ROLES, MAP_EVENTS, MAP_FLOWS, MAP_HEALTH, MAP_IP_ROLES, MAP_POD_FLOWS, MAP_TRACE,
         MAP_VERDICT_STATS,
     },
     user::Inventory,
@@ -178,4 +184,29 @@ pub fn trace(ebpf: &Ebpf, cpu: usize) -> Result<TraceRecord, KmapError> {
     let map: PerCpuArray<&MapData, TraceRecord> = map_ref(ebpf, MAP_TRACE)?;
     let values = map.get(&0, 0).map_err(err(MAP_TRACE))?;
     Ok(values.iter().nth(cpu).copied().unwrap_or_default())
+}
+
+/// Takes every event waiting in `EVENTS` without blocking. Records of an unexpected size are
+/// counted in the second value and skipped.
+pub fn drain_events(ebpf: &mut Ebpf) -> Result<(Vec<FlowEvent>, u64), KmapError> {
+    let mut ring: RingBuf<&mut MapData> = map_mut(ebpf, MAP_EVENTS)?;
+    let mut events = Vec::new();
+    let mut bad = 0;
+    while let Some(item) = ring.next() {
+        match parse_event(&item) {
+            Some(e) => events.push(e),
+            None => bad += 1,
+        }
+    }
+    Ok((events, bad))
+}
+
+/// A [`FlowEvent`] from ring-buffer bytes, if they have its size.
+pub fn parse_event(bytes: &[u8]) -> Option<FlowEvent> {
+    if bytes.len() != std::mem::size_of::<FlowEvent>() {
+        return None;
+    }
+    // SAFETY: the length matches, FlowEvent is Pod (any bit pattern is valid), and the read is
+    // unaligned-safe.
+    Some(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<FlowEvent>()) })
 }

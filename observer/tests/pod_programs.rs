@@ -1,0 +1,165 @@
+//! The pod-veth programs and the uplink together, through BPF_PROG_TEST_RUN: pod-opened flows
+//! make replies "reply", flagged flows are delivered / answered / refused, and each new
+//! flagged flow yields exactly one event.
+
+use aya::{
+    Ebpf,
+    programs::{TestRun, TestRunOptions},
+};
+use observer::{
+    bpf::{self, LoadOptions, classifier},
+    kmaps,
+};
+use observer_common::{
+    addr::key_of,
+    maps::{FlowKey, FlowStats, health, origin},
+    names::{PROG_FROM_POD, PROG_TO_POD, PROG_UPLINK},
+    packet::{TCP_ACK, TCP_PSH, TCP_RST, TCP_SYN},
+    testing::{
+        frames::{Frame, L4},
+        scenarios::vpc::{INTERNET, OUTSIDE, POD_A, VPC_DNS},
+    },
+    user::Inventory,
+    verdict::{Reason, Verdict},
+};
+
+const UNSPEC: u32 = u32::MAX;
+
+fn run(ebpf: &mut Ebpf, prog: &'static str, frame: &Frame) {
+    let bytes = frame.build();
+    let p = classifier(ebpf, prog).expect("program");
+    let mut opts = TestRunOptions::default();
+    opts.data_in = Some(&bytes);
+    let r = p.test_run(opts).expect("test_run");
+    assert_eq!(r.return_value, UNSPEC, "{prog} must return TC_ACT_UNSPEC");
+}
+
+fn key(src: &str, dst: &str, sport: u16, dport: u16, proto: u8) -> FlowKey {
+    FlowKey::new(key_of(src.parse().unwrap()), key_of(dst.parse().unwrap()), sport, dport, proto)
+}
+
+fn flow(ebpf: &Ebpf, k: &FlowKey) -> Option<FlowStats> {
+    kmaps::flows(ebpf).unwrap().into_iter().find(|(fk, _)| fk == k).map(|(_, s)| s)
+}
+
+fn setup() -> Ebpf {
+    let mut ebpf = bpf::load(&LoadOptions::default())
+        .expect("loading the eBPF object (this test needs root and a kernel that runs eBPF)");
+    // A node with one pod and no pod-opened flows yet.
+    let mut inv = Inventory::new();
+    inv.add_ip(POD_A.parse().unwrap(), observer_common::maps::role::LOCAL_POD | observer_common::maps::role::CLUSTER);
+    kmaps::write_inventory(&mut ebpf, &inv).unwrap();
+    ebpf
+}
+
+fn verdict_packets(ebpf: &Ebpf, v: Verdict) -> u64 {
+    kmaps::verdict_counts(ebpf).unwrap().packets(v)
+}
+
+#[test]
+fn pod_opened_flows_make_replies_replies() {
+    let mut ebpf = setup();
+    let synack = Frame::tcp(INTERNET, POD_A, 443, 40000, TCP_SYN | TCP_ACK);
+    // Before the pod opened anything, a SYN-ACK to it is a direct access seen mid-stream.
+    run(&mut ebpf, PROG_UPLINK, &synack);
+    assert_eq!(verdict_packets(&ebpf, Verdict::DirectToPod), 1);
+    // The pod opens TCP, UDP (DNS) and ICMP flows.
+    run(&mut ebpf, PROG_FROM_POD, &Frame::tcp(POD_A, INTERNET, 40000, 443, TCP_SYN));
+    run(&mut ebpf, PROG_FROM_POD, &Frame::udp(POD_A, VPC_DNS, 40001, 53));
+    run(&mut ebpf, PROG_FROM_POD, &Frame::echo(POD_A, INTERNET, true, 77));
+    // A second DNS packet of the same flow is not recorded twice.
+    run(&mut ebpf, PROG_FROM_POD, &Frame::udp(POD_A, VPC_DNS, 40001, 53));
+    let opened: Vec<FlowKey> = kmaps::pod_flows(&ebpf).unwrap().into_iter().map(|(k, _)| k).collect();
+    assert_eq!(opened.len(), 3, "{opened:?}");
+    assert!(opened.contains(&key(POD_A, INTERNET, 40000, 443, 6)));
+    assert!(opened.contains(&key(POD_A, VPC_DNS, 40001, 53, 17)));
+    assert!(opened.contains(&key(POD_A, INTERNET, 77, 0, 1)));
+    // Their replies are replies.
+    run(&mut ebpf, PROG_UPLINK, &synack);
+    run(&mut ebpf, PROG_UPLINK, &Frame::tcp(INTERNET, POD_A, 443, 40000, TCP_ACK | TCP_PSH));
+    run(&mut ebpf, PROG_UPLINK, &Frame::udp(VPC_DNS, POD_A, 53, 40001));
+    run(&mut ebpf, PROG_UPLINK, &Frame::echo(INTERNET, POD_A, false, 77));
+    let quoted = Frame::tcp(POD_A, INTERNET, 40000, 443, TCP_ACK).ip_packet();
+    run(&mut ebpf, PROG_UPLINK, &Frame::new(INTERNET, POD_A, L4::IcmpError { ty: 3, code: 4, quoted }));
+    assert_eq!(verdict_packets(&ebpf, Verdict::Reply), 5);
+    assert_eq!(verdict_packets(&ebpf, Verdict::DirectToPod), 1);
+    let h = kmaps::health_counts(&ebpf).unwrap();
+    assert_eq!(h[health::POD_FLOWS_OPENED as usize], 3);
+    assert_eq!(h[health::FROM_POD_PACKETS as usize], 4);
+}
+
+#[test]
+fn flagged_flows_are_delivered_answered_or_refused_with_one_event_each() {
+    let mut ebpf = setup();
+    // Row 1/15: SYN to an open port (answered) and to a closed one (refused).
+    let open = Frame::tcp(OUTSIDE, POD_A, 51000, 80, TCP_SYN);
+    let closed = Frame::tcp(OUTSIDE, POD_A, 51020, 81, TCP_SYN);
+    // Row 11: UDP answered; row 10: ping answered; UDP to a closed port: ICMP unreachable.
+    let udp = Frame::udp(OUTSIDE, POD_A, 51013, 5353);
+    let ping = Frame::echo(OUTSIDE, POD_A, true, 10);
+    let udp_closed = Frame::udp(OUTSIDE, POD_A, 51014, 9);
+    // Row 17: mid-stream, never answered.
+    let mid = Frame::tcp(OUTSIDE, POD_A, 51021, 80, TCP_ACK | TCP_PSH);
+    for f in [&open, &closed, &udp, &ping, &udp_closed, &mid] {
+        run(&mut ebpf, PROG_UPLINK, f);
+        run(&mut ebpf, PROG_TO_POD, f);
+    }
+    // Retransmitted SYN: same flow, no new event.
+    run(&mut ebpf, PROG_UPLINK, &open);
+    run(&mut ebpf, PROG_FROM_POD, &Frame::tcp(POD_A, OUTSIDE, 80, 51000, TCP_SYN | TCP_ACK));
+    run(&mut ebpf, PROG_FROM_POD, &Frame::tcp(POD_A, OUTSIDE, 81, 51020, TCP_RST | TCP_ACK));
+    run(&mut ebpf, PROG_FROM_POD, &Frame::udp(POD_A, OUTSIDE, 5353, 51013));
+    run(&mut ebpf, PROG_FROM_POD, &Frame::echo(POD_A, OUTSIDE, false, 10));
+    let quoted = udp_closed.ip_packet();
+    run(&mut ebpf, PROG_FROM_POD, &Frame::new(POD_A, OUTSIDE, L4::IcmpError { ty: 3, code: 3, quoted }));
+
+    let state = |k: FlowKey| {
+        let s = flow(&ebpf, &k).unwrap_or_else(|| panic!("no flow {k:?}"));
+        (s.delivered, s.answered, s.refused)
+    };
+    assert_eq!(state(key(OUTSIDE, POD_A, 51000, 80, 6)), (1, 1, 0));
+    assert_eq!(state(key(OUTSIDE, POD_A, 51020, 81, 6)), (1, 0, 1));
+    assert_eq!(state(key(OUTSIDE, POD_A, 51013, 5353, 17)), (1, 1, 0));
+    assert_eq!(state(key(OUTSIDE, POD_A, 10, 0, 1)), (1, 1, 0));
+    assert_eq!(state(key(OUTSIDE, POD_A, 51014, 9, 17)), (1, 0, 1));
+    assert_eq!(state(key(OUTSIDE, POD_A, 51021, 80, 6)), (1, 0, 0));
+
+    let open_stats = flow(&ebpf, &key(OUTSIDE, POD_A, 51000, 80, 6)).unwrap();
+    assert_eq!(open_stats.packets, 2);
+    assert_eq!(open_stats.bytes, 2 * open.build().len() as u64);
+    assert_eq!(open_stats.origin, origin::START);
+    assert_eq!(open_stats.verdict, Verdict::DirectToPod as u8);
+    assert_eq!(open_stats.reason, Reason::DirectNewConnection as u8);
+    assert_eq!(open_stats.tcp_flags, TCP_SYN);
+    assert!(open_stats.last_seen_ns >= open_stats.first_seen_ns && open_stats.first_seen_ns > 0);
+    let mid_stats = flow(&ebpf, &key(OUTSIDE, POD_A, 51021, 80, 6)).unwrap();
+    assert_eq!(mid_stats.origin, origin::MID_STREAM);
+    assert_eq!(mid_stats.reason, Reason::DirectMidStream as u8);
+
+    // The pod's answers are not taken for flows it opened.
+    assert!(kmaps::pod_flows(&ebpf).unwrap().is_empty());
+    // One event per new flagged flow, none lost.
+    let (events, bad) = kmaps::drain_events(&mut ebpf).unwrap();
+    assert_eq!(bad, 0);
+    assert_eq!(events.len(), 6, "{events:?}");
+    assert!(events.iter().all(|e| e.verdict == Verdict::DirectToPod as u8));
+    assert_eq!(events[0].key, key(OUTSIDE, POD_A, 51000, 80, 6));
+    let h = kmaps::health_counts(&ebpf).unwrap();
+    assert_eq!(h[health::EVENTS_LOST as usize], 0);
+    assert_eq!(h[health::DELIVERED_MARKS as usize], 6);
+    assert_eq!(h[health::ANSWER_MARKS as usize], 5);
+    assert_eq!(h[health::TO_POD_PACKETS as usize], 6);
+}
+
+#[test]
+fn every_program_returns_unspec_on_garbage() {
+    let mut ebpf = setup();
+    for prog in [PROG_UPLINK, PROG_TO_POD, PROG_FROM_POD] {
+        for bytes in [vec![0u8; 14], vec![0xff; 60], observer_common::testing::frames::non_ip(0x0806, 28)] {
+            let p = classifier(&mut ebpf, prog).unwrap();
+            let mut opts = TestRunOptions::default();
+            opts.data_in = Some(&bytes);
+            assert_eq!(p.test_run(opts).unwrap().return_value, UNSPEC);
+        }
+    }
+}
