@@ -1,0 +1,218 @@
+//! A simulated Kubernetes node in network namespaces, in either layout of the seed article:
+//!
+//! ```text
+//!   outside (10.0.6.245, 10.0.14.50) ─┐
+//!   peer node (+ a pod IP on lo)    ──┤ vpc: bridge br0 ├── node eth0 (+ eth1 for VPC CNI)
+//!                                                          node ── eni…/cali… ── pod namespaces
+//! ```
+//!
+//! The outside host routes pod IPs to the node, as a VPC does for VPC CNI secondary IPs and
+//! as a routed pod CIDR does for Calico. kube-proxy is played by iptables DNAT rules for one
+//! NodePort and one ClusterIP. Every namespace is the test's own and is deleted on drop.
+
+use std::net::IpAddr;
+
+use observer_common::{maps::role, user::Inventory};
+
+use super::netns::Netns;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Layout {
+    VpcCni,
+    Calico,
+}
+
+pub struct Pod {
+    pub ns: Netns,
+    pub ip: &'static str,
+    /// The host-side veth in the node namespace.
+    pub veth: &'static str,
+}
+
+pub struct Node {
+    pub layout: Layout,
+    pub node_ip: &'static str,
+    /// The node's uplinks (eth0, and eth1 for VPC CNI).
+    pub uplinks: Vec<&'static str>,
+    pub outside_ip: &'static str,
+    pub allowed_ip: &'static str,
+    pub allowed_cidr: &'static str,
+    pub peer_ip: &'static str,
+    pub peer_pod_ip: &'static str,
+    pub service_ip: &'static str,
+    pub service_cidr: &'static str,
+    pub cluster_cidr: Option<&'static str>,
+    pub nodeport: u16,
+    pub pods: Vec<Pod>,
+    pub node: Netns,
+    pub outside: Netns,
+    pub peer: Netns,
+    pub vpc: Netns,
+}
+
+/// Joins `a_if` in `a` and `b_if` in `b` with a veth pair, created directly in those
+/// namespaces (nothing passes through the root namespace).
+fn veth(a: &Netns, a_if: &str, b: &Netns, b_if: &str) {
+    a.sh(&["ip", "link", "add", a_if, "type", "veth", "peer", "name", b_if, "netns", &b.name]);
+    a.sh(&["ip", "link", "set", a_if, "up"]);
+    b.sh(&["ip", "link", "set", b_if, "up"]);
+}
+
+fn host_settings(ns: &Netns) {
+    for key in ["net.ipv4.conf.all.rp_filter", "net.ipv4.conf.default.rp_filter"] {
+        ns.sysctl(key, "0");
+    }
+}
+
+impl Node {
+    pub fn new(layout: Layout) -> Node {
+        let vpc = Netns::new("vpc");
+        let node = Netns::new("node");
+        let outside = Netns::new("out");
+        let peer = Netns::new("peer");
+        vpc.sh(&["ip", "link", "add", "br0", "type", "bridge"]);
+        vpc.sh(&["ip", "link", "set", "br0", "up"]);
+        let (node_ip, uplinks, peer_ip, peer_pod_ip, service_ip, service_cidr, cluster_cidr) =
+            match layout {
+                Layout::VpcCni => (
+                    "10.0.7.223",
+                    vec!["eth0", "eth1"],
+                    "10.0.12.177",
+                    "10.0.10.231",
+                    "172.20.0.10",
+                    "172.20.0.0/16",
+                    None,
+                ),
+                Layout::Calico => (
+                    "10.0.13.0",
+                    vec!["eth0"],
+                    "10.0.6.190",
+                    "172.16.72.69",
+                    "10.96.0.10",
+                    "10.96.0.0/12",
+                    Some("172.16.0.0/16"),
+                ),
+            };
+        for (i, up) in uplinks.iter().enumerate() {
+            let port = format!("n{i}");
+            veth(&node, up, &vpc, &port);
+            vpc.sh(&["ip", "link", "set", &port, "master", "br0"]);
+        }
+        veth(&outside, "eth0", &vpc, "o0");
+        vpc.sh(&["ip", "link", "set", "o0", "master", "br0"]);
+        veth(&peer, "eth0", &vpc, "p0");
+        vpc.sh(&["ip", "link", "set", "p0", "master", "br0"]);
+
+        for ns in [&node, &outside, &peer] {
+            host_settings(ns);
+        }
+        node.sysctl("net.ipv4.ip_forward", "1");
+        // Two uplinks in one subnet: only the owner of an address answers ARP for it.
+        node.sysctl("net.ipv4.conf.all.arp_ignore", "1");
+        node.sysctl("net.ipv4.conf.all.arp_announce", "2");
+        node.sh(&["ip", "addr", "add", &format!("{node_ip}/20"), "dev", "eth0"]);
+        if layout == Layout::VpcCni {
+            node.sh(&["ip", "addr", "add", "10.0.15.193/20", "dev", "eth1"]);
+        }
+        outside.sh(&["ip", "addr", "add", "10.0.6.245/20", "dev", "eth0"]);
+        outside.sh(&["ip", "addr", "add", "10.0.14.50/20", "dev", "eth0"]);
+        peer.sh(&["ip", "addr", "add", &format!("{peer_ip}/20"), "dev", "eth0"]);
+        peer.sh(&["ip", "addr", "add", &format!("{peer_pod_ip}/32"), "dev", "lo"]);
+
+        let pod_defs: &[(&'static str, &'static str)] = match layout {
+            Layout::VpcCni => &[("10.0.3.240", "eni9397facaed1"), ("10.0.8.245", "eni5e0af5c1cbe")],
+            Layout::Calico => &[("172.16.30.3", "calibe254a7a7ea"), ("172.16.30.2", "calidfe83332386")],
+        };
+        let mut pods = Vec::new();
+        for (ip, veth_name) in pod_defs {
+            pods.push(add_pod(&node, ip, veth_name));
+        }
+
+        match layout {
+            Layout::VpcCni => {
+                // The VPC routes each secondary IP to the ENI that holds it: pod A through
+                // eth0, pod B through eth1 (the secondary ENI).
+                outside.sh(&["ip", "route", "add", "10.0.3.240/32", "via", "10.0.7.223"]);
+                outside.sh(&["ip", "route", "add", "10.0.8.245/32", "via", "10.0.15.193"]);
+                peer.sh(&["ip", "route", "add", "10.0.3.240/32", "via", "10.0.7.223"]);
+                peer.sh(&["ip", "route", "add", "10.0.8.245/32", "via", "10.0.7.223"]);
+                node.sh(&["ip", "route", "add", "10.0.10.231/32", "via", peer_ip]);
+            }
+            Layout::Calico => {
+                // A routed pod CIDR: the exposure exists when the network routes it to the node.
+                outside.sh(&["ip", "route", "add", "172.16.30.0/26", "via", node_ip]);
+                peer.sh(&["ip", "route", "add", "172.16.30.0/26", "via", node_ip]);
+                node.sh(&["ip", "route", "add", "172.16.72.64/26", "via", peer_ip]);
+            }
+        }
+        outside.sh(&["ip", "route", "add", service_cidr, "via", node_ip]);
+
+        // kube-proxy: one NodePort and one ClusterIP, both to pod A:80.
+        let pod_a = format!("{}:80", pods[0].ip);
+        node.sh(&[
+            "iptables", "-t", "nat", "-A", "PREROUTING", "-d", node_ip, "-p", "tcp", "--dport", "30080",
+            "-j", "DNAT", "--to-destination", &pod_a,
+        ]);
+        node.sh(&[
+            "iptables", "-t", "nat", "-A", "PREROUTING", "-d", service_ip, "-p", "tcp", "--dport", "80",
+            "-j", "DNAT", "--to-destination", &pod_a,
+        ]);
+
+        Node {
+            layout,
+            node_ip,
+            uplinks,
+            outside_ip: "10.0.6.245",
+            allowed_ip: "10.0.14.50",
+            allowed_cidr: "10.0.14.0/26",
+            peer_ip,
+            peer_pod_ip,
+            service_ip,
+            service_cidr,
+            cluster_cidr,
+            nodeport: 30080,
+            pods,
+            node,
+            outside,
+            peer,
+            vpc,
+        }
+    }
+
+    /// What the agent would know about this node and its cluster.
+    pub fn inventory(&self) -> Inventory {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let mut inv = Inventory::new();
+        inv.add_ip(ip(self.node_ip), role::NODE | role::CLUSTER);
+        if self.layout == Layout::VpcCni {
+            inv.add_ip(ip("10.0.15.193"), role::NODE | role::CLUSTER);
+        }
+        for p in &self.pods {
+            inv.add_ip(ip(p.ip), role::LOCAL_POD | role::CLUSTER);
+        }
+        inv.add_ip(ip(self.peer_ip), role::CLUSTER);
+        match self.cluster_cidr {
+            Some(c) => inv.add_cidr(c.parse().unwrap(), role::CLUSTER),
+            None => inv.add_ip(ip(self.peer_pod_ip), role::CLUSTER),
+        }
+        inv.add_cidr(self.allowed_cidr.parse().unwrap(), role::ALLOWED);
+        inv.add_cidr(self.service_cidr.parse().unwrap(), role::SERVICE);
+        inv
+    }
+}
+
+/// A pod namespace behind a host-side veth, wired like VPC CNI and Calico do: a /32 host
+/// route to the pod, proxy ARP on the host side, and an on-link default route in the pod.
+fn add_pod(node: &Netns, ip: &'static str, veth_name: &'static str) -> Pod {
+    let ns = Netns::new("pod");
+    veth(node, veth_name, &ns, "eth0");
+    node.sysctl(&format!("net.ipv4.conf.{veth_name}.proxy_arp"), "1");
+    node.sh(&["ip", "route", "add", &format!("{ip}/32"), "dev", veth_name, "scope", "link"]);
+    ns.sh(&["ip", "addr", "add", &format!("{ip}/32"), "dev", "eth0"]);
+    ns.sh(&["ip", "route", "add", "default", "dev", "eth0", "scope", "link"]);
+    Pod {
+        ns,
+        ip,
+        veth: veth_name,
+    }
+}

@@ -1,0 +1,308 @@
+//! The programs on a simulated node in network namespaces, both layouts of the seed article,
+//! with real traffic: SCENARIOS rows 1-11 and 14-15 (row 14 on the VPC CNI node). The test
+//! loader fills the maps, attaches the programs in the node namespace, drives TCP, UDP and
+//! ICMP, and asserts the verdict counters, the flow table and the events.
+//!
+//! Needs root, iproute2, iptables and ping (`cargo xtask test` installs them). Everything lives
+//! in namespaces the test creates and deletes, also on failure.
+
+mod common;
+
+use std::{
+    io::{Read, Write},
+    net::{IpAddr, SocketAddr, TcpListener, UdpSocket},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    thread,
+    time::Duration,
+};
+
+use common::{
+    netns::Netns,
+    topology::{Layout, Node},
+};
+use observer::{
+    attach::{self, Role},
+    bpf::{self, LoadOptions},
+    kmaps,
+};
+use observer_common::{
+    addr::{ip_of, key_of},
+    maps::{FlowKey, FlowStats, origin},
+    verdict::Verdict,
+};
+use socket2::{Domain, Socket, Type};
+
+const TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Background servers that stop when this is dropped.
+struct Servers {
+    stop: Arc<AtomicBool>,
+    threads: Vec<thread::JoinHandle<()>>,
+}
+
+impl Servers {
+    fn new() -> Self {
+        Servers { stop: Arc::new(AtomicBool::new(false)), threads: Vec::new() }
+    }
+
+    /// A TCP server that answers "hello" to each connection.
+    fn tcp(&mut self, ns: &Netns, port: u16) {
+        let stop = self.stop.clone();
+        let (tx, rx) = std::sync::mpsc::channel();
+        self.threads.push(ns.spawn(move || {
+            let l = TcpListener::bind(("0.0.0.0", port)).expect("bind tcp");
+            l.set_nonblocking(true).unwrap();
+            tx.send(()).unwrap();
+            while !stop.load(Ordering::Relaxed) {
+                match l.accept() {
+                    Ok((mut s, _)) => {
+                        let _ = s.write_all(b"hello\n");
+                    }
+                    Err(_) => thread::sleep(Duration::from_millis(10)),
+                }
+            }
+        }));
+        rx.recv().unwrap();
+    }
+
+    /// A UDP server that echoes each datagram.
+    fn udp(&mut self, ns: &Netns, port: u16) {
+        let stop = self.stop.clone();
+        let (tx, rx) = std::sync::mpsc::channel();
+        self.threads.push(ns.spawn(move || {
+            let s = UdpSocket::bind(("0.0.0.0", port)).expect("bind udp");
+            s.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
+            tx.send(()).unwrap();
+            let mut buf = [0u8; 1500];
+            while !stop.load(Ordering::Relaxed) {
+                if let Ok((n, from)) = s.recv_from(&mut buf) {
+                    let _ = s.send_to(&buf[..n], from);
+                }
+            }
+        }));
+        rx.recv().unwrap();
+    }
+}
+
+impl Drop for Servers {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+fn sockaddr(ip: &str, port: u16) -> SocketAddr {
+    SocketAddr::new(ip.parse().unwrap(), port)
+}
+
+/// Connects from `ns` (from `src` if given) and reads the greeting. Returns the local port
+/// and the outcome: Ok(text) or Err(error kind).
+fn tcp_get(ns: &Netns, src: Option<&'static str>, dst: &str, port: u16) -> (u16, Result<String, std::io::ErrorKind>) {
+    let dst = sockaddr(dst, port);
+    ns.run(move || {
+        let s = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+        if let Some(src) = src {
+            s.bind(&sockaddr(src, 0).into()).expect("bind source");
+        }
+        let r = s.connect_timeout(&dst.into(), TIMEOUT);
+        let local = s.local_addr().ok().and_then(|a| a.as_socket()).map_or(0, |a| a.port());
+        if let Err(e) = r {
+            return (local, Err(e.kind()));
+        }
+        let mut stream: std::net::TcpStream = s.into();
+        stream.set_read_timeout(Some(TIMEOUT)).unwrap();
+        let mut text = String::new();
+        let r = stream.read_to_string(&mut text).map(|_| text).map_err(|e| e.kind());
+        (local, r)
+    })
+}
+
+/// Sends a datagram from `ns` and waits for the echo. Returns the local port and whether it came.
+fn udp_echo(ns: &Netns, dst: &str, port: u16) -> (u16, bool) {
+    let dst = sockaddr(dst, port);
+    ns.run(move || {
+        let s = UdpSocket::bind("0.0.0.0:0").unwrap();
+        s.set_read_timeout(Some(TIMEOUT)).unwrap();
+        let local = s.local_addr().unwrap().port();
+        s.send_to(b"ping", dst).unwrap();
+        let mut buf = [0u8; 16];
+        (local, s.recv_from(&mut buf).is_ok())
+    })
+}
+
+fn key(src: &str, dst: &str, sport: u16, dport: u16, proto: u8) -> FlowKey {
+    FlowKey::new(key_of(src.parse().unwrap()), key_of(dst.parse().unwrap()), sport, dport, proto)
+}
+
+fn describe(flows: &[(FlowKey, FlowStats)]) -> String {
+    flows
+        .iter()
+        .map(|(k, s)| {
+            format!(
+                "{}:{} -> {}:{} proto {} delivered {} answered {} refused {}\n",
+                ip_of(&k.src), k.sport, ip_of(&k.dst), k.dport, k.proto, s.delivered, s.answered, s.refused
+            )
+        })
+        .collect()
+}
+
+fn run_layout(layout: Layout) {
+    let n = Node::new(layout);
+    let mut ebpf = bpf::load(&LoadOptions::default())
+        .expect("loading the eBPF object (this test needs root and a kernel that runs eBPF)");
+    kmaps::write_inventory(&mut ebpf, &n.inventory()).expect("filling the maps");
+    // Attach inside the node namespace.
+    thread::scope(|s| {
+        s.spawn(|| {
+            n.node.enter_this_thread();
+            for up in &n.uplinks {
+                attach::attach(&mut ebpf, up, Role::Uplink).expect("attach uplink");
+            }
+            for p in &n.pods {
+                attach::attach(&mut ebpf, p.veth, Role::Pod).expect("attach pod veth");
+            }
+        });
+    });
+
+    let mut servers = Servers::new();
+    for p in &n.pods {
+        servers.tcp(&p.ns, 80);
+        servers.udp(&p.ns, 5353);
+    }
+    servers.tcp(&n.outside, 8443);
+    servers.udp(&n.outside, 53);
+    let pod_a = n.pods[0].ip;
+    let pod_b = n.pods[1].ip;
+
+    // Row 1: outside host straight to a pod IP.
+    let (row1_port, r) = tcp_get(&n.outside, None, pod_a, 80);
+    assert_eq!(r.as_deref(), Ok("hello\n"), "row 1: the pod must be reachable (the exposure)");
+    // Rows 2/3: the NodePort (DNAT keeps the client address: the pod sees the outsider).
+    let (np_port, r) = tcp_get(&n.outside, None, n.node_ip, n.nodeport);
+    assert_eq!(r.as_deref(), Ok("hello\n"), "row 2: NodePort");
+    // Row 4: another node; row 5: a pod of another node.
+    let (_, r) = tcp_get(&n.peer, Some(n.peer_ip), pod_a, 80);
+    assert_eq!(r.as_deref(), Ok("hello\n"), "row 4");
+    let (_, r) = tcp_get(&n.peer, Some(n.peer_pod_ip), pod_a, 80);
+    assert_eq!(r.as_deref(), Ok("hello\n"), "row 5");
+    // Row 6: the pod's own connection and DNS-like query to the outside.
+    let (pod_tcp_port, r) = tcp_get(&n.pods[0].ns, None, n.outside_ip, 8443);
+    assert_eq!(r.as_deref(), Ok("hello\n"), "row 6 tcp");
+    let (pod_udp_port, ok) = udp_echo(&n.pods[0].ns, n.outside_ip, 53);
+    assert!(ok, "row 6 udp");
+    // Row 7: an allowed source.
+    let (_, r) = tcp_get(&n.outside, Some(n.allowed_ip), pod_a, 80);
+    assert_eq!(r.as_deref(), Ok("hello\n"), "row 7");
+    // Row 8: a Service ClusterIP routed to the node.
+    let (svc_port, r) = tcp_get(&n.outside, None, n.service_ip, 80);
+    assert_eq!(r.as_deref(), Ok("hello\n"), "row 8");
+    // Row 9: the node itself (nothing listens on 22 here: refused by the node).
+    let (_, r) = tcp_get(&n.outside, None, n.node_ip, 22);
+    assert_eq!(r, Err(std::io::ErrorKind::ConnectionRefused), "row 9");
+    // Row 10: ping a pod IP.
+    n.outside.sh(&["ping", "-c", "2", "-i", "0.2", "-W", "2", pod_a]);
+    // Row 11: UDP to a pod IP.
+    let (row11_port, ok) = udp_echo(&n.outside, pod_a, 5353);
+    assert!(ok, "row 11");
+    // Row 15: a closed port of the pod.
+    let (row15_port, r) = tcp_get(&n.outside, None, pod_a, 81);
+    assert_eq!(r, Err(std::io::ErrorKind::ConnectionRefused), "row 15");
+    // Row 14 (VPC CNI): pod B is reached through eth1, the secondary ENI.
+    let row14 = (layout == Layout::VpcCni).then(|| {
+        let (port, r) = tcp_get(&n.outside, None, pod_b, 80);
+        assert_eq!(r.as_deref(), Ok("hello\n"), "row 14");
+        port
+    });
+    thread::sleep(Duration::from_millis(200));
+    drop(servers);
+
+    // Verdict counters.
+    let c = kmaps::verdict_counts(&ebpf).unwrap();
+    for (v, class) in [
+        (Verdict::DirectToPod, "tcp"),
+        (Verdict::DirectToPod, "udp"),
+        (Verdict::DirectToPod, "icmp"),
+        (Verdict::NodePort, "tcp"),
+        (Verdict::InCluster, "tcp"),
+        (Verdict::Reply, "tcp"),
+        (Verdict::Reply, "udp"),
+        (Verdict::Allowed, "tcp"),
+        (Verdict::Service, "tcp"),
+        (Verdict::Host, "tcp"),
+    ] {
+        assert!(c.packets_of(v, class) > 0, "{layout:?}: no {v:?}/{class} packets: {c:?}");
+    }
+    // SYNs: one direct connection per row 1, 15 (and 14) was seen opening.
+    let direct_syns = c.0.get(&(Verdict::DirectToPod, "tcp")).unwrap().flow_starts;
+    assert_eq!(direct_syns, 2 + u64::from(row14.is_some()), "{c:?}");
+
+    // The flow table holds exactly the direct accesses, with what the pod did.
+    let flows = kmaps::flows(&ebpf).unwrap();
+    let outside = n.outside_ip;
+    let mut expected = vec![
+        (key(outside, pod_a, row1_port, 80, 6), (1, 1, 0), origin::START),
+        (key(outside, pod_a, row15_port, 81, 6), (1, 0, 1), origin::START),
+        (key(outside, pod_a, row11_port, 5353, 17), (1, 1, 0), origin::DATAGRAM),
+    ];
+    if let Some(port) = row14 {
+        expected.push((key(outside, pod_b, port, 80, 6), (1, 1, 0), origin::START));
+    }
+    let icmp: Vec<_> = flows.iter().filter(|(k, _)| k.proto == 1).collect();
+    assert_eq!(icmp.len(), 1, "row 10: one ping flow\n{}", describe(&flows));
+    let (ik, is) = icmp[0];
+    assert_eq!((ip_of(&ik.src), ip_of(&ik.dst)), (outside.parse::<IpAddr>().unwrap(), pod_a.parse().unwrap()));
+    assert_eq!((is.delivered, is.answered, is.refused, is.packets), (1, 1, 0, 2), "row 10");
+    for (k, (d, a, r), o) in &expected {
+        let s = flows
+            .iter()
+            .find(|(fk, _)| fk == k)
+            .map(|(_, s)| s)
+            .unwrap_or_else(|| panic!("{layout:?}: missing flow {k:?}\n{}", describe(&flows)));
+        assert_eq!((s.delivered, s.answered, s.refused), (*d, *a, *r), "{k:?}");
+        assert_eq!(s.origin, *o);
+        assert_eq!(s.verdict, Verdict::DirectToPod as u8);
+        assert!(s.pod_ifindex != 0);
+    }
+    assert_eq!(flows.len(), expected.len() + 1, "{layout:?}: only direct accesses are flagged\n{}", describe(&flows));
+    for port in [np_port, svc_port] {
+        assert!(!flows.iter().any(|(k, _)| k.sport == port), "NodePort/Service flow flagged");
+    }
+    // Row 14: the flow came in on eth1; row 1 on eth0, delivered through pod A's veth.
+    let ifindex_of = |k: &FlowKey| flows.iter().find(|(fk, _)| fk == k).unwrap().1;
+    let row1 = ifindex_of(&expected[0].0);
+    assert_eq!(row1.ifindex, n.node.ifindex("eth0"));
+    assert_eq!(row1.pod_ifindex, n.node.ifindex(n.pods[0].veth));
+    if let Some(port) = row14 {
+        let s = ifindex_of(&key(outside, pod_b, port, 80, 6));
+        assert_eq!(s.ifindex, n.node.ifindex("eth1"), "row 14 arrives on eth1");
+        assert_eq!(s.pod_ifindex, n.node.ifindex(n.pods[1].veth));
+    }
+
+    // The pod's own flows were recorded, so their replies were replies.
+    let opened = kmaps::pod_flows(&ebpf).unwrap();
+    assert!(opened.iter().any(|(k, _)| *k == key(pod_a, outside, pod_tcp_port, 8443, 6)), "row 6 tcp not recorded");
+    assert!(opened.iter().any(|(k, _)| *k == key(pod_a, outside, pod_udp_port, 53, 17)), "row 6 udp not recorded");
+
+    // One event per flagged flow, none lost.
+    let (events, bad) = kmaps::drain_events(&mut ebpf).unwrap();
+    assert_eq!(bad, 0);
+    assert_eq!(events.len(), flows.len(), "{events:?}");
+    let h = kmaps::health_counts(&ebpf).unwrap();
+    assert_eq!(h[observer_common::maps::health::EVENTS_LOST as usize], 0);
+    assert_eq!(h[observer_common::maps::health::FLOW_INSERT_FAILED as usize], 0);
+}
+
+#[test]
+fn vpc_cni_node() {
+    run_layout(Layout::VpcCni);
+}
+
+#[test]
+fn calico_node() {
+    run_layout(Layout::Calico);
+}
