@@ -7,7 +7,9 @@ pub type IpKey = [u8; 16];
 /// The v4-mapped form of an IPv4 address given in network order.
 #[inline(always)]
 pub const fn v4_mapped(a: [u8; 4]) -> IpKey {
-    [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, a[0], a[1], a[2], a[3]]
+    [
+        0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, a[0], a[1], a[2], a[3],
+    ]
 }
 
 /// Whether the key holds an IPv4 address.

@@ -361,7 +361,9 @@ fn parse_l4<B: Bytes + ?Sized>(b: &B, off: usize, end: usize, p: &mut Packet) ->
                     p.flow_start = true;
                 }
                 (true, ICMP_ECHO_REPLY) | (false, ICMPV6_ECHO_REPLY) => p.dport = id,
-                (true, 3 | 4 | 5 | 11 | 12) => p.has_quoted = quoted_ipv4(b, off + 8, end, &mut p.quoted),
+                (true, 3 | 4 | 5 | 11 | 12) => {
+                    p.has_quoted = quoted_ipv4(b, off + 8, end, &mut p.quoted)
+                }
                 (false, 1..=4) => p.has_quoted = quoted_ipv6(b, off + 8, end, &mut p.quoted),
                 _ => {}
             }

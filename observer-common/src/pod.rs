@@ -4,8 +4,8 @@
 use crate::{
     maps::FlowKey,
     packet::{
-        ICMP_ECHO_REPLY, ICMPV6_ECHO_REPLY, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_SCTP, IPPROTO_TCP,
-        IPPROTO_UDP, Packet, TCP_ACK, TCP_RST, TCP_SYN,
+        ICMP_ECHO_REPLY, ICMPV6_ECHO_REPLY, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_SCTP,
+        IPPROTO_TCP, IPPROTO_UDP, Packet, TCP_ACK, TCP_RST, TCP_SYN,
     },
 };
 
@@ -55,9 +55,7 @@ pub fn opened_by(p: &Packet) -> Option<FlowKey> {
     }
     match p.proto {
         IPPROTO_UDP => Some(p.key()),
-        IPPROTO_TCP | IPPROTO_SCTP | IPPROTO_ICMP | IPPROTO_ICMPV6 if p.flow_start => {
-            Some(p.key())
-        }
+        IPPROTO_TCP | IPPROTO_SCTP | IPPROTO_ICMP | IPPROTO_ICMPV6 if p.flow_start => Some(p.key()),
         _ => None,
     }
 }

@@ -7,7 +7,9 @@
 use crate::{
     addr::IpKey,
     maps::{FlowKey, origin, role},
-    packet::{IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_SCTP, IPPROTO_TCP, IPPROTO_UDP, Packet, Status},
+    packet::{
+        IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_SCTP, IPPROTO_TCP, IPPROTO_UDP, Packet, Status,
+    },
 };
 
 /// The class of a packet entering a node on an uplink. See `SCENARIOS.md`.
@@ -168,7 +170,9 @@ impl Reason {
     /// The reason in words, for alerts, `observer explain` and `observer flows`.
     pub const fn describe(self) -> &'static str {
         match self {
-            Reason::NotIpEthertype => "the frame carries no IPv4/IPv6 (ARP, LLDP or another ethertype)",
+            Reason::NotIpEthertype => {
+                "the frame carries no IPv4/IPv6 (ARP, LLDP or another ethertype)"
+            }
             Reason::TruncatedEthernet => "the frame is shorter than an Ethernet header",
             Reason::TruncatedVlan => "the frame ends inside a VLAN tag",
             Reason::TooManyVlanTags => "more VLAN tags than the parser follows",
@@ -181,20 +185,34 @@ impl Reason {
             Reason::TooManyIpv6ExtHeaders => "more IPv6 extension headers than the parser follows",
             Reason::TruncatedL4 => "the packet ends inside its TCP/UDP/SCTP/ICMP header",
             Reason::BadTcpHeader => "the TCP data offset is shorter than a TCP header",
-            Reason::NonFirstFragment => "a non-first IP fragment: it carries no ports; its first fragment was judged",
+            Reason::NonFirstFragment => {
+                "a non-first IP fragment: it carries no ports; its first fragment was judged"
+            }
             Reason::DstNodeAddress => "addressed to this node itself, not on a NodePort",
             Reason::DstNotLocal => "addressed to neither a local pod, this node, nor a Service",
-            Reason::SrcInCluster => "the source is inside the cluster (a node, a pod, or a cluster CIDR)",
+            Reason::SrcInCluster => {
+                "the source is inside the cluster (a node, a pod, or a cluster CIDR)"
+            }
             Reason::ReplyToPodFlow => "a reply to a flow the pod itself opened",
             Reason::IcmpErrorForPodFlow => "an ICMP error about a flow the pod itself opened",
             Reason::SrcAllowed => "the source is in an allowed CIDR (e.g. a load balancer subnet)",
-            Reason::DstService => "addressed to a Service IP (ClusterIP, external IP or the Service CIDR)",
+            Reason::DstService => {
+                "addressed to a Service IP (ClusterIP, external IP or the Service CIDR)"
+            }
             Reason::DstNodePort => "addressed to a node address on a NodePort",
-            Reason::DirectNewConnection => "a connection opened from outside the cluster straight to the pod IP, bypassing Services and NodePorts",
-            Reason::DirectMidStream => "a TCP segment from outside the cluster straight to the pod IP whose start was not seen (origin unknown)",
-            Reason::DirectDatagram => "a UDP datagram from outside the cluster straight to the pod IP, bypassing Services and NodePorts",
+            Reason::DirectNewConnection => {
+                "a connection opened from outside the cluster straight to the pod IP, bypassing Services and NodePorts"
+            }
+            Reason::DirectMidStream => {
+                "a TCP segment from outside the cluster straight to the pod IP whose start was not seen (origin unknown)"
+            }
+            Reason::DirectDatagram => {
+                "a UDP datagram from outside the cluster straight to the pod IP, bypassing Services and NodePorts"
+            }
             Reason::DirectIcmp => "ICMP from outside the cluster straight to the pod IP",
-            Reason::DirectOtherProtocol => "an IP packet of another protocol from outside the cluster straight to the pod IP",
+            Reason::DirectOtherProtocol => {
+                "an IP packet of another protocol from outside the cluster straight to the pod IP"
+            }
         }
     }
 }
@@ -302,9 +320,9 @@ fn reply_reason<L: Lookup + ?Sized>(p: &Packet, l: &L) -> Option<Reason> {
         return None;
     }
     match p.proto {
-        IPPROTO_TCP | IPPROTO_UDP | IPPROTO_SCTP | IPPROTO_ICMP | IPPROTO_ICMPV6 => {
-            l.pod_flow(&p.key().reversed()).then_some(Reason::ReplyToPodFlow)
-        }
+        IPPROTO_TCP | IPPROTO_UDP | IPPROTO_SCTP | IPPROTO_ICMP | IPPROTO_ICMPV6 => l
+            .pod_flow(&p.key().reversed())
+            .then_some(Reason::ReplyToPodFlow),
         _ => None,
     }
 }

@@ -16,12 +16,20 @@ use proptest::prelude::*;
 use std::sync::LazyLock;
 
 fn key(src: &str, dst: &str, sport: u16, dport: u16, proto: u8) -> FlowKey {
-    FlowKey::new(key_of(src.parse().unwrap()), key_of(dst.parse().unwrap()), sport, dport, proto)
+    FlowKey::new(
+        key_of(src.parse().unwrap()),
+        key_of(dst.parse().unwrap()),
+        sport,
+        dport,
+        proto,
+    )
 }
 
 #[test]
 fn fields_come_out_as_crafted() {
-    let f = Frame::tcp("10.0.6.245", "10.0.3.240", 51000, 80, TCP_SYN).vlan(5).ipv4_options(2);
+    let f = Frame::tcp("10.0.6.245", "10.0.3.240", 51000, 80, TCP_SYN)
+        .vlan(5)
+        .ipv4_options(2);
     let (s, p) = parse_frame(&f.build());
     assert_eq!(s, Status::Ip);
     assert_eq!(p.key(), key("10.0.6.245", "10.0.3.240", 51000, 80, 6));
@@ -30,12 +38,26 @@ fn fields_come_out_as_crafted() {
     let f = Frame::udp("2001:db8::7", "2600:1f18:abcd:1::3f0", 53, 40003).ipv6_ext(&[0, 43, 60]);
     let (s, p) = parse_frame(&f.build());
     assert_eq!(s, Status::Ip);
-    assert_eq!(p.key(), key("2001:db8::7", "2600:1f18:abcd:1::3f0", 53, 40003, 17));
+    assert_eq!(
+        p.key(),
+        key("2001:db8::7", "2600:1f18:abcd:1::3f0", 53, 40003, 17)
+    );
 
     let quoted = Frame::udp("10.0.6.245", "10.0.3.240", 5000, 9).ip_packet();
-    let f = Frame::new("10.0.3.240", "10.0.6.245", L4::IcmpError { ty: 3, code: 3, quoted });
+    let f = Frame::new(
+        "10.0.3.240",
+        "10.0.6.245",
+        L4::IcmpError {
+            ty: 3,
+            code: 3,
+            quoted,
+        },
+    );
     let (_, p) = parse_frame(&f.build());
-    assert_eq!(p.quoted(), Some(&key("10.0.6.245", "10.0.3.240", 5000, 9, 17)));
+    assert_eq!(
+        p.quoted(),
+        Some(&key("10.0.6.245", "10.0.3.240", 5000, 9, 17))
+    );
 
     let f = Frame::tcp("10.0.6.245", "10.0.3.240", 1, 2, TCP_SYN).fragment(100, true);
     let (s, p) = parse_frame(&f.build());
@@ -48,22 +70,41 @@ fn pod_answers_and_openings() {
     let synack = Frame::tcp("10.0.3.240", "10.0.6.245", 80, 51000, TCP_SYN | TCP_ACK).build();
     let (_, p) = parse_frame(&synack);
     let a = answer_of(&p).unwrap();
-    assert_eq!((a.key, a.refused), (key("10.0.6.245", "10.0.3.240", 51000, 80, 6), false));
+    assert_eq!(
+        (a.key, a.refused),
+        (key("10.0.6.245", "10.0.3.240", 51000, 80, 6), false)
+    );
     assert_eq!(opened_by(&p), None);
     // RST: refused.
-    let (_, p) = parse_frame(&Frame::tcp("10.0.3.240", "10.0.6.245", 81, 51020, TCP_RST | TCP_ACK).build());
+    let (_, p) =
+        parse_frame(&Frame::tcp("10.0.3.240", "10.0.6.245", 81, 51020, TCP_RST | TCP_ACK).build());
     assert!(answer_of(&p).unwrap().refused);
     // The pod's own SYN opens a flow and answers nothing.
-    let (_, p) = parse_frame(&Frame::tcp("10.0.3.240", "198.51.100.7", 40000, 443, TCP_SYN).build());
+    let (_, p) =
+        parse_frame(&Frame::tcp("10.0.3.240", "198.51.100.7", 40000, 443, TCP_SYN).build());
     assert_eq!(answer_of(&p), None);
-    assert_eq!(opened_by(&p), Some(key("10.0.3.240", "198.51.100.7", 40000, 443, 6)));
+    assert_eq!(
+        opened_by(&p),
+        Some(key("10.0.3.240", "198.51.100.7", 40000, 443, 6))
+    );
     // Echo request from the pod opens; its reply's reversed key matches.
     let (_, req) = parse_frame(&Frame::echo("10.0.3.240", "198.51.100.7", true, 77).build());
     let (_, rep) = parse_frame(&Frame::echo("198.51.100.7", "10.0.3.240", false, 77).build());
     assert_eq!(opened_by(&req), Some(rep.key().reversed()));
     // ICMP port unreachable from the pod about an outsider's UDP: refused.
     let quoted = Frame::udp("10.0.6.245", "10.0.3.240", 5000, 9).ip_packet();
-    let (_, p) = parse_frame(&Frame::new("10.0.3.240", "10.0.6.245", L4::IcmpError { ty: 3, code: 3, quoted }).build());
+    let (_, p) = parse_frame(
+        &Frame::new(
+            "10.0.3.240",
+            "10.0.6.245",
+            L4::IcmpError {
+                ty: 3,
+                code: 3,
+                quoted,
+            },
+        )
+        .build(),
+    );
     let a = answer_of(&p).unwrap();
     assert!(a.refused);
     assert_eq!(a.key, key("10.0.6.245", "10.0.3.240", 5000, 9, 17));

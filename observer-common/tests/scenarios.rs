@@ -18,9 +18,14 @@ fn every_row_gets_its_verdict_on_both_layouts() {
             let (status, p) = parse_frame(&c.bytes);
             let d = decide(status, &p, &SETTINGS, &layout.inventory);
             assert_eq!(
-                d.verdict, c.expect,
+                d.verdict,
+                c.expect,
                 "{} row {}: {} -> {:?} ({})",
-                layout.name, c.row, c.what, d, d.reason.describe()
+                layout.name,
+                c.row,
+                c.what,
+                d,
+                d.reason.describe()
             );
             rows_seen.insert(c.row.parse::<u32>().unwrap());
             checked += 1;
@@ -39,17 +44,47 @@ fn reasons_tell_why() {
         let (status, p) = parse_frame(&c.bytes);
         decide(status, &p, &SETTINGS, &l.inventory).reason
     };
-    assert_eq!(reason_of("outside host, TCP SYN to a local pod IP:80"), Reason::DirectNewConnection);
-    assert_eq!(reason_of("TCP without SYN for a flow never seen to start"), Reason::DirectMidStream);
-    assert_eq!(reason_of("outside host, UDP to a pod IP"), Reason::DirectDatagram);
-    assert_eq!(reason_of("outside host, ICMP echo to a pod IP"), Reason::DirectIcmp);
-    assert_eq!(reason_of("ICMP fragmentation-needed about the pod's connection"), Reason::IcmpErrorForPodFlow);
-    assert_eq!(reason_of("DNS answer to the pod's query"), Reason::ReplyToPodFlow);
-    assert_eq!(reason_of("outside host to the node's SSH"), Reason::DstNodeAddress);
-    assert_eq!(reason_of("to an address this node does not host"), Reason::DstNotLocal);
+    assert_eq!(
+        reason_of("outside host, TCP SYN to a local pod IP:80"),
+        Reason::DirectNewConnection
+    );
+    assert_eq!(
+        reason_of("TCP without SYN for a flow never seen to start"),
+        Reason::DirectMidStream
+    );
+    assert_eq!(
+        reason_of("outside host, UDP to a pod IP"),
+        Reason::DirectDatagram
+    );
+    assert_eq!(
+        reason_of("outside host, ICMP echo to a pod IP"),
+        Reason::DirectIcmp
+    );
+    assert_eq!(
+        reason_of("ICMP fragmentation-needed about the pod's connection"),
+        Reason::IcmpErrorForPodFlow
+    );
+    assert_eq!(
+        reason_of("DNS answer to the pod's query"),
+        Reason::ReplyToPodFlow
+    );
+    assert_eq!(
+        reason_of("outside host to the node's SSH"),
+        Reason::DstNodeAddress
+    );
+    assert_eq!(
+        reason_of("to an address this node does not host"),
+        Reason::DstNotLocal
+    );
     assert_eq!(reason_of("ARP request"), Reason::NotIpEthertype);
-    assert_eq!(reason_of("a frame cut inside the TCP header"), Reason::TruncatedL4);
-    assert_eq!(reason_of("IPv4 with a header length of 4 words"), Reason::BadIpv4Header);
+    assert_eq!(
+        reason_of("a frame cut inside the TCP header"),
+        Reason::TruncatedL4
+    );
+    assert_eq!(
+        reason_of("IPv4 with a header length of 4 words"),
+        Reason::BadIpv4Header
+    );
     assert_eq!(reason_of("three VLAN tags"), Reason::TooManyVlanTags);
     assert_eq!(reason_of("a TCP data offset below 5"), Reason::BadTcpHeader);
 }
@@ -63,17 +98,39 @@ fn row_17_is_marked_origin_unknown_and_row_1_as_seen_starting() {
         assert_eq!(status, Status::Ip);
         origin_of(&p)
     };
-    assert_eq!(origin_for("TCP without SYN for a flow never seen to start"), origin::MID_STREAM);
-    assert_eq!(origin_for("outside host, TCP SYN to a local pod IP:80"), origin::START);
-    assert_eq!(origin_for("outside host, UDP to a pod IP"), origin::DATAGRAM);
+    assert_eq!(
+        origin_for("TCP without SYN for a flow never seen to start"),
+        origin::MID_STREAM
+    );
+    assert_eq!(
+        origin_for("outside host, TCP SYN to a local pod IP:80"),
+        origin::START
+    );
+    assert_eq!(
+        origin_for("outside host, UDP to a pod IP"),
+        origin::DATAGRAM
+    );
 }
 
 #[test]
 fn nodeport_range_is_a_setting() {
     let l = vpc_cni();
-    let c = l.cases.iter().find(|c| c.what == "outside host to node IP:NodePort").unwrap();
+    let c = l
+        .cases
+        .iter()
+        .find(|c| c.what == "outside host to node IP:NodePort")
+        .unwrap();
     let (status, p) = parse_frame(&c.bytes);
-    let narrow = observer_common::verdict::Settings { nodeport_min: 31000, nodeport_max: 31100 };
-    assert_eq!(decide(status, &p, &narrow, &l.inventory).verdict, Verdict::Host);
-    assert_eq!(decide(status, &p, &SETTINGS, &l.inventory).verdict, Verdict::NodePort);
+    let narrow = observer_common::verdict::Settings {
+        nodeport_min: 31000,
+        nodeport_max: 31100,
+    };
+    assert_eq!(
+        decide(status, &p, &narrow, &l.inventory).verdict,
+        Verdict::Host
+    );
+    assert_eq!(
+        decide(status, &p, &SETTINGS, &l.inventory).verdict,
+        Verdict::NodePort
+    );
 }

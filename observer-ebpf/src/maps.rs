@@ -39,7 +39,8 @@ pub static POD_FLOWS: LruHashMap<FlowKey, PodFlow> = LruHashMap::with_max_entrie
 pub static FLOWS: LruHashMap<FlowKey, FlowStats> = LruHashMap::with_max_entries(65_536, 0);
 
 #[map]
-pub static VERDICT_STATS: PerCpuArray<VerdictStats> = PerCpuArray::with_max_entries(STATS_ENTRIES, 0);
+pub static VERDICT_STATS: PerCpuArray<VerdictStats> =
+    PerCpuArray::with_max_entries(STATS_ENTRIES, 0);
 
 #[map]
 pub static HEALTH: PerCpuArray<u64> = PerCpuArray::with_max_entries(health::COUNT, 0);

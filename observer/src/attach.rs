@@ -29,7 +29,7 @@ pub enum AttachError {
         iface: String,
         direction: TcAttachType,
         #[source]
-        source: aya::programs::ProgramError,
+        source: Box<aya::programs::ProgramError>,
     },
     #[error("adding a clsact qdisc to {iface}: {source}")]
     Clsact {
@@ -85,7 +85,7 @@ pub fn attach(
                     program,
                     iface: iface.to_string(),
                     direction,
-                    source,
+                    source: Box::new(source),
                 });
             }
         }

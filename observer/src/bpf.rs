@@ -2,18 +2,15 @@
 
 use aya::{
     Ebpf, EbpfLoader,
-    programs::{ProgramError, SchedClassifier},
+    programs::{ProgramError, SchedClassifier, TestRun, TestRunOptions, TestRunResult},
 };
 use observer_common::{
-    names::{
-        GLOBAL_NODEPORT_MAX, GLOBAL_NODEPORT_MIN, GLOBAL_TRACE, GLOBAL_TRACK_MASK, PROGRAMS,
-    },
+    names::{GLOBAL_NODEPORT_MAX, GLOBAL_NODEPORT_MIN, GLOBAL_TRACE, GLOBAL_TRACK_MASK, PROGRAMS},
     verdict::Verdict,
 };
 
 /// The eBPF object built by `build.rs` from `observer-ebpf`.
-pub static OBJECT: &[u8] =
-    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/observer-ebpf"));
+pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/observer-ebpf"));
 
 /// Load-time settings of the programs.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -39,7 +36,9 @@ impl Default for LoadOptions {
 
 #[derive(Debug, thiserror::Error)]
 pub enum BpfError {
-    #[error("loading the eBPF object failed (needs Linux >= 5.15 and CAP_BPF, CAP_NET_ADMIN, CAP_PERFMON): {0}")]
+    #[error(
+        "loading the eBPF object failed (needs Linux >= 5.15 and CAP_BPF, CAP_NET_ADMIN, CAP_PERFMON): {0}"
+    )]
     Load(#[from] aya::EbpfError),
     #[error("the eBPF object has no program {0:?}")]
     MissingProgram(&'static str),
@@ -76,5 +75,21 @@ pub fn classifier<'a>(
     ebpf.program_mut(name)
         .ok_or(BpfError::MissingProgram(name))?
         .try_into()
+        .map_err(|source| BpfError::Program { name, source })
+}
+
+/// Runs one frame through a program with BPF_PROG_TEST_RUN, `repeat` times (tests, bench).
+pub fn test_run(
+    ebpf: &mut Ebpf,
+    name: &'static str,
+    frame: &[u8],
+    repeat: u32,
+) -> Result<TestRunResult, BpfError> {
+    classifier(ebpf, name)?
+        .test_run(TestRunOptions {
+            data_in: Some(frame),
+            repeat,
+            ..TestRunOptions::default()
+        })
         .map_err(|source| BpfError::Program { name, source })
 }

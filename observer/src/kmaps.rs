@@ -12,8 +12,8 @@ use aya::{
 use observer_common::{
     addr::IpKey,
     maps::{
-        FlowEvent, FlowKey, FlowStats, PodFlow, STATS_ENTRIES, TraceRecord, VerdictStats,
-        health, proto_class,
+        FlowEvent, FlowKey, FlowStats, PodFlow, STATS_ENTRIES, TraceRecord, VerdictStats, health,
+        proto_class,
     },
     names::{
         MAP_CIDR_ROLES, MAP_EVENTS, MAP_FLOWS, MAP_HEALTH, MAP_IP_ROLES, MAP_POD_FLOWS, MAP_TRACE,
@@ -166,24 +166,20 @@ pub fn health_counts(ebpf: &Ebpf) -> Result<[u64; health::COUNT as usize], KmapE
 /// Reads every flagged flow in `FLOWS`.
 pub fn flows(ebpf: &Ebpf) -> Result<Vec<(FlowKey, FlowStats)>, KmapError> {
     let map: HashMap<&MapData, FlowKey, FlowStats> = map_ref(ebpf, MAP_FLOWS)?;
-    map.iter()
-        .map(|r| r.map_err(err(MAP_FLOWS)))
-        .collect()
+    map.iter().map(|r| r.map_err(err(MAP_FLOWS))).collect()
 }
 
 /// Reads every pod-opened flow in `POD_FLOWS`.
 pub fn pod_flows(ebpf: &Ebpf) -> Result<Vec<(FlowKey, PodFlow)>, KmapError> {
     let map: HashMap<&MapData, FlowKey, PodFlow> = map_ref(ebpf, MAP_POD_FLOWS)?;
-    map.iter()
-        .map(|r| r.map_err(err(MAP_POD_FLOWS)))
-        .collect()
+    map.iter().map(|r| r.map_err(err(MAP_POD_FLOWS))).collect()
 }
 
 /// Reads the `TRACE` record of one CPU (tests, with `LoadOptions::trace`).
 pub fn trace(ebpf: &Ebpf, cpu: usize) -> Result<TraceRecord, KmapError> {
     let map: PerCpuArray<&MapData, TraceRecord> = map_ref(ebpf, MAP_TRACE)?;
     let values = map.get(&0, 0).map_err(err(MAP_TRACE))?;
-    Ok(values.iter().nth(cpu).copied().unwrap_or_default())
+    Ok(values.get(cpu).copied().unwrap_or_default())
 }
 
 /// Takes every event waiting in `EVENTS` without blocking. Records of an unexpected size are

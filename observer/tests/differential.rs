@@ -6,12 +6,9 @@
 
 use std::collections::BTreeMap;
 
-use aya::{
-    Ebpf,
-    programs::{TestRun, TestRunOptions},
-};
+use aya::Ebpf;
 use observer::{
-    bpf::{self, LoadOptions, classifier},
+    bpf::{self, LoadOptions},
     kmaps,
 };
 use observer_common::{
@@ -66,12 +63,12 @@ fn refused_by_test_run(frame: &[u8]) -> bool {
 /// Runs a frame through the uplink program; returns its return code and decision.
 fn run_uplink(ebpf: &mut Ebpf, cpu: usize, frame: &[u8]) -> (u32, Decision) {
     let before = kmaps::trace(ebpf, cpu).expect("trace").seq;
-    let prog = classifier(ebpf, PROG_UPLINK).expect("uplink program");
-    let mut opts = TestRunOptions::default();
-    opts.data_in = Some(frame);
-    let r = prog
-        .test_run(opts)
-        .unwrap_or_else(|e| panic!("test_run of a {}-byte frame {frame:02x?}: {e:?}", frame.len()));
+    let r = bpf::test_run(ebpf, PROG_UPLINK, frame, 1).unwrap_or_else(|e| {
+        panic!(
+            "test_run of a {}-byte frame {frame:02x?}: {e:?}",
+            frame.len()
+        )
+    });
     let t = kmaps::trace(ebpf, cpu).expect("trace");
     assert_eq!(t.seq, before + 1, "the program did not trace this run");
     let d = Decision {
@@ -114,7 +111,13 @@ fn structured(rng: &mut Rng, addrs4: &[String], addrs6: &[String]) -> Vec<u8> {
                 format!("2001:db8::{:x}", rng.next() as u16)
             } else {
                 let x = rng.next();
-                format!("{}.{}.{}.{}", x as u8, (x >> 8) as u8, (x >> 16) as u8, (x >> 24) as u8)
+                format!(
+                    "{}.{}.{}.{}",
+                    x as u8,
+                    (x >> 8) as u8,
+                    (x >> 16) as u8,
+                    (x >> 24) as u8
+                )
             }
         } else {
             rng.pick(pool).clone()
@@ -122,21 +125,63 @@ fn structured(rng: &mut Rng, addrs4: &[String], addrs6: &[String]) -> Vec<u8> {
     };
     let (src, dst) = (addr(rng), addr(rng));
     let port = |rng: &mut Rng| -> u16 {
-        *rng.pick(&[22, 53, 80, 81, 443, 5353, 10250, 30000, 30080, 32767, 32768, 40000, 40001, 40002, 40003, 51000])
-            .min(&u16::MAX)
-            ^ if rng.below(4) == 0 { rng.next() as u16 } else { 0 }
+        *rng.pick(&[
+            22, 53, 80, 81, 443, 5353, 10250, 30000, 30080, 32767, 32768, 40000, 40001, 40002,
+            40003, 51000,
+        ])
+        .min(&u16::MAX)
+            ^ if rng.below(4) == 0 {
+                rng.next() as u16
+            } else {
+                0
+            }
     };
-    let flags = *rng.pick(&[TCP_SYN, TCP_SYN | TCP_ACK, TCP_ACK, TCP_ACK | TCP_PSH, TCP_RST, TCP_FIN | TCP_ACK, 0]);
+    let flags = *rng.pick(&[
+        TCP_SYN,
+        TCP_SYN | TCP_ACK,
+        TCP_ACK,
+        TCP_ACK | TCP_PSH,
+        TCP_RST,
+        TCP_FIN | TCP_ACK,
+        0,
+    ]);
     let l4 = match rng.below(7) {
-        0 | 1 => L4::Tcp { sport: port(rng), dport: port(rng), flags },
-        2 => L4::Udp { sport: port(rng), dport: port(rng) },
-        3 => L4::Sctp { sport: port(rng), dport: port(rng), chunk: rng.below(3) as u8 },
-        4 => L4::Echo { request: rng.below(2) == 0, id: *rng.pick(&[77, 9, 10, 12]) },
+        0 | 1 => L4::Tcp {
+            sport: port(rng),
+            dport: port(rng),
+            flags,
+        },
+        2 => L4::Udp {
+            sport: port(rng),
+            dport: port(rng),
+        },
+        3 => L4::Sctp {
+            sport: port(rng),
+            dport: port(rng),
+            chunk: rng.below(3) as u8,
+        },
+        4 => L4::Echo {
+            request: rng.below(2) == 0,
+            id: *rng.pick(&[77, 9, 10, 12]),
+        },
         5 => {
-            let inner = Frame::new(&dst, &addr(rng), L4::Udp { sport: port(rng), dport: port(rng) });
-            L4::IcmpError { ty: if v6 { 1 } else { 3 }, code: 3, quoted: inner.ip_packet() }
+            let inner = Frame::new(
+                &dst,
+                &addr(rng),
+                L4::Udp {
+                    sport: port(rng),
+                    dport: port(rng),
+                },
+            );
+            L4::IcmpError {
+                ty: if v6 { 1 } else { 3 },
+                code: 3,
+                quoted: inner.ip_packet(),
+            }
         }
-        _ => L4::Raw { proto: *rng.pick(&[47, 50, 89, 253]) },
+        _ => L4::Raw {
+            proto: *rng.pick(&[47, 50, 89, 253]),
+        },
     };
     let mut f = Frame::new(&src, &dst, l4);
     if rng.below(5) == 0 {
@@ -146,7 +191,9 @@ fn structured(rng: &mut Rng, addrs4: &[String], addrs6: &[String]) -> Vec<u8> {
         f = f.ipv4_options(rng.below(11) as u8);
     }
     if v6 && rng.below(4) == 0 {
-        let ext: Vec<u8> = (0..rng.below(8)).map(|_| *rng.pick(&[0u8, 43, 60, 51, 44])).collect();
+        let ext: Vec<u8> = (0..rng.below(8))
+            .map(|_| *rng.pick(&[0u8, 43, 60, 51, 44]))
+            .collect();
         f = f.ipv6_ext(&ext);
     }
     if rng.below(10) == 0 {
@@ -173,7 +220,13 @@ fn random_bytes(rng: &mut Rng) -> Vec<u8> {
     let n = ETH_HLEN + rng.below(200);
     let mut b: Vec<u8> = (0..n).map(|_| rng.next() as u8).collect();
     // Most random ethertypes are "not IP": make IP and VLAN likely, to stress the parser.
-    let t = *rng.pick(&[[0x08u8, 0x00], [0x86, 0xdd], [0x81, 0x00], [0x88, 0xa8], [b[12], b[13]]]);
+    let t = *rng.pick(&[
+        [0x08u8, 0x00],
+        [0x86, 0xdd],
+        [0x81, 0x00],
+        [0x88, 0xa8],
+        [b[12], b[13]],
+    ]);
     b[12..14].copy_from_slice(&t);
     b
 }
@@ -190,14 +243,21 @@ fn kernel_and_host_agree_on_every_frame() {
         // The SCENARIOS corpus: the host must give the row's verdict, the kernel the host's.
         for c in &cases {
             let h = host(&layout, &c.bytes);
-            assert_eq!(h.verdict, c.expect, "{} row {}: {}", layout.name, c.row, c.what);
+            assert_eq!(
+                h.verdict, c.expect,
+                "{} row {}: {}",
+                layout.name, c.row, c.what
+            );
             if refused_by_test_run(&c.bytes) {
                 continue;
             }
             let (rc, k) = run_uplink(&mut ebpf, cpu, &c.bytes);
             assert_eq!(rc, UNSPEC, "return code for {}", c.what);
             if k != h {
-                disagreements.push(format!("{} row {} {}: kernel {k:?} host {h:?}", layout.name, c.row, c.what));
+                disagreements.push(format!(
+                    "{} row {} {}: kernel {k:?} host {h:?}",
+                    layout.name, c.row, c.what
+                ));
             }
             corpus_total += 1;
         }
@@ -207,9 +267,21 @@ fn kernel_and_host_agree_on_every_frame() {
             .ip_entries()
             .iter()
             .map(|(k, _)| observer_common::addr::ip_of(k).to_string())
-            .chain(["10.0.6.245", "10.0.14.50", "172.20.0.10", "10.96.0.10", "172.16.72.69", "198.51.100.7", "10.0.0.2"].map(String::from))
+            .chain(
+                [
+                    "10.0.6.245",
+                    "10.0.14.50",
+                    "172.20.0.10",
+                    "10.96.0.10",
+                    "172.16.72.69",
+                    "198.51.100.7",
+                    "10.0.0.2",
+                ]
+                .map(String::from),
+            )
             .collect();
-        let (addrs6, addrs4): (Vec<String>, Vec<String>) = addrs.into_iter().partition(|a| a.contains(':'));
+        let (addrs6, addrs4): (Vec<String>, Vec<String>) =
+            addrs.into_iter().partition(|a| a.contains(':'));
         let mut rng = Rng(0x0b5e_7e11 ^ layout.name.len() as u64);
         let mut run = 0u64;
         for i in 0..60_000 {
@@ -225,7 +297,10 @@ fn kernel_and_host_agree_on_every_frame() {
             let (rc, k) = run_uplink(&mut ebpf, cpu, &frame);
             assert_eq!(rc, UNSPEC);
             if k != h && disagreements.len() < 20 {
-                disagreements.push(format!("{}: kernel {k:?} host {h:?} frame {frame:02x?}", layout.name));
+                disagreements.push(format!(
+                    "{}: kernel {k:?} host {h:?} frame {frame:02x?}",
+                    layout.name
+                ));
             }
             *seen.entry(k.verdict).or_default() += 1;
             total += 1;
@@ -234,15 +309,29 @@ fn kernel_and_host_agree_on_every_frame() {
         // Counters: every run was counted once.
         let counts = kmaps::verdict_counts(&ebpf).expect("verdict counters");
         let counted: u64 = Verdict::ALL.iter().map(|v| counts.packets(*v)).sum();
-        let corpus_run = cases.iter().filter(|c| !refused_by_test_run(&c.bytes)).count() as u64;
+        let corpus_run = cases
+            .iter()
+            .filter(|c| !refused_by_test_run(&c.bytes))
+            .count() as u64;
         assert_eq!(counted, run + corpus_run, "every run counted once");
         let health = kmaps::health_counts(&ebpf).expect("health");
-        assert_eq!(health[observer_common::maps::health::STATS_MISSING as usize], 0);
+        assert_eq!(
+            health[observer_common::maps::health::STATS_MISSING as usize],
+            0
+        );
     }
     println!("corpus frames: {corpus_total}, random/mutated frames: {total}, verdicts: {seen:?}");
-    assert!(disagreements.is_empty(), "{} disagreements:\n{}", disagreements.len(), disagreements.join("\n"));
+    assert!(
+        disagreements.is_empty(),
+        "{} disagreements:\n{}",
+        disagreements.len(),
+        disagreements.join("\n")
+    );
     assert!(total >= 100_000);
     for v in Verdict::ALL {
-        assert!(seen.get(&v).copied().unwrap_or(0) > 0, "random frames never produced {v:?}");
+        assert!(
+            seen.get(&v).copied().unwrap_or(0) > 0,
+            "random frames never produced {v:?}"
+        );
     }
 }

@@ -45,7 +45,10 @@ struct Servers {
 
 impl Servers {
     fn new() -> Self {
-        Servers { stop: Arc::new(AtomicBool::new(false)), threads: Vec::new() }
+        Servers {
+            stop: Arc::new(AtomicBool::new(false)),
+            threads: Vec::new(),
+        }
     }
 
     /// A TCP server that answers "hello" to each connection.
@@ -102,7 +105,12 @@ fn sockaddr(ip: &str, port: u16) -> SocketAddr {
 
 /// Connects from `ns` (from `src` if given) and reads the greeting. Returns the local port
 /// and the outcome: Ok(text) or Err(error kind).
-fn tcp_get(ns: &Netns, src: Option<&'static str>, dst: &str, port: u16) -> (u16, Result<String, std::io::ErrorKind>) {
+fn tcp_get(
+    ns: &Netns,
+    src: Option<&'static str>,
+    dst: &str,
+    port: u16,
+) -> (u16, Result<String, std::io::ErrorKind>) {
     let dst = sockaddr(dst, port);
     ns.run(move || {
         let s = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
@@ -110,14 +118,21 @@ fn tcp_get(ns: &Netns, src: Option<&'static str>, dst: &str, port: u16) -> (u16,
             s.bind(&sockaddr(src, 0).into()).expect("bind source");
         }
         let r = s.connect_timeout(&dst.into(), TIMEOUT);
-        let local = s.local_addr().ok().and_then(|a| a.as_socket()).map_or(0, |a| a.port());
+        let local = s
+            .local_addr()
+            .ok()
+            .and_then(|a| a.as_socket())
+            .map_or(0, |a| a.port());
         if let Err(e) = r {
             return (local, Err(e.kind()));
         }
         let mut stream: std::net::TcpStream = s.into();
         stream.set_read_timeout(Some(TIMEOUT)).unwrap();
         let mut text = String::new();
-        let r = stream.read_to_string(&mut text).map(|_| text).map_err(|e| e.kind());
+        let r = stream
+            .read_to_string(&mut text)
+            .map(|_| text)
+            .map_err(|e| e.kind());
         (local, r)
     })
 }
@@ -136,7 +151,13 @@ fn udp_echo(ns: &Netns, dst: &str, port: u16) -> (u16, bool) {
 }
 
 fn key(src: &str, dst: &str, sport: u16, dport: u16, proto: u8) -> FlowKey {
-    FlowKey::new(key_of(src.parse().unwrap()), key_of(dst.parse().unwrap()), sport, dport, proto)
+    FlowKey::new(
+        key_of(src.parse().unwrap()),
+        key_of(dst.parse().unwrap()),
+        sport,
+        dport,
+        proto,
+    )
 }
 
 fn describe(flows: &[(FlowKey, FlowStats)]) -> String {
@@ -145,7 +166,14 @@ fn describe(flows: &[(FlowKey, FlowStats)]) -> String {
         .map(|(k, s)| {
             format!(
                 "{}:{} -> {}:{} proto {} delivered {} answered {} refused {}\n",
-                ip_of(&k.src), k.sport, ip_of(&k.dst), k.dport, k.proto, s.delivered, s.answered, s.refused
+                ip_of(&k.src),
+                k.sport,
+                ip_of(&k.dst),
+                k.dport,
+                k.proto,
+                s.delivered,
+                s.answered,
+                s.refused
             )
         })
         .collect()
@@ -181,7 +209,11 @@ fn run_layout(layout: Layout) {
 
     // Row 1: outside host straight to a pod IP.
     let (row1_port, r) = tcp_get(&n.outside, None, pod_a, 80);
-    assert_eq!(r.as_deref(), Ok("hello\n"), "row 1: the pod must be reachable (the exposure)");
+    assert_eq!(
+        r.as_deref(),
+        Ok("hello\n"),
+        "row 1: the pod must be reachable (the exposure)"
+    );
     // Rows 2/3: the NodePort (DNAT keeps the client address: the pod sees the outsider).
     let (np_port, r) = tcp_get(&n.outside, None, n.node_ip, n.nodeport);
     assert_eq!(r.as_deref(), Ok("hello\n"), "row 2: NodePort");
@@ -205,7 +237,8 @@ fn run_layout(layout: Layout) {
     let (_, r) = tcp_get(&n.outside, None, n.node_ip, 22);
     assert_eq!(r, Err(std::io::ErrorKind::ConnectionRefused), "row 9");
     // Row 10: ping a pod IP.
-    n.outside.sh(&["ping", "-c", "2", "-i", "0.2", "-W", "2", pod_a]);
+    n.outside
+        .sh(&["ping", "-c", "2", "-i", "0.2", "-W", "2", pod_a]);
     // Row 11: UDP to a pod IP.
     let (row11_port, ok) = udp_echo(&n.outside, pod_a, 5353);
     assert!(ok, "row 11");
@@ -235,7 +268,10 @@ fn run_layout(layout: Layout) {
         (Verdict::Service, "tcp"),
         (Verdict::Host, "tcp"),
     ] {
-        assert!(c.packets_of(v, class) > 0, "{layout:?}: no {v:?}/{class} packets: {c:?}");
+        assert!(
+            c.packets_of(v, class) > 0,
+            "{layout:?}: no {v:?}/{class} packets: {c:?}"
+        );
     }
     // SYNs: one direct connection per row 1, 15 (and 14) was seen opening.
     let direct_syns = c.0.get(&(Verdict::DirectToPod, "tcp")).unwrap().flow_starts;
@@ -245,9 +281,21 @@ fn run_layout(layout: Layout) {
     let flows = kmaps::flows(&ebpf).unwrap();
     let outside = n.outside_ip;
     let mut expected = vec![
-        (key(outside, pod_a, row1_port, 80, 6), (1, 1, 0), origin::START),
-        (key(outside, pod_a, row15_port, 81, 6), (1, 0, 1), origin::START),
-        (key(outside, pod_a, row11_port, 5353, 17), (1, 1, 0), origin::DATAGRAM),
+        (
+            key(outside, pod_a, row1_port, 80, 6),
+            (1, 1, 0),
+            origin::START,
+        ),
+        (
+            key(outside, pod_a, row15_port, 81, 6),
+            (1, 0, 1),
+            origin::START,
+        ),
+        (
+            key(outside, pod_a, row11_port, 5353, 17),
+            (1, 1, 0),
+            origin::DATAGRAM,
+        ),
     ];
     if let Some(port) = row14 {
         expected.push((key(outside, pod_b, port, 80, 6), (1, 1, 0), origin::START));
@@ -255,8 +303,15 @@ fn run_layout(layout: Layout) {
     let icmp: Vec<_> = flows.iter().filter(|(k, _)| k.proto == 1).collect();
     assert_eq!(icmp.len(), 1, "row 10: one ping flow\n{}", describe(&flows));
     let (ik, is) = icmp[0];
-    assert_eq!((ip_of(&ik.src), ip_of(&ik.dst)), (outside.parse::<IpAddr>().unwrap(), pod_a.parse().unwrap()));
-    assert_eq!((is.delivered, is.answered, is.refused, is.packets), (1, 1, 0, 2), "row 10");
+    assert_eq!(
+        (ip_of(&ik.src), ip_of(&ik.dst)),
+        (outside.parse::<IpAddr>().unwrap(), pod_a.parse().unwrap())
+    );
+    assert_eq!(
+        (is.delivered, is.answered, is.refused, is.packets),
+        (1, 1, 0, 2),
+        "row 10"
+    );
     for (k, (d, a, r), o) in &expected {
         let s = flows
             .iter()
@@ -268,9 +323,17 @@ fn run_layout(layout: Layout) {
         assert_eq!(s.verdict, Verdict::DirectToPod as u8);
         assert!(s.pod_ifindex != 0);
     }
-    assert_eq!(flows.len(), expected.len() + 1, "{layout:?}: only direct accesses are flagged\n{}", describe(&flows));
+    assert_eq!(
+        flows.len(),
+        expected.len() + 1,
+        "{layout:?}: only direct accesses are flagged\n{}",
+        describe(&flows)
+    );
     for port in [np_port, svc_port] {
-        assert!(!flows.iter().any(|(k, _)| k.sport == port), "NodePort/Service flow flagged");
+        assert!(
+            !flows.iter().any(|(k, _)| k.sport == port),
+            "NodePort/Service flow flagged"
+        );
     }
     // Row 14: the flow came in on eth1; row 1 on eth0, delivered through pod A's veth.
     let ifindex_of = |k: &FlowKey| flows.iter().find(|(fk, _)| fk == k).unwrap().1;
@@ -285,8 +348,18 @@ fn run_layout(layout: Layout) {
 
     // The pod's own flows were recorded, so their replies were replies.
     let opened = kmaps::pod_flows(&ebpf).unwrap();
-    assert!(opened.iter().any(|(k, _)| *k == key(pod_a, outside, pod_tcp_port, 8443, 6)), "row 6 tcp not recorded");
-    assert!(opened.iter().any(|(k, _)| *k == key(pod_a, outside, pod_udp_port, 53, 17)), "row 6 udp not recorded");
+    assert!(
+        opened
+            .iter()
+            .any(|(k, _)| *k == key(pod_a, outside, pod_tcp_port, 8443, 6)),
+        "row 6 tcp not recorded"
+    );
+    assert!(
+        opened
+            .iter()
+            .any(|(k, _)| *k == key(pod_a, outside, pod_udp_port, 53, 17)),
+        "row 6 udp not recorded"
+    );
 
     // One event per flagged flow, none lost.
     let (events, bad) = kmaps::drain_events(&mut ebpf).unwrap();
@@ -294,7 +367,10 @@ fn run_layout(layout: Layout) {
     assert_eq!(events.len(), flows.len(), "{events:?}");
     let h = kmaps::health_counts(&ebpf).unwrap();
     assert_eq!(h[observer_common::maps::health::EVENTS_LOST as usize], 0);
-    assert_eq!(h[observer_common::maps::health::FLOW_INSERT_FAILED as usize], 0);
+    assert_eq!(
+        h[observer_common::maps::health::FLOW_INSERT_FAILED as usize],
+        0
+    );
 }
 
 #[test]

@@ -2,12 +2,9 @@
 //! make replies "reply", flagged flows are delivered / answered / refused, and each new
 //! flagged flow yields exactly one event.
 
-use aya::{
-    Ebpf,
-    programs::{TestRun, TestRunOptions},
-};
+use aya::Ebpf;
 use observer::{
-    bpf::{self, LoadOptions, classifier},
+    bpf::{self, LoadOptions},
     kmaps,
 };
 use observer_common::{
@@ -26,20 +23,26 @@ use observer_common::{
 const UNSPEC: u32 = u32::MAX;
 
 fn run(ebpf: &mut Ebpf, prog: &'static str, frame: &Frame) {
-    let bytes = frame.build();
-    let p = classifier(ebpf, prog).expect("program");
-    let mut opts = TestRunOptions::default();
-    opts.data_in = Some(&bytes);
-    let r = p.test_run(opts).expect("test_run");
+    let r = bpf::test_run(ebpf, prog, &frame.build(), 1).expect("test_run");
     assert_eq!(r.return_value, UNSPEC, "{prog} must return TC_ACT_UNSPEC");
 }
 
 fn key(src: &str, dst: &str, sport: u16, dport: u16, proto: u8) -> FlowKey {
-    FlowKey::new(key_of(src.parse().unwrap()), key_of(dst.parse().unwrap()), sport, dport, proto)
+    FlowKey::new(
+        key_of(src.parse().unwrap()),
+        key_of(dst.parse().unwrap()),
+        sport,
+        dport,
+        proto,
+    )
 }
 
 fn flow(ebpf: &Ebpf, k: &FlowKey) -> Option<FlowStats> {
-    kmaps::flows(ebpf).unwrap().into_iter().find(|(fk, _)| fk == k).map(|(_, s)| s)
+    kmaps::flows(ebpf)
+        .unwrap()
+        .into_iter()
+        .find(|(fk, _)| fk == k)
+        .map(|(_, s)| s)
 }
 
 fn setup() -> Ebpf {
@@ -47,7 +50,10 @@ fn setup() -> Ebpf {
         .expect("loading the eBPF object (this test needs root and a kernel that runs eBPF)");
     // A node with one pod and no pod-opened flows yet.
     let mut inv = Inventory::new();
-    inv.add_ip(POD_A.parse().unwrap(), observer_common::maps::role::LOCAL_POD | observer_common::maps::role::CLUSTER);
+    inv.add_ip(
+        POD_A.parse().unwrap(),
+        observer_common::maps::role::LOCAL_POD | observer_common::maps::role::CLUSTER,
+    );
     kmaps::write_inventory(&mut ebpf, &inv).unwrap();
     ebpf
 }
@@ -64,23 +70,67 @@ fn pod_opened_flows_make_replies_replies() {
     run(&mut ebpf, PROG_UPLINK, &synack);
     assert_eq!(verdict_packets(&ebpf, Verdict::DirectToPod), 1);
     // The pod opens TCP, UDP (DNS) and ICMP flows.
-    run(&mut ebpf, PROG_FROM_POD, &Frame::tcp(POD_A, INTERNET, 40000, 443, TCP_SYN));
-    run(&mut ebpf, PROG_FROM_POD, &Frame::udp(POD_A, VPC_DNS, 40001, 53));
-    run(&mut ebpf, PROG_FROM_POD, &Frame::echo(POD_A, INTERNET, true, 77));
+    run(
+        &mut ebpf,
+        PROG_FROM_POD,
+        &Frame::tcp(POD_A, INTERNET, 40000, 443, TCP_SYN),
+    );
+    run(
+        &mut ebpf,
+        PROG_FROM_POD,
+        &Frame::udp(POD_A, VPC_DNS, 40001, 53),
+    );
+    run(
+        &mut ebpf,
+        PROG_FROM_POD,
+        &Frame::echo(POD_A, INTERNET, true, 77),
+    );
     // A second DNS packet of the same flow is not recorded twice.
-    run(&mut ebpf, PROG_FROM_POD, &Frame::udp(POD_A, VPC_DNS, 40001, 53));
-    let opened: Vec<FlowKey> = kmaps::pod_flows(&ebpf).unwrap().into_iter().map(|(k, _)| k).collect();
+    run(
+        &mut ebpf,
+        PROG_FROM_POD,
+        &Frame::udp(POD_A, VPC_DNS, 40001, 53),
+    );
+    let opened: Vec<FlowKey> = kmaps::pod_flows(&ebpf)
+        .unwrap()
+        .into_iter()
+        .map(|(k, _)| k)
+        .collect();
     assert_eq!(opened.len(), 3, "{opened:?}");
     assert!(opened.contains(&key(POD_A, INTERNET, 40000, 443, 6)));
     assert!(opened.contains(&key(POD_A, VPC_DNS, 40001, 53, 17)));
     assert!(opened.contains(&key(POD_A, INTERNET, 77, 0, 1)));
     // Their replies are replies.
     run(&mut ebpf, PROG_UPLINK, &synack);
-    run(&mut ebpf, PROG_UPLINK, &Frame::tcp(INTERNET, POD_A, 443, 40000, TCP_ACK | TCP_PSH));
-    run(&mut ebpf, PROG_UPLINK, &Frame::udp(VPC_DNS, POD_A, 53, 40001));
-    run(&mut ebpf, PROG_UPLINK, &Frame::echo(INTERNET, POD_A, false, 77));
+    run(
+        &mut ebpf,
+        PROG_UPLINK,
+        &Frame::tcp(INTERNET, POD_A, 443, 40000, TCP_ACK | TCP_PSH),
+    );
+    run(
+        &mut ebpf,
+        PROG_UPLINK,
+        &Frame::udp(VPC_DNS, POD_A, 53, 40001),
+    );
+    run(
+        &mut ebpf,
+        PROG_UPLINK,
+        &Frame::echo(INTERNET, POD_A, false, 77),
+    );
     let quoted = Frame::tcp(POD_A, INTERNET, 40000, 443, TCP_ACK).ip_packet();
-    run(&mut ebpf, PROG_UPLINK, &Frame::new(INTERNET, POD_A, L4::IcmpError { ty: 3, code: 4, quoted }));
+    run(
+        &mut ebpf,
+        PROG_UPLINK,
+        &Frame::new(
+            INTERNET,
+            POD_A,
+            L4::IcmpError {
+                ty: 3,
+                code: 4,
+                quoted,
+            },
+        ),
+    );
     assert_eq!(verdict_packets(&ebpf, Verdict::Reply), 5);
     assert_eq!(verdict_packets(&ebpf, Verdict::DirectToPod), 1);
     let h = kmaps::health_counts(&ebpf).unwrap();
@@ -106,12 +156,40 @@ fn flagged_flows_are_delivered_answered_or_refused_with_one_event_each() {
     }
     // Retransmitted SYN: same flow, no new event.
     run(&mut ebpf, PROG_UPLINK, &open);
-    run(&mut ebpf, PROG_FROM_POD, &Frame::tcp(POD_A, OUTSIDE, 80, 51000, TCP_SYN | TCP_ACK));
-    run(&mut ebpf, PROG_FROM_POD, &Frame::tcp(POD_A, OUTSIDE, 81, 51020, TCP_RST | TCP_ACK));
-    run(&mut ebpf, PROG_FROM_POD, &Frame::udp(POD_A, OUTSIDE, 5353, 51013));
-    run(&mut ebpf, PROG_FROM_POD, &Frame::echo(POD_A, OUTSIDE, false, 10));
+    run(
+        &mut ebpf,
+        PROG_FROM_POD,
+        &Frame::tcp(POD_A, OUTSIDE, 80, 51000, TCP_SYN | TCP_ACK),
+    );
+    run(
+        &mut ebpf,
+        PROG_FROM_POD,
+        &Frame::tcp(POD_A, OUTSIDE, 81, 51020, TCP_RST | TCP_ACK),
+    );
+    run(
+        &mut ebpf,
+        PROG_FROM_POD,
+        &Frame::udp(POD_A, OUTSIDE, 5353, 51013),
+    );
+    run(
+        &mut ebpf,
+        PROG_FROM_POD,
+        &Frame::echo(POD_A, OUTSIDE, false, 10),
+    );
     let quoted = udp_closed.ip_packet();
-    run(&mut ebpf, PROG_FROM_POD, &Frame::new(POD_A, OUTSIDE, L4::IcmpError { ty: 3, code: 3, quoted }));
+    run(
+        &mut ebpf,
+        PROG_FROM_POD,
+        &Frame::new(
+            POD_A,
+            OUTSIDE,
+            L4::IcmpError {
+                ty: 3,
+                code: 3,
+                quoted,
+            },
+        ),
+    );
 
     let state = |k: FlowKey| {
         let s = flow(&ebpf, &k).unwrap_or_else(|| panic!("no flow {k:?}"));
@@ -142,7 +220,11 @@ fn flagged_flows_are_delivered_answered_or_refused_with_one_event_each() {
     let (events, bad) = kmaps::drain_events(&mut ebpf).unwrap();
     assert_eq!(bad, 0);
     assert_eq!(events.len(), 6, "{events:?}");
-    assert!(events.iter().all(|e| e.verdict == Verdict::DirectToPod as u8));
+    assert!(
+        events
+            .iter()
+            .all(|e| e.verdict == Verdict::DirectToPod as u8)
+    );
     assert_eq!(events[0].key, key(OUTSIDE, POD_A, 51000, 80, 6));
     let h = kmaps::health_counts(&ebpf).unwrap();
     assert_eq!(h[health::EVENTS_LOST as usize], 0);
@@ -155,11 +237,13 @@ fn flagged_flows_are_delivered_answered_or_refused_with_one_event_each() {
 fn every_program_returns_unspec_on_garbage() {
     let mut ebpf = setup();
     for prog in [PROG_UPLINK, PROG_TO_POD, PROG_FROM_POD] {
-        for bytes in [vec![0u8; 14], vec![0xff; 60], observer_common::testing::frames::non_ip(0x0806, 28)] {
-            let p = classifier(&mut ebpf, prog).unwrap();
-            let mut opts = TestRunOptions::default();
-            opts.data_in = Some(&bytes);
-            assert_eq!(p.test_run(opts).unwrap().return_value, UNSPEC);
+        for bytes in [
+            vec![0u8; 14],
+            vec![0xff; 60],
+            observer_common::testing::frames::non_ip(0x0806, 28),
+        ] {
+            let r = bpf::test_run(&mut ebpf, prog, &bytes, 1).unwrap();
+            assert_eq!(r.return_value, UNSPEC);
         }
     }
 }

@@ -1,7 +1,6 @@
 //! A small builder of Ethernet frames: VLAN tags, IPv4 with options, IPv6 with extension
 //! headers, fragments, TCP/UDP/SCTP/ICMP/ICMPv6 and ICMP errors quoting another packet.
 
-
 use std::{net::IpAddr, vec::Vec};
 
 use crate::packet::{ETH_P_8021Q, ETH_P_IP, ETH_P_IPV6};
@@ -9,15 +8,35 @@ use crate::packet::{ETH_P_8021Q, ETH_P_IP, ETH_P_IPV6};
 /// The upper-layer header of a crafted packet.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum L4 {
-    Tcp { sport: u16, dport: u16, flags: u8 },
-    Udp { sport: u16, dport: u16 },
-    Sctp { sport: u16, dport: u16, chunk: u8 },
+    Tcp {
+        sport: u16,
+        dport: u16,
+        flags: u8,
+    },
+    Udp {
+        sport: u16,
+        dport: u16,
+    },
+    Sctp {
+        sport: u16,
+        dport: u16,
+        chunk: u8,
+    },
     /// ICMP/ICMPv6 echo request or reply.
-    Echo { request: bool, id: u16 },
+    Echo {
+        request: bool,
+        id: u16,
+    },
     /// ICMP/ICMPv6 error quoting an IP packet (from [`Frame::ip_packet`]).
-    IcmpError { ty: u8, code: u8, quoted: Vec<u8> },
+    IcmpError {
+        ty: u8,
+        code: u8,
+        quoted: Vec<u8>,
+    },
     /// Another protocol, no header.
-    Raw { proto: u8 },
+    Raw {
+        proto: u8,
+    },
 }
 
 /// A crafted frame. `src` and `dst` must be of one family.
@@ -38,7 +57,8 @@ pub struct Frame {
 }
 
 fn ip(s: &str) -> IpAddr {
-    s.parse().unwrap_or_else(|_| panic!("bad test address {s:?}"))
+    s.parse()
+        .unwrap_or_else(|_| panic!("bad test address {s:?}"))
 }
 
 impl Frame {
@@ -59,7 +79,15 @@ impl Frame {
     }
 
     pub fn tcp(src: &str, dst: &str, sport: u16, dport: u16, flags: u8) -> Self {
-        Self::new(src, dst, L4::Tcp { sport, dport, flags })
+        Self::new(
+            src,
+            dst,
+            L4::Tcp {
+                sport,
+                dport,
+                flags,
+            },
+        )
     }
 
     pub fn udp(src: &str, dst: &str, sport: u16, dport: u16) -> Self {
@@ -116,10 +144,31 @@ impl Frame {
     fn l4_header(&self) -> Vec<u8> {
         let mut h = Vec::new();
         match &self.l4 {
-            L4::Tcp { sport, dport, flags } => {
+            L4::Tcp {
+                sport,
+                dport,
+                flags,
+            } => {
                 h.extend(sport.to_be_bytes());
                 h.extend(dport.to_be_bytes());
-                h.extend([0, 0, 0, 1, 0, 0, 0, 0, 5 << 4, *flags, 0xff, 0xff, 0, 0, 0, 0]);
+                h.extend([
+                    0,
+                    0,
+                    0,
+                    1,
+                    0,
+                    0,
+                    0,
+                    0,
+                    5 << 4,
+                    *flags,
+                    0xff,
+                    0xff,
+                    0,
+                    0,
+                    0,
+                    0,
+                ]);
             }
             L4::Udp { sport, dport } => {
                 h.extend(sport.to_be_bytes());
@@ -127,7 +176,11 @@ impl Frame {
                 h.extend(((8 + self.payload.len()) as u16).to_be_bytes());
                 h.extend([0, 0]);
             }
-            L4::Sctp { sport, dport, chunk } => {
+            L4::Sctp {
+                sport,
+                dport,
+                chunk,
+            } => {
                 h.extend(sport.to_be_bytes());
                 h.extend(dport.to_be_bytes());
                 h.extend([0, 0, 0, 0, 0, 0, 0, 0, *chunk, 0, 0, 4]);
@@ -212,7 +265,10 @@ impl Frame {
                 h.extend([64, self.proto(), 0, 0]);
                 h.extend(s.octets());
                 h.extend(d.octets());
-                h.extend(std::iter::repeat_n(1u8, self.ipv4_option_words as usize * 4));
+                h.extend(std::iter::repeat_n(
+                    1u8,
+                    self.ipv4_option_words as usize * 4,
+                ));
                 let sum = checksum(&h);
                 h[10..12].copy_from_slice(&sum.to_be_bytes());
                 h.extend(upper);

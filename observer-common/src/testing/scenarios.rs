@@ -237,63 +237,287 @@ fn rows(a: &Addrs) -> Vec<Case> {
     let data = TCP_ACK | TCP_PSH;
     let pod_syn_out = Frame::tcp(a.pod, a.internet, 40000, 443, syn);
     let mut c = vec![
-        case("1", "outside host, TCP SYN to a local pod IP:80", Frame::tcp(a.outside, a.pod, 51000, 80, syn), DirectToPod),
-        case("2", "outside host to node IP:NodePort", Frame::tcp(a.outside, a.node, 51001, 30080, syn), NodePort),
-        case("2", "outside host to node IP:NodePort, UDP", Frame::udp(a.outside, a.node, 51002, 31000), NodePort),
-        case("3", "NodePort with client address preserved (same packet at the uplink)", Frame::tcp(a.outside, a.node, 51003, 32767, syn), NodePort),
-        case("4", "another node to a local pod", Frame::tcp(a.peer_node, a.pod, 51004, 80, syn), InCluster),
-        case("5", "a pod of another node to a local pod", Frame::tcp(a.peer_pod, a.pod, 51005, 8080, syn), InCluster),
-        case("5", "a pod of another node, UDP", Frame::udp(a.peer_pod, a.pod, 51006, 53), InCluster),
-        case("6", "SYN-ACK of a connection the pod opened", Frame::tcp(a.internet, a.pod, 443, 40000, synack), Reply),
-        case("6", "data of a connection the pod opened", Frame::tcp(a.internet, a.pod, 443, 40000, data), Reply),
-        case("6", "DNS answer to the pod's query", Frame::udp(a.dns, a.pod, 53, 40001), Reply),
-        case("6", "echo reply to the pod's ping", Frame::echo(a.internet, a.pod, false, 77), Reply),
+        case(
+            "1",
+            "outside host, TCP SYN to a local pod IP:80",
+            Frame::tcp(a.outside, a.pod, 51000, 80, syn),
+            DirectToPod,
+        ),
+        case(
+            "2",
+            "outside host to node IP:NodePort",
+            Frame::tcp(a.outside, a.node, 51001, 30080, syn),
+            NodePort,
+        ),
+        case(
+            "2",
+            "outside host to node IP:NodePort, UDP",
+            Frame::udp(a.outside, a.node, 51002, 31000),
+            NodePort,
+        ),
+        case(
+            "3",
+            "NodePort with client address preserved (same packet at the uplink)",
+            Frame::tcp(a.outside, a.node, 51003, 32767, syn),
+            NodePort,
+        ),
+        case(
+            "4",
+            "another node to a local pod",
+            Frame::tcp(a.peer_node, a.pod, 51004, 80, syn),
+            InCluster,
+        ),
+        case(
+            "5",
+            "a pod of another node to a local pod",
+            Frame::tcp(a.peer_pod, a.pod, 51005, 8080, syn),
+            InCluster,
+        ),
+        case(
+            "5",
+            "a pod of another node, UDP",
+            Frame::udp(a.peer_pod, a.pod, 51006, 53),
+            InCluster,
+        ),
+        case(
+            "6",
+            "SYN-ACK of a connection the pod opened",
+            Frame::tcp(a.internet, a.pod, 443, 40000, synack),
+            Reply,
+        ),
+        case(
+            "6",
+            "data of a connection the pod opened",
+            Frame::tcp(a.internet, a.pod, 443, 40000, data),
+            Reply,
+        ),
+        case(
+            "6",
+            "DNS answer to the pod's query",
+            Frame::udp(a.dns, a.pod, 53, 40001),
+            Reply,
+        ),
+        case(
+            "6",
+            "echo reply to the pod's ping",
+            Frame::echo(a.internet, a.pod, false, 77),
+            Reply,
+        ),
         case(
             "6",
             "ICMP fragmentation-needed about the pod's connection",
-            Frame::new(a.internet, a.pod, L4::IcmpError { ty: 3, code: 4, quoted: pod_syn_out.ip_packet() }),
+            Frame::new(
+                a.internet,
+                a.pod,
+                L4::IcmpError {
+                    ty: 3,
+                    code: 4,
+                    quoted: pod_syn_out.ip_packet(),
+                },
+            ),
             Reply,
         ),
-        case("6", "a bare SYN on a pod-opened tuple is not a reply", Frame::tcp(a.internet, a.pod, 443, 40000, syn), DirectToPod),
-        case("6", "the same SYN-ACK without a pod-opened flow", Frame::tcp(a.internet, a.pod, 443, 40999, synack), DirectToPod),
-        case("7", "allowed source (LB subnet) to a pod IP", Frame::tcp(a.allowed, a.pod, 51007, 80, syn), Allowed),
-        case("8", "outside host to a Service ClusterIP", Frame::tcp(a.outside, a.service, 51008, 80, syn), Service),
-        case("9", "outside host to the node's SSH", Frame::tcp(a.outside, a.node, 51009, 22, syn), Host),
-        case("9", "outside host to the kubelet", Frame::tcp(a.outside, a.node, 51010, 10250, syn), Host),
-        case("9", "outside host to the node's second address", Frame::tcp(a.outside, a.node_second, 51011, 22, syn), Host),
-        case("9", "ping to the node", Frame::echo(a.outside, a.node, true, 9), Host),
-        case("9", "to an address this node does not host", Frame::tcp(a.outside, a.internet, 51012, 80, syn), Host),
-        case("10", "outside host, ICMP echo to a pod IP", Frame::echo(a.outside, a.pod, true, 10), DirectToPod),
-        case("11", "outside host, UDP to a pod IP", Frame::udp(a.outside, a.pod, 51013, 5353), DirectToPod),
+        case(
+            "6",
+            "a bare SYN on a pod-opened tuple is not a reply",
+            Frame::tcp(a.internet, a.pod, 443, 40000, syn),
+            DirectToPod,
+        ),
+        case(
+            "6",
+            "the same SYN-ACK without a pod-opened flow",
+            Frame::tcp(a.internet, a.pod, 443, 40999, synack),
+            DirectToPod,
+        ),
+        case(
+            "7",
+            "allowed source (LB subnet) to a pod IP",
+            Frame::tcp(a.allowed, a.pod, 51007, 80, syn),
+            Allowed,
+        ),
+        case(
+            "8",
+            "outside host to a Service ClusterIP",
+            Frame::tcp(a.outside, a.service, 51008, 80, syn),
+            Service,
+        ),
+        case(
+            "9",
+            "outside host to the node's SSH",
+            Frame::tcp(a.outside, a.node, 51009, 22, syn),
+            Host,
+        ),
+        case(
+            "9",
+            "outside host to the kubelet",
+            Frame::tcp(a.outside, a.node, 51010, 10250, syn),
+            Host,
+        ),
+        case(
+            "9",
+            "outside host to the node's second address",
+            Frame::tcp(a.outside, a.node_second, 51011, 22, syn),
+            Host,
+        ),
+        case(
+            "9",
+            "ping to the node",
+            Frame::echo(a.outside, a.node, true, 9),
+            Host,
+        ),
+        case(
+            "9",
+            "to an address this node does not host",
+            Frame::tcp(a.outside, a.internet, 51012, 80, syn),
+            Host,
+        ),
+        case(
+            "10",
+            "outside host, ICMP echo to a pod IP",
+            Frame::echo(a.outside, a.pod, true, 10),
+            DirectToPod,
+        ),
+        case(
+            "11",
+            "outside host, UDP to a pod IP",
+            Frame::udp(a.outside, a.pod, 51013, 5353),
+            DirectToPod,
+        ),
         case(
             "11",
             "outside host, SCTP INIT to a pod IP",
-            Frame::new(a.outside, a.pod, L4::Sctp { sport: 51014, dport: 3868, chunk: 1 }),
+            Frame::new(
+                a.outside,
+                a.pod,
+                L4::Sctp {
+                    sport: 51014,
+                    dport: 3868,
+                    chunk: 1,
+                },
+            ),
             DirectToPod,
         ),
-        case("11", "outside host, GRE to a pod IP", Frame::new(a.outside, a.pod, L4::Raw { proto: 47 }), DirectToPod),
-        case("12", "row 1 over IPv6", Frame::tcp(a.outside6, a.pod6, 51015, 80, syn), DirectToPod),
-        case("12", "row 4 over IPv6", Frame::tcp(a.peer6, a.pod6, 51016, 80, syn), InCluster),
-        case("12", "row 6 over IPv6: SYN-ACK", Frame::tcp(a.internet6, a.pod6, 443, 40002, synack), Reply),
-        case("12", "row 6 over IPv6: DNS answer", Frame::udp(a.internet6, a.pod6, 53, 40003), Reply),
-        case("12", "row 10 over IPv6: echo request", Frame::echo(a.outside6, a.pod6, true, 12), DirectToPod),
-        case("12", "row 9 over IPv6: to the node", Frame::tcp(a.outside6, a.node6, 51017, 22, syn), Host),
-        case("13", "row 1 to a pod whose veth appeared later", Frame::tcp(a.outside, a.pod_late, 51018, 80, syn), DirectToPod),
-        case("14", "row 1 arriving on the secondary interface (same packet)", Frame::tcp(a.outside, a.pod, 51019, 80, syn), DirectToPod),
-        case("15", "row 1 to a closed port", Frame::tcp(a.outside, a.pod, 51020, 81, syn), DirectToPod),
+        case(
+            "11",
+            "outside host, GRE to a pod IP",
+            Frame::new(a.outside, a.pod, L4::Raw { proto: 47 }),
+            DirectToPod,
+        ),
+        case(
+            "12",
+            "row 1 over IPv6",
+            Frame::tcp(a.outside6, a.pod6, 51015, 80, syn),
+            DirectToPod,
+        ),
+        case(
+            "12",
+            "row 4 over IPv6",
+            Frame::tcp(a.peer6, a.pod6, 51016, 80, syn),
+            InCluster,
+        ),
+        case(
+            "12",
+            "row 6 over IPv6: SYN-ACK",
+            Frame::tcp(a.internet6, a.pod6, 443, 40002, synack),
+            Reply,
+        ),
+        case(
+            "12",
+            "row 6 over IPv6: DNS answer",
+            Frame::udp(a.internet6, a.pod6, 53, 40003),
+            Reply,
+        ),
+        case(
+            "12",
+            "row 10 over IPv6: echo request",
+            Frame::echo(a.outside6, a.pod6, true, 12),
+            DirectToPod,
+        ),
+        case(
+            "12",
+            "row 9 over IPv6: to the node",
+            Frame::tcp(a.outside6, a.node6, 51017, 22, syn),
+            Host,
+        ),
+        case(
+            "13",
+            "row 1 to a pod whose veth appeared later",
+            Frame::tcp(a.outside, a.pod_late, 51018, 80, syn),
+            DirectToPod,
+        ),
+        case(
+            "14",
+            "row 1 arriving on the secondary interface (same packet)",
+            Frame::tcp(a.outside, a.pod, 51019, 80, syn),
+            DirectToPod,
+        ),
+        case(
+            "15",
+            "row 1 to a closed port",
+            Frame::tcp(a.outside, a.pod, 51020, 81, syn),
+            DirectToPod,
+        ),
         raw("16", "ARP request", non_ip(0x0806, 28), NotIp),
         raw("16", "LLDP", non_ip(0x88cc, 40), NotIp),
-        raw("16", "a frame cut inside the IPv4 header", Frame::tcp(a.outside, a.pod, 1, 80, syn).build()[..24].to_vec(), Malformed),
-        raw("16", "a frame cut inside the TCP header", Frame::tcp(a.outside, a.pod, 1, 80, syn).build()[..44].to_vec(), Malformed),
-        raw("16", "IPv4 with a header length of 4 words", bad_ihl(Frame::tcp(a.outside, a.pod, 1, 80, syn).build()), Malformed),
-        case("16", "three VLAN tags", Frame::tcp(a.outside, a.pod, 1, 80, syn).vlan(1).vlan(2).vlan(3), Malformed),
-        case("16", "a TCP data offset below 5", bad_doff(Frame::tcp(a.outside, a.pod, 1, 80, syn)), Malformed),
-        case("17", "TCP without SYN for a flow never seen to start", Frame::tcp(a.outside, a.pod, 51021, 80, data), DirectToPod),
-        case("17", "a bare ACK, mid-stream", Frame::tcp(a.outside, a.pod, 51022, 80, TCP_ACK), DirectToPod),
-        case("17", "a RST from outside, mid-stream", Frame::tcp(a.outside, a.pod, 51023, 80, TCP_RST), DirectToPod),
+        raw(
+            "16",
+            "a frame cut inside the IPv4 header",
+            Frame::tcp(a.outside, a.pod, 1, 80, syn).build()[..24].to_vec(),
+            Malformed,
+        ),
+        raw(
+            "16",
+            "a frame cut inside the TCP header",
+            Frame::tcp(a.outside, a.pod, 1, 80, syn).build()[..44].to_vec(),
+            Malformed,
+        ),
+        raw(
+            "16",
+            "IPv4 with a header length of 4 words",
+            bad_ihl(Frame::tcp(a.outside, a.pod, 1, 80, syn).build()),
+            Malformed,
+        ),
+        case(
+            "16",
+            "three VLAN tags",
+            Frame::tcp(a.outside, a.pod, 1, 80, syn)
+                .vlan(1)
+                .vlan(2)
+                .vlan(3),
+            Malformed,
+        ),
+        case(
+            "16",
+            "a TCP data offset below 5",
+            bad_doff(Frame::tcp(a.outside, a.pod, 1, 80, syn)),
+            Malformed,
+        ),
+        case(
+            "17",
+            "TCP without SYN for a flow never seen to start",
+            Frame::tcp(a.outside, a.pod, 51021, 80, data),
+            DirectToPod,
+        ),
+        case(
+            "17",
+            "a bare ACK, mid-stream",
+            Frame::tcp(a.outside, a.pod, 51022, 80, TCP_ACK),
+            DirectToPod,
+        ),
+        case(
+            "17",
+            "a RST from outside, mid-stream",
+            Frame::tcp(a.outside, a.pod, 51023, 80, TCP_RST),
+            DirectToPod,
+        ),
     ];
     if let Some(ext) = a.external {
-        c.push(case("8", "outside host to a Service external IP", Frame::tcp(a.outside, ext, 51024, 443, syn), Service));
+        c.push(case(
+            "8",
+            "outside host to a Service external IP",
+            Frame::tcp(a.outside, ext, 51024, 443, syn),
+            Service,
+        ));
     }
     c
 }
@@ -306,7 +530,28 @@ fn bad_ihl(mut f: Vec<u8>) -> Vec<u8> {
 /// A TCP header whose data offset says 4 words (the builder writes 5).
 fn bad_doff(f: Frame) -> Frame {
     // Encoded as a raw protocol 6 payload so the builder does not fix it.
-    let mut h = vec![0xc8, 0x1c, 0, 80, 0, 0, 0, 1, 0, 0, 0, 0, 4 << 4, TCP_SYN, 0xff, 0xff, 0, 0, 0, 0];
+    let mut h = vec![
+        0xc8,
+        0x1c,
+        0,
+        80,
+        0,
+        0,
+        0,
+        1,
+        0,
+        0,
+        0,
+        0,
+        4 << 4,
+        TCP_SYN,
+        0xff,
+        0xff,
+        0,
+        0,
+        0,
+        0,
+    ];
     let mut out = Frame::new(&f.src.to_string(), &f.dst.to_string(), L4::Raw { proto: 6 });
     out.payload.append(&mut h);
     out
@@ -334,14 +579,34 @@ pub fn variants(c: &Case) -> Vec<Case> {
     push("802.1Q tagged", f.clone().vlan(100), c.expect);
     push("QinQ tagged", f.clone().vlan(100).vlan(200), c.expect);
     if f.src.is_ipv4() {
-        push("IPv4 with 3 option words", f.clone().ipv4_options(3), c.expect);
-        push("IPv4 with 10 option words", f.clone().ipv4_options(10).vlan(7), c.expect);
-        push("IPv4 first fragment", f.clone().fragment(0, true).payload(24), c.expect);
+        push(
+            "IPv4 with 3 option words",
+            f.clone().ipv4_options(3),
+            c.expect,
+        );
+        push(
+            "IPv4 with 10 option words",
+            f.clone().ipv4_options(10).vlan(7),
+            c.expect,
+        );
+        push(
+            "IPv4 first fragment",
+            f.clone().fragment(0, true).payload(24),
+            c.expect,
+        );
     } else {
-        push("IPv6 hop-by-hop + destination options", f.clone().ipv6_ext(&[0, 60]), c.expect);
+        push(
+            "IPv6 hop-by-hop + destination options",
+            f.clone().ipv6_ext(&[0, 60]),
+            c.expect,
+        );
         push("IPv6 routing header", f.clone().ipv6_ext(&[43]), c.expect);
         push("IPv6 AH", f.clone().ipv6_ext(&[51]), c.expect);
-        push("IPv6 first fragment", f.clone().ipv6_ext(&[0, 44]).fragment(0, true), c.expect);
+        push(
+            "IPv6 first fragment",
+            f.clone().ipv6_ext(&[0, 44]).fragment(0, true),
+            c.expect,
+        );
         push(
             "IPv6 five extension headers",
             f.clone().ipv6_ext(&[0, 43, 60, 51, 60]),
@@ -353,7 +618,11 @@ pub fn variants(c: &Case) -> Vec<Case> {
             Verdict::Malformed,
         );
     }
-    push("non-first fragment", f.clone().fragment(185, false).payload(16), Verdict::Fragment);
+    push(
+        "non-first fragment",
+        f.clone().fragment(185, false).payload(16),
+        Verdict::Fragment,
+    );
     out
 }
 

@@ -38,7 +38,11 @@ impl Cidr {
                 IpAddr::V4(Ipv4Addr::from(u32::from(a) & mask))
             }
             IpAddr::V6(a) => {
-                let mask = if len == 0 { 0 } else { u128::MAX << (128 - len) };
+                let mask = if len == 0 {
+                    0
+                } else {
+                    u128::MAX << (128 - len)
+                };
                 IpAddr::V6(Ipv6Addr::from(u128::from(a) & mask))
             }
         };
@@ -51,7 +55,7 @@ impl Cidr {
     }
 
     /// The prefix length in the address's own family.
-    pub fn len(&self) -> u8 {
+    pub fn prefix_len(&self) -> u8 {
         self.len
     }
 
@@ -138,14 +142,32 @@ mod tests {
         assert!(!c.contains("10.0.16.1".parse().unwrap()));
         let v6: Cidr = "2600:1f18::/48".parse().unwrap();
         assert!(v6.contains("2600:1f18::3f0".parse().unwrap()));
-        assert_eq!("10.1.2.3".parse::<Cidr>().unwrap().len(), 32);
-        assert!("0.0.0.0/0".parse::<Cidr>().unwrap().contains("8.8.8.8".parse().unwrap()));
-        assert!(!"0.0.0.0/0".parse::<Cidr>().unwrap().contains("2001::1".parse().unwrap()));
+        assert_eq!("10.1.2.3".parse::<Cidr>().unwrap().prefix_len(), 32);
+        assert!(
+            "0.0.0.0/0"
+                .parse::<Cidr>()
+                .unwrap()
+                .contains("8.8.8.8".parse().unwrap())
+        );
+        assert!(
+            !"0.0.0.0/0"
+                .parse::<Cidr>()
+                .unwrap()
+                .contains("2001::1".parse().unwrap())
+        );
     }
 
     #[test]
     fn rejects_garbage_with_the_input_named() {
-        for bad in ["", "10.0.0.0/33", "10.0.0/8", "fe80::/129", "10.0.0.0/-1", "x/8", "10.0.0.0/"] {
+        for bad in [
+            "",
+            "10.0.0.0/33",
+            "10.0.0/8",
+            "fe80::/129",
+            "10.0.0.0/-1",
+            "x/8",
+            "10.0.0.0/",
+        ] {
             let e = bad.parse::<Cidr>().unwrap_err();
             assert!(e.to_string().contains(&format!("{bad:?}")), "{e}");
         }

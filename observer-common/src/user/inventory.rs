@@ -118,9 +118,15 @@ mod tests {
             )]
         );
         let cidrs = inv.cidr_entries();
-        assert!(cidrs.contains(&("10.0.5.0/24".parse().unwrap(), role::CLUSTER | role::ALLOWED)));
+        assert!(cidrs.contains(&(
+            "10.0.5.0/24".parse().unwrap(),
+            role::CLUSTER | role::ALLOWED
+        )));
         assert!(cidrs.contains(&("10.0.0.0/16".parse().unwrap(), role::CLUSTER)));
-        assert_eq!(inv.cidr_roles(&key_of("10.0.9.1".parse().unwrap())), role::CLUSTER);
+        assert_eq!(
+            inv.cidr_roles(&key_of("10.0.9.1".parse().unwrap())),
+            role::CLUSTER
+        );
         assert_eq!(inv.cidr_roles(&key_of("10.1.0.1".parse().unwrap())), 0);
     }
 }

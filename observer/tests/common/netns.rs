@@ -14,7 +14,9 @@ pub fn sh(args: &[&str]) -> String {
     let out = Command::new(args[0])
         .args(&args[1..])
         .output()
-        .unwrap_or_else(|e| panic!("cannot run {args:?}: {e} (cargo xtask test installs iproute2/iptables)"));
+        .unwrap_or_else(|e| {
+            panic!("cannot run {args:?}: {e} (cargo xtask test installs iproute2/iptables)")
+        });
     assert!(
         out.status.success(),
         "{args:?} failed: {}{}",
@@ -63,7 +65,9 @@ impl Netns {
 
     /// Runs `f` on a new thread that has entered this namespace.
     pub fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
-        self.spawn(f).join().expect("thread in the namespace panicked")
+        self.spawn(f)
+            .join()
+            .expect("thread in the namespace panicked")
     }
 
     /// Starts `f` on a new thread that has entered this namespace.
@@ -99,6 +103,8 @@ fn enter(path: &str) {
 
 impl Drop for Netns {
     fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.name]).output();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .output();
     }
 }

@@ -53,13 +53,18 @@ pub struct Node {
 /// Joins `a_if` in `a` and `b_if` in `b` with a veth pair, created directly in those
 /// namespaces (nothing passes through the root namespace).
 fn veth(a: &Netns, a_if: &str, b: &Netns, b_if: &str) {
-    a.sh(&["ip", "link", "add", a_if, "type", "veth", "peer", "name", b_if, "netns", &b.name]);
+    a.sh(&[
+        "ip", "link", "add", a_if, "type", "veth", "peer", "name", b_if, "netns", &b.name,
+    ]);
     a.sh(&["ip", "link", "set", a_if, "up"]);
     b.sh(&["ip", "link", "set", b_if, "up"]);
 }
 
 fn host_settings(ns: &Netns) {
-    for key in ["net.ipv4.conf.all.rp_filter", "net.ipv4.conf.default.rp_filter"] {
+    for key in [
+        "net.ipv4.conf.all.rp_filter",
+        "net.ipv4.conf.default.rp_filter",
+    ] {
         ns.sysctl(key, "0");
     }
 }
@@ -117,11 +122,24 @@ impl Node {
         outside.sh(&["ip", "addr", "add", "10.0.6.245/20", "dev", "eth0"]);
         outside.sh(&["ip", "addr", "add", "10.0.14.50/20", "dev", "eth0"]);
         peer.sh(&["ip", "addr", "add", &format!("{peer_ip}/20"), "dev", "eth0"]);
-        peer.sh(&["ip", "addr", "add", &format!("{peer_pod_ip}/32"), "dev", "lo"]);
+        peer.sh(&[
+            "ip",
+            "addr",
+            "add",
+            &format!("{peer_pod_ip}/32"),
+            "dev",
+            "lo",
+        ]);
 
         let pod_defs: &[(&'static str, &'static str)] = match layout {
-            Layout::VpcCni => &[("10.0.3.240", "eni9397facaed1"), ("10.0.8.245", "eni5e0af5c1cbe")],
-            Layout::Calico => &[("172.16.30.3", "calibe254a7a7ea"), ("172.16.30.2", "calidfe83332386")],
+            Layout::VpcCni => &[
+                ("10.0.3.240", "eni9397facaed1"),
+                ("10.0.8.245", "eni5e0af5c1cbe"),
+            ],
+            Layout::Calico => &[
+                ("172.16.30.3", "calibe254a7a7ea"),
+                ("172.16.30.2", "calidfe83332386"),
+            ],
         };
         let mut pods = Vec::new();
         for (ip, veth_name) in pod_defs {
@@ -150,12 +168,38 @@ impl Node {
         // kube-proxy: one NodePort and one ClusterIP, both to pod A:80.
         let pod_a = format!("{}:80", pods[0].ip);
         node.sh(&[
-            "iptables", "-t", "nat", "-A", "PREROUTING", "-d", node_ip, "-p", "tcp", "--dport", "30080",
-            "-j", "DNAT", "--to-destination", &pod_a,
+            "iptables",
+            "-t",
+            "nat",
+            "-A",
+            "PREROUTING",
+            "-d",
+            node_ip,
+            "-p",
+            "tcp",
+            "--dport",
+            "30080",
+            "-j",
+            "DNAT",
+            "--to-destination",
+            &pod_a,
         ]);
         node.sh(&[
-            "iptables", "-t", "nat", "-A", "PREROUTING", "-d", service_ip, "-p", "tcp", "--dport", "80",
-            "-j", "DNAT", "--to-destination", &pod_a,
+            "iptables",
+            "-t",
+            "nat",
+            "-A",
+            "PREROUTING",
+            "-d",
+            service_ip,
+            "-p",
+            "tcp",
+            "--dport",
+            "80",
+            "-j",
+            "DNAT",
+            "--to-destination",
+            &pod_a,
         ]);
 
         Node {
@@ -207,9 +251,20 @@ fn add_pod(node: &Netns, ip: &'static str, veth_name: &'static str) -> Pod {
     let ns = Netns::new("pod");
     veth(node, veth_name, &ns, "eth0");
     node.sysctl(&format!("net.ipv4.conf.{veth_name}.proxy_arp"), "1");
-    node.sh(&["ip", "route", "add", &format!("{ip}/32"), "dev", veth_name, "scope", "link"]);
+    node.sh(&[
+        "ip",
+        "route",
+        "add",
+        &format!("{ip}/32"),
+        "dev",
+        veth_name,
+        "scope",
+        "link",
+    ]);
     ns.sh(&["ip", "addr", "add", &format!("{ip}/32"), "dev", "eth0"]);
-    ns.sh(&["ip", "route", "add", "default", "dev", "eth0", "scope", "link"]);
+    ns.sh(&[
+        "ip", "route", "add", "default", "dev", "eth0", "scope", "link",
+    ]);
     Pod {
         ns,
         ip,
