@@ -52,6 +52,39 @@ pub fn run(cmd: &mut Command) -> Result<()> {
     Ok(())
 }
 
+/// Runs `cargo test`, passing its output through; returns (passed, failed) summed over every
+/// test binary.
+fn run_tests(cmd: &mut Command) -> Result<(u64, u64)> {
+    use std::io::{BufRead, BufReader};
+    let mut child = cmd
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .context("cannot start cargo test")?;
+    let (mut passed, mut failed) = (0u64, 0u64);
+    for line in BufReader::new(child.stdout.take().context("stdout")?).lines() {
+        let line = line?;
+        println!("{line}");
+        if let Some(rest) = line.strip_prefix("test result: ") {
+            let count = |word: &str| -> u64 {
+                rest.split(';')
+                    .find_map(|part| part.trim().strip_suffix(word))
+                    .and_then(|n| n.trim().rsplit(' ').next()?.parse().ok())
+                    .unwrap_or(0)
+            };
+            passed += count(" passed");
+            failed += count(" failed");
+        }
+    }
+    let status = child.wait()?;
+    if !status.success() {
+        bail!("cargo test failed: {status} ({passed} passed, {failed} failed)");
+    }
+    if passed == 0 {
+        bail!("cargo test ran no test");
+    }
+    Ok((passed, failed))
+}
+
 fn cargo() -> Command {
     Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
 }
@@ -82,7 +115,16 @@ fn main() -> Result<()> {
             timed("build (userspace on stable, eBPF on debian-web)", || {
                 run(cargo().args(["build", "--all-targets"]))
             })?;
-            timed("tests", || run(cargo().arg("test").args(&args)))
+            let mut totals = (0, 0);
+            let result = timed("tests", || {
+                totals = run_tests(cargo().arg("test").args(&args))?;
+                Ok(())
+            });
+            if result.is_ok() {
+                // The last line: one total over every test binary.
+                println!("tests: {} passed, {} failed", totals.0, totals.1);
+            }
+            result
         }
         Task::Lint => {
             timed("toolchain check", || {
