@@ -16,9 +16,15 @@ fn main() -> anyhow::Result<()> {
         .manifest_path
         .parent()
         .ok_or_else(|| anyhow!("no parent for {}", ebpf.manifest_path))?;
+    let features: &[&str] = if std::env::var_os("CARGO_FEATURE_BPF_LOG").is_some() {
+        &["log"]
+    } else {
+        &[]
+    };
     let package = aya_build::Package {
         name: ebpf.name.as_str(),
         root_dir: root.as_str(),
+        features,
         ..Default::default()
     };
     aya_build::build_ebpf([package], Toolchain::Custom("debian-web")).context(

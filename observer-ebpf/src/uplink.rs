@@ -38,6 +38,14 @@ pub fn observe(ctx: &TcContext) {
     if trace_enabled() {
         trace(&d);
     }
+    #[cfg(feature = "log")]
+    aya_log_ebpf::debug!(
+        ctx,
+        "uplink verdict {} reason {} proto {}",
+        d.verdict as u8,
+        d.reason as u8,
+        p.proto
+    );
 }
 
 #[inline(always)]
