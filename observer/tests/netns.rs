@@ -6,8 +6,6 @@
 //! Needs root, iproute2, iptables and ping (`cargo xtask test` installs them). Everything lives
 //! in namespaces the test creates and deletes, also on failure.
 
-mod common;
-
 use std::{
     io::{Read, Write},
     net::{IpAddr, SocketAddr, TcpListener, UdpSocket},
@@ -19,7 +17,7 @@ use std::{
     time::Duration,
 };
 
-use common::{
+use testbed::{
     netns::Netns,
     topology::{Layout, Node},
 };
@@ -30,7 +28,8 @@ use observer::{
 };
 use observer_common::{
     addr::{ip_of, key_of},
-    maps::{FlowKey, FlowStats, origin},
+    maps::{FlowKey, FlowStats, origin, role},
+    user::Inventory,
     verdict::Verdict,
 };
 use socket2::{Domain, Socket, Type};
@@ -179,11 +178,32 @@ fn describe(flows: &[(FlowKey, FlowStats)]) -> String {
         .collect()
 }
 
+/// What the agent would know about this node and its cluster.
+fn inventory(n: &Node) -> Inventory {
+    let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+    let mut inv = Inventory::new();
+    inv.add_ip(ip(n.node_ip), role::NODE | role::CLUSTER);
+    if n.layout == Layout::VpcCni {
+        inv.add_ip(ip("10.0.15.193"), role::NODE | role::CLUSTER);
+    }
+    for p in &n.pods {
+        inv.add_ip(ip(p.ip), role::LOCAL_POD | role::CLUSTER);
+    }
+    inv.add_ip(ip(n.peer_ip), role::CLUSTER);
+    match n.cluster_cidr {
+        Some(c) => inv.add_cidr(c.parse().unwrap(), role::CLUSTER),
+        None => inv.add_ip(ip(n.peer_pod_ip), role::CLUSTER),
+    }
+    inv.add_cidr(n.allowed_cidr.parse().unwrap(), role::ALLOWED);
+    inv.add_cidr(n.service_cidr.parse().unwrap(), role::SERVICE);
+    inv
+}
+
 fn run_layout(layout: Layout) {
     let n = Node::new(layout);
     let mut ebpf = bpf::load(&LoadOptions::default())
         .expect("loading the eBPF object (this test needs root and a kernel that runs eBPF)");
-    kmaps::write_inventory(&mut ebpf, &n.inventory()).expect("filling the maps");
+    kmaps::write_inventory(&mut ebpf, &inventory(&n)).expect("filling the maps");
     // Attach inside the node namespace.
     thread::scope(|s| {
         s.spawn(|| {

@@ -10,11 +10,7 @@
 //! as a routed pod CIDR does for Calico. kube-proxy is played by iptables DNAT rules for one
 //! NodePort and one ClusterIP. Every namespace is the test's own and is deleted on drop.
 
-use std::net::IpAddr;
-
-use observer_common::{maps::role, user::Inventory};
-
-use super::netns::Netns;
+use crate::netns::Netns;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Layout {
@@ -222,26 +218,21 @@ impl Node {
             vpc,
         }
     }
+}
 
-    /// What the agent would know about this node and its cluster.
-    pub fn inventory(&self) -> Inventory {
-        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
-        let mut inv = Inventory::new();
-        inv.add_ip(ip(self.node_ip), role::NODE | role::CLUSTER);
+impl Node {
+    /// Adds a pod after the fact (SCENARIOS row 13), routed like the others from outside.
+    pub fn add_pod(&mut self, ip: &'static str, veth_name: &'static str) -> &Pod {
+        let pod = add_pod(&self.node, ip, veth_name);
+        let via = match self.layout {
+            Layout::VpcCni => "10.0.7.223",
+            Layout::Calico => self.node_ip,
+        };
         if self.layout == Layout::VpcCni {
-            inv.add_ip(ip("10.0.15.193"), role::NODE | role::CLUSTER);
+            self.outside.sh(&["ip", "route", "add", &format!("{ip}/32"), "via", via]);
         }
-        for p in &self.pods {
-            inv.add_ip(ip(p.ip), role::LOCAL_POD | role::CLUSTER);
-        }
-        inv.add_ip(ip(self.peer_ip), role::CLUSTER);
-        match self.cluster_cidr {
-            Some(c) => inv.add_cidr(c.parse().unwrap(), role::CLUSTER),
-            None => inv.add_ip(ip(self.peer_pod_ip), role::CLUSTER),
-        }
-        inv.add_cidr(self.allowed_cidr.parse().unwrap(), role::ALLOWED);
-        inv.add_cidr(self.service_cidr.parse().unwrap(), role::SERVICE);
-        inv
+        self.pods.push(pod);
+        self.pods.last().expect("just pushed")
     }
 }
 

@@ -1,0 +1,6 @@
+//! Simulated Kubernetes nodes in network namespaces, shared by the kernel tests and
+//! `cargo xtask demo`. It has no eBPF dependency, so xtask can build it before the eBPF
+//! toolchain exists. Every namespace is created here and deleted on drop.
+
+pub mod netns;
+pub mod topology;
