@@ -1,26 +1,29 @@
-//! Typed access to the object's maps from userspace.
+//! The object's maps, taken out of the loaded [`Ebpf`] so that the agent's tasks can share
+//! them: the inventory writes the address maps, the flow reader reads `FLOWS` and drains
+//! `EVENTS`, metrics and the debug API read counters. Each map sits behind its own mutex;
+//! every operation is one short syscall.
 
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, sync::Mutex};
 
 use aya::{
     Ebpf, Pod,
     maps::{
-        HashMap, MapData, MapError, PerCpuArray, RingBuf,
+        HashMap, IterableMap, Map, MapData, MapError, PerCpuArray, RingBuf,
         lpm_trie::{Key, LpmTrie},
     },
 };
 use observer_common::{
     addr::IpKey,
     maps::{
-        FlowEvent, FlowKey, FlowStats, PodFlow, STATS_ENTRIES, TraceRecord, VerdictStats, health,
-        proto_class,
+        FlowEvent, FlowKey, FlowStats, PodFlow, STATS_ENTRIES, TraceRecord, VerdictStats,
+        health, proto_class,
     },
     names::{
-        MAP_CIDR_ROLES, MAP_EVENTS, MAP_FLOWS, MAP_HEALTH, MAP_IP_ROLES, MAP_POD_FLOWS, MAP_TRACE,
-        MAP_VERDICT_STATS,
+        MAP_CIDR_ROLES, MAP_EVENTS, MAP_FLOWS, MAP_HEALTH, MAP_IP_ROLES, MAP_POD_FLOWS,
+        MAP_TRACE, MAP_VERDICT_STATS,
     },
-    user::Inventory,
-    verdict::{VERDICT_COUNT, Verdict},
+    user::{Cidr, Inventory},
+    verdict::{Lookup, VERDICT_COUNT, Verdict},
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -39,60 +42,17 @@ fn err(name: &'static str) -> impl FnOnce(MapError) -> KmapError {
     move |source| KmapError::Map { name, source }
 }
 
-fn map_mut<'a, T>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<T, KmapError>
+fn take<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, KmapError>
 where
-    T: TryFrom<&'a mut aya::maps::Map, Error = MapError>,
+    T: TryFrom<Map, Error = MapError>,
 {
-    let map = ebpf.map_mut(name).ok_or(KmapError::Missing(name))?;
+    let map = ebpf.take_map(name).ok_or(KmapError::Missing(name))?;
     T::try_from(map).map_err(err(name))
 }
 
-fn map_ref<'a, T>(ebpf: &'a Ebpf, name: &'static str) -> Result<T, KmapError>
-where
-    T: TryFrom<&'a aya::maps::Map, Error = MapError>,
-{
-    let map = ebpf.map(name).ok_or(KmapError::Missing(name))?;
-    T::try_from(map).map_err(err(name))
-}
-
-/// Writes the inventory's addresses, CIDRs and pod flows into the maps.
-pub fn write_inventory(ebpf: &mut Ebpf, inv: &Inventory) -> Result<(), KmapError> {
-    {
-        let mut ips: HashMap<&mut MapData, IpKey, u32> = map_mut(ebpf, MAP_IP_ROLES)?;
-        for (k, roles) in inv.ip_entries() {
-            ips.insert(k, roles, 0).map_err(err(MAP_IP_ROLES))?;
-        }
-    }
-    {
-        let mut cidrs: LpmTrie<&mut MapData, IpKey, u32> = map_mut(ebpf, MAP_CIDR_ROLES)?;
-        for (c, roles) in inv.cidr_entries() {
-            cidrs
-                .insert(&Key::new(c.key_prefix_len(), c.key()), roles, 0)
-                .map_err(err(MAP_CIDR_ROLES))?;
-        }
-    }
-    let mut flows: HashMap<&mut MapData, FlowKey, PodFlow> = map_mut(ebpf, MAP_POD_FLOWS)?;
-    for k in inv.pod_flow_entries() {
-        flows
-            .insert(*k, PodFlow::default(), 0)
-            .map_err(err(MAP_POD_FLOWS))?;
-    }
-    Ok(())
-}
-
-/// Removes a local pod's address (e.g. its veth went away).
-pub fn remove_ip(ebpf: &mut Ebpf, key: &IpKey) -> Result<(), KmapError> {
-    let mut ips: HashMap<&mut MapData, IpKey, u32> = map_mut(ebpf, MAP_IP_ROLES)?;
-    match ips.remove(key) {
-        Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
-        Err(e) => Err(err(MAP_IP_ROLES)(e)),
-    }
-}
-
-/// Sets an exact address's roles.
-pub fn set_ip(ebpf: &mut Ebpf, key: IpKey, roles: u32) -> Result<(), KmapError> {
-    let mut ips: HashMap<&mut MapData, IpKey, u32> = map_mut(ebpf, MAP_IP_ROLES)?;
-    ips.insert(key, roles, 0).map_err(err(MAP_IP_ROLES))
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // A panic while holding a map handle cannot leave it inconsistent: keep going.
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Counters per (verdict, protocol class), summed over CPUs. Absent entries are zero.
@@ -119,8 +79,189 @@ impl VerdictCounts {
     }
 }
 
+/// The maps of a loaded object.
+pub struct Maps {
+    ip_roles: Mutex<HashMap<MapData, IpKey, u32>>,
+    cidr_roles: Mutex<LpmTrie<MapData, IpKey, u32>>,
+    pod_flows: Mutex<HashMap<MapData, FlowKey, PodFlow>>,
+    flows: Mutex<HashMap<MapData, FlowKey, FlowStats>>,
+    verdict_stats: PerCpuArray<MapData, VerdictStats>,
+    health: PerCpuArray<MapData, u64>,
+    trace: PerCpuArray<MapData, TraceRecord>,
+    flows_capacity: u32,
+}
+
+impl Maps {
+    /// Takes the maps out of the object; also returns the `EVENTS` ring buffer, for its one
+    /// reader.
+    pub fn take(ebpf: &mut Ebpf) -> Result<(Maps, RingBuf<MapData>), KmapError> {
+        let flows: HashMap<MapData, FlowKey, FlowStats> = take(ebpf, MAP_FLOWS)?;
+        let flows_capacity = flows
+            .map()
+            .info()
+            .map_err(err(MAP_FLOWS))?
+            .max_entries();
+        let maps = Maps {
+            ip_roles: Mutex::new(take(ebpf, MAP_IP_ROLES)?),
+            cidr_roles: Mutex::new(take(ebpf, MAP_CIDR_ROLES)?),
+            pod_flows: Mutex::new(take(ebpf, MAP_POD_FLOWS)?),
+            flows: Mutex::new(flows),
+            verdict_stats: take(ebpf, MAP_VERDICT_STATS)?,
+            health: take(ebpf, MAP_HEALTH)?,
+            trace: take(ebpf, MAP_TRACE)?,
+            flows_capacity,
+        };
+        Ok((maps, take(ebpf, MAP_EVENTS)?))
+    }
+
+    /// Writes all of an inventory (addresses, CIDRs, pod flows). Used by tests and the first
+    /// sync; the agent then applies changes with [`Maps::set_ip`] and friends.
+    pub fn write_inventory(&self, inv: &Inventory) -> Result<(), KmapError> {
+        for (k, roles) in inv.ip_entries() {
+            self.set_ip(k, roles)?;
+        }
+        for (c, roles) in inv.cidr_entries() {
+            self.set_cidr(&c, roles)?;
+        }
+        let mut flows = lock(&self.pod_flows);
+        for k in inv.pod_flow_entries() {
+            flows
+                .insert(*k, PodFlow::default(), 0)
+                .map_err(err(MAP_POD_FLOWS))?;
+        }
+        Ok(())
+    }
+
+    /// Sets an exact address's roles.
+    pub fn set_ip(&self, key: IpKey, roles: u32) -> Result<(), KmapError> {
+        lock(&self.ip_roles)
+            .insert(key, roles, 0)
+            .map_err(err(MAP_IP_ROLES))
+    }
+
+    /// Forgets an exact address (absent is fine).
+    pub fn remove_ip(&self, key: &IpKey) -> Result<(), KmapError> {
+        match lock(&self.ip_roles).remove(key) {
+            Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
+            Err(e) => Err(err(MAP_IP_ROLES)(e)),
+        }
+    }
+
+    /// Sets a CIDR's roles.
+    pub fn set_cidr(&self, cidr: &Cidr, roles: u32) -> Result<(), KmapError> {
+        lock(&self.cidr_roles)
+            .insert(&Key::new(cidr.key_prefix_len(), cidr.key()), roles, 0)
+            .map_err(err(MAP_CIDR_ROLES))
+    }
+
+    /// Forgets a CIDR (absent is fine).
+    pub fn remove_cidr(&self, cidr: &Cidr) -> Result<(), KmapError> {
+        match lock(&self.cidr_roles).remove(&Key::new(cidr.key_prefix_len(), cidr.key())) {
+            Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
+            Err(e) => Err(err(MAP_CIDR_ROLES)(e)),
+        }
+    }
+
+    /// Reads `VERDICT_STATS`.
+    pub fn verdict_counts(&self) -> Result<VerdictCounts, KmapError> {
+        let mut out = VerdictCounts::default();
+        for index in 0..STATS_ENTRIES {
+            let mut total = VerdictStats::default();
+            sum_per_cpu(&self.verdict_stats, index, MAP_VERDICT_STATS, |s| {
+                total.packets += s.packets;
+                total.bytes += s.bytes;
+                total.flow_starts += s.flow_starts;
+            })?;
+            if total.packets == 0 {
+                continue;
+            }
+            let verdict = Verdict::ALL[index as usize / proto_class::COUNT as usize % VERDICT_COUNT];
+            let class = proto_class::NAMES[(index % proto_class::COUNT) as usize];
+            out.0.insert((verdict, class), total);
+        }
+        Ok(out)
+    }
+
+    /// Reads `HEALTH`, summed over CPUs, indexed by `health::*`.
+    pub fn health_counts(&self) -> Result<[u64; health::COUNT as usize], KmapError> {
+        let mut out = [0u64; health::COUNT as usize];
+        for (i, slot) in out.iter_mut().enumerate() {
+            sum_per_cpu(&self.health, i as u32, MAP_HEALTH, |v| *slot += v)?;
+        }
+        Ok(out)
+    }
+
+    /// Every flagged flow in `FLOWS`.
+    pub fn flows(&self) -> Result<Vec<(FlowKey, FlowStats)>, KmapError> {
+        lock(&self.flows)
+            .iter()
+            .map(|r| r.map_err(err(MAP_FLOWS)))
+            .collect()
+    }
+
+    /// One flagged flow, if it is (still) in `FLOWS`.
+    pub fn flow(&self, key: &FlowKey) -> Result<Option<FlowStats>, KmapError> {
+        match lock(&self.flows).get(key, 0) {
+            Ok(s) => Ok(Some(s)),
+            Err(MapError::KeyNotFound) => Ok(None),
+            Err(e) => Err(err(MAP_FLOWS)(e)),
+        }
+    }
+
+    /// Deletes an expired flow from `FLOWS` (absent is fine).
+    pub fn remove_flow(&self, key: &FlowKey) -> Result<(), KmapError> {
+        match lock(&self.flows).remove(key) {
+            Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
+            Err(e) => Err(err(MAP_FLOWS)(e)),
+        }
+    }
+
+    /// Entries in `FLOWS` now, and its capacity.
+    pub fn flow_table_use(&self) -> Result<(u64, u32), KmapError> {
+        let flows = lock(&self.flows);
+        let mut n = 0;
+        for k in flows.keys() {
+            k.map_err(err(MAP_FLOWS))?;
+            n += 1;
+        }
+        Ok((n, self.flows_capacity))
+    }
+
+    /// Every pod-opened flow in `POD_FLOWS`.
+    pub fn pod_flows(&self) -> Result<Vec<(FlowKey, PodFlow)>, KmapError> {
+        lock(&self.pod_flows)
+            .iter()
+            .map(|r| r.map_err(err(MAP_POD_FLOWS)))
+            .collect()
+    }
+
+    /// The `TRACE` record of one CPU (tests, with `LoadOptions::trace`).
+    pub fn trace(&self, cpu: usize) -> Result<TraceRecord, KmapError> {
+        let values = self.trace.get(&0, 0).map_err(err(MAP_TRACE))?;
+        Ok(values.get(cpu).copied().unwrap_or_default())
+    }
+}
+
+/// The verdict's lookups over the live maps, for `observer explain`. A lookup that fails for
+/// another reason than "absent" answers as absent.
+impl Lookup for Maps {
+    fn exact_roles(&self, addr: &IpKey) -> Option<u32> {
+        lock(&self.ip_roles).get(addr, 0).ok()
+    }
+
+    fn cidr_roles(&self, addr: &IpKey) -> u32 {
+        lock(&self.cidr_roles)
+            .get(&Key::new(128, *addr), 0)
+            .unwrap_or(0)
+    }
+
+    fn pod_flow(&self, key: &FlowKey) -> bool {
+        lock(&self.pod_flows).get(key, 0).is_ok()
+    }
+}
+
 fn sum_per_cpu<T: Pod + Copy>(
-    map: &PerCpuArray<&MapData, T>,
+    map: &PerCpuArray<MapData, T>,
     index: u32,
     name: &'static str,
     mut add: impl FnMut(&T),
@@ -132,60 +273,9 @@ fn sum_per_cpu<T: Pod + Copy>(
     Ok(())
 }
 
-/// Reads `VERDICT_STATS`.
-pub fn verdict_counts(ebpf: &Ebpf) -> Result<VerdictCounts, KmapError> {
-    let map: PerCpuArray<&MapData, VerdictStats> = map_ref(ebpf, MAP_VERDICT_STATS)?;
-    let mut out = VerdictCounts::default();
-    for index in 0..STATS_ENTRIES {
-        let mut total = VerdictStats::default();
-        sum_per_cpu(&map, index, MAP_VERDICT_STATS, |s| {
-            total.packets += s.packets;
-            total.bytes += s.bytes;
-            total.flow_starts += s.flow_starts;
-        })?;
-        if total.packets == 0 {
-            continue;
-        }
-        let verdict = Verdict::ALL[index as usize / proto_class::COUNT as usize % VERDICT_COUNT];
-        let class = proto_class::NAMES[(index % proto_class::COUNT) as usize];
-        out.0.insert((verdict, class), total);
-    }
-    Ok(out)
-}
-
-/// Reads `HEALTH`, summed over CPUs, indexed by `health::*`.
-pub fn health_counts(ebpf: &Ebpf) -> Result<[u64; health::COUNT as usize], KmapError> {
-    let map: PerCpuArray<&MapData, u64> = map_ref(ebpf, MAP_HEALTH)?;
-    let mut out = [0u64; health::COUNT as usize];
-    for (i, slot) in out.iter_mut().enumerate() {
-        sum_per_cpu(&map, i as u32, MAP_HEALTH, |v| *slot += v)?;
-    }
-    Ok(out)
-}
-
-/// Reads every flagged flow in `FLOWS`.
-pub fn flows(ebpf: &Ebpf) -> Result<Vec<(FlowKey, FlowStats)>, KmapError> {
-    let map: HashMap<&MapData, FlowKey, FlowStats> = map_ref(ebpf, MAP_FLOWS)?;
-    map.iter().map(|r| r.map_err(err(MAP_FLOWS))).collect()
-}
-
-/// Reads every pod-opened flow in `POD_FLOWS`.
-pub fn pod_flows(ebpf: &Ebpf) -> Result<Vec<(FlowKey, PodFlow)>, KmapError> {
-    let map: HashMap<&MapData, FlowKey, PodFlow> = map_ref(ebpf, MAP_POD_FLOWS)?;
-    map.iter().map(|r| r.map_err(err(MAP_POD_FLOWS))).collect()
-}
-
-/// Reads the `TRACE` record of one CPU (tests, with `LoadOptions::trace`).
-pub fn trace(ebpf: &Ebpf, cpu: usize) -> Result<TraceRecord, KmapError> {
-    let map: PerCpuArray<&MapData, TraceRecord> = map_ref(ebpf, MAP_TRACE)?;
-    let values = map.get(&0, 0).map_err(err(MAP_TRACE))?;
-    Ok(values.get(cpu).copied().unwrap_or_default())
-}
-
-/// Takes every event waiting in `EVENTS` without blocking. Records of an unexpected size are
-/// counted in the second value and skipped.
-pub fn drain_events(ebpf: &mut Ebpf) -> Result<(Vec<FlowEvent>, u64), KmapError> {
-    let mut ring: RingBuf<&mut MapData> = map_mut(ebpf, MAP_EVENTS)?;
+/// Takes every event waiting in the ring buffer without blocking. Records of an unexpected
+/// size are counted in the second value and skipped.
+pub fn drain_events(ring: &mut RingBuf<MapData>) -> (Vec<FlowEvent>, u64) {
     let mut events = Vec::new();
     let mut bad = 0;
     while let Some(item) = ring.next() {
@@ -194,7 +284,7 @@ pub fn drain_events(ebpf: &mut Ebpf) -> Result<(Vec<FlowEvent>, u64), KmapError>
             None => bad += 1,
         }
     }
-    Ok((events, bad))
+    (events, bad)
 }
 
 /// A [`FlowEvent`] from ring-buffer bytes, if they have its size.

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use aya::Ebpf;
 use observer::{
     bpf::{self, LoadOptions},
-    kmaps,
+    kmaps::Maps,
 };
 use observer_common::{
     names::PROG_UPLINK,
@@ -38,14 +38,15 @@ fn pin_cpu() -> usize {
     }
 }
 
-fn load(layout: &Layout) -> Ebpf {
+fn load(layout: &Layout) -> (Ebpf, Maps) {
     let mut ebpf = bpf::load(&LoadOptions {
         trace: true,
         ..LoadOptions::default()
     })
     .expect("loading the eBPF object (this test needs root and a kernel that runs eBPF)");
-    kmaps::write_inventory(&mut ebpf, &layout.inventory).expect("filling the maps");
-    ebpf
+    let (maps, _events) = Maps::take(&mut ebpf).expect("maps");
+    maps.write_inventory(&layout.inventory).expect("filling the maps");
+    (ebpf, maps)
 }
 
 /// Whether BPF_PROG_TEST_RUN refuses the frame: shorter than Ethernet, or an untagged IPv4/IPv6
@@ -61,15 +62,15 @@ fn refused_by_test_run(frame: &[u8]) -> bool {
 }
 
 /// Runs a frame through the uplink program; returns its return code and decision.
-fn run_uplink(ebpf: &mut Ebpf, cpu: usize, frame: &[u8]) -> (u32, Decision) {
-    let before = kmaps::trace(ebpf, cpu).expect("trace").seq;
+fn run_uplink(ebpf: &mut Ebpf, maps: &Maps, cpu: usize, frame: &[u8]) -> (u32, Decision) {
+    let before = maps.trace(cpu).expect("trace").seq;
     let r = bpf::test_run(ebpf, PROG_UPLINK, frame, 1).unwrap_or_else(|e| {
         panic!(
             "test_run of a {}-byte frame {frame:02x?}: {e:?}",
             frame.len()
         )
     });
-    let t = kmaps::trace(ebpf, cpu).expect("trace");
+    let t = maps.trace(cpu).expect("trace");
     assert_eq!(t.seq, before + 1, "the program did not trace this run");
     let d = Decision {
         verdict: Verdict::from_u8(t.verdict).expect("verdict byte"),
@@ -239,7 +240,7 @@ fn kernel_and_host_agree_on_every_frame() {
     let mut corpus_total = 0u64;
     let mut disagreements = Vec::new();
     for (layout, cases) in full_corpus() {
-        let mut ebpf = load(&layout);
+        let (mut ebpf, maps) = load(&layout);
         // The SCENARIOS corpus: the host must give the row's verdict, the kernel the host's.
         for c in &cases {
             let h = host(&layout, &c.bytes);
@@ -251,7 +252,7 @@ fn kernel_and_host_agree_on_every_frame() {
             if refused_by_test_run(&c.bytes) {
                 continue;
             }
-            let (rc, k) = run_uplink(&mut ebpf, cpu, &c.bytes);
+            let (rc, k) = run_uplink(&mut ebpf, &maps, cpu, &c.bytes);
             assert_eq!(rc, UNSPEC, "return code for {}", c.what);
             if k != h {
                 disagreements.push(format!(
@@ -294,7 +295,7 @@ fn kernel_and_host_agree_on_every_frame() {
             if refused_by_test_run(&frame) {
                 continue;
             }
-            let (rc, k) = run_uplink(&mut ebpf, cpu, &frame);
+            let (rc, k) = run_uplink(&mut ebpf, &maps, cpu, &frame);
             assert_eq!(rc, UNSPEC);
             if k != h && disagreements.len() < 20 {
                 disagreements.push(format!(
@@ -307,14 +308,14 @@ fn kernel_and_host_agree_on_every_frame() {
             run += 1;
         }
         // Counters: every run was counted once.
-        let counts = kmaps::verdict_counts(&ebpf).expect("verdict counters");
+        let counts = maps.verdict_counts().expect("verdict counters");
         let counted: u64 = Verdict::ALL.iter().map(|v| counts.packets(*v)).sum();
         let corpus_run = cases
             .iter()
             .filter(|c| !refused_by_test_run(&c.bytes))
             .count() as u64;
         assert_eq!(counted, run + corpus_run, "every run counted once");
-        let health = kmaps::health_counts(&ebpf).expect("health");
+        let health = maps.health_counts().expect("health");
         assert_eq!(
             health[observer_common::maps::health::STATS_MISSING as usize],
             0

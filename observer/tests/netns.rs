@@ -24,7 +24,7 @@ use testbed::{
 use observer::{
     attach::{self, Role},
     bpf::{self, LoadOptions},
-    kmaps,
+    kmaps::{self, Maps},
 };
 use observer_common::{
     addr::{ip_of, key_of},
@@ -203,7 +203,8 @@ fn run_layout(layout: Layout) {
     let n = Node::new(layout);
     let mut ebpf = bpf::load(&LoadOptions::default())
         .expect("loading the eBPF object (this test needs root and a kernel that runs eBPF)");
-    kmaps::write_inventory(&mut ebpf, &inventory(&n)).expect("filling the maps");
+    let (maps, mut events) = Maps::take(&mut ebpf).expect("maps");
+    maps.write_inventory(&inventory(&n)).expect("filling the maps");
     // Attach inside the node namespace.
     thread::scope(|s| {
         s.spawn(|| {
@@ -275,7 +276,7 @@ fn run_layout(layout: Layout) {
     drop(servers);
 
     // Verdict counters.
-    let c = kmaps::verdict_counts(&ebpf).unwrap();
+    let c = maps.verdict_counts().unwrap();
     for (v, class) in [
         (Verdict::DirectToPod, "tcp"),
         (Verdict::DirectToPod, "udp"),
@@ -298,7 +299,7 @@ fn run_layout(layout: Layout) {
     assert_eq!(direct_syns, 2 + u64::from(row14.is_some()), "{c:?}");
 
     // The flow table holds exactly the direct accesses, with what the pod did.
-    let flows = kmaps::flows(&ebpf).unwrap();
+    let flows = maps.flows().unwrap();
     let outside = n.outside_ip;
     let mut expected = vec![
         (
@@ -367,7 +368,7 @@ fn run_layout(layout: Layout) {
     }
 
     // The pod's own flows were recorded, so their replies were replies.
-    let opened = kmaps::pod_flows(&ebpf).unwrap();
+    let opened = maps.pod_flows().unwrap();
     assert!(
         opened
             .iter()
@@ -382,10 +383,10 @@ fn run_layout(layout: Layout) {
     );
 
     // One event per flagged flow, none lost.
-    let (events, bad) = kmaps::drain_events(&mut ebpf).unwrap();
+    let (events, bad) = kmaps::drain_events(&mut events);
     assert_eq!(bad, 0);
     assert_eq!(events.len(), flows.len(), "{events:?}");
-    let h = kmaps::health_counts(&ebpf).unwrap();
+    let h = maps.health_counts().unwrap();
     assert_eq!(h[observer_common::maps::health::EVENTS_LOST as usize], 0);
     assert_eq!(
         h[observer_common::maps::health::FLOW_INSERT_FAILED as usize],

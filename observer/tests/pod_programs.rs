@@ -2,10 +2,13 @@
 //! make replies "reply", flagged flows are delivered / answered / refused, and each new
 //! flagged flow yields exactly one event.
 
-use aya::Ebpf;
+use aya::{
+    Ebpf,
+    maps::{MapData, RingBuf},
+};
 use observer::{
     bpf::{self, LoadOptions},
-    kmaps,
+    kmaps::{self, Maps},
 };
 use observer_common::{
     addr::key_of,
@@ -37,15 +40,15 @@ fn key(src: &str, dst: &str, sport: u16, dport: u16, proto: u8) -> FlowKey {
     )
 }
 
-fn flow(ebpf: &Ebpf, k: &FlowKey) -> Option<FlowStats> {
-    kmaps::flows(ebpf)
+fn flow(maps: &Maps, k: &FlowKey) -> Option<FlowStats> {
+    maps.flows()
         .unwrap()
         .into_iter()
         .find(|(fk, _)| fk == k)
         .map(|(_, s)| s)
 }
 
-fn setup() -> Ebpf {
+fn setup() -> (Ebpf, Maps, RingBuf<MapData>) {
     let mut ebpf = bpf::load(&LoadOptions::default())
         .expect("loading the eBPF object (this test needs root and a kernel that runs eBPF)");
     // A node with one pod and no pod-opened flows yet.
@@ -54,21 +57,22 @@ fn setup() -> Ebpf {
         POD_A.parse().unwrap(),
         observer_common::maps::role::LOCAL_POD | observer_common::maps::role::CLUSTER,
     );
-    kmaps::write_inventory(&mut ebpf, &inv).unwrap();
-    ebpf
+    let (maps, events) = Maps::take(&mut ebpf).unwrap();
+    maps.write_inventory(&inv).unwrap();
+    (ebpf, maps, events)
 }
 
-fn verdict_packets(ebpf: &Ebpf, v: Verdict) -> u64 {
-    kmaps::verdict_counts(ebpf).unwrap().packets(v)
+fn verdict_packets(maps: &Maps, v: Verdict) -> u64 {
+    maps.verdict_counts().unwrap().packets(v)
 }
 
 #[test]
 fn pod_opened_flows_make_replies_replies() {
-    let mut ebpf = setup();
+    let (mut ebpf, maps, _events) = setup();
     let synack = Frame::tcp(INTERNET, POD_A, 443, 40000, TCP_SYN | TCP_ACK);
     // Before the pod opened anything, a SYN-ACK to it is a direct access seen mid-stream.
     run(&mut ebpf, PROG_UPLINK, &synack);
-    assert_eq!(verdict_packets(&ebpf, Verdict::DirectToPod), 1);
+    assert_eq!(verdict_packets(&maps, Verdict::DirectToPod), 1);
     // The pod opens TCP, UDP (DNS) and ICMP flows.
     run(
         &mut ebpf,
@@ -91,7 +95,7 @@ fn pod_opened_flows_make_replies_replies() {
         PROG_FROM_POD,
         &Frame::udp(POD_A, VPC_DNS, 40001, 53),
     );
-    let opened: Vec<FlowKey> = kmaps::pod_flows(&ebpf)
+    let opened: Vec<FlowKey> = maps.pod_flows()
         .unwrap()
         .into_iter()
         .map(|(k, _)| k)
@@ -131,16 +135,16 @@ fn pod_opened_flows_make_replies_replies() {
             },
         ),
     );
-    assert_eq!(verdict_packets(&ebpf, Verdict::Reply), 5);
-    assert_eq!(verdict_packets(&ebpf, Verdict::DirectToPod), 1);
-    let h = kmaps::health_counts(&ebpf).unwrap();
+    assert_eq!(verdict_packets(&maps, Verdict::Reply), 5);
+    assert_eq!(verdict_packets(&maps, Verdict::DirectToPod), 1);
+    let h = maps.health_counts().unwrap();
     assert_eq!(h[health::POD_FLOWS_OPENED as usize], 3);
     assert_eq!(h[health::FROM_POD_PACKETS as usize], 4);
 }
 
 #[test]
 fn flagged_flows_are_delivered_answered_or_refused_with_one_event_each() {
-    let mut ebpf = setup();
+    let (mut ebpf, maps, mut events) = setup();
     // Row 1/15: SYN to an open port (answered) and to a closed one (refused).
     let open = Frame::tcp(OUTSIDE, POD_A, 51000, 80, TCP_SYN);
     let closed = Frame::tcp(OUTSIDE, POD_A, 51020, 81, TCP_SYN);
@@ -192,7 +196,7 @@ fn flagged_flows_are_delivered_answered_or_refused_with_one_event_each() {
     );
 
     let state = |k: FlowKey| {
-        let s = flow(&ebpf, &k).unwrap_or_else(|| panic!("no flow {k:?}"));
+        let s = flow(&maps, &k).unwrap_or_else(|| panic!("no flow {k:?}"));
         (s.delivered, s.answered, s.refused)
     };
     assert_eq!(state(key(OUTSIDE, POD_A, 51000, 80, 6)), (1, 1, 0));
@@ -202,7 +206,7 @@ fn flagged_flows_are_delivered_answered_or_refused_with_one_event_each() {
     assert_eq!(state(key(OUTSIDE, POD_A, 51014, 9, 17)), (1, 0, 1));
     assert_eq!(state(key(OUTSIDE, POD_A, 51021, 80, 6)), (1, 0, 0));
 
-    let open_stats = flow(&ebpf, &key(OUTSIDE, POD_A, 51000, 80, 6)).unwrap();
+    let open_stats = flow(&maps, &key(OUTSIDE, POD_A, 51000, 80, 6)).unwrap();
     assert_eq!(open_stats.packets, 2);
     assert_eq!(open_stats.bytes, 2 * open.build().len() as u64);
     assert_eq!(open_stats.origin, origin::START);
@@ -210,14 +214,14 @@ fn flagged_flows_are_delivered_answered_or_refused_with_one_event_each() {
     assert_eq!(open_stats.reason, Reason::DirectNewConnection as u8);
     assert_eq!(open_stats.tcp_flags, TCP_SYN);
     assert!(open_stats.last_seen_ns >= open_stats.first_seen_ns && open_stats.first_seen_ns > 0);
-    let mid_stats = flow(&ebpf, &key(OUTSIDE, POD_A, 51021, 80, 6)).unwrap();
+    let mid_stats = flow(&maps, &key(OUTSIDE, POD_A, 51021, 80, 6)).unwrap();
     assert_eq!(mid_stats.origin, origin::MID_STREAM);
     assert_eq!(mid_stats.reason, Reason::DirectMidStream as u8);
 
     // The pod's answers are not taken for flows it opened.
-    assert!(kmaps::pod_flows(&ebpf).unwrap().is_empty());
+    assert!(maps.pod_flows().unwrap().is_empty());
     // One event per new flagged flow, none lost.
-    let (events, bad) = kmaps::drain_events(&mut ebpf).unwrap();
+    let (events, bad) = kmaps::drain_events(&mut events);
     assert_eq!(bad, 0);
     assert_eq!(events.len(), 6, "{events:?}");
     assert!(
@@ -226,7 +230,7 @@ fn flagged_flows_are_delivered_answered_or_refused_with_one_event_each() {
             .all(|e| e.verdict == Verdict::DirectToPod as u8)
     );
     assert_eq!(events[0].key, key(OUTSIDE, POD_A, 51000, 80, 6));
-    let h = kmaps::health_counts(&ebpf).unwrap();
+    let h = maps.health_counts().unwrap();
     assert_eq!(h[health::EVENTS_LOST as usize], 0);
     assert_eq!(h[health::DELIVERED_MARKS as usize], 6);
     assert_eq!(h[health::ANSWER_MARKS as usize], 5);
@@ -235,7 +239,7 @@ fn flagged_flows_are_delivered_answered_or_refused_with_one_event_each() {
 
 #[test]
 fn every_program_returns_unspec_on_garbage() {
-    let mut ebpf = setup();
+    let (mut ebpf, _maps, _events) = setup();
     for prog in [PROG_UPLINK, PROG_TO_POD, PROG_FROM_POD] {
         for bytes in [
             vec![0u8; 14],
