@@ -15,12 +15,12 @@ use aya::{
 use observer_common::{
     addr::IpKey,
     maps::{
-        FlowEvent, FlowKey, FlowStats, PodFlow, STATS_ENTRIES, TraceRecord, VerdictStats,
-        health, proto_class,
+        FlowEvent, FlowKey, FlowStats, PodFlow, STATS_ENTRIES, TraceRecord, VerdictStats, health,
+        proto_class,
     },
     names::{
-        MAP_CIDR_ROLES, MAP_EVENTS, MAP_FLOWS, MAP_HEALTH, MAP_IP_ROLES, MAP_POD_FLOWS,
-        MAP_TRACE, MAP_VERDICT_STATS,
+        MAP_CIDR_ROLES, MAP_EVENTS, MAP_FLOWS, MAP_HEALTH, MAP_IP_ROLES, MAP_POD_FLOWS, MAP_TRACE,
+        MAP_VERDICT_STATS,
     },
     user::{Cidr, Inventory},
     verdict::{Lookup, VERDICT_COUNT, Verdict},
@@ -96,11 +96,7 @@ impl Maps {
     /// reader.
     pub fn take(ebpf: &mut Ebpf) -> Result<(Maps, RingBuf<MapData>), KmapError> {
         let flows: HashMap<MapData, FlowKey, FlowStats> = take(ebpf, MAP_FLOWS)?;
-        let flows_capacity = flows
-            .map()
-            .info()
-            .map_err(err(MAP_FLOWS))?
-            .max_entries();
+        let flows_capacity = flows.map().info().map_err(err(MAP_FLOWS))?.max_entries();
         let maps = Maps {
             ip_roles: Mutex::new(take(ebpf, MAP_IP_ROLES)?),
             cidr_roles: Mutex::new(take(ebpf, MAP_CIDR_ROLES)?),
@@ -175,7 +171,8 @@ impl Maps {
             if total.packets == 0 {
                 continue;
             }
-            let verdict = Verdict::ALL[index as usize / proto_class::COUNT as usize % VERDICT_COUNT];
+            let verdict =
+                Verdict::ALL[index as usize / proto_class::COUNT as usize % VERDICT_COUNT];
             let class = proto_class::NAMES[(index % proto_class::COUNT) as usize];
             out.0.insert((verdict, class), total);
         }

@@ -1,6 +1,18 @@
-//! The observer agent's library: loading the eBPF object, attaching its programs, and reading
-//! and writing its maps.
+//! The observer agent's library: loading the eBPF object, attaching its programs, following
+//! the node, reading and writing the maps, metrics, alerts and the debug API.
 
+pub mod agent;
+pub mod api;
 pub mod attach;
 pub mod bpf;
+pub mod cli;
+pub mod clock;
+pub mod config;
+pub mod defaults;
+pub mod explain;
+pub mod flows;
+pub mod ifaces;
+pub mod inventory;
 pub mod kmaps;
+pub mod metrics;
+pub mod netlink;

@@ -45,7 +45,8 @@ fn load(layout: &Layout) -> (Ebpf, Maps) {
     })
     .expect("loading the eBPF object (this test needs root and a kernel that runs eBPF)");
     let (maps, _events) = Maps::take(&mut ebpf).expect("maps");
-    maps.write_inventory(&layout.inventory).expect("filling the maps");
+    maps.write_inventory(&layout.inventory)
+        .expect("filling the maps");
     (ebpf, maps)
 }
 

@@ -17,10 +17,6 @@ use std::{
     time::Duration,
 };
 
-use testbed::{
-    netns::Netns,
-    topology::{Layout, Node},
-};
 use observer::{
     attach::{self, Role},
     bpf::{self, LoadOptions},
@@ -33,6 +29,10 @@ use observer_common::{
     verdict::Verdict,
 };
 use socket2::{Domain, Socket, Type};
+use testbed::{
+    netns::Netns,
+    topology::{Layout, Node},
+};
 
 const TIMEOUT: Duration = Duration::from_secs(3);
 
@@ -204,7 +204,8 @@ fn run_layout(layout: Layout) {
     let mut ebpf = bpf::load(&LoadOptions::default())
         .expect("loading the eBPF object (this test needs root and a kernel that runs eBPF)");
     let (maps, mut events) = Maps::take(&mut ebpf).expect("maps");
-    maps.write_inventory(&inventory(&n)).expect("filling the maps");
+    maps.write_inventory(&inventory(&n))
+        .expect("filling the maps");
     // Attach inside the node namespace.
     thread::scope(|s| {
         s.spawn(|| {

@@ -95,7 +95,8 @@ fn pod_opened_flows_make_replies_replies() {
         PROG_FROM_POD,
         &Frame::udp(POD_A, VPC_DNS, 40001, 53),
     );
-    let opened: Vec<FlowKey> = maps.pod_flows()
+    let opened: Vec<FlowKey> = maps
+        .pod_flows()
         .unwrap()
         .into_iter()
         .map(|(k, _)| k)

@@ -229,7 +229,8 @@ impl Node {
             Layout::Calico => self.node_ip,
         };
         if self.layout == Layout::VpcCni {
-            self.outside.sh(&["ip", "route", "add", &format!("{ip}/32"), "via", via]);
+            self.outside
+                .sh(&["ip", "route", "add", &format!("{ip}/32"), "via", via]);
         }
         self.pods.push(pod);
         self.pods.last().expect("just pushed")

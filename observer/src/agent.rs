@@ -1,0 +1,380 @@
+//! `observer run`: loads and attaches the programs, follows the node through netlink, keeps
+//! the maps in sync with the inventory, reads flow events, serves metrics and the debug API,
+//! and detaches everything on SIGTERM/SIGINT.
+
+use std::sync::{
+    Arc, Mutex, RwLock,
+    atomic::{AtomicBool, Ordering},
+};
+
+use anyhow::Context as _;
+use aya::maps::{MapData, RingBuf};
+use observer_common::{maps::health, verdict::Settings};
+use tokio::{io::unix::AsyncFd, signal::unix::SignalKind};
+
+use crate::{
+    api,
+    bpf::{self, LoadOptions},
+    config::Config,
+    explain::{self, ExplainError, Explanation},
+    flows::{Tracker, TrackerConfig},
+    ifaces::Ifaces,
+    inventory::{Directory, Standalone},
+    kmaps::{self, Maps},
+    metrics::Metrics,
+    netlink::{NetEvent, Netlink, NodeView},
+};
+
+/// What the agent's tasks share.
+pub struct Shared {
+    pub maps: Arc<Maps>,
+    pub metrics: Metrics,
+    pub tracker: Mutex<Tracker>,
+    pub dir: RwLock<Directory>,
+    pub settings: Settings,
+    /// Snapshot of the controller's state for `observer status`.
+    pub snapshot: Mutex<Snapshot>,
+    pub ready: AtomicBool,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct Snapshot {
+    pub interfaces: Vec<api::IfaceStatusOut>,
+    pub failing: Vec<api::Failing>,
+    pub attach_errors: u64,
+    pub inventory: api::InventoryOut,
+}
+
+fn kernel_release() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "unknown".into())
+}
+
+impl Shared {
+    pub fn status(&self) -> api::Status {
+        let snap = self
+            .snapshot
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let lost = self
+            .maps
+            .health_counts()
+            .map(|h| h[health::EVENTS_LOST as usize])
+            .unwrap_or(0);
+        let (entries, capacity) = self.maps.flow_table_use().unwrap_or((0, 0));
+        let recent = self.tracker.lock().unwrap_or_else(|p| p.into_inner()).len();
+        api::Status {
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            kernel: kernel_release(),
+            attach_mode: if crate::attach::uses_tcx() {
+                "tcx"
+            } else {
+                "netlink"
+            }
+            .to_string(),
+            interfaces: snap.interfaces,
+            failing: snap.failing,
+            attach_errors: snap.attach_errors,
+            inventory: snap.inventory,
+            events_lost: lost,
+            flow_table_entries: entries,
+            flow_table_capacity: capacity,
+            recent_flows: recent,
+        }
+    }
+
+    pub fn explain(
+        &self,
+        src: &str,
+        dst: &str,
+        protocol: Option<&str>,
+    ) -> Result<Explanation, ExplainError> {
+        let dir = self.dir.read().unwrap_or_else(|p| p.into_inner());
+        explain::explain(&*self.maps, &self.settings, src, dst, protocol, |ip| {
+            dir.pod(ip).cloned()
+        })
+    }
+}
+
+/// The controller: the node view, the attach state and the inventory, changed only here.
+struct Controller {
+    view: NodeView,
+    ifaces: Ifaces,
+    inventory: Standalone,
+    shared: Arc<Shared>,
+}
+
+impl Controller {
+    /// Applies the view to attachments and maps, and publishes the state.
+    fn sync(&mut self) {
+        self.ifaces.reconcile(&self.view.links);
+        self.sync_inventory();
+    }
+
+    fn sync_inventory(&mut self) {
+        let ifaces = &self.ifaces;
+        let (inv, dir) = self.inventory.desired(&self.view, |name| {
+            ifaces.role_of(name) == Some(crate::attach::Role::Pod)
+        });
+        match self.inventory.sync(&self.shared.maps, &inv, &dir) {
+            Ok(n) if n > 0 => tracing::debug!(changes = n, "inventory synced to the maps"),
+            Ok(_) => {}
+            Err(e) => {
+                tracing::error!(error = %e, "writing the inventory to the maps failed; will retry")
+            }
+        }
+        *self.shared.dir.write().unwrap_or_else(|p| p.into_inner()) = dir;
+        self.publish();
+    }
+
+    fn publish(&self) {
+        let m = &self.shared.metrics;
+        let (up, pods) = self.ifaces.counts();
+        m.attached.with_label_values(&["uplink"]).set(up as i64);
+        m.attached.with_label_values(&["pod"]).set(pods as i64);
+        let errors = self.ifaces.errors;
+        m.attach_errors
+            .inc_by(errors.saturating_sub(m.attach_errors.get()));
+        m.inventory_pods.set(self.inventory.status.pods as i64);
+        m.inventory_last_update
+            .set(self.inventory.status.last_update_unix);
+        let interfaces = self.ifaces.status();
+        for role in ["uplink", "pod"] {
+            let n: usize = interfaces
+                .iter()
+                .filter(|i| i.role == role)
+                .map(|i| i.foreign.len())
+                .sum();
+            m.foreign.with_label_values(&[role]).set(n as i64);
+        }
+        let mut snap = self
+            .shared
+            .snapshot
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        snap.interfaces = interfaces.into_iter().map(Into::into).collect();
+        snap.failing = self
+            .ifaces
+            .failing()
+            .into_iter()
+            .map(|(iface, error)| api::Failing { iface, error })
+            .collect();
+        snap.attach_errors = errors;
+        snap.inventory = self.inventory.status.clone().into();
+    }
+
+    fn on_event(&mut self, e: &NetEvent) {
+        self.view.apply(e);
+        match e {
+            NetEvent::Link { index, name } => {
+                self.ifaces.ensure(*index, name);
+                self.sync_inventory();
+            }
+            NetEvent::LinkGone { index } => {
+                self.ifaces.forget(*index);
+                self.sync_inventory();
+            }
+            NetEvent::Addr { .. }
+            | NetEvent::AddrGone { .. }
+            | NetEvent::Route(_)
+            | NetEvent::RouteGone(_) => self.sync_inventory(),
+            NetEvent::Resync => {}
+        }
+    }
+}
+
+/// Reads flow events as they come.
+async fn read_events(ring: RingBuf<MapData>, shared: Arc<Shared>) -> anyhow::Result<()> {
+    // SAFETY: the ring buffer owns its map fd, which stays open and the same for as long as
+    // the AsyncFd owns the ring buffer.
+    let mut fd = unsafe { AsyncFd::register(ring) }
+        .map_err(|e| anyhow::anyhow!("polling the event ring buffer: {e}"))?;
+    loop {
+        let mut guard = fd.readable_mut().await?;
+        let (events, bad) = kmaps::drain_events(guard.get_inner_mut());
+        guard.clear_ready();
+        if events.is_empty() && bad == 0 {
+            continue;
+        }
+        let dir = shared.dir.read().unwrap_or_else(|p| p.into_inner());
+        let mut t = shared.tracker.lock().unwrap_or_else(|p| p.into_inner());
+        t.bad_events += bad;
+        for e in &events {
+            t.on_event(e, &dir, &shared.metrics);
+        }
+    }
+}
+
+async fn metrics_server(addr: std::net::SocketAddr, shared: Arc<Shared>) -> anyhow::Result<()> {
+    use axum::{Router, http::StatusCode, routing::get};
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding the metrics endpoint {addr}"))?;
+    tracing::info!(%addr, "serving /metrics, /healthz, /readyz");
+    let s1 = shared.clone();
+    let s2 = shared.clone();
+    let app = Router::new()
+        .route(
+            "/metrics",
+            get(move || {
+                let s = s1.clone();
+                async move {
+                    s.metrics.sample_kernel(&s.maps);
+                    (
+                        [("content-type", "text/plain; version=0.0.4")],
+                        s.metrics.render(),
+                    )
+                }
+            }),
+        )
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route(
+            "/readyz",
+            get(move || {
+                let s = s2.clone();
+                async move {
+                    if s.ready.load(Ordering::Relaxed) {
+                        (StatusCode::OK, "ready\n")
+                    } else {
+                        (
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            "not ready: first sync pending\n",
+                        )
+                    }
+                }
+            }),
+        );
+    axum::serve(listener, app).await?;
+    Ok(())
+}
+
+/// Runs the agent until SIGTERM or SIGINT.
+pub async fn run(cfg: Config) -> anyhow::Result<()> {
+    let mut ebpf = bpf::load(&LoadOptions {
+        nodeport_min: cfg.nodeport_min,
+        nodeport_max: cfg.nodeport_max,
+        ..LoadOptions::default()
+    })?;
+    let (maps, ring) = Maps::take(&mut ebpf)?;
+    let settings = Settings {
+        nodeport_min: cfg.nodeport_min,
+        nodeport_max: cfg.nodeport_max,
+    };
+    let shared = Arc::new(Shared {
+        maps: Arc::new(maps),
+        metrics: Metrics::new(),
+        tracker: Mutex::new(Tracker::new(TrackerConfig {
+            capacity: cfg.recent_flows,
+            idle: cfg.flow_idle_timeout,
+            settle: cfg.settle,
+            alert_window: cfg.alert_window,
+            ports_per_pod: cfg.ports_per_pod,
+            pod_grace: cfg.pod_grace,
+        })),
+        dir: RwLock::new(Directory::default()),
+        settings,
+        snapshot: Mutex::new(Snapshot::default()),
+        ready: AtomicBool::new(false),
+    });
+    let listener = api::bind(&cfg.socket).await?;
+    let (netlink, mut events) = Netlink::open()?;
+    let mut ctl = Controller {
+        view: netlink.dump().await?,
+        ifaces: Ifaces::new(ebpf, cfg.uplinks.clone(), cfg.pod_ifaces.clone()),
+        inventory: Standalone::new(
+            cfg.cluster_cidrs.clone(),
+            cfg.allow_sources.clone(),
+            cfg.service_cidrs.clone(),
+        ),
+        shared: shared.clone(),
+    };
+    ctl.sync();
+    let (up, pods) = ctl.ifaces.counts();
+    tracing::info!(
+        uplinks = up,
+        pod_ifaces = pods,
+        pods = ctl.inventory.status.pods,
+        "started"
+    );
+
+    let mut tasks = tokio::task::JoinSet::new();
+    tasks.spawn(api::serve(listener, shared.clone()).then_ok());
+    tasks.spawn(metrics_server(cfg.metrics_addr, shared.clone()));
+    tasks.spawn(read_events(ring, shared.clone()));
+    {
+        let shared = shared.clone();
+        let every = cfg.refresh_interval;
+        tasks.spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            loop {
+                tick.tick().await;
+                let dir = shared.dir.read().unwrap_or_else(|p| p.into_inner()).clone();
+                let mut t = shared.tracker.lock().unwrap_or_else(|p| p.into_inner());
+                t.refresh(&shared.maps, &dir, &shared.metrics);
+            }
+        });
+    }
+    shared.ready.store(true, Ordering::Relaxed);
+
+    let mut term = tokio::signal::unix::signal(SignalKind::terminate())?;
+    let mut int = tokio::signal::unix::signal(SignalKind::interrupt())?;
+    let mut reconcile = tokio::time::interval(cfg.reconcile_interval);
+    reconcile.tick().await;
+    let result = loop {
+        tokio::select! {
+            _ = term.recv() => break Ok("SIGTERM"),
+            _ = int.recv() => break Ok("SIGINT"),
+            e = events.recv() => match e {
+                Some(NetEvent::Resync) | None => {
+                    tracing::warn!("netlink events were lost; full reconcile");
+                    if e.is_none() {
+                        match Netlink::open() {
+                            Ok((_, rx)) => events = rx,
+                            Err(err) => tracing::error!(error = %err, "reopening netlink"),
+                        }
+                    }
+                    match netlink.dump().await {
+                        Ok(v) => { ctl.view = v; ctl.sync(); }
+                        Err(err) => tracing::error!(error = %err, "netlink dump failed"),
+                    }
+                }
+                Some(e) => ctl.on_event(&e),
+            },
+            _ = reconcile.tick() => match netlink.dump().await {
+                Ok(v) => { ctl.view = v; ctl.sync(); }
+                Err(err) => tracing::error!(error = %err, "netlink dump failed"),
+            },
+            Some(done) = tasks.join_next() => {
+                break match done {
+                    Ok(Ok(())) => Err(anyhow::anyhow!("a task of the agent ended")),
+                    Ok(Err(e)) => Err(e),
+                    Err(e) => Err(anyhow::anyhow!("a task of the agent failed: {e}")),
+                };
+            }
+        }
+    };
+    shared.ready.store(false, Ordering::Relaxed);
+    ctl.ifaces.detach_all();
+    let _ = std::fs::remove_file(&cfg.socket);
+    tasks.abort_all();
+    match result {
+        Ok(signal) => {
+            tracing::info!(signal, "detached everything; exiting");
+            Ok(())
+        }
+        Err(e) => Err(e),
+    }
+}
+
+trait ThenOk {
+    fn then_ok(self) -> impl std::future::Future<Output = anyhow::Result<()>> + Send;
+}
+
+impl<F: std::future::Future<Output = ()> + Send> ThenOk for F {
+    async fn then_ok(self) -> anyhow::Result<()> {
+        self.await;
+        Ok(())
+    }
+}

@@ -1,0 +1,335 @@
+//! The command line: `observer run` and the debug clients `flows`, `status`, `explain`.
+
+use std::{io::Write, path::PathBuf, process::ExitCode};
+
+use clap::{Parser, Subcommand};
+
+use crate::{
+    api::{self, Request},
+    config::{Config, LogFormat, RunArgs},
+    defaults,
+    explain::Explanation,
+    flows::FlowRow,
+};
+
+/// observer: tells when a pod was reached straight on its pod IP from outside the cluster.
+#[derive(Debug, Parser)]
+#[command(name = "observer", version, about)]
+pub struct Cli {
+    /// The agent's debug socket (served by `run`, used by the other commands).
+    #[arg(long, global = true, env = "OBSERVER_SOCKET", default_value = defaults::SOCKET)]
+    pub socket: PathBuf,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the agent: attach, follow the node, serve metrics and the debug API.
+    Run(RunArgs),
+    /// Flagged flows the agent has seen recently.
+    Flows {
+        /// Only flows of this verdict (e.g. direct_to_pod).
+        #[arg(long, env = "OBSERVER_VERDICT")]
+        verdict: Option<String>,
+        /// Keep printing new and updated flows.
+        #[arg(long, env = "OBSERVER_FOLLOW")]
+        follow: bool,
+        /// JSON lines instead of a table.
+        #[arg(long, env = "OBSERVER_JSON")]
+        json: bool,
+    },
+    /// Attached interfaces, foreign programs, inventory, lost events, flow-table use.
+    Status {
+        /// JSON instead of text.
+        #[arg(long, env = "OBSERVER_JSON")]
+        json: bool,
+    },
+    /// The verdict a new flow from SRC to DST[:PORT] would get now, and why.
+    Explain {
+        /// Source address.
+        src: String,
+        /// Destination: ADDRESS, ADDRESS:PORT or [IPv6]:PORT.
+        dst: String,
+        /// tcp, udp or icmp [default: tcp].
+        #[arg(long, env = "OBSERVER_PROTOCOL")]
+        protocol: Option<String>,
+        /// JSON instead of text.
+        #[arg(long, env = "OBSERVER_JSON")]
+        json: bool,
+    },
+}
+
+fn init_logs(cfg: &Config) {
+    let filter = tracing_subscriber::EnvFilter::try_new(&cfg.log_level)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    use std::io::IsTerminal;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
+    match cfg.log_format {
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+fn table(rows: &[FlowRow]) -> String {
+    let head = [
+        "VERDICT",
+        "SOURCE",
+        "DESTINATION",
+        "PROTO",
+        "NAMESPACE/POD",
+        "IFACE",
+        "STATE",
+        "ORIGIN",
+        "PACKETS",
+        "BYTES",
+        "FIRST SEEN",
+    ];
+    let cells: Vec<[String; 11]> = rows
+        .iter()
+        .map(|r| {
+            let port = |p: u16| {
+                if r.protocol == "icmp" {
+                    String::new()
+                } else {
+                    format!(":{p}")
+                }
+            };
+            [
+                r.verdict.clone(),
+                format!("{}{}", r.src, port(r.src_port)),
+                format!("{}{}", r.dst, port(r.dst_port)),
+                r.protocol.clone(),
+                if r.namespace.is_empty() {
+                    r.pod.clone()
+                } else {
+                    format!("{}/{}", r.namespace, r.pod)
+                },
+                r.iface.clone(),
+                r.state.clone(),
+                r.origin.clone(),
+                r.packets.to_string(),
+                r.bytes.to_string(),
+                r.first_seen.clone(),
+            ]
+        })
+        .collect();
+    let mut width: Vec<usize> = head.iter().map(|h| h.len()).collect();
+    for c in &cells {
+        for (i, v) in c.iter().enumerate() {
+            width[i] = width[i].max(v.len());
+        }
+    }
+    let mut out = String::new();
+    let fmt_row = |vals: Vec<&str>, out: &mut String| {
+        let line: Vec<String> = vals
+            .iter()
+            .enumerate()
+            .map(|(i, v)| format!("{v:<w$}", w = width[i]))
+            .collect();
+        out.push_str(line.join("  ").trim_end());
+        out.push('\n');
+    };
+    fmt_row(head.to_vec(), &mut out);
+    for c in &cells {
+        fmt_row(c.iter().map(String::as_str).collect(), &mut out);
+    }
+    out
+}
+
+async fn client(socket: PathBuf, command: Command) -> anyhow::Result<()> {
+    let mut stdout = std::io::stdout();
+    match command {
+        Command::Run(_) => unreachable!("handled by main"),
+        Command::Flows {
+            verdict,
+            follow,
+            json,
+        } => {
+            let req = Request::Flows { verdict, follow };
+            if json || follow {
+                api::request(&socket, &req, |l| {
+                    if json {
+                        let _ = writeln!(stdout, "{l}");
+                    } else if let Ok(r) = api::parse_flow(l) {
+                        let _ = write!(
+                            stdout,
+                            "{}",
+                            table(&[r])
+                                .lines()
+                                .nth(1)
+                                .map(|s| format!("{s}\n"))
+                                .unwrap_or_default()
+                        );
+                    }
+                    let _ = stdout.flush();
+                })
+                .await
+            } else {
+                let mut rows = Vec::new();
+                let mut bad = None;
+                api::request(&socket, &req, |l| match api::parse_flow(l) {
+                    Ok(r) => rows.push(r),
+                    Err(e) => bad = Some(e),
+                })
+                .await?;
+                if let Some(e) = bad {
+                    anyhow::bail!("the agent sent a line that is not a flow: {e}");
+                }
+                if rows.is_empty() {
+                    println!("no flagged flows");
+                } else {
+                    print!("{}", table(&rows));
+                }
+                Ok(())
+            }
+        }
+        Command::Status { json } => {
+            let mut answer = String::new();
+            api::request(&socket, &Request::Status, |l| answer = l.to_string()).await?;
+            if json {
+                println!("{answer}");
+                return Ok(());
+            }
+            let s: api::Status = serde_json::from_str(&answer)?;
+            println!(
+                "observer {} on kernel {} (attach: {})",
+                s.version, s.kernel, s.attach_mode
+            );
+            println!("interfaces:");
+            for i in &s.interfaces {
+                let foreign = if i.foreign.is_empty() {
+                    String::new()
+                } else {
+                    format!("  foreign: {}", i.foreign.join(", "))
+                };
+                println!(
+                    "  {:<16} {:<6} {:<7} index {}{}",
+                    i.name, i.role, i.mode, i.index, foreign
+                );
+            }
+            for f in &s.failing {
+                println!("  {:<16} FAILING: {}", f.iface, f.error);
+            }
+            println!("attach errors: {}", s.attach_errors);
+            println!(
+                "inventory ({}): {} local pods, {} node addresses, {} CIDRs, last update {}",
+                s.inventory.mode,
+                s.inventory.pods,
+                s.inventory.node_ips,
+                s.inventory.cidrs,
+                crate::clock::rfc3339(
+                    std::time::UNIX_EPOCH
+                        + std::time::Duration::from_secs_f64(s.inventory.last_update_unix.max(0.0))
+                )
+            );
+            println!(
+                "flow table: {}/{} entries, {} recent flows, {} events lost",
+                s.flow_table_entries, s.flow_table_capacity, s.recent_flows, s.events_lost
+            );
+            Ok(())
+        }
+        Command::Explain {
+            src,
+            dst,
+            protocol,
+            json,
+        } => {
+            let mut answer = String::new();
+            api::request(&socket, &Request::Explain { src, dst, protocol }, |l| {
+                answer = l.to_string()
+            })
+            .await?;
+            if json {
+                println!("{answer}");
+                return Ok(());
+            }
+            let e: Explanation = serde_json::from_str(&answer)?;
+            println!("{}", e.packet);
+            println!(
+                "  verdict: {}{}",
+                e.verdict,
+                if e.alert { " (ALERT)" } else { "" }
+            );
+            println!("  why:     {}", e.reason);
+            println!(
+                "  source:      {}",
+                if e.src_roles.is_empty() {
+                    "outside the cluster".to_string()
+                } else {
+                    e.src_roles.join(", ")
+                }
+            );
+            println!(
+                "  destination: {}",
+                if e.dst_roles.is_empty() {
+                    "nothing this node knows".to_string()
+                } else {
+                    e.dst_roles.join(", ")
+                }
+            );
+            if let Some(p) = e.pod {
+                println!(
+                    "  pod:         {} (interface {})",
+                    if p.namespace.is_empty() {
+                        p.name
+                    } else {
+                        format!("{}/{}", p.namespace, p.name)
+                    },
+                    p.iface
+                );
+            }
+            Ok(())
+        }
+    }
+}
+
+/// Runs the command line; returns the process exit code.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("observer: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match cli.command {
+        Command::Run(args) => {
+            let cfg = match Config::from_args(args, cli.socket) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("observer: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            init_logs(&cfg);
+            match runtime.block_on(crate::agent::run(cfg)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    tracing::error!(error = format!("{e:#}"), "observer stopped");
+                    eprintln!("observer: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        command => match runtime.block_on(client(cli.socket, command)) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("observer: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
+    }
+}

@@ -1,0 +1,32 @@
+//! Every default of the agent, in one place.
+
+use std::time::Duration;
+
+/// Uplinks: where traffic enters the node.
+pub const UPLINKS: &[&str] = &["eth*", "ens*", "enp*", "eno*", "bond*"];
+/// Pod interfaces: host-side veths of VPC CNI (eni*), Calico (cali*), security groups per pod
+/// (vlan*) and generic CNIs (veth*).
+pub const POD_IFACES: &[&str] = &["eni*", "cali*", "vlan*", "veth*"];
+pub const NODEPORT_RANGE: &str = "30000-32767";
+pub const METRICS_ADDR: &str = "0.0.0.0:9962";
+/// The debug API's unix socket (mode 0600, never on the network).
+pub const SOCKET: &str = "/run/observer/observer.sock";
+pub const LOG_FORMAT: &str = "text";
+pub const LOG_LEVEL: &str = "info";
+/// A full interface/route/address reconcile, besides netlink events.
+pub const RECONCILE_INTERVAL: Duration = Duration::from_secs(30);
+/// A flagged flow with no packet for this long leaves the views and the kernel table.
+pub const FLOW_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
+/// Repeats of an alert for the same (source, pod, port) within this window are folded.
+pub const ALERT_WINDOW: Duration = Duration::from_secs(60);
+/// Distinct ports per pod in metric labels before `port="other"`.
+pub const PORTS_PER_POD: usize = 16;
+/// Metric series of a pod that is gone are removed after this long.
+pub const POD_GRACE: Duration = Duration::from_secs(600);
+/// Flows kept in the recent-flows view of the debug API.
+pub const RECENT_FLOWS: usize = 4096;
+/// How long after its first packet a direct flow's state (answered/refused/silent) is settled
+/// for the metrics.
+pub const SETTLE: Duration = Duration::from_secs(2);
+/// How often the flow view is refreshed from the kernel table.
+pub const REFRESH_INTERVAL: Duration = Duration::from_secs(1);

@@ -1,0 +1,440 @@
+//! The userspace side of flagged flows: events from the kernel become records with a pod and
+//! an interface, a bounded recent-flows view for the debug API, alert events (one per new
+//! direct flow, repeats folded), and the direct-access metrics with bounded labels.
+
+use std::{
+    collections::{BTreeSet, HashMap, HashSet, VecDeque},
+    net::IpAddr,
+    time::{Duration, Instant},
+};
+
+use observer_common::{
+    addr::ip_of,
+    maps::{FlowEvent, FlowKey, FlowStats, origin},
+    verdict::{Reason, Verdict},
+};
+use serde::{Deserialize, Serialize};
+use tokio::sync::broadcast;
+
+use crate::{
+    clock,
+    inventory::{Directory, PodRef},
+    kmaps::Maps,
+    metrics::{Metrics, protocol_label},
+};
+
+/// One flow as `observer flows` shows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FlowRow {
+    pub verdict: String,
+    pub src: String,
+    pub dst: String,
+    pub src_port: u16,
+    pub dst_port: u16,
+    pub protocol: String,
+    pub iface: String,
+    pub pod: String,
+    pub namespace: String,
+    pub packets: u64,
+    pub bytes: u64,
+    pub first_seen: String,
+    pub last_seen: String,
+    pub origin: String,
+    pub state: String,
+    pub reason: String,
+}
+
+/// Settings of the tracker.
+#[derive(Clone, Debug)]
+pub struct TrackerConfig {
+    pub capacity: usize,
+    pub idle: Duration,
+    pub settle: Duration,
+    pub alert_window: Duration,
+    pub ports_per_pod: usize,
+    pub pod_grace: Duration,
+}
+
+/// Folded alerts kept at most; beyond, repeats are only counted.
+const MAX_FOLDS: usize = 10_000;
+
+struct Record {
+    key: FlowKey,
+    verdict: Verdict,
+    reason: Reason,
+    origin: u8,
+    iface: String,
+    pod: Option<PodRef>,
+    stats: FlowStats,
+    first_seen_ns: u64,
+    /// Labels under which the flow was counted, once settled.
+    labels: Option<[String; 5]>,
+    counted_packets: u64,
+    counted_bytes: u64,
+}
+
+fn origin_name(o: u8) -> &'static str {
+    match o {
+        origin::START => "seen_start",
+        origin::MID_STREAM => "unknown",
+        _ => "datagram",
+    }
+}
+
+fn state_of(s: &FlowStats) -> &'static str {
+    if s.answered != 0 {
+        "answered"
+    } else if s.refused != 0 {
+        "refused"
+    } else {
+        "silent"
+    }
+}
+
+impl Record {
+    fn row(&self) -> FlowRow {
+        let pod = self.pod.clone().unwrap_or_default();
+        FlowRow {
+            verdict: self.verdict.name().to_string(),
+            src: ip_of(&self.key.src).to_string(),
+            dst: ip_of(&self.key.dst).to_string(),
+            src_port: self.key.sport,
+            dst_port: self.key.dport,
+            protocol: protocol_label(self.key.proto).to_string(),
+            iface: self.iface.clone(),
+            pod: pod.name,
+            namespace: pod.namespace,
+            packets: self.stats.packets,
+            bytes: self.stats.bytes,
+            first_seen: clock::rfc3339(clock::wall_of(self.first_seen_ns)),
+            last_seen: clock::rfc3339(clock::wall_of(self.stats.last_seen_ns)),
+            origin: origin_name(self.origin).to_string(),
+            state: state_of(&self.stats).to_string(),
+            reason: self.reason.describe().to_string(),
+        }
+    }
+}
+
+struct Fold {
+    since: Instant,
+    repeats: u64,
+    first: FlowRow,
+}
+
+/// The recent flagged flows and what follows from them.
+pub struct Tracker {
+    cfg: TrackerConfig,
+    records: HashMap<FlowKey, Record>,
+    order: VecDeque<FlowKey>,
+    folds: HashMap<(IpAddr, String, u16), Fold>,
+    overflow_folds: u64,
+    /// Port labels given out per (namespace, pod).
+    ports: HashMap<(String, String), BTreeSet<String>>,
+    /// Direct-access label sets per (namespace, pod), to remove when the pod is gone.
+    series: HashMap<(String, String), HashSet<[String; 5]>>,
+    gone_since: HashMap<(String, String), Instant>,
+    updates: broadcast::Sender<FlowRow>,
+    /// Events seen, and events of an unexpected size.
+    pub events: u64,
+    pub bad_events: u64,
+}
+
+impl Tracker {
+    pub fn new(cfg: TrackerConfig) -> Self {
+        Tracker {
+            cfg,
+            records: HashMap::new(),
+            order: VecDeque::new(),
+            folds: HashMap::new(),
+            overflow_folds: 0,
+            ports: HashMap::new(),
+            series: HashMap::new(),
+            gone_since: HashMap::new(),
+            updates: broadcast::channel(1024).0,
+            events: 0,
+            bad_events: 0,
+        }
+    }
+
+    /// New and updated flows, for `observer flows --follow`.
+    pub fn subscribe(&self) -> broadcast::Receiver<FlowRow> {
+        self.updates.subscribe()
+    }
+
+    pub fn len(&self) -> usize {
+        self.records.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.records.is_empty()
+    }
+
+    /// A new flagged flow from the kernel.
+    pub fn on_event(&mut self, e: &FlowEvent, dir: &Directory, metrics: &Metrics) {
+        self.events += 1;
+        let Some(verdict) = Verdict::from_u8(e.verdict) else {
+            self.bad_events += 1;
+            return;
+        };
+        let reason = Reason::from_u8(e.reason).unwrap_or(Reason::DirectOtherProtocol);
+        metrics
+            .flows_total
+            .with_label_values(&[verdict.name(), protocol_label(e.key.proto)])
+            .inc();
+        if self.records.contains_key(&e.key) {
+            return; // the kernel re-created an expired flow we still show
+        }
+        while self.records.len() >= self.cfg.capacity {
+            match self.order.pop_front() {
+                Some(old) => {
+                    self.records.remove(&old);
+                }
+                None => break,
+            }
+        }
+        let rec = Record {
+            key: e.key,
+            verdict,
+            reason,
+            origin: e.origin,
+            iface: dir.iface(e.ifindex),
+            pod: dir.pod(&ip_of(&e.key.dst)).cloned(),
+            stats: FlowStats {
+                packets: 1,
+                bytes: u64::from(e.bytes),
+                first_seen_ns: e.ts_ns,
+                last_seen_ns: e.ts_ns,
+                ifindex: e.ifindex,
+                tcp_flags: e.tcp_flags,
+                verdict: e.verdict,
+                reason: e.reason,
+                origin: e.origin,
+                ..FlowStats::default()
+            },
+            first_seen_ns: e.ts_ns,
+            labels: None,
+            counted_packets: 0,
+            counted_bytes: 0,
+        };
+        let _ = self.updates.send(rec.row());
+        self.order.push_back(e.key);
+        self.records.insert(e.key, rec);
+    }
+
+    fn port_label(&mut self, ns: &str, pod: &str, key: &FlowKey) -> String {
+        let port = match key.proto {
+            6 | 17 | 132 => key.dport.to_string(),
+            _ => "none".to_string(),
+        };
+        let set = self
+            .ports
+            .entry((ns.to_string(), pod.to_string()))
+            .or_default();
+        if set.contains(&port) || set.len() < self.cfg.ports_per_pod {
+            set.insert(port.clone());
+            port
+        } else {
+            "other".to_string()
+        }
+    }
+
+    /// Refreshes the view from the kernel table: counters and state, settling (metrics and
+    /// alert), idle expiry, pod series removal, alert folding windows.
+    pub fn refresh(&mut self, maps: &Maps, dir: &Directory, metrics: &Metrics) {
+        let now_ns = clock::boot_ns();
+        let idle_ns = self.cfg.idle.as_nanos() as u64;
+        let settle_ns = self.cfg.settle.as_nanos() as u64;
+        let keys: Vec<FlowKey> = self.records.keys().copied().collect();
+        let mut expired = Vec::new();
+        for key in keys {
+            if let Ok(Some(s)) = maps.flow(&key)
+                && let Some(r) = self.records.get_mut(&key)
+            {
+                r.stats = s;
+            }
+            let Some(r) = self.records.get(&key) else {
+                continue;
+            };
+            if r.labels.is_none() && now_ns.saturating_sub(r.first_seen_ns) >= settle_ns {
+                self.settle(key, metrics);
+            }
+            if let Some(r) = self.records.get_mut(&key)
+                && let Some(labels) = &r.labels
+            {
+                let l: Vec<&str> = labels.iter().map(String::as_str).collect();
+                metrics
+                    .direct_packets
+                    .with_label_values(&l)
+                    .inc_by(r.stats.packets.saturating_sub(r.counted_packets));
+                metrics
+                    .direct_bytes
+                    .with_label_values(&l)
+                    .inc_by(r.stats.bytes.saturating_sub(r.counted_bytes));
+                r.counted_packets = r.counted_packets.max(r.stats.packets);
+                r.counted_bytes = r.counted_bytes.max(r.stats.bytes);
+                if now_ns.saturating_sub(r.stats.last_seen_ns) > idle_ns {
+                    expired.push(key);
+                }
+            }
+        }
+        for key in expired {
+            self.records.remove(&key);
+            self.order.retain(|k| *k != key);
+            let _ = maps.remove_flow(&key);
+        }
+        self.flush_folds(metrics);
+        self.remove_gone_pods(dir, metrics);
+    }
+
+    /// The flow's state is taken as settled: count it and raise its alert.
+    fn settle(&mut self, key: FlowKey, metrics: &Metrics) {
+        let Some(r) = self.records.get(&key) else {
+            return;
+        };
+        let pod = r.pod.clone().unwrap_or(PodRef {
+            namespace: String::new(),
+            name: "unknown".to_string(),
+            iface: String::new(),
+        });
+        let port = self.port_label(&pod.namespace, &pod.name, &key);
+        let Some(r) = self.records.get_mut(&key) else {
+            return;
+        };
+        let labels = [
+            pod.namespace.clone(),
+            pod.name.clone(),
+            port,
+            protocol_label(key.proto).to_string(),
+            state_of(&r.stats).to_string(),
+        ];
+        let l: Vec<&str> = labels.iter().map(String::as_str).collect();
+        metrics.direct_flows.with_label_values(&l).inc();
+        self.series
+            .entry((pod.namespace.clone(), pod.name.clone()))
+            .or_default()
+            .insert(labels.clone());
+        r.labels = Some(labels);
+        let row = r.row();
+        let _ = self.updates.send(row.clone());
+        if r.verdict.alerts() {
+            self.alert(row, ip_of(&key.src), metrics);
+        }
+    }
+
+    fn alert(&mut self, row: FlowRow, src: IpAddr, metrics: &Metrics) {
+        let fold_key = (src, format!("{}/{}", row.namespace, row.pod), row.dst_port);
+        if let Some(f) = self.folds.get_mut(&fold_key) {
+            f.repeats += 1;
+            metrics.alerts_folded.inc();
+            return;
+        }
+        if self.folds.len() >= MAX_FOLDS {
+            self.overflow_folds += 1;
+            metrics.alerts_folded.inc();
+            return;
+        }
+        log_alert(&row, 1);
+        metrics.alerts.inc();
+        self.folds.insert(
+            fold_key,
+            Fold {
+                since: Instant::now(),
+                repeats: 0,
+                first: row,
+            },
+        );
+    }
+
+    fn flush_folds(&mut self, metrics: &Metrics) {
+        let window = self.cfg.alert_window;
+        let done: Vec<_> = self
+            .folds
+            .iter()
+            .filter(|(_, f)| f.since.elapsed() >= window)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for k in done {
+            if let Some(f) = self.folds.remove(&k)
+                && f.repeats > 0
+            {
+                log_alert(&f.first, f.repeats + 1);
+                metrics.alerts.inc();
+            }
+        }
+        if self.overflow_folds > 0 && self.folds.len() < MAX_FOLDS {
+            tracing::warn!(
+                target: "observer::alert",
+                folded = self.overflow_folds,
+                "direct pod access alerts folded: the fold table was full"
+            );
+            self.overflow_folds = 0;
+        }
+    }
+
+    /// Removes the metric series of pods that have been gone for the grace period.
+    fn remove_gone_pods(&mut self, dir: &Directory, metrics: &Metrics) {
+        let present: HashSet<(String, String)> = dir
+            .pods
+            .values()
+            .map(|p| (p.namespace.clone(), p.name.clone()))
+            .collect();
+        let now = Instant::now();
+        let mut remove = Vec::new();
+        for pod in self.series.keys() {
+            if present.contains(pod) {
+                self.gone_since.remove(pod);
+                continue;
+            }
+            let since = *self.gone_since.entry(pod.clone()).or_insert(now);
+            if now.duration_since(since) >= self.cfg.pod_grace {
+                remove.push(pod.clone());
+            }
+        }
+        for pod in remove {
+            for labels in self.series.remove(&pod).unwrap_or_default() {
+                let l: Vec<&str> = labels.iter().map(String::as_str).collect();
+                let _ = metrics.direct_flows.remove_label_values(&l);
+                let _ = metrics.direct_packets.remove_label_values(&l);
+                let _ = metrics.direct_bytes.remove_label_values(&l);
+            }
+            self.ports.remove(&pod);
+            self.gone_since.remove(&pod);
+            tracing::info!(
+                namespace = pod.0,
+                pod = pod.1,
+                "removed the metric series of a pod that is gone"
+            );
+        }
+    }
+
+    /// The flows in the view, optionally of one verdict, oldest first.
+    pub fn rows(&self, verdict: Option<&str>) -> Vec<FlowRow> {
+        self.order
+            .iter()
+            .filter_map(|k| self.records.get(k))
+            .filter(|r| verdict.is_none_or(|v| r.verdict.name() == v))
+            .map(Record::row)
+            .collect()
+    }
+}
+
+/// One structured log event per direct access (target `observer::alert`).
+fn log_alert(row: &FlowRow, count: u64) {
+    tracing::warn!(
+        target: "observer::alert",
+        verdict = row.verdict,
+        src = row.src,
+        dst = row.dst,
+        src_port = row.src_port,
+        dst_port = row.dst_port,
+        protocol = row.protocol,
+        pod = row.pod,
+        namespace = row.namespace,
+        iface = row.iface,
+        origin = row.origin,
+        state = row.state,
+        reason = row.reason,
+        count,
+        "direct access to a pod IP from outside the cluster"
+    );
+}

@@ -1,0 +1,241 @@
+//! Prometheus metrics. The list is a public contract, documented in `docs/metrics.md`.
+//! Labels are bounded: never a source address; ports per pod are capped; series of vanished
+//! pods are removed after a grace period (see `flows.rs`).
+
+use std::sync::Mutex;
+
+use observer_common::{
+    maps::{health, proto_class},
+    verdict::Verdict,
+};
+use prometheus::{
+    Encoder, Gauge, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+use crate::kmaps::Maps;
+
+pub struct Metrics {
+    registry: Registry,
+    pub flows_total: IntCounterVec,
+    packets_total: IntCounterVec,
+    bytes_total: IntCounterVec,
+    pub direct_flows: IntCounterVec,
+    pub direct_packets: IntCounterVec,
+    pub direct_bytes: IntCounterVec,
+    pub attached: IntGaugeVec,
+    pub attach_errors: IntCounter,
+    events_lost: IntCounter,
+    flow_table_entries: IntGauge,
+    flow_table_capacity: IntGauge,
+    pub inventory_pods: IntGauge,
+    pub inventory_last_update: Gauge,
+    pub foreign: IntGaugeVec,
+    pub alerts: IntCounter,
+    pub alerts_folded: IntCounter,
+    /// Kernel counter values at the previous scrape, to add deltas to the counters.
+    last: Mutex<Last>,
+}
+
+#[derive(Default)]
+struct Last {
+    stats: std::collections::HashMap<(Verdict, &'static str), (u64, u64, u64)>,
+    events_lost: u64,
+}
+
+/// The label sets of the direct-access metrics.
+pub const DIRECT_LABELS: [&str; 5] = ["namespace", "pod", "port", "protocol", "state"];
+
+fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let c = IntCounterVec::new(Opts::new(name, help), labels).expect("metric definition");
+    r.register(Box::new(c.clone()))
+        .expect("metric registration");
+    c
+}
+
+fn counter(r: &Registry, name: &str, help: &str) -> IntCounter {
+    let c = IntCounter::new(name, help).expect("metric definition");
+    r.register(Box::new(c.clone()))
+        .expect("metric registration");
+    c
+}
+
+fn gauge(r: &Registry, name: &str, help: &str) -> IntGauge {
+    let g = IntGauge::new(name, help).expect("metric definition");
+    r.register(Box::new(g.clone()))
+        .expect("metric registration");
+    g
+}
+
+fn gauge_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("metric definition");
+    r.register(Box::new(g.clone()))
+        .expect("metric registration");
+    g
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let r = Registry::new();
+        let vp = &["verdict", "protocol"];
+        let m = Metrics {
+            flows_total: counter_vec(
+                &r,
+                "observer_flows_total",
+                "New flows seen at the uplinks by verdict: exact for direct_to_pod (one per flagged flow), flow-opening packets (TCP SYN, SCTP INIT, ICMP echo request) for the others.",
+                vp,
+            ),
+            packets_total: counter_vec(
+                &r,
+                "observer_packets_total",
+                "Packets seen at the uplinks by verdict.",
+                vp,
+            ),
+            bytes_total: counter_vec(
+                &r,
+                "observer_bytes_total",
+                "Bytes seen at the uplinks by verdict.",
+                vp,
+            ),
+            direct_flows: counter_vec(
+                &r,
+                "observer_direct_pod_access_flows_total",
+                "Flows from outside the cluster straight to a pod IP, by pod, port and what the pod did (answered, refused, silent).",
+                &DIRECT_LABELS,
+            ),
+            direct_packets: counter_vec(
+                &r,
+                "observer_direct_pod_access_packets_total",
+                "Packets of direct pod access flows, at the uplink.",
+                &DIRECT_LABELS,
+            ),
+            direct_bytes: counter_vec(
+                &r,
+                "observer_direct_pod_access_bytes_total",
+                "Bytes of direct pod access flows, at the uplink.",
+                &DIRECT_LABELS,
+            ),
+            attached: gauge_vec(
+                &r,
+                "observer_attached_interfaces",
+                "Interfaces carrying the observer's programs, by role.",
+                &["role"],
+            ),
+            attach_errors: counter(
+                &r,
+                "observer_attach_errors_total",
+                "Failed attach attempts (retried).",
+            ),
+            events_lost: counter(
+                &r,
+                "observer_events_lost_total",
+                "New-flow events the kernel could not queue (the flows are still counted and kept in the flow table).",
+            ),
+            flow_table_entries: gauge(
+                &r,
+                "observer_flow_table_entries",
+                "Entries in the kernel flow table of flagged flows.",
+            ),
+            flow_table_capacity: gauge(
+                &r,
+                "observer_flow_table_capacity",
+                "Capacity of the kernel flow table (LRU: the oldest flows are evicted when full).",
+            ),
+            inventory_pods: gauge(
+                &r,
+                "observer_inventory_pods",
+                "Local pods the inventory knows.",
+            ),
+            inventory_last_update: {
+                let g = Gauge::new(
+                    "observer_inventory_last_update_timestamp_seconds",
+                    "When the inventory last changed the maps (Unix time).",
+                )
+                .expect("metric definition");
+                r.register(Box::new(g.clone()))
+                    .expect("metric registration");
+                g
+            },
+            foreign: gauge_vec(
+                &r,
+                "observer_foreign_tc_programs",
+                "TC programs of others found on the interfaces we attach to, by interface role.",
+                &["iface_role"],
+            ),
+            alerts: counter(
+                &r,
+                "observer_alerts_total",
+                "Direct pod access alerts logged.",
+            ),
+            alerts_folded: counter(
+                &r,
+                "observer_alerts_folded_total",
+                "Alerts folded into a repeat count instead of being logged.",
+            ),
+            last: Mutex::new(Last::default()),
+            registry: r,
+        };
+        let build = gauge_vec(
+            &m.registry,
+            "observer_build_info",
+            "Build information.",
+            &["version"],
+        );
+        build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+        for role in ["uplink", "pod"] {
+            m.attached.with_label_values(&[role]).set(0);
+            m.foreign.with_label_values(&[role]).set(0);
+        }
+        m
+    }
+
+    /// Brings the kernel-backed metrics up to date (called on each scrape).
+    pub fn sample_kernel(&self, maps: &Maps) {
+        let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
+        if let Ok(counts) = maps.verdict_counts() {
+            for ((verdict, class), s) in &counts.0 {
+                let prev = last.stats.entry((*verdict, class)).or_default();
+                let labels = [verdict.name(), class];
+                self.packets_total
+                    .with_label_values(&labels)
+                    .inc_by(s.packets.saturating_sub(prev.0));
+                self.bytes_total
+                    .with_label_values(&labels)
+                    .inc_by(s.bytes.saturating_sub(prev.1));
+                if *verdict != Verdict::DirectToPod {
+                    self.flows_total
+                        .with_label_values(&labels)
+                        .inc_by(s.flow_starts.saturating_sub(prev.2));
+                }
+                *prev = (s.packets, s.bytes, s.flow_starts);
+            }
+        }
+        if let Ok(h) = maps.health_counts() {
+            let lost = h[health::EVENTS_LOST as usize];
+            self.events_lost
+                .inc_by(lost.saturating_sub(last.events_lost));
+            last.events_lost = lost;
+        }
+        if let Ok((entries, capacity)) = maps.flow_table_use() {
+            self.flow_table_entries.set(entries as i64);
+            self.flow_table_capacity.set(i64::from(capacity));
+        }
+    }
+
+    /// The text exposition.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
+        String::from_utf8(buf).unwrap_or_default()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// The protocol label of an IP protocol number.
+pub fn protocol_label(proto: u8) -> &'static str {
+    proto_class::NAMES[observer_common::maps::proto_class_of(proto) as usize]
+}

@@ -1,0 +1,261 @@
+//! The node's links, addresses and routes from rtnetlink: dumps for a full reconcile, and a
+//! stream of change events (multicast groups), so nothing is polled.
+
+use std::{
+    collections::BTreeMap,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+};
+
+use futures::{StreamExt, TryStreamExt, channel::mpsc::UnboundedReceiver};
+use rtnetlink::{
+    Handle, MulticastGroup, RouteMessageBuilder, new_multicast_connection,
+    packet_core::{NetlinkMessage, NetlinkPayload},
+    packet_route::{
+        RouteNetlinkMessage,
+        address::{AddressAttribute, AddressMessage},
+        link::{LinkAttribute, LinkMessage},
+        route::{RouteAddress, RouteAttribute, RouteMessage, RouteType},
+    },
+    sys::{AsyncSocket, SocketAddr},
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum NetlinkError {
+    #[error("opening a netlink socket: {0}")]
+    Open(#[from] std::io::Error),
+    #[error("netlink dump of {what}: {source}")]
+    Dump {
+        what: &'static str,
+        #[source]
+        source: rtnetlink::Error,
+    },
+}
+
+/// A host route to one address through one interface (`10.0.3.240 dev eni… scope link`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct HostRoute {
+    pub dst: IpAddr,
+    pub oif: u32,
+}
+
+/// A change the kernel announced.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum NetEvent {
+    Link {
+        index: u32,
+        name: String,
+    },
+    LinkGone {
+        index: u32,
+    },
+    Addr {
+        index: u32,
+        addr: IpAddr,
+    },
+    AddrGone {
+        index: u32,
+        addr: IpAddr,
+    },
+    Route(HostRoute),
+    RouteGone(HostRoute),
+    /// Messages were lost (socket overrun) or the stream ended: do a full reconcile.
+    Resync,
+}
+
+/// What the node looks like: links by index, addresses and host routes.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct NodeView {
+    pub links: BTreeMap<u32, String>,
+    pub addrs: BTreeMap<u32, Vec<IpAddr>>,
+    pub routes: Vec<HostRoute>,
+}
+
+impl NodeView {
+    /// Applies one event.
+    pub fn apply(&mut self, e: &NetEvent) {
+        match e {
+            NetEvent::Link { index, name } => {
+                self.links.insert(*index, name.clone());
+            }
+            NetEvent::LinkGone { index } => {
+                self.links.remove(index);
+                self.addrs.remove(index);
+                self.routes.retain(|r| r.oif != *index);
+            }
+            NetEvent::Addr { index, addr } => {
+                let a = self.addrs.entry(*index).or_default();
+                if !a.contains(addr) {
+                    a.push(*addr);
+                }
+            }
+            NetEvent::AddrGone { index, addr } => {
+                if let Some(a) = self.addrs.get_mut(index) {
+                    a.retain(|x| x != addr);
+                }
+            }
+            NetEvent::Route(r) => {
+                if !self.routes.contains(r) {
+                    self.routes.push(*r);
+                }
+            }
+            NetEvent::RouteGone(r) => self.routes.retain(|x| x != r),
+            NetEvent::Resync => {}
+        }
+    }
+}
+
+fn link_of(m: &LinkMessage) -> Option<(u32, String)> {
+    m.attributes.iter().find_map(|a| match a {
+        LinkAttribute::IfName(n) => Some((m.header.index, n.clone())),
+        _ => None,
+    })
+}
+
+fn addr_of(m: &AddressMessage) -> Option<(u32, IpAddr)> {
+    // IFA_LOCAL is the local address on point-to-point links; IFA_ADDRESS otherwise.
+    let local = m.attributes.iter().find_map(|a| match a {
+        AddressAttribute::Local(ip) => Some(*ip),
+        _ => None,
+    });
+    let addr = m.attributes.iter().find_map(|a| match a {
+        AddressAttribute::Address(ip) => Some(*ip),
+        _ => None,
+    });
+    local.or(addr).map(|ip| (m.header.index, ip))
+}
+
+/// A unicast route of the main table to a single address through one interface.
+fn host_route_of(m: &RouteMessage) -> Option<HostRoute> {
+    if m.header.kind != RouteType::Unicast || m.header.table != 254 {
+        return None;
+    }
+    let dst = m.attributes.iter().find_map(|a| match a {
+        RouteAttribute::Destination(RouteAddress::Inet(v4)) => Some(IpAddr::V4(*v4)),
+        RouteAttribute::Destination(RouteAddress::Inet6(v6)) => Some(IpAddr::V6(*v6)),
+        _ => None,
+    })?;
+    let full = if dst.is_ipv4() { 32 } else { 128 };
+    if m.header.destination_prefix_length != full {
+        return None;
+    }
+    let oif = m.attributes.iter().find_map(|a| match a {
+        RouteAttribute::Oif(i) => Some(*i),
+        _ => None,
+    })?;
+    Some(HostRoute { dst, oif })
+}
+
+fn event_of(msg: NetlinkMessage<RouteNetlinkMessage>) -> Option<NetEvent> {
+    match msg.payload {
+        NetlinkPayload::InnerMessage(m) => match m {
+            RouteNetlinkMessage::NewLink(l) => {
+                link_of(&l).map(|(index, name)| NetEvent::Link { index, name })
+            }
+            RouteNetlinkMessage::DelLink(l) => Some(NetEvent::LinkGone {
+                index: l.header.index,
+            }),
+            RouteNetlinkMessage::NewAddress(a) => {
+                addr_of(&a).map(|(index, addr)| NetEvent::Addr { index, addr })
+            }
+            RouteNetlinkMessage::DelAddress(a) => {
+                addr_of(&a).map(|(index, addr)| NetEvent::AddrGone { index, addr })
+            }
+            RouteNetlinkMessage::NewRoute(r) => host_route_of(&r).map(NetEvent::Route),
+            RouteNetlinkMessage::DelRoute(r) => host_route_of(&r).map(NetEvent::RouteGone),
+            _ => None,
+        },
+        NetlinkPayload::Overrun(_) => Some(NetEvent::Resync),
+        _ => None,
+    }
+}
+
+/// A netlink connection that follows the node's links, addresses and routes.
+pub struct Netlink {
+    handle: Handle,
+}
+
+impl Netlink {
+    /// Opens the connection (in the calling thread's network namespace) and returns it with
+    /// the stream of events. The stream ends with a final [`NetEvent::Resync`] if the
+    /// connection breaks.
+    pub fn open() -> Result<(Netlink, tokio::sync::mpsc::UnboundedReceiver<NetEvent>), NetlinkError>
+    {
+        let (mut conn, handle, messages) = new_multicast_connection(&[
+            MulticastGroup::Link,
+            MulticastGroup::Ipv4Ifaddr,
+            MulticastGroup::Ipv6Ifaddr,
+            MulticastGroup::Ipv4Route,
+            MulticastGroup::Ipv6Route,
+        ])?;
+        // A large receive buffer keeps bursts (pods churning) from overrunning the socket.
+        let _ = conn.socket_mut().socket_mut().set_rx_buf_sz(4 << 20);
+        tokio::spawn(conn);
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(forward(messages, tx));
+        Ok((Netlink { handle }, rx))
+    }
+
+    /// Dumps the node: links, addresses and host routes.
+    pub async fn dump(&self) -> Result<NodeView, NetlinkError> {
+        let mut view = NodeView::default();
+        let mut links = self.handle.link().get().execute();
+        while let Some(m) = links
+            .try_next()
+            .await
+            .map_err(|source| NetlinkError::Dump {
+                what: "links",
+                source,
+            })?
+        {
+            if let Some((i, n)) = link_of(&m) {
+                view.links.insert(i, n);
+            }
+        }
+        let mut addrs = self.handle.address().get().execute();
+        while let Some(m) = addrs
+            .try_next()
+            .await
+            .map_err(|source| NetlinkError::Dump {
+                what: "addresses",
+                source,
+            })?
+        {
+            if let Some((i, a)) = addr_of(&m) {
+                view.addrs.entry(i).or_default().push(a);
+            }
+        }
+        for query in [
+            RouteMessageBuilder::<Ipv4Addr>::new().build(),
+            RouteMessageBuilder::<Ipv6Addr>::new().build(),
+        ] {
+            let mut routes = self.handle.route().get(query).execute();
+            while let Some(m) = routes
+                .try_next()
+                .await
+                .map_err(|source| NetlinkError::Dump {
+                    what: "routes",
+                    source,
+                })?
+            {
+                if let Some(r) = host_route_of(&m) {
+                    view.routes.push(r);
+                }
+            }
+        }
+        Ok(view)
+    }
+}
+
+async fn forward(
+    mut messages: UnboundedReceiver<(NetlinkMessage<RouteNetlinkMessage>, SocketAddr)>,
+    tx: tokio::sync::mpsc::UnboundedSender<NetEvent>,
+) {
+    while let Some((msg, _)) = messages.next().await {
+        if let Some(e) = event_of(msg)
+            && tx.send(e).is_err()
+        {
+            return;
+        }
+    }
+    let _ = tx.send(NetEvent::Resync);
+}
