@@ -121,12 +121,22 @@ struct Fold {
     first: FlowRow,
 }
 
+/// Distinct ports one source reached on one pod within the alert window: past the per-pod
+/// port cap, further ports are folded (a port scan logs a bounded number of lines).
+struct Scan {
+    since: Instant,
+    ports: usize,
+    folded: u64,
+    last: FlowRow,
+}
+
 /// The recent flagged flows and what follows from them.
 pub struct Tracker {
     cfg: TrackerConfig,
     records: HashMap<FlowKey, Record>,
     order: VecDeque<FlowKey>,
     folds: HashMap<(IpAddr, String, u16), Fold>,
+    scans: HashMap<(IpAddr, String), Scan>,
     overflow_folds: u64,
     /// Port labels given out per (namespace, pod).
     ports: HashMap<(String, String), BTreeSet<String>>,
@@ -146,6 +156,7 @@ impl Tracker {
             records: HashMap::new(),
             order: VecDeque::new(),
             folds: HashMap::new(),
+            scans: HashMap::new(),
             overflow_folds: 0,
             ports: HashMap::new(),
             series: HashMap::new(),
@@ -322,17 +333,32 @@ impl Tracker {
     }
 
     fn alert(&mut self, row: FlowRow, src: IpAddr, metrics: &Metrics) {
-        let fold_key = (src, format!("{}/{}", row.namespace, row.pod), row.dst_port);
+        let pod = format!("{}/{}", row.namespace, row.pod);
+        let fold_key = (src, pod.clone(), row.dst_port);
         if let Some(f) = self.folds.get_mut(&fold_key) {
             f.repeats += 1;
             metrics.alerts_folded.inc();
             return;
         }
-        if self.folds.len() >= MAX_FOLDS {
+        if self.folds.len() >= MAX_FOLDS || self.scans.len() >= MAX_FOLDS {
             self.overflow_folds += 1;
             metrics.alerts_folded.inc();
             return;
         }
+        let cap = self.cfg.ports_per_pod;
+        let scan = self.scans.entry((src, pod)).or_insert_with(|| Scan {
+            since: Instant::now(),
+            ports: 0,
+            folded: 0,
+            last: row.clone(),
+        });
+        if scan.ports >= cap {
+            scan.folded += 1;
+            scan.last = row;
+            metrics.alerts_folded.inc();
+            return;
+        }
+        scan.ports += 1;
         log_alert(&row, 1);
         metrics.alerts.inc();
         self.folds.insert(
@@ -358,6 +384,32 @@ impl Tracker {
                 && f.repeats > 0
             {
                 log_alert(&f.first, f.repeats + 1);
+                metrics.alerts.inc();
+            }
+        }
+        let done: Vec<_> = self
+            .scans
+            .iter()
+            .filter(|(_, s)| s.since.elapsed() >= window)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for k in done {
+            if let Some(s) = self.scans.remove(&k)
+                && s.folded > 0
+            {
+                tracing::warn!(
+                    target: "observer::alert",
+                    verdict = s.last.verdict,
+                    src = s.last.src,
+                    dst = s.last.dst,
+                    protocol = s.last.protocol,
+                    pod = s.last.pod,
+                    namespace = s.last.namespace,
+                    iface = s.last.iface,
+                    count = s.folded,
+                    reason = "the same source reached more ports of this pod than the per-pod port cap (a port scan?)",
+                    "direct access to more ports of a pod, folded"
+                );
                 metrics.alerts.inc();
             }
         }

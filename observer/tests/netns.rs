@@ -6,16 +6,7 @@
 //! Needs root, iproute2, iptables and ping (`cargo xtask test` installs them). Everything lives
 //! in namespaces the test creates and deletes, also on failure.
 
-use std::{
-    io::{Read, Write},
-    net::{IpAddr, SocketAddr, TcpListener, UdpSocket},
-    sync::{
-        Arc,
-        atomic::{AtomicBool, Ordering},
-    },
-    thread,
-    time::Duration,
-};
+use std::{net::IpAddr, thread, time::Duration};
 
 use observer::{
     attach::{self, Role},
@@ -28,126 +19,10 @@ use observer_common::{
     user::Inventory,
     verdict::Verdict,
 };
-use socket2::{Domain, Socket, Type};
 use testbed::{
-    netns::Netns,
     topology::{Layout, Node},
+    traffic::{Servers, tcp_get, udp_echo},
 };
-
-const TIMEOUT: Duration = Duration::from_secs(3);
-
-/// Background servers that stop when this is dropped.
-struct Servers {
-    stop: Arc<AtomicBool>,
-    threads: Vec<thread::JoinHandle<()>>,
-}
-
-impl Servers {
-    fn new() -> Self {
-        Servers {
-            stop: Arc::new(AtomicBool::new(false)),
-            threads: Vec::new(),
-        }
-    }
-
-    /// A TCP server that answers "hello" to each connection.
-    fn tcp(&mut self, ns: &Netns, port: u16) {
-        let stop = self.stop.clone();
-        let (tx, rx) = std::sync::mpsc::channel();
-        self.threads.push(ns.spawn(move || {
-            let l = TcpListener::bind(("0.0.0.0", port)).expect("bind tcp");
-            l.set_nonblocking(true).unwrap();
-            tx.send(()).unwrap();
-            while !stop.load(Ordering::Relaxed) {
-                match l.accept() {
-                    Ok((mut s, _)) => {
-                        let _ = s.write_all(b"hello\n");
-                    }
-                    Err(_) => thread::sleep(Duration::from_millis(10)),
-                }
-            }
-        }));
-        rx.recv().unwrap();
-    }
-
-    /// A UDP server that echoes each datagram.
-    fn udp(&mut self, ns: &Netns, port: u16) {
-        let stop = self.stop.clone();
-        let (tx, rx) = std::sync::mpsc::channel();
-        self.threads.push(ns.spawn(move || {
-            let s = UdpSocket::bind(("0.0.0.0", port)).expect("bind udp");
-            s.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
-            tx.send(()).unwrap();
-            let mut buf = [0u8; 1500];
-            while !stop.load(Ordering::Relaxed) {
-                if let Ok((n, from)) = s.recv_from(&mut buf) {
-                    let _ = s.send_to(&buf[..n], from);
-                }
-            }
-        }));
-        rx.recv().unwrap();
-    }
-}
-
-impl Drop for Servers {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        for t in self.threads.drain(..) {
-            let _ = t.join();
-        }
-    }
-}
-
-fn sockaddr(ip: &str, port: u16) -> SocketAddr {
-    SocketAddr::new(ip.parse().unwrap(), port)
-}
-
-/// Connects from `ns` (from `src` if given) and reads the greeting. Returns the local port
-/// and the outcome: Ok(text) or Err(error kind).
-fn tcp_get(
-    ns: &Netns,
-    src: Option<&'static str>,
-    dst: &str,
-    port: u16,
-) -> (u16, Result<String, std::io::ErrorKind>) {
-    let dst = sockaddr(dst, port);
-    ns.run(move || {
-        let s = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
-        if let Some(src) = src {
-            s.bind(&sockaddr(src, 0).into()).expect("bind source");
-        }
-        let r = s.connect_timeout(&dst.into(), TIMEOUT);
-        let local = s
-            .local_addr()
-            .ok()
-            .and_then(|a| a.as_socket())
-            .map_or(0, |a| a.port());
-        if let Err(e) = r {
-            return (local, Err(e.kind()));
-        }
-        let mut stream: std::net::TcpStream = s.into();
-        stream.set_read_timeout(Some(TIMEOUT)).unwrap();
-        let mut text = String::new();
-        let r = stream
-            .read_to_string(&mut text)
-            .map(|_| text)
-            .map_err(|e| e.kind());
-        (local, r)
-    })
-}
-
-/// Sends a datagram from `ns` and waits for the echo. Returns the local port and whether it came.
-fn udp_echo(ns: &Netns, dst: &str, port: u16) -> (u16, bool) {
-    let dst = sockaddr(dst, port);
-    ns.run(move || {
-        let s = UdpSocket::bind("0.0.0.0:0").unwrap();
-        s.set_read_timeout(Some(TIMEOUT)).unwrap();
-        let local = s.local_addr().unwrap().port();
-        s.send_to(b"ping", dst).unwrap();
-        let mut buf = [0u8; 16];
-        (local, s.recv_from(&mut buf).is_ok())
-    })
-}
 
 fn key(src: &str, dst: &str, sport: u16, dport: u16, proto: u8) -> FlowKey {
     FlowKey::new(

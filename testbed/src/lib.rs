@@ -2,5 +2,7 @@
 //! `cargo xtask demo`. It has no eBPF dependency, so xtask can build it before the eBPF
 //! toolchain exists. Every namespace is created here and deleted on drop.
 
+pub mod agent;
 pub mod netns;
 pub mod topology;
+pub mod traffic;

@@ -1,0 +1,210 @@
+//! Traffic inside the test namespaces: servers in pods and on the outside host, and clients
+//! that connect from a namespace (optionally from a chosen source address).
+
+use std::{
+    io::{Read, Write},
+    net::{SocketAddr, TcpListener, TcpStream, UdpSocket},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+        mpsc,
+    },
+    thread,
+    time::Duration,
+};
+
+use socket2::{Domain, Socket, Type};
+
+use crate::netns::Netns;
+
+pub const TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Background servers that stop when this is dropped.
+pub struct Servers {
+    stop: Arc<AtomicBool>,
+    threads: Vec<thread::JoinHandle<()>>,
+}
+
+impl Default for Servers {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Servers {
+    pub fn new() -> Self {
+        Servers {
+            stop: Arc::new(AtomicBool::new(false)),
+            threads: Vec::new(),
+        }
+    }
+
+    /// A TCP server that answers "hello\n" to each connection and closes it.
+    pub fn tcp(&mut self, ns: &Netns, port: u16) {
+        self.tcp_with(ns, port, |mut s| {
+            let _ = s.write_all(b"hello\n");
+        });
+    }
+
+    /// A TCP server that echoes what it reads until the client closes (long connections).
+    pub fn tcp_echo(&mut self, ns: &Netns, port: u16) {
+        self.tcp_with(ns, port, |mut s| {
+            thread::spawn(move || {
+                let _ = s.set_read_timeout(Some(Duration::from_secs(30)));
+                let mut buf = [0u8; 1024];
+                while let Ok(n) = s.read(&mut buf) {
+                    if n == 0 || s.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                }
+            });
+        });
+    }
+
+    fn tcp_with(&mut self, ns: &Netns, port: u16, on: impl Fn(TcpStream) + Send + 'static) {
+        let stop = self.stop.clone();
+        let (tx, rx) = mpsc::channel();
+        self.threads.push(ns.spawn(move || {
+            let l = TcpListener::bind(("0.0.0.0", port)).expect("bind tcp");
+            l.set_nonblocking(true).expect("nonblocking");
+            tx.send(()).expect("ready");
+            while !stop.load(Ordering::Relaxed) {
+                match l.accept() {
+                    Ok((s, _)) => {
+                        let _ = s.set_nonblocking(false);
+                        on(s);
+                    }
+                    Err(_) => thread::sleep(Duration::from_millis(5)),
+                }
+            }
+        }));
+        rx.recv().expect("server started");
+    }
+
+    /// A UDP server that echoes each datagram.
+    pub fn udp(&mut self, ns: &Netns, port: u16) {
+        let stop = self.stop.clone();
+        let (tx, rx) = mpsc::channel();
+        self.threads.push(ns.spawn(move || {
+            let s = UdpSocket::bind(("0.0.0.0", port)).expect("bind udp");
+            s.set_read_timeout(Some(Duration::from_millis(50)))
+                .expect("timeout");
+            tx.send(()).expect("ready");
+            let mut buf = [0u8; 1500];
+            while !stop.load(Ordering::Relaxed) {
+                if let Ok((n, from)) = s.recv_from(&mut buf) {
+                    let _ = s.send_to(&buf[..n], from);
+                }
+            }
+        }));
+        rx.recv().expect("server started");
+    }
+}
+
+impl Drop for Servers {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+pub fn sockaddr(ip: &str, port: u16) -> SocketAddr {
+    SocketAddr::new(ip.parse().expect("address"), port)
+}
+
+fn connect(src: Option<&str>, dst: SocketAddr) -> (u16, std::io::Result<TcpStream>) {
+    let domain = if dst.is_ipv4() { Domain::IPV4 } else { Domain::IPV6 };
+    let s = Socket::new(domain, Type::STREAM, None).expect("socket");
+    if let Some(src) = src {
+        s.bind(&sockaddr(src, 0).into()).expect("bind source");
+    }
+    let r = s.connect_timeout(&dst.into(), TIMEOUT);
+    let local = s
+        .local_addr()
+        .ok()
+        .and_then(|a| a.as_socket())
+        .map_or(0, |a| a.port());
+    (local, r.map(|()| s.into()))
+}
+
+/// Connects from `ns` (from `src` if given) and reads the greeting. Returns the local port
+/// and the outcome: the text, or the error kind.
+pub fn tcp_get(
+    ns: &Netns,
+    src: Option<&'static str>,
+    dst: &str,
+    port: u16,
+) -> (u16, Result<String, std::io::ErrorKind>) {
+    let dst = sockaddr(dst, port);
+    ns.run(move || {
+        let (local, r) = connect(src, dst);
+        let mut stream = match r {
+            Ok(s) => s,
+            Err(e) => return (local, Err(e.kind())),
+        };
+        stream.set_read_timeout(Some(TIMEOUT)).expect("timeout");
+        let mut text = String::new();
+        let r = stream
+            .read_to_string(&mut text)
+            .map(|_| text)
+            .map_err(|e| e.kind());
+        (local, r)
+    })
+}
+
+/// A TCP connection opened from `ns`, kept open: the stream and its local port.
+pub fn tcp_open(ns: &Netns, dst: &str, port: u16) -> (u16, TcpStream) {
+    let dst = sockaddr(dst, port);
+    ns.run(move || {
+        let (local, r) = connect(None, dst);
+        let s = r.expect("connect");
+        s.set_read_timeout(Some(TIMEOUT)).expect("timeout");
+        (local, s)
+    })
+}
+
+/// Sends a datagram from `ns` and waits for the echo. Returns the local port and whether the
+/// echo came.
+pub fn udp_echo(ns: &Netns, dst: &str, port: u16) -> (u16, bool) {
+    let dst = sockaddr(dst, port);
+    ns.run(move || {
+        let s = UdpSocket::bind("0.0.0.0:0").expect("bind");
+        s.set_read_timeout(Some(TIMEOUT)).expect("timeout");
+        let local = s.local_addr().expect("local").port();
+        s.send_to(b"ping", dst).expect("send");
+        let mut buf = [0u8; 16];
+        (local, s.recv_from(&mut buf).is_ok())
+    })
+}
+
+/// One datagram from `ns` to each port of `ports`, without waiting (a port scan).
+pub fn udp_scan(ns: &Netns, dst: &str, ports: std::ops::RangeInclusive<u16>) {
+    let dst: std::net::IpAddr = dst.parse().expect("address");
+    ns.run(move || {
+        let s = UdpSocket::bind("0.0.0.0:0").expect("bind");
+        for p in ports {
+            let _ = s.send_to(b"x", SocketAddr::new(dst, p));
+        }
+    });
+}
+
+/// GET `path` from `127.0.0.1:port` inside `ns` (the agent's metrics endpoint).
+pub fn http_get(ns: &Netns, port: u16, path: &str) -> Result<(u16, String), String> {
+    let req = format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n");
+    ns.run(move || {
+        let mut s = TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string())?;
+        s.set_read_timeout(Some(TIMEOUT)).map_err(|e| e.to_string())?;
+        s.write_all(req.as_bytes()).map_err(|e| e.to_string())?;
+        let mut out = String::new();
+        s.read_to_string(&mut out).map_err(|e| e.to_string())?;
+        let (head, body) = out.split_once("\r\n\r\n").ok_or("no HTTP header end")?;
+        let code = head
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .ok_or("no HTTP status")?;
+        Ok((code, body.to_string()))
+    })
+}
