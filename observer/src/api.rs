@@ -35,7 +35,7 @@ pub enum Request {
         #[serde(default)]
         follow: bool,
     },
-    Status,
+    Status {},
     Explain {
         src: String,
         dst: String,
@@ -218,7 +218,7 @@ async fn handle(stream: UnixStream, shared: &Shared) -> std::io::Result<()> {
         }
     };
     match req {
-        Request::Status => write.write_all(line(&shared.status()).as_bytes()).await,
+        Request::Status {} => write.write_all(line(&shared.status()).as_bytes()).await,
         Request::Explain { src, dst, protocol } => {
             let out = match shared.explain(&src, &dst, protocol.as_deref()) {
                 Ok(e) => line(&e),

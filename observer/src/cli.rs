@@ -26,7 +26,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the agent: attach, follow the node, serve metrics and the debug API.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Flagged flows the agent has seen recently.
     Flows {
         /// Only flows of this verdict (e.g. direct_to_pod).
@@ -193,7 +193,7 @@ async fn client(socket: PathBuf, command: Command) -> anyhow::Result<()> {
         }
         Command::Status { json } => {
             let mut answer = String::new();
-            api::request(&socket, &Request::Status, |l| answer = l.to_string()).await?;
+            api::request(&socket, &Request::Status {}, |l| answer = l.to_string()).await?;
             if json {
                 println!("{answer}");
                 return Ok(());
@@ -307,7 +307,7 @@ pub fn main() -> ExitCode {
     };
     match cli.command {
         Command::Run(args) => {
-            let cfg = match Config::from_args(args, cli.socket) {
+            let cfg = match Config::from_args(*args, cli.socket) {
                 Ok(c) => c,
                 Err(e) => {
                     eprintln!("observer: {e}");

@@ -54,7 +54,7 @@ mod tests {
 
     #[test]
     fn formats_utc() {
-        let t = SystemTime::UNIX_EPOCH + Duration::from_millis(1_795_560_000_123);
+        let t = SystemTime::UNIX_EPOCH + Duration::from_millis(1_795_564_800_123);
         assert_eq!(rfc3339(t), "2026-11-25T00:00:00.123Z");
         assert_eq!(rfc3339(SystemTime::UNIX_EPOCH), "1970-01-01T00:00:00.000Z");
         let leap = SystemTime::UNIX_EPOCH + Duration::from_secs(951_782_400); // 2000-02-29

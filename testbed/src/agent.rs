@@ -22,7 +22,13 @@ pub struct AgentProc {
 
 impl AgentProc {
     /// Starts `observer run` in `ns` and waits until its debug API answers.
-    pub fn start(bin: &Path, ns: &Netns, dir: &Path, metrics_port: u16, args: &[&str]) -> AgentProc {
+    pub fn start(
+        bin: &Path,
+        ns: &Netns,
+        dir: &Path,
+        metrics_port: u16,
+        args: &[&str],
+    ) -> AgentProc {
         std::fs::create_dir_all(dir).expect("agent directory");
         let socket = dir.join("observer.sock");
         let log = dir.join("agent.log");
@@ -97,7 +103,10 @@ impl AgentProc {
             }
             if Instant::now() > deadline {
                 let _ = self.child.kill();
-                panic!("observer did not exit after signal {sig}:\n{}", self.log_text());
+                panic!(
+                    "observer did not exit after signal {sig}:\n{}",
+                    self.log_text()
+                );
             }
             thread::sleep(Duration::from_millis(20));
         }

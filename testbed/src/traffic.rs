@@ -115,7 +115,11 @@ pub fn sockaddr(ip: &str, port: u16) -> SocketAddr {
 }
 
 fn connect(src: Option<&str>, dst: SocketAddr) -> (u16, std::io::Result<TcpStream>) {
-    let domain = if dst.is_ipv4() { Domain::IPV4 } else { Domain::IPV6 };
+    let domain = if dst.is_ipv4() {
+        Domain::IPV4
+    } else {
+        Domain::IPV6
+    };
     let s = Socket::new(domain, Type::STREAM, None).expect("socket");
     if let Some(src) = src {
         s.bind(&sockaddr(src, 0).into()).expect("bind source");
@@ -195,7 +199,8 @@ pub fn http_get(ns: &Netns, port: u16, path: &str) -> Result<(u16, String), Stri
     let req = format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n");
     ns.run(move || {
         let mut s = TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string())?;
-        s.set_read_timeout(Some(TIMEOUT)).map_err(|e| e.to_string())?;
+        s.set_read_timeout(Some(TIMEOUT))
+            .map_err(|e| e.to_string())?;
         s.write_all(req.as_bytes()).map_err(|e| e.to_string())?;
         let mut out = String::new();
         s.read_to_string(&mut out).map_err(|e| e.to_string())?;

@@ -18,6 +18,7 @@ pub const PACKAGES: &[&str] = &[
     "iptables",
     "iputils-ping",
     "procps",
+    "prometheus",
 ];
 
 /// The rustup toolchain name that `observer/build.rs` builds the eBPF crate with.
