@@ -1,5 +1,6 @@
 //! `cargo xtask <task>`: the project's commands. Each sets up what it needs first.
 
+mod demo;
 mod toolchain;
 
 use std::{
@@ -101,7 +102,17 @@ fn secs(d: Duration) -> String {
     format!("{:.1}s", d.as_secs_f64())
 }
 
-fn main() -> Result<()> {
+fn main() -> std::process::ExitCode {
+    match real_main() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn real_main() -> Result<()> {
     let cli = Cli::parse();
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
@@ -156,13 +167,10 @@ fn main() -> Result<()> {
         }
         Task::Demo => {
             timed("toolchain check", || toolchain::ensure(&[]))?;
-            timed("build", || run(cargo().args(["build", "--bins"])))?;
-            println!(
-                "not yet: the demo runs `observer run` on two simulated nodes, and the agent lands \
-                 with the agent issue. Today `cargo xtask test` drives the seed's traffic through \
-                 the datapath on both simulated nodes (observer/tests/netns.rs)."
-            );
-            Ok(())
+            timed("build", || {
+                run(cargo().args(["build", "--bins", "-p", "observer"]))
+            })?;
+            demo::run(&root.join("target/debug/observer"))
         }
         Task::Bench => {
             println!("not yet: `cargo xtask bench` lands with the performance issue.");
