@@ -6,7 +6,10 @@ pub const PROG_UPLINK: &str = "observer_uplink";
 pub const PROG_TO_POD: &str = "observer_to_pod";
 /// TC ingress of a pod's host-side veth: traffic the pod sends.
 pub const PROG_FROM_POD: &str = "observer_from_pod";
-/// All programs, for loading and listing.
+/// An empty program (returns TC_ACT_UNSPEC): the benchmark's floor, a foreign program in
+/// tests. The agent never attaches it.
+pub const PROG_NOOP: &str = "tc_noop";
+/// The agent's programs, for loading and listing.
 pub const PROGRAMS: [&str; 3] = [PROG_UPLINK, PROG_TO_POD, PROG_FROM_POD];
 
 /// Exact addresses and their roles ([`crate::maps::IpRole`]).

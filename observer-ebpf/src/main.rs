@@ -37,6 +37,13 @@ pub fn observer_from_pod(ctx: TcContext) -> i32 {
     TC_ACT_UNSPEC
 }
 
+/// Does nothing: the floor the benchmark measures the others against, and a stand-in for
+/// another agent's program in tests. Not attached by the agent.
+#[classifier]
+pub fn tc_noop(_ctx: TcContext) -> i32 {
+    TC_ACT_UNSPEC
+}
+
 #[cfg(not(test))]
 #[panic_handler]
 fn panic(_info: &core::panic::PanicInfo) -> ! {

@@ -39,6 +39,7 @@ pub struct Shared {
 
 #[derive(Clone, Debug, Default)]
 pub struct Snapshot {
+    pub attach_mode: String,
     pub interfaces: Vec<api::IfaceStatusOut>,
     pub failing: Vec<api::Failing>,
     pub attach_errors: u64,
@@ -68,12 +69,7 @@ impl Shared {
         api::Status {
             version: env!("CARGO_PKG_VERSION").to_string(),
             kernel: kernel_release(),
-            attach_mode: if crate::attach::uses_tcx() {
-                "tcx"
-            } else {
-                "netlink"
-            }
-            .to_string(),
+            attach_mode: snap.attach_mode.clone(),
             interfaces: snap.interfaces,
             failing: snap.failing,
             attach_errors: snap.attach_errors,
@@ -129,7 +125,7 @@ impl Controller {
         self.publish();
     }
 
-    fn publish(&self) {
+    pub fn publish(&self) {
         let m = &self.shared.metrics;
         let (up, pods) = self.ifaces.counts();
         m.attached.with_label_values(&["uplink"]).set(up as i64);
@@ -154,6 +150,7 @@ impl Controller {
             .snapshot
             .lock()
             .unwrap_or_else(|p| p.into_inner());
+        snap.attach_mode = self.ifaces.mode().name().to_string();
         snap.interfaces = interfaces.into_iter().map(Into::into).collect();
         snap.failing = self
             .ifaces
@@ -173,7 +170,8 @@ impl Controller {
                 self.sync_inventory();
             }
             NetEvent::LinkGone { index } => {
-                self.ifaces.forget(*index);
+                // The interface is gone, and its qdisc with it.
+                let _ = self.ifaces.forget(*index);
                 self.sync_inventory();
             }
             NetEvent::Addr { .. }
@@ -282,7 +280,12 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let (netlink, mut events) = Netlink::open()?;
     let mut ctl = Controller {
         view: netlink.dump().await?,
-        ifaces: Ifaces::new(ebpf, cfg.uplinks.clone(), cfg.pod_ifaces.clone()),
+        ifaces: Ifaces::new(
+            ebpf,
+            cfg.uplinks.clone(),
+            cfg.pod_ifaces.clone(),
+            cfg.attach_mode,
+        ),
         inventory: Standalone::new(
             cfg.cluster_cidrs.clone(),
             cfg.allow_sources.clone(),
@@ -291,6 +294,8 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         shared: shared.clone(),
     };
     ctl.sync();
+    ctl.ifaces.update_foreign(&netlink).await;
+    ctl.publish();
     let (up, pods) = ctl.ifaces.counts();
     tracing::info!(
         uplinks = up,
@@ -343,7 +348,12 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
                 Some(e) => ctl.on_event(&e),
             },
             _ = reconcile.tick() => match netlink.dump().await {
-                Ok(v) => { ctl.view = v; ctl.sync(); }
+                Ok(v) => {
+                    ctl.view = v;
+                    ctl.sync();
+                    ctl.ifaces.update_foreign(&netlink).await;
+                    ctl.publish();
+                }
                 Err(err) => tracing::error!(error = %err, "netlink dump failed"),
             },
             Some(done) = tasks.join_next() => {
@@ -356,7 +366,20 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         }
     };
     shared.ready.store(false, Ordering::Relaxed);
-    ctl.ifaces.detach_all();
+    for (index, name) in ctl.ifaces.detach_all() {
+        // Our clsact qdisc goes when no filter of anyone is left on it.
+        let ingress = netlink.tc_filter_names(index, true).await;
+        let egress = netlink.tc_filter_names(index, false).await;
+        if let (Ok(i), Ok(e)) = (ingress, egress)
+            && i.is_empty()
+            && e.is_empty()
+        {
+            match netlink.delete_clsact(index).await {
+                Ok(()) => tracing::info!(iface = name, "removed our clsact qdisc"),
+                Err(err) => tracing::warn!(iface = name, error = %err, "removing our clsact qdisc"),
+            }
+        }
+    }
     let _ = std::fs::remove_file(&cfg.socket);
     tasks.abort_all();
     match result {

@@ -1,14 +1,23 @@
-//! Attaching the programs to interfaces: TCX on kernels that have it (>= 6.6), otherwise a
-//! clsact qdisc and a direct-action filter. Other programs on the interface are left alone.
+//! Attaching the programs to interfaces: TCX links (Linux >= 6.6), or a clsact qdisc with a
+//! direct-action filter at the observer's own priority and handle before that. Other programs
+//! on the interface are never replaced or reordered.
 
 use aya::{
     Ebpf,
-    programs::{TcAttachType, tc, tc::SchedClassifierLinkId},
+    programs::{
+        LinkOrder, TcAttachType,
+        tc::{self, NlOptions, SchedClassifierLinkId, TcAttachOptions, TcHandle},
+    },
     util::KernelVersion,
 };
 use observer_common::names::{PROG_FROM_POD, PROG_TO_POD, PROG_UPLINK};
 
 use crate::bpf::{BpfError, classifier};
+
+/// Netlink filters: priority 1 (ahead of filters that might drop before we count) and a
+/// handle of our own, so that a restart finds and replaces its leftovers by name.
+pub const NL_PRIORITY: u16 = 1;
+pub const NL_HANDLE: TcHandle = TcHandle::new(0, 0x0b5e);
 
 /// What an interface is to the observer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -17,6 +26,33 @@ pub enum Role {
     Uplink,
     /// A pod's host-side veth (eni*, cali*...): egress (to the pod) and ingress (from it).
     Pod,
+}
+
+/// How programs are attached.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// TCX links (Linux >= 6.6): they go away with the process.
+    Tcx,
+    /// clsact qdisc + direct-action filters (any kernel): they outlive a crash.
+    Netlink,
+}
+
+impl Mode {
+    /// TCX where the kernel has it.
+    pub fn auto() -> Mode {
+        if KernelVersion::current().is_ok_and(|v| v >= KernelVersion::new(6, 6, 0)) {
+            Mode::Tcx
+        } else {
+            Mode::Netlink
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::Tcx => "tcx",
+            Mode::Netlink => "netlink",
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -39,9 +75,9 @@ pub enum AttachError {
     },
 }
 
-/// Whether this kernel attaches with TCX (else netlink/clsact).
+/// Whether this kernel attaches with TCX by default.
 pub fn uses_tcx() -> bool {
-    KernelVersion::current().is_ok_and(|v| v >= KernelVersion::new(6, 6, 0))
+    Mode::auto() == Mode::Tcx
 }
 
 /// The programs and directions of a role.
@@ -55,17 +91,29 @@ pub fn programs_of(role: Role) -> &'static [(&'static str, TcAttachType)] {
     }
 }
 
+/// What [`attach`] did on one interface.
+#[derive(Debug)]
+pub struct Attachment {
+    pub links: Vec<(&'static str, SchedClassifierLinkId)>,
+    /// Netlink mode: we added the clsact qdisc, or found our own leftovers on it (a previous
+    /// run was killed), so the qdisc is ours to remove when no filter is left on it.
+    pub owns_clsact: bool,
+}
+
 /// Attaches the role's programs to `iface` (in the calling thread's network namespace).
 /// On failure, whatever was attached for this call is detached again.
 pub fn attach(
     ebpf: &mut Ebpf,
     iface: &str,
     role: Role,
-) -> Result<Vec<(&'static str, SchedClassifierLinkId)>, AttachError> {
-    if !uses_tcx() {
-        // EEXIST: the qdisc is already there (ours or another agent's); keep it.
+    mode: Mode,
+) -> Result<Attachment, AttachError> {
+    let mut owns_clsact = false;
+    if mode == Mode::Netlink {
         match tc::qdisc_add_clsact(iface) {
-            Ok(()) | Err(tc::TcError::AlreadyAttached) => {}
+            Ok(()) => owns_clsact = true,
+            Err(tc::TcError::AlreadyAttached) => {}
+            Err(tc::TcError::NetlinkError(e)) if e.raw_os_error() == Some(libc::EEXIST) => {}
             Err(source) => {
                 return Err(AttachError::Clsact {
                     iface: iface.to_string(),
@@ -73,10 +121,29 @@ pub fn attach(
                 });
             }
         }
+        // Leftovers of a killed run are replaced, never stacked.
+        for &(program, direction) in programs_of(role) {
+            if tc::qdisc_detach_program(iface, direction, program).is_ok() {
+                tracing::info!(
+                    iface,
+                    program,
+                    "replaced a leftover filter of a previous run"
+                );
+                owns_clsact = true;
+            }
+        }
     }
     let mut links = Vec::new();
     for &(program, direction) in programs_of(role) {
-        let result = classifier(ebpf, program)?.attach(iface, direction);
+        let options = match mode {
+            Mode::Tcx => TcAttachOptions::TcxOrder(LinkOrder::first()),
+            Mode::Netlink => TcAttachOptions::Netlink(NlOptions {
+                priority: NL_PRIORITY,
+                handle: NL_HANDLE,
+                ..NlOptions::default()
+            }),
+        };
+        let result = classifier(ebpf, program)?.attach_with_options(iface, direction, options);
         match result {
             Ok(id) => links.push((program, id)),
             Err(source) => {
@@ -90,7 +157,7 @@ pub fn attach(
             }
         }
     }
-    Ok(links)
+    Ok(Attachment { links, owns_clsact })
 }
 
 /// Detaches links made by [`attach`]. Links of interfaces that are gone detach with them, so

@@ -67,6 +67,14 @@ pub fn load(opts: &LoadOptions) -> Result<Ebpf, BpfError> {
     Ok(ebpf)
 }
 
+/// Loads the empty program too (benchmark floor, foreign stand-in in tests).
+pub fn load_noop(ebpf: &mut Ebpf) -> Result<(), BpfError> {
+    let name = observer_common::names::PROG_NOOP;
+    classifier(ebpf, name)?
+        .load()
+        .map_err(|source| BpfError::Program { name, source })
+}
+
 /// One of the object's classifiers.
 pub fn classifier<'a>(
     ebpf: &'a mut Ebpf,

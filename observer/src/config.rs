@@ -51,6 +51,9 @@ pub struct RunArgs {
     /// Prometheus endpoint address [default: 0.0.0.0:9962].
     #[arg(long = "metrics-addr", env = "OBSERVER_METRICS_ADDR")]
     pub metrics_addr: Option<String>,
+    /// How to attach: auto (TCX on Linux >= 6.6, else netlink), tcx or netlink [default: auto].
+    #[arg(long = "attach-mode", env = "OBSERVER_ATTACH_MODE")]
+    pub attach_mode: Option<String>,
     /// A YAML (.yaml/.yml) or TOML (.toml) file with the same keys as these flags.
     #[arg(long = "config", env = "OBSERVER_CONFIG")]
     pub config: Option<PathBuf>,
@@ -93,6 +96,7 @@ struct FileConfig {
     service_cidr: Vec<String>,
     nodeport_range: Option<String>,
     metrics_addr: Option<String>,
+    attach_mode: Option<String>,
     log_format: Option<String>,
     log_level: Option<String>,
     reconcile_interval: Option<String>,
@@ -144,6 +148,7 @@ pub struct Config {
     pub nodeport_min: u16,
     pub nodeport_max: u16,
     pub metrics_addr: SocketAddr,
+    pub attach_mode: crate::attach::Mode,
     pub socket: PathBuf,
     pub log_format: LogFormat,
     pub log_level: String,
@@ -323,6 +328,13 @@ impl Config {
             "json" => LogFormat::Json,
             other => return Err(invalid("log-format", other, "text or json")),
         };
+        let attach_mode =
+            match one(args.attach_mode, file.attach_mode, defaults::ATTACH_MODE).as_str() {
+                "auto" => crate::attach::Mode::auto(),
+                "tcx" => crate::attach::Mode::Tcx,
+                "netlink" => crate::attach::Mode::Netlink,
+                other => return Err(invalid("attach-mode", other, "auto, tcx or netlink")),
+            };
         let log_level = one(args.log_level, file.log_level, defaults::LOG_LEVEL);
         if tracing_subscriber::EnvFilter::try_new(&log_level).is_err() {
             return Err(invalid(
@@ -378,6 +390,7 @@ impl Config {
             nodeport_min,
             nodeport_max,
             metrics_addr,
+            attach_mode,
             socket,
             log_format,
             log_level,

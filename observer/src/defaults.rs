@@ -11,6 +11,8 @@ pub const NODEPORT_RANGE: &str = "30000-32767";
 pub const METRICS_ADDR: &str = "0.0.0.0:9962";
 /// The debug API's unix socket (mode 0600, never on the network).
 pub const SOCKET: &str = "/run/observer/observer.sock";
+/// auto: TCX on Linux >= 6.6, clsact/netlink before.
+pub const ATTACH_MODE: &str = "auto";
 pub const LOG_FORMAT: &str = "text";
 pub const LOG_LEVEL: &str = "info";
 /// A full interface/route/address reconcile, besides netlink events.

@@ -11,8 +11,9 @@ use aya::{
 use serde::Serialize;
 
 use crate::{
-    attach::{self, Role},
+    attach::{self, Mode, Role},
     config::Pattern,
+    netlink::Netlink,
 };
 
 /// Our program names as the kernel shows them (truncated to 15 bytes).
@@ -36,6 +37,8 @@ struct Attached {
     name: String,
     role: Role,
     links: Vec<(&'static str, SchedClassifierLinkId)>,
+    owns_clsact: bool,
+    foreign: Vec<String>,
 }
 
 /// The attach state of the node's interfaces. Owns the loaded programs.
@@ -48,7 +51,7 @@ pub struct Ifaces {
     failing: BTreeMap<u32, (String, String)>,
     /// Attach failures since start.
     pub errors: u64,
-    tcx: bool,
+    mode: Mode,
 }
 
 pub fn role_name(role: Role) -> &'static str {
@@ -59,7 +62,7 @@ pub fn role_name(role: Role) -> &'static str {
 }
 
 impl Ifaces {
-    pub fn new(ebpf: Ebpf, uplinks: Vec<Pattern>, pod_ifaces: Vec<Pattern>) -> Self {
+    pub fn new(ebpf: Ebpf, uplinks: Vec<Pattern>, pod_ifaces: Vec<Pattern>, mode: Mode) -> Self {
         Ifaces {
             ebpf,
             uplinks,
@@ -67,8 +70,12 @@ impl Ifaces {
             attached: BTreeMap::new(),
             failing: BTreeMap::new(),
             errors: 0,
-            tcx: attach::uses_tcx(),
+            mode,
         }
+    }
+
+    pub fn mode(&self) -> Mode {
+        self.mode
     }
 
     /// The role an interface name gets, if any. Uplink patterns win.
@@ -98,16 +105,24 @@ impl Ifaces {
             self.failing.remove(&index);
             return false;
         };
-        match attach::attach(&mut self.ebpf, name, role) {
-            Ok(links) => {
-                tracing::info!(iface = name, index, role = role_name(role), "attached");
+        match attach::attach(&mut self.ebpf, name, role, self.mode) {
+            Ok(a) => {
+                tracing::info!(
+                    iface = name,
+                    index,
+                    role = role_name(role),
+                    mode = self.mode.name(),
+                    "attached"
+                );
                 self.failing.remove(&index);
                 self.attached.insert(
                     index,
                     Attached {
                         name: name.to_string(),
                         role,
-                        links,
+                        links: a.links,
+                        owns_clsact: a.owns_clsact,
+                        foreign: Vec::new(),
                     },
                 );
                 true
@@ -123,12 +138,13 @@ impl Ifaces {
     }
 
     /// Forgets an interface (it vanished or no longer matches): detaches what is left.
-    pub fn forget(&mut self, index: u32) {
+    /// Returns the interface if its clsact qdisc is ours (netlink mode), to remove once empty.
+    pub fn forget(&mut self, index: u32) -> Option<(u32, String)> {
         self.failing.remove(&index);
-        if let Some(a) = self.attached.remove(&index) {
-            tracing::info!(iface = a.name, index, "detached");
-            attach::detach(&mut self.ebpf, a.links);
-        }
+        let a = self.attached.remove(&index)?;
+        tracing::info!(iface = a.name, index, "detached");
+        attach::detach(&mut self.ebpf, a.links);
+        a.owns_clsact.then_some((index, a.name))
     }
 
     /// Makes the attached set match the node's links: attaches what is missing (including
@@ -149,11 +165,23 @@ impl Ifaces {
         }
     }
 
-    /// Detaches everything (shutdown).
-    pub fn detach_all(&mut self) {
+    /// Detaches everything (shutdown). Returns the interfaces whose clsact qdisc is ours.
+    pub fn detach_all(&mut self) -> Vec<(u32, String)> {
         let all: Vec<u32> = self.attached.keys().copied().collect();
-        for i in all {
-            self.forget(i);
+        all.into_iter().filter_map(|i| self.forget(i)).collect()
+    }
+
+    /// Looks up the other programs on each attached interface.
+    pub async fn update_foreign(&mut self, nl: &Netlink) {
+        for (index, a) in self.attached.iter_mut() {
+            // Others may use either hook, whatever our own mode is.
+            let mut foreign = if attach::Mode::auto() == Mode::Tcx {
+                foreign_tcx(&a.name)
+            } else {
+                Vec::new()
+            };
+            foreign.extend(foreign_netlink(nl, *index).await);
+            a.foreign = foreign;
         }
     }
 
@@ -182,12 +210,8 @@ impl Ifaces {
                 name: a.name.clone(),
                 index: *index,
                 role: role_name(a.role),
-                mode: if self.tcx { "tcx" } else { "netlink" },
-                foreign: if self.tcx {
-                    foreign(&a.name)
-                } else {
-                    Vec::new()
-                },
+                mode: self.mode.name(),
+                foreign: a.foreign.clone(),
             })
             .collect()
     }
@@ -198,8 +222,22 @@ impl Ifaces {
     }
 }
 
+/// TC filters of others on the interface's clsact hooks (netlink mode).
+async fn foreign_netlink(nl: &Netlink, index: u32) -> Vec<String> {
+    let mut out = Vec::new();
+    for (ingress, dir) in [(true, "ingress"), (false, "egress")] {
+        if let Ok(names) = nl.tc_filter_names(index, ingress).await {
+            // Filter names are the program's section/function name, possibly with a suffix.
+            for n in names.into_iter().filter(|n| !n.starts_with("observer_")) {
+                out.push(format!("{n} ({dir}, tc filter)"));
+            }
+        }
+    }
+    out
+}
+
 /// Programs on the interface's TCX ingress and egress that are not ours.
-fn foreign(iface: &str) -> Vec<String> {
+fn foreign_tcx(iface: &str) -> Vec<String> {
     let mut out = Vec::new();
     for dir in [TcAttachType::Ingress, TcAttachType::Egress] {
         if let Ok((_, progs)) = SchedClassifier::query_tcx(iface, dir) {

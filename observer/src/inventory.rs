@@ -178,7 +178,13 @@ impl Standalone {
                 .map(|d| d.as_secs_f64())
                 .unwrap_or(0.0);
         }
-        self.status.pods = dir.pods.len();
+        // A pod may have several addresses (IPv4 and IPv6).
+        self.status.pods = dir
+            .pods
+            .values()
+            .map(|p| (&p.namespace, &p.name))
+            .collect::<std::collections::HashSet<_>>()
+            .len();
         self.status.node_ips = node_ips;
         self.status.cidrs = self.written_cidrs.len();
         Ok(changes)

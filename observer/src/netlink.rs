@@ -15,6 +15,7 @@ use rtnetlink::{
         address::{AddressAttribute, AddressMessage},
         link::{LinkAttribute, LinkMessage},
         route::{RouteAddress, RouteAttribute, RouteMessage, RouteType},
+        tc::{TcAttribute, TcFilterBpfOption, TcHandle, TcOption},
     },
     sys::{AsyncSocket, SocketAddr},
 };
@@ -23,7 +24,7 @@ use rtnetlink::{
 pub enum NetlinkError {
     #[error("opening a netlink socket: {0}")]
     Open(#[from] std::io::Error),
-    #[error("netlink dump of {what}: {source}")]
+    #[error("netlink request for {what}: {source}")]
     Dump {
         what: &'static str,
         #[source]
@@ -243,6 +244,61 @@ impl Netlink {
             }
         }
         Ok(view)
+    }
+}
+
+impl Netlink {
+    /// Names of the BPF programs of the TC filters on an interface's clsact hook.
+    pub async fn tc_filter_names(
+        &self,
+        ifindex: u32,
+        ingress: bool,
+    ) -> Result<Vec<String>, NetlinkError> {
+        let req = self.handle.traffic_filter(ifindex as i32).get();
+        let req = if ingress { req.ingress() } else { req.egress() };
+        let mut filters = req.execute();
+        let mut names = Vec::new();
+        loop {
+            match filters.try_next().await {
+                Ok(Some(m)) => {
+                    for a in &m.attributes {
+                        if let TcAttribute::Options(opts) = a {
+                            for o in opts {
+                                if let TcOption::Bpf(TcFilterBpfOption::ProgName(n)) = o {
+                                    names.push(n.clone());
+                                }
+                            }
+                        }
+                    }
+                }
+                Ok(None) => return Ok(names),
+                // No clsact qdisc: no filters.
+                Err(rtnetlink::Error::NetlinkError(e))
+                    if e.raw_code() == -libc::EINVAL || e.raw_code() == -libc::ENOENT =>
+                {
+                    return Ok(names);
+                }
+                Err(source) => {
+                    return Err(NetlinkError::Dump {
+                        what: "tc filters",
+                        source,
+                    });
+                }
+            }
+        }
+    }
+
+    /// Deletes the clsact qdisc of an interface.
+    pub async fn delete_clsact(&self, ifindex: u32) -> Result<(), NetlinkError> {
+        let mut req = self.handle.qdisc().del(ifindex as i32);
+        let m = req.message_mut();
+        m.header.parent = TcHandle::CLSACT;
+        m.header.handle = TcHandle::from(0xffff_0000u32);
+        m.attributes.push(TcAttribute::Kind("clsact".to_string()));
+        req.execute().await.map_err(|source| NetlinkError::Dump {
+            what: "deleting a clsact qdisc",
+            source,
+        })
     }
 }
 

@@ -1,5 +1,5 @@
 //! `observer run` end to end on simulated nodes (both layouts), as an SRE would use it:
-//! every SCENARIOS row through the running agent, asserted through `observer flows --json`,
+//! every SCENARIOS row (1-17) through the running agent, asserted through `observer flows --json`,
 //! the metrics and the alert log; interface churn; SIGTERM / SIGKILL; a full port scan; bad
 //! requests on the debug socket.
 //!
@@ -19,11 +19,15 @@ use std::{
 
 use aya::programs::{SchedClassifier, TcAttachType};
 use observer::flows::FlowRow;
+use observer_common::{
+    packet::TCP_SYN,
+    testing::frames::{Frame, non_ip},
+};
 use testbed::{
     agent::AgentProc,
     netns::Netns,
     topology::{Layout, Node},
-    traffic::{Servers, http_get, tcp_get, tcp_open, udp_echo, udp_scan},
+    traffic::{Servers, http_get, raw_frames, tcp_get, tcp_open, udp_echo, udp_scan},
 };
 
 const BIN: &str = env!("CARGO_BIN_EXE_observer");
@@ -44,6 +48,8 @@ fn args(n: &Node) -> Vec<String> {
         n.service_cidr.to_string(),
         "--cluster-cidr".to_string(),
         format!("{}/32", n.peer_ip),
+        "--cluster-cidr".to_string(),
+        format!("{}/128", n.peer_ip6),
     ];
     match n.cluster_cidr {
         Some(c) => a.extend(["--cluster-cidr".to_string(), c.to_string()]),
@@ -265,6 +271,36 @@ fn every_row(layout: Layout) {
         );
     }
     assert!(tcp_get(&n.outside, None, pod_a, 81).1.is_err(), "row 15");
+    // Row 12: rows 1, 4 and 6 over IPv6.
+    let pod6 = n.pods[0].ip6.expect("pod A has IPv6");
+    assert_eq!(
+        tcp_get(&n.outside, None, pod6, 80).1.as_deref(),
+        Ok("hello\n"),
+        "row 12: 1"
+    );
+    assert_eq!(
+        tcp_get(&n.peer, Some(n.peer_ip6), pod6, 80).1.as_deref(),
+        Ok("hello\n"),
+        "row 12: 4"
+    );
+    assert_eq!(
+        tcp_get(&n.pods[0].ns, None, n.outside_ip6, 8443)
+            .1
+            .as_deref(),
+        Ok("hello\n"),
+        "row 12: 6"
+    );
+    // Row 16: frames that are not IP, or malformed, sent raw from the outside host.
+    let mut cut = Frame::tcp(n.outside_ip, pod_a, 1, 80, TCP_SYN).build();
+    cut.truncate(30);
+    // (Three VLAN tags would not do: the receiving kernel strips the outer one before TC.)
+    let mut bad_ihl = Frame::tcp(n.outside_ip, pod_a, 1, 80, TCP_SYN).build();
+    bad_ihl[14] = 0x44;
+    raw_frames(
+        &n.outside,
+        "eth0",
+        vec![non_ip(0x0806, 28), non_ip(0x88cc, 40), cut, bad_ihl],
+    );
     long.write_all(b"after\n").unwrap();
     let mut buf = [0u8; 6];
     long.read_exact(&mut buf).unwrap();
@@ -285,6 +321,7 @@ fn every_row(layout: Layout) {
         ),
         (pod_a, 81, "tcp", "refused", "seen_start", veth_a, "eth0"),
         (pod_a, 8080, "tcp", "answered", "unknown", veth_a, "eth0"),
+        (pod6, 80, "tcp", "answered", "seen_start", veth_a, "eth0"),
     ]
     .iter()
     .map(|(d, p, pr, s, o, pod, i)| {
@@ -311,25 +348,25 @@ fn every_row(layout: Layout) {
         ));
     }
     let mut got = BTreeSet::new();
-    wait_for(
-        "every direct flow settled and answered",
-        Duration::from_secs(10),
-        || {
-            got = flows(&agent)
-                .into_iter()
-                .map(|f| {
-                    let port = if f.protocol == "icmp" { 0 } else { f.dst_port };
-                    (f.dst, port, f.protocol, f.state, f.origin, f.pod, f.iface)
-                })
-                .collect();
-            got == want
-        },
-    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        got = flows(&agent)
+            .into_iter()
+            .map(|f| {
+                let port = if f.protocol == "icmp" { 0 } else { f.dst_port };
+                (f.dst, port, f.protocol, f.state, f.origin, f.pod, f.iface)
+            })
+            .collect();
+        if got == want {
+            break;
+        }
+        thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(got, want, "the direct flows, settled");
     let rows = flows(&agent);
-    assert!(
-        rows.iter()
-            .all(|f| f.verdict == "direct_to_pod" && f.src == n.outside_ip && f.packets >= 1)
-    );
+    assert!(rows.iter().all(|f| f.verdict == "direct_to_pod"
+        && (f.src == n.outside_ip || f.src == n.outside_ip6)
+        && f.packets >= 1));
     assert!(rows.iter().any(|f| f.src_port == long_port), "row 17 flow");
 
     // One alert per direct flow, with every field.
@@ -356,7 +393,7 @@ fn every_row(layout: Layout) {
             assert!(!a[field].is_null(), "alert without {field}: {a}");
         }
         assert_eq!(a["verdict"], "direct_to_pod");
-        assert_eq!(a["src"], n.outside_ip);
+        assert!(a["src"] == n.outside_ip || a["src"] == n.outside_ip6, "{a}");
     }
 
     // Metrics: bounded labels, no source address, the contract's names.
@@ -373,8 +410,8 @@ fn every_row(layout: Layout) {
             "observer_direct_pod_access_flows_total",
             &l("80", "tcp", "answered", veth_a)
         ),
-        Some(1.0),
-        "{m}"
+        Some(2.0),
+        "rows 1 and 12 (IPv4 and IPv6) {m}"
     );
     assert_eq!(
         sample(
@@ -469,8 +506,22 @@ fn every_row(layout: Layout) {
             "observer_flows_total",
             "protocol=\"tcp\",verdict=\"direct_to_pod\""
         ),
-        Some(if layout == Layout::VpcCni { 5.0 } else { 4.0 })
+        Some(if layout == Layout::VpcCni { 6.0 } else { 5.0 })
     );
+    let packets = |verdict: &str| {
+        sample(
+            &m,
+            "observer_packets_total",
+            &format!("protocol=\"other\",verdict=\"{verdict}\""),
+        )
+        .unwrap_or(0.0)
+    };
+    let row16: Vec<&str> = m
+        .lines()
+        .filter(|l| l.starts_with("observer_packets_total"))
+        .collect();
+    assert!(packets("malformed") >= 2.0, "row 16: {row16:#?}");
+    assert!(packets("not_ip") >= 2.0, "row 16: {row16:#?}");
     assert_eq!(
         sample(&m, "observer_attached_interfaces", "role=\"uplink\""),
         Some(if layout == Layout::VpcCni { 2.0 } else { 1.0 })
@@ -488,7 +539,14 @@ fn every_row(layout: Layout) {
     assert!(m.contains("observer_events_lost_total 0"));
     assert!(m.contains("observer_attach_errors_total 0"));
     assert!(m.contains("observer_build_info{version="));
-    for ip in [n.outside_ip, n.peer_ip, n.allowed_ip, n.peer_pod_ip] {
+    for ip in [
+        n.outside_ip,
+        n.peer_ip,
+        n.allowed_ip,
+        n.peer_pod_ip,
+        n.outside_ip6,
+        n.peer_ip6,
+    ] {
         assert!(
             !m.contains(ip),
             "the metrics expose the source address {ip}"
@@ -729,4 +787,122 @@ fn bad_requests_on_the_socket_get_errors() {
     let e = agent.cli(&["explain", "10.0.6.245", "nonsense"]);
     assert_eq!(e.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&e.stderr).contains("invalid destination"));
+}
+
+/// TC filter program names on a clsact hook, from `tc filter show`.
+fn tc_filters(ns: &Netns, iface: &str, hook: &str) -> Vec<String> {
+    ns.sh(&["tc", "filter", "show", "dev", iface, hook])
+        .lines()
+        .filter_map(|l| {
+            l.split_whitespace()
+                .skip_while(|w| *w != "name")
+                .nth(1)
+                .map(str::to_string)
+        })
+        .collect()
+}
+
+#[test]
+fn netlink_mode_replaces_leftovers_and_leaves_others_alone() {
+    use aya::programs::tc::{NlOptions, TcAttachOptions};
+    let n = Node::new(Layout::Calico);
+    // Another agent's filter on eth0 (clsact ingress, priority 200).
+    let mut other = observer::bpf::load(&observer::bpf::LoadOptions::default()).expect("load");
+    observer::bpf::load_noop(&mut other).expect("load tc_noop");
+    let node_ns = format!("/run/netns/{}", n.node.name);
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let f = std::fs::File::open(&node_ns).unwrap();
+            // SAFETY: setns on a namespace fd for this thread only.
+            assert_eq!(
+                unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&f), libc::CLONE_NEWNET) },
+                0
+            );
+            let _ = aya::programs::tc::qdisc_add_clsact("eth0");
+            let p =
+                observer::bpf::classifier(&mut other, observer_common::names::PROG_NOOP).unwrap();
+            let opts = TcAttachOptions::Netlink(NlOptions {
+                priority: 200,
+                ..NlOptions::default()
+            });
+            let id = p
+                .attach_with_options("eth0", TcAttachType::Ingress, opts)
+                .expect("attach the other filter");
+            // Keep it after `other` is dropped, as a separate agent would.
+            std::mem::forget(p.take_link(id).expect("link"));
+        });
+    });
+    let mut servers = Servers::new();
+    servers.tcp(&n.pods[0].ns, 80);
+    let mut agent = start(&n, "netlink1", &["--attach-mode", "netlink"]);
+    let ours = |iface: &str, hook: &str| {
+        tc_filters(&n.node, iface, hook)
+            .iter()
+            .filter(|f| f.starts_with("observer_"))
+            .count()
+    };
+    assert_eq!(
+        ours("eth0", "ingress"),
+        1,
+        "{:?}",
+        tc_filters(&n.node, "eth0", "ingress")
+    );
+    assert_eq!(ours(n.pods[0].veth, "egress"), 1);
+    let s = status(&agent);
+    assert_eq!(s["attach_mode"], "netlink");
+    let eth0 = s["interfaces"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["name"] == "eth0")
+        .unwrap()
+        .clone();
+    assert!(eth0["foreign"].to_string().contains("tc_noop"), "{eth0}");
+    // SIGKILL leaves the filters; the next start replaces them instead of stacking.
+    agent.signal(libc::SIGKILL);
+    assert_eq!(ours("eth0", "ingress"), 1);
+    let mut agent = start(&n, "netlink2", &["--attach-mode", "netlink"]);
+    assert_eq!(
+        ours("eth0", "ingress"),
+        1,
+        "{:?}",
+        tc_filters(&n.node, "eth0", "ingress")
+    );
+    assert_eq!(ours(n.pods[0].veth, "ingress"), 1);
+    assert_eq!(
+        tcp_get(&n.outside, None, n.pods[0].ip, 80).1.as_deref(),
+        Ok("hello\n")
+    );
+    wait_for(
+        "the direct flow in netlink mode",
+        Duration::from_secs(5),
+        || flows(&agent).len() == 1,
+    );
+    // SIGTERM: our filters go; the other filter and its qdisc stay; our own qdiscs go.
+    assert!(agent.signal(libc::SIGTERM).success());
+    assert_eq!(ours("eth0", "ingress"), 0);
+    assert_eq!(
+        ours(n.pods[0].veth, "egress") + ours(n.pods[0].veth, "ingress"),
+        0
+    );
+    assert!(
+        tc_filters(&n.node, "eth0", "ingress")
+            .iter()
+            .any(|f| f.starts_with("tc_noop")),
+        "the other filter was removed"
+    );
+    let qdiscs = n.node.sh(&["tc", "qdisc", "show"]);
+    assert!(
+        qdiscs
+            .lines()
+            .any(|l| l.contains("clsact") && l.contains("dev eth0")),
+        "{qdiscs}"
+    );
+    assert!(
+        !qdiscs
+            .lines()
+            .any(|l| l.contains("clsact") && l.contains(n.pods[0].veth)),
+        "{qdiscs}"
+    );
+    drop(servers);
 }

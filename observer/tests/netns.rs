@@ -9,7 +9,7 @@
 use std::{net::IpAddr, thread, time::Duration};
 
 use observer::{
-    attach::{self, Role},
+    attach::{self, Mode, Role},
     bpf::{self, LoadOptions},
     kmaps::{self, Maps},
 };
@@ -86,10 +86,11 @@ fn run_layout(layout: Layout) {
         s.spawn(|| {
             n.node.enter_this_thread();
             for up in &n.uplinks {
-                attach::attach(&mut ebpf, up, Role::Uplink).expect("attach uplink");
+                attach::attach(&mut ebpf, up, Role::Uplink, Mode::auto()).expect("attach uplink");
             }
             for p in &n.pods {
-                attach::attach(&mut ebpf, p.veth, Role::Pod).expect("attach pod veth");
+                attach::attach(&mut ebpf, p.veth, Role::Pod, Mode::auto())
+                    .expect("attach pod veth");
             }
         });
     });

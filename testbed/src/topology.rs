@@ -21,6 +21,8 @@ pub enum Layout {
 pub struct Pod {
     pub ns: Netns,
     pub ip: &'static str,
+    /// The pod's IPv6 address (pod A only).
+    pub ip6: Option<&'static str>,
     /// The host-side veth in the node namespace.
     pub veth: &'static str,
 }
@@ -39,6 +41,11 @@ pub struct Node {
     pub service_cidr: &'static str,
     pub cluster_cidr: Option<&'static str>,
     pub nodeport: u16,
+    /// IPv6 (SCENARIOS row 12): the node, the outside host, the peer node, and a pod CIDR or
+    /// address of the peer's pods for the cluster.
+    pub node_ip6: &'static str,
+    pub outside_ip6: &'static str,
+    pub peer_ip6: &'static str,
     pub pods: Vec<Pod>,
     pub node: Netns,
     pub outside: Netns,
@@ -73,6 +80,20 @@ impl Node {
         let peer = Netns::new("peer");
         vpc.sh(&["ip", "link", "add", "br0", "type", "bridge"]);
         vpc.sh(&["ip", "link", "set", "br0", "up"]);
+        // A plain switch: with br_netfilter loaded, bridged IPv4 would be validated (and
+        // malformed frames dropped) before reaching the node.
+        for t in ["iptables", "ip6tables", "arptables"] {
+            let _ = std::process::Command::new("ip")
+                .args([
+                    "netns",
+                    "exec",
+                    &vpc.name,
+                    "sysctl",
+                    "-qw",
+                    &format!("net.bridge.bridge-nf-call-{t}=0"),
+                ])
+                .output();
+        }
         let (node_ip, uplinks, peer_ip, peer_pod_ip, service_ip, service_cidr, cluster_cidr) =
             match layout {
                 Layout::VpcCni => (
@@ -140,6 +161,49 @@ impl Node {
         let mut pods = Vec::new();
         for (ip, veth_name) in pod_defs {
             pods.push(add_pod(&node, ip, veth_name));
+        }
+        let (node_ip6, outside_ip6, peer_ip6, pod_ip6) = match layout {
+            Layout::VpcCni => (
+                "2600:1f18:abcd:1::10",
+                "2600:1f18:abcd:1::99",
+                "2600:1f18:abcd:1::20",
+                "2600:1f18:abcd:1::3f0",
+            ),
+            Layout::Calico => (
+                "fd00:10::d",
+                "fd00:10::99",
+                "fd00:10::20",
+                "fd00:172:16:30::3",
+            ),
+        };
+        node.sysctl("net.ipv6.conf.all.forwarding", "1");
+        for (ns, ip) in [
+            (&node, node_ip6),
+            (&outside, outside_ip6),
+            (&peer, peer_ip6),
+        ] {
+            ns.sh(&[
+                "ip",
+                "-6",
+                "addr",
+                "add",
+                &format!("{ip}/64"),
+                "dev",
+                "eth0",
+                "nodad",
+            ]);
+        }
+        add_pod_ip6(&node, &mut pods[0], pod_ip6);
+        for ns in [&outside, &peer] {
+            ns.sh(&[
+                "ip",
+                "-6",
+                "route",
+                "add",
+                &format!("{pod_ip6}/128"),
+                "via",
+                node_ip6,
+            ]);
         }
 
         match layout {
@@ -211,6 +275,9 @@ impl Node {
             service_cidr,
             cluster_cidr,
             nodeport: 30080,
+            node_ip6,
+            outside_ip6,
+            peer_ip6,
             pods,
             node,
             outside,
@@ -260,6 +327,45 @@ fn add_pod(node: &Netns, ip: &'static str, veth_name: &'static str) -> Pod {
     Pod {
         ns,
         ip,
+        ip6: None,
         veth: veth_name,
     }
+}
+
+/// Gives a pod an IPv6 address: a /128 host route on the node, and a link-local gateway
+/// (fe80::1) on the host-side veth, as Calico does.
+fn add_pod_ip6(node: &Netns, pod: &mut Pod, ip6: &'static str) {
+    node.sh(&[
+        "ip",
+        "-6",
+        "addr",
+        "add",
+        "fe80::1/64",
+        "dev",
+        pod.veth,
+        "nodad",
+    ]);
+    node.sh(&[
+        "ip",
+        "-6",
+        "route",
+        "add",
+        &format!("{ip6}/128"),
+        "dev",
+        pod.veth,
+    ]);
+    pod.ns.sh(&[
+        "ip",
+        "-6",
+        "addr",
+        "add",
+        &format!("{ip6}/128"),
+        "dev",
+        "eth0",
+        "nodad",
+    ]);
+    pod.ns.sh(&[
+        "ip", "-6", "route", "add", "default", "via", "fe80::1", "dev", "eth0",
+    ]);
+    pod.ip6 = Some(ip6);
 }

@@ -65,7 +65,8 @@ impl Servers {
         let stop = self.stop.clone();
         let (tx, rx) = mpsc::channel();
         self.threads.push(ns.spawn(move || {
-            let l = TcpListener::bind(("0.0.0.0", port)).expect("bind tcp");
+            // [::] takes IPv4 too (bindv6only is 0 in a new namespace).
+            let l = TcpListener::bind(("::", port)).expect("bind tcp");
             l.set_nonblocking(true).expect("nonblocking");
             tx.send(()).expect("ready");
             while !stop.load(Ordering::Relaxed) {
@@ -86,7 +87,7 @@ impl Servers {
         let stop = self.stop.clone();
         let (tx, rx) = mpsc::channel();
         self.threads.push(ns.spawn(move || {
-            let s = UdpSocket::bind(("0.0.0.0", port)).expect("bind udp");
+            let s = UdpSocket::bind(("::", port)).expect("bind udp");
             s.set_read_timeout(Some(Duration::from_millis(50)))
                 .expect("timeout");
             tx.send(()).expect("ready");
@@ -174,7 +175,8 @@ pub fn tcp_open(ns: &Netns, dst: &str, port: u16) -> (u16, TcpStream) {
 pub fn udp_echo(ns: &Netns, dst: &str, port: u16) -> (u16, bool) {
     let dst = sockaddr(dst, port);
     ns.run(move || {
-        let s = UdpSocket::bind("0.0.0.0:0").expect("bind");
+        let any = if dst.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" };
+        let s = UdpSocket::bind(any).expect("bind");
         s.set_read_timeout(Some(TIMEOUT)).expect("timeout");
         let local = s.local_addr().expect("local").port();
         s.send_to(b"ping", dst).expect("send");
@@ -212,4 +214,40 @@ pub fn http_get(ns: &Netns, port: u16, path: &str) -> Result<(u16, String), Stri
             .ok_or("no HTTP status")?;
         Ok((code, body.to_string()))
     })
+}
+
+/// Sends raw Ethernet frames out of `iface` in `ns` (AF_PACKET): malformed and non-IP frames
+/// the kernel's own stack would never build.
+pub fn raw_frames(ns: &Netns, iface: &'static str, frames: Vec<Vec<u8>>) {
+    ns.run(move || {
+        let name = std::ffi::CString::new(iface).expect("name");
+        // SAFETY: plain libc calls on a socket this closure owns and closes.
+        unsafe {
+            let index = libc::if_nametoindex(name.as_ptr());
+            assert!(index != 0, "no interface {iface}");
+            let fd = libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0);
+            assert!(
+                fd >= 0,
+                "AF_PACKET socket: {}",
+                std::io::Error::last_os_error()
+            );
+            for f in &frames {
+                let mut addr: libc::sockaddr_ll = std::mem::zeroed();
+                addr.sll_family = libc::AF_PACKET as u16;
+                addr.sll_ifindex = index as i32;
+                addr.sll_halen = 6;
+                addr.sll_addr[..6].copy_from_slice(&f[..6]);
+                let rc = libc::sendto(
+                    fd,
+                    f.as_ptr().cast(),
+                    f.len(),
+                    0,
+                    (&addr as *const libc::sockaddr_ll).cast(),
+                    std::mem::size_of::<libc::sockaddr_ll>() as u32,
+                );
+                assert!(rc >= 0, "sendto: {}", std::io::Error::last_os_error());
+            }
+            libc::close(fd);
+        }
+    });
 }
