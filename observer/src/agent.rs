@@ -9,90 +9,20 @@ use std::sync::{
 
 use anyhow::Context as _;
 use aya::maps::{MapData, RingBuf};
-use observer_common::{maps::health, verdict::Settings};
-use tokio::{io::unix::AsyncFd, signal::unix::SignalKind};
-
-use crate::{
+use observer::{
     api,
     bpf::{self, LoadOptions},
     config::Config,
-    explain::{self, ExplainError, Explanation},
     flows::{Tracker, TrackerConfig},
     ifaces::Ifaces,
     inventory::{Directory, Standalone},
     kmaps::{self, Maps},
     metrics::Metrics,
     netlink::{NetEvent, Netlink, NodeView},
+    state::{Shared, Snapshot},
 };
-
-/// What the agent's tasks share.
-pub struct Shared {
-    pub maps: Arc<Maps>,
-    pub metrics: Metrics,
-    pub tracker: Mutex<Tracker>,
-    pub dir: RwLock<Directory>,
-    pub settings: Settings,
-    /// Snapshot of the controller's state for `observer status`.
-    pub snapshot: Mutex<Snapshot>,
-    pub ready: AtomicBool,
-}
-
-#[derive(Clone, Debug, Default)]
-pub struct Snapshot {
-    pub attach_mode: String,
-    pub interfaces: Vec<api::IfaceStatusOut>,
-    pub failing: Vec<api::Failing>,
-    pub attach_errors: u64,
-    pub inventory: api::InventoryOut,
-}
-
-fn kernel_release() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/osrelease")
-        .map(|s| s.trim().to_string())
-        .unwrap_or_else(|_| "unknown".into())
-}
-
-impl Shared {
-    pub fn status(&self) -> api::Status {
-        let snap = self
-            .snapshot
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
-        let lost = self
-            .maps
-            .health_counts()
-            .map(|h| h[health::EVENTS_LOST as usize])
-            .unwrap_or(0);
-        let (entries, capacity) = self.maps.flow_table_use().unwrap_or((0, 0));
-        let recent = self.tracker.lock().unwrap_or_else(|p| p.into_inner()).len();
-        api::Status {
-            version: env!("CARGO_PKG_VERSION").to_string(),
-            kernel: kernel_release(),
-            attach_mode: snap.attach_mode.clone(),
-            interfaces: snap.interfaces,
-            failing: snap.failing,
-            attach_errors: snap.attach_errors,
-            inventory: snap.inventory,
-            events_lost: lost,
-            flow_table_entries: entries,
-            flow_table_capacity: capacity,
-            recent_flows: recent,
-        }
-    }
-
-    pub fn explain(
-        &self,
-        src: &str,
-        dst: &str,
-        protocol: Option<&str>,
-    ) -> Result<Explanation, ExplainError> {
-        let dir = self.dir.read().unwrap_or_else(|p| p.into_inner());
-        explain::explain(&*self.maps, &self.settings, src, dst, protocol, |ip| {
-            dir.pod(ip).cloned()
-        })
-    }
-}
+use observer_common::verdict::Settings;
+use tokio::{io::unix::AsyncFd, signal::unix::SignalKind};
 
 /// The controller: the node view, the attach state and the inventory, changed only here.
 struct Controller {
@@ -112,7 +42,7 @@ impl Controller {
     fn sync_inventory(&mut self) {
         let ifaces = &self.ifaces;
         let (inv, dir) = self.inventory.desired(&self.view, |name| {
-            ifaces.role_of(name) == Some(crate::attach::Role::Pod)
+            ifaces.role_of(name) == Some(observer::attach::Role::Pod)
         });
         match self.inventory.sync(&self.shared.maps, &inv, &dir) {
             Ok(n) if n > 0 => tracing::debug!(changes = n, "inventory synced to the maps"),

@@ -17,9 +17,7 @@ use tokio::{
     sync::Semaphore,
 };
 
-use crate::{
-    agent::Shared, explain, flows::FlowRow, ifaces::IfaceStatus, inventory::InventoryStatus,
-};
+use crate::{ifaces::IfaceStatus, inventory::InventoryStatus, state::Shared};
 
 /// The longest request line accepted.
 pub const MAX_REQUEST: usize = 64 * 1024;
@@ -186,7 +184,8 @@ fn error_line(msg: &str) -> String {
     s
 }
 
-fn line<T: Serialize>(v: &T) -> String {
+/// One JSON line.
+pub fn line<T: Serialize>(v: &T) -> String {
     let mut s = serde_json::to_string(v).unwrap_or_else(|e| error_line(&e.to_string()));
     s.push('\n');
     s
@@ -267,37 +266,3 @@ async fn handle(stream: UnixStream, shared: &Shared) -> std::io::Result<()> {
         }
     }
 }
-
-/// A client request: the raw answer lines. Fails clearly when no agent serves the socket.
-pub async fn request(
-    socket: &Path,
-    req: &Request,
-    mut on_line: impl FnMut(&str),
-) -> anyhow::Result<()> {
-    let stream = UnixStream::connect(socket).await.map_err(|e| {
-        anyhow::anyhow!(
-            "no observer agent is serving {} ({e}); is `observer run` running (kubectl exec into the observer pod), and is --socket / OBSERVER_SOCKET the same?",
-            socket.display()
-        )
-    })?;
-    let (read, mut write) = stream.into_split();
-    write.write_all(line(req).as_bytes()).await?;
-    let mut lines = BufReader::new(read).lines();
-    while let Some(l) = lines.next_line().await? {
-        if let Ok(serde_json::Value::Object(o)) = serde_json::from_str::<serde_json::Value>(&l)
-            && let Some(e) = o.get("error").and_then(|e| e.as_str())
-        {
-            anyhow::bail!("the agent answered: {e}");
-        }
-        on_line(&l);
-    }
-    Ok(())
-}
-
-/// Parses a flow line.
-pub fn parse_flow(l: &str) -> anyhow::Result<FlowRow> {
-    Ok(serde_json::from_str(l)?)
-}
-
-/// Keeps the compiler honest about what `explain` answers.
-pub type ExplainAnswer = explain::Explanation;

@@ -4,12 +4,18 @@ use std::{io::Write, path::PathBuf, process::ExitCode};
 
 use clap::{Parser, Subcommand};
 
-use crate::{
+use std::path::Path;
+
+use observer::{
     api::{self, Request},
     config::{Config, LogFormat, RunArgs},
     defaults,
     explain::Explanation,
     flows::FlowRow,
+};
+use tokio::{
+    io::{AsyncBufReadExt, AsyncWriteExt, BufReader},
+    net::UnixStream,
 };
 
 /// observer: tells when a pod was reached straight on its pod IP from outside the cluster.
@@ -155,10 +161,10 @@ async fn client(socket: PathBuf, command: Command) -> anyhow::Result<()> {
         } => {
             let req = Request::Flows { verdict, follow };
             if json || follow {
-                api::request(&socket, &req, |l| {
+                request(&socket, &req, |l| {
                     if json {
                         let _ = writeln!(stdout, "{l}");
-                    } else if let Ok(r) = api::parse_flow(l) {
+                    } else if let Ok(r) = parse_flow(l) {
                         let _ = write!(
                             stdout,
                             "{}",
@@ -175,7 +181,7 @@ async fn client(socket: PathBuf, command: Command) -> anyhow::Result<()> {
             } else {
                 let mut rows = Vec::new();
                 let mut bad = None;
-                api::request(&socket, &req, |l| match api::parse_flow(l) {
+                request(&socket, &req, |l| match parse_flow(l) {
                     Ok(r) => rows.push(r),
                     Err(e) => bad = Some(e),
                 })
@@ -193,7 +199,7 @@ async fn client(socket: PathBuf, command: Command) -> anyhow::Result<()> {
         }
         Command::Status { json } => {
             let mut answer = String::new();
-            api::request(&socket, &Request::Status {}, |l| answer = l.to_string()).await?;
+            request(&socket, &Request::Status {}, |l| answer = l.to_string()).await?;
             if json {
                 println!("{answer}");
                 return Ok(());
@@ -225,7 +231,7 @@ async fn client(socket: PathBuf, command: Command) -> anyhow::Result<()> {
                 s.inventory.pods,
                 s.inventory.node_ips,
                 s.inventory.cidrs,
-                crate::clock::rfc3339(
+                observer::clock::rfc3339(
                     std::time::UNIX_EPOCH
                         + std::time::Duration::from_secs_f64(s.inventory.last_update_unix.max(0.0))
                 )
@@ -243,7 +249,7 @@ async fn client(socket: PathBuf, command: Command) -> anyhow::Result<()> {
             json,
         } => {
             let mut answer = String::new();
-            api::request(&socket, &Request::Explain { src, dst, protocol }, |l| {
+            request(&socket, &Request::Explain { src, dst, protocol }, |l| {
                 answer = l.to_string()
             })
             .await?;
@@ -332,4 +338,35 @@ pub fn main() -> ExitCode {
             }
         },
     }
+}
+
+/// A client request: the raw answer lines. Fails clearly when no agent serves the socket.
+async fn request(
+    socket: &Path,
+    req: &Request,
+    mut on_line: impl FnMut(&str),
+) -> anyhow::Result<()> {
+    let stream = UnixStream::connect(socket).await.map_err(|e| {
+        anyhow::anyhow!(
+            "no observer agent is serving {} ({e}); is `observer run` running (kubectl exec into the observer pod), and is --socket / OBSERVER_SOCKET the same?",
+            socket.display()
+        )
+    })?;
+    let (read, mut write) = stream.into_split();
+    write.write_all(api::line(req).as_bytes()).await?;
+    let mut lines = BufReader::new(read).lines();
+    while let Some(l) = lines.next_line().await? {
+        if let Ok(serde_json::Value::Object(o)) = serde_json::from_str::<serde_json::Value>(&l)
+            && let Some(e) = o.get("error").and_then(|e| e.as_str())
+        {
+            anyhow::bail!("the agent answered: {e}");
+        }
+        on_line(&l);
+    }
+    Ok(())
+}
+
+/// Parses a flow line.
+fn parse_flow(l: &str) -> anyhow::Result<FlowRow> {
+    Ok(serde_json::from_str(l)?)
 }

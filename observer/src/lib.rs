@@ -1,11 +1,9 @@
 //! The observer agent's library: loading the eBPF object, attaching its programs, following
 //! the node, reading and writing the maps, metrics, alerts and the debug API.
 
-pub mod agent;
 pub mod api;
 pub mod attach;
 pub mod bpf;
-pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod defaults;
@@ -16,3 +14,4 @@ pub mod inventory;
 pub mod kmaps;
 pub mod metrics;
 pub mod netlink;
+pub mod state;

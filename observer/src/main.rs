@@ -1,3 +1,8 @@
+//! `observer`: the agent (`observer run`) and its debug clients, one binary.
+
+mod agent;
+mod cli;
+
 fn main() -> std::process::ExitCode {
-    observer::cli::main()
+    cli::main()
 }

@@ -1,0 +1,84 @@
+//! What the agent's tasks share: the maps, metrics, the flow tracker, the pod directory and a
+//! snapshot of the controller's state, read by the debug API and the metrics endpoint.
+
+use std::sync::{Arc, Mutex, RwLock, atomic::AtomicBool};
+
+use observer_common::{maps::health, verdict::Settings};
+
+use crate::{
+    api,
+    explain::{self, ExplainError, Explanation},
+    flows::Tracker,
+    inventory::Directory,
+    kmaps::Maps,
+    metrics::Metrics,
+};
+
+/// What the agent's tasks share.
+pub struct Shared {
+    pub maps: Arc<Maps>,
+    pub metrics: Metrics,
+    pub tracker: Mutex<Tracker>,
+    pub dir: RwLock<Directory>,
+    pub settings: Settings,
+    /// Snapshot of the controller's state for `observer status`.
+    pub snapshot: Mutex<Snapshot>,
+    pub ready: AtomicBool,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct Snapshot {
+    pub attach_mode: String,
+    pub interfaces: Vec<api::IfaceStatusOut>,
+    pub failing: Vec<api::Failing>,
+    pub attach_errors: u64,
+    pub inventory: api::InventoryOut,
+}
+
+fn kernel_release() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "unknown".into())
+}
+
+impl Shared {
+    pub fn status(&self) -> api::Status {
+        let snap = self
+            .snapshot
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let lost = self
+            .maps
+            .health_counts()
+            .map(|h| h[health::EVENTS_LOST as usize])
+            .unwrap_or(0);
+        let (entries, capacity) = self.maps.flow_table_use().unwrap_or((0, 0));
+        let recent = self.tracker.lock().unwrap_or_else(|p| p.into_inner()).len();
+        api::Status {
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            kernel: kernel_release(),
+            attach_mode: snap.attach_mode.clone(),
+            interfaces: snap.interfaces,
+            failing: snap.failing,
+            attach_errors: snap.attach_errors,
+            inventory: snap.inventory,
+            events_lost: lost,
+            flow_table_entries: entries,
+            flow_table_capacity: capacity,
+            recent_flows: recent,
+        }
+    }
+
+    pub fn explain(
+        &self,
+        src: &str,
+        dst: &str,
+        protocol: Option<&str>,
+    ) -> Result<Explanation, ExplainError> {
+        let dir = self.dir.read().unwrap_or_else(|p| p.into_inner());
+        explain::explain(&*self.maps, &self.settings, src, dst, protocol, |ip| {
+            dir.pod(ip).cloned()
+        })
+    }
+}
