@@ -10,6 +10,7 @@ use std::sync::{
 use anyhow::Context as _;
 use aya::maps::{MapData, RingBuf};
 use observer::{
+    alertmanager::Pusher,
     api,
     bpf::{self, LoadOptions},
     config::Config,
@@ -190,17 +191,31 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         nodeport_min: cfg.nodeport_min,
         nodeport_max: cfg.nodeport_max,
     };
+    let metrics = Arc::new(Metrics::new());
+    let mut tracker = Tracker::new(TrackerConfig {
+        capacity: cfg.recent_flows,
+        idle: cfg.flow_idle_timeout,
+        settle: cfg.settle,
+        alert_window: cfg.alert_window,
+        ports_per_pod: cfg.ports_per_pod,
+        pod_grace: cfg.pod_grace,
+    });
+    if let Some(url) = &cfg.alertmanager_url {
+        tracing::info!(
+            host = url.host,
+            port = url.port,
+            "pushing direct-access alerts to Alertmanager"
+        );
+        tracker.set_pusher(Pusher::spawn(
+            url.clone(),
+            cfg.alert_window,
+            metrics.clone(),
+        ));
+    }
     let shared = Arc::new(Shared {
         maps: Arc::new(maps),
-        metrics: Metrics::new(),
-        tracker: Mutex::new(Tracker::new(TrackerConfig {
-            capacity: cfg.recent_flows,
-            idle: cfg.flow_idle_timeout,
-            settle: cfg.settle,
-            alert_window: cfg.alert_window,
-            ports_per_pod: cfg.ports_per_pod,
-            pod_grace: cfg.pod_grace,
-        })),
+        metrics: metrics.clone(),
+        tracker: Mutex::new(tracker),
         dir: RwLock::new(Directory::default()),
         settings,
         snapshot: Mutex::new(Snapshot::default()),

@@ -54,6 +54,10 @@ pub struct RunArgs {
     /// How to attach: auto (TCX on Linux >= 6.6, else netlink), tcx or netlink [default: auto].
     #[arg(long = "attach-mode", env = "OBSERVER_ATTACH_MODE")]
     pub attach_mode: Option<String>,
+    /// Also push direct-access alerts to this Alertmanager (http://host:port), within a
+    /// second of the first packet [default: off].
+    #[arg(long = "alertmanager-url", env = "OBSERVER_ALERTMANAGER_URL")]
+    pub alertmanager_url: Option<String>,
     /// A YAML (.yaml/.yml) or TOML (.toml) file with the same keys as these flags.
     #[arg(long = "config", env = "OBSERVER_CONFIG")]
     pub config: Option<PathBuf>,
@@ -97,6 +101,7 @@ struct FileConfig {
     nodeport_range: Option<String>,
     metrics_addr: Option<String>,
     attach_mode: Option<String>,
+    alertmanager_url: Option<String>,
     log_format: Option<String>,
     log_level: Option<String>,
     reconcile_interval: Option<String>,
@@ -149,6 +154,7 @@ pub struct Config {
     pub nodeport_max: u16,
     pub metrics_addr: SocketAddr,
     pub attach_mode: crate::attach::Mode,
+    pub alertmanager_url: Option<crate::alertmanager::AmUrl>,
     pub socket: PathBuf,
     pub log_format: LogFormat,
     pub log_level: String,
@@ -335,6 +341,14 @@ impl Config {
                 "netlink" => crate::attach::Mode::Netlink,
                 other => return Err(invalid("attach-mode", other, "auto, tcx or netlink")),
             };
+        let alertmanager_url = match args.alertmanager_url.or(file.alertmanager_url) {
+            Some(u) if !u.trim().is_empty() => Some(
+                u.trim()
+                    .parse()
+                    .map_err(|problem: &str| invalid("alertmanager-url", &u, problem))?,
+            ),
+            _ => None,
+        };
         let log_level = one(args.log_level, file.log_level, defaults::LOG_LEVEL);
         if tracing_subscriber::EnvFilter::try_new(&log_level).is_err() {
             return Err(invalid(
@@ -391,6 +405,7 @@ impl Config {
             nodeport_max,
             metrics_addr,
             attach_mode,
+            alertmanager_url,
             socket,
             log_format,
             log_level,

@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 
 use crate::{
+    alertmanager::Pusher,
     clock,
     inventory::{Directory, PodRef},
     kmaps::Maps,
@@ -144,6 +145,7 @@ pub struct Tracker {
     series: HashMap<(String, String), HashSet<[String; 5]>>,
     gone_since: HashMap<(String, String), Instant>,
     updates: broadcast::Sender<FlowRow>,
+    pusher: Option<Pusher>,
     /// Events seen, and events of an unexpected size.
     pub events: u64,
     pub bad_events: u64,
@@ -162,9 +164,15 @@ impl Tracker {
             series: HashMap::new(),
             gone_since: HashMap::new(),
             updates: broadcast::channel(1024).0,
+            pusher: None,
             events: 0,
             bad_events: 0,
         }
+    }
+
+    /// Pushes each new direct flow to Alertmanager as it is seen.
+    pub fn set_pusher(&mut self, p: Pusher) {
+        self.pusher = Some(p);
     }
 
     /// New and updated flows, for `observer flows --follow`.
@@ -227,7 +235,14 @@ impl Tracker {
             counted_packets: 0,
             counted_bytes: 0,
         };
-        let _ = self.updates.send(rec.row());
+        let row = rec.row();
+        if let Some(p) = &self.pusher
+            && verdict.alerts()
+            && !p.offer(&row)
+        {
+            metrics.am_dropped.inc();
+        }
+        let _ = self.updates.send(row);
         self.order.push_back(e.key);
         self.records.insert(e.key, rec);
     }

@@ -1,6 +1,7 @@
 //! The observer agent's library: loading the eBPF object, attaching its programs, following
 //! the node, reading and writing the maps, metrics, alerts and the debug API.
 
+pub mod alertmanager;
 pub mod api;
 pub mod attach;
 pub mod bpf;

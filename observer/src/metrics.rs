@@ -29,9 +29,12 @@ pub struct Metrics {
     flow_table_capacity: IntGauge,
     pub inventory_pods: IntGauge,
     pub inventory_last_update: Gauge,
+    pub inventory_stale: IntGauge,
     pub foreign: IntGaugeVec,
     pub alerts: IntCounter,
     pub alerts_folded: IntCounter,
+    pub am_pushes: IntCounterVec,
+    pub am_dropped: IntCounter,
     /// Kernel counter values at the previous scrape, to add deltas to the counters.
     last: Mutex<Last>,
 }
@@ -155,6 +158,11 @@ impl Metrics {
                     .expect("metric registration");
                 g
             },
+            inventory_stale: gauge(
+                &r,
+                "observer_inventory_stale",
+                "1 while the agent judges with an inventory it cannot refresh (API unreachable); always 0 in standalone mode.",
+            ),
             foreign: gauge_vec(
                 &r,
                 "observer_foreign_tc_programs",
@@ -169,7 +177,18 @@ impl Metrics {
             alerts_folded: counter(
                 &r,
                 "observer_alerts_folded_total",
-                "Alerts folded into a repeat count instead of being logged.",
+                "Alerts folded into a repeat count instead of being logged (or pushed).",
+            ),
+            am_pushes: counter_vec(
+                &r,
+                "observer_alertmanager_pushes_total",
+                "Batches of alerts posted to Alertmanager (--alertmanager-url), by result.",
+                &["result"],
+            ),
+            am_dropped: counter(
+                &r,
+                "observer_alertmanager_dropped_total",
+                "Alerts not pushed to Alertmanager: the queue was full or Alertmanager stayed down too long.",
             ),
             last: Mutex::new(Last::default()),
             registry: r,

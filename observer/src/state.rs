@@ -17,7 +17,7 @@ use crate::{
 /// What the agent's tasks share.
 pub struct Shared {
     pub maps: Arc<Maps>,
-    pub metrics: Metrics,
+    pub metrics: Arc<Metrics>,
     pub tracker: Mutex<Tracker>,
     pub dir: RwLock<Directory>,
     pub settings: Settings,

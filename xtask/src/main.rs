@@ -1,6 +1,7 @@
 //! `cargo xtask <task>`: the project's commands. Each sets up what it needs first.
 
 mod demo;
+mod generated;
 mod toolchain;
 
 use std::{
@@ -32,6 +33,8 @@ enum Task {
     Bench,
     /// Only check for the toolchain and install what is missing.
     Setup,
+    /// Regenerate generated files (the PrometheusRule from the rules file).
+    Gen,
     /// rustfmt check and clippy -D warnings for the userspace crates and the eBPF crate.
     Lint,
 }
@@ -121,6 +124,7 @@ fn real_main() -> Result<()> {
     std::env::set_current_dir(&root)?;
     match cli.task {
         Task::Setup => timed("toolchain check", || toolchain::ensure(&[])),
+        Task::Gen => generated::write_all(&root),
         Task::Test { args } => {
             timed("toolchain check", || toolchain::ensure(&[]))?;
             timed("build (userspace on stable, eBPF on debian-web)", || {

@@ -19,6 +19,7 @@ pub const PACKAGES: &[&str] = &[
     "iputils-ping",
     "procps",
     "prometheus",
+    "prometheus-alertmanager",
 ];
 
 /// The rustup toolchain name that `observer/build.rs` builds the eBPF crate with.

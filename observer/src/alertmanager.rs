@@ -1,0 +1,242 @@
+//! Optional push of direct-access alerts straight to Alertmanager's v2 API (`--alertmanager-url`),
+//! for teams that want them faster than a scrape and rule cycle. The datapath reader only
+//! offers to a bounded queue (never waits); a task folds repeats, batches, posts, and backs off
+//! on errors, with bounded memory while Alertmanager is down.
+
+use std::{
+    collections::{HashMap, VecDeque},
+    time::{Duration, Instant, SystemTime},
+};
+
+use serde_json::json;
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::TcpStream,
+    sync::mpsc,
+};
+
+use crate::{clock, flows::FlowRow, metrics::Metrics};
+
+/// Alerts waiting for the push task.
+const QUEUE: usize = 1024;
+/// Alerts kept while Alertmanager is unreachable (the oldest are dropped beyond).
+const PENDING: usize = 256;
+/// Fold keys remembered.
+const FOLDS: usize = 10_000;
+const BACKOFF_MIN: Duration = Duration::from_secs(1);
+const BACKOFF_MAX: Duration = Duration::from_secs(60);
+
+/// An Alertmanager base address: `http://host:port[/prefix]`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AmUrl {
+    pub host: String,
+    pub port: u16,
+    pub prefix: String,
+}
+
+impl std::str::FromStr for AmUrl {
+    type Err = &'static str;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let rest = s
+            .strip_prefix("http://")
+            .ok_or("an http:// URL (https is not supported: use a plain in-cluster Service)")?;
+        let (hostport, prefix) = match rest.find('/') {
+            Some(i) => (&rest[..i], rest[i..].trim_end_matches('/')),
+            None => (rest, ""),
+        };
+        let (host, port) = match hostport.rsplit_once(':') {
+            Some((h, p)) if !h.ends_with(']') || h.starts_with('[') => {
+                (h, p.parse::<u16>().map_err(|_| "a port from 1 to 65535")?)
+            }
+            _ => (hostport, 80),
+        };
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        if host.is_empty() || host.contains(|c: char| c.is_whitespace() || c == '@') {
+            return Err("a host name or address");
+        }
+        Ok(AmUrl {
+            host: host.to_string(),
+            port,
+            prefix: prefix.to_string(),
+        })
+    }
+}
+
+/// The handle the flow tracker offers alerts to.
+#[derive(Clone)]
+pub struct Pusher {
+    tx: mpsc::Sender<FlowRow>,
+}
+
+impl Pusher {
+    /// Starts the push task.
+    pub fn spawn(url: AmUrl, window: Duration, metrics: std::sync::Arc<Metrics>) -> Pusher {
+        let (tx, rx) = mpsc::channel(QUEUE);
+        tokio::spawn(run(url, window, rx, metrics));
+        Pusher { tx }
+    }
+
+    /// Offers an alert; never waits. False if the queue is full (counted by the caller).
+    pub fn offer(&self, row: &FlowRow) -> bool {
+        self.tx.try_send(row.clone()).is_ok()
+    }
+}
+
+fn alert_json(row: &FlowRow, now: SystemTime, window: Duration) -> serde_json::Value {
+    let port = if row.protocol == "icmp" {
+        "none".to_string()
+    } else {
+        row.dst_port.to_string()
+    };
+    json!({
+        "labels": {
+            "alertname": "ObserverDirectPodAccess",
+            "source": "observer-agent",
+            "severity": "high",
+            "namespace": row.namespace,
+            "pod": row.pod,
+            "port": port,
+            "protocol": row.protocol,
+        },
+        "annotations": {
+            "summary": format!(
+                "Pod {}/{} was reached directly on its pod IP, port {}/{}, from outside the cluster.",
+                row.namespace, row.pod, port, row.protocol
+            ),
+            "description": format!(
+                "{}:{} -> {}:{} on {} ({}, origin {}). The pod's answer is settled a moment later: see `observer flows` or the metrics.",
+                row.src, row.src_port, row.dst, row.dst_port, row.iface, row.reason, row.origin
+            ),
+            "runbook_url": "https://github.com/observer-project/observer/blob/main/docs/runbooks/observer-direct-pod-access.md",
+        },
+        "startsAt": clock::rfc3339(now),
+        "endsAt": clock::rfc3339(now + window),
+    })
+}
+
+async fn post(url: &AmUrl, body: &str) -> Result<(), String> {
+    let addr = (url.host.as_str(), url.port);
+    let mut s = tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(addr))
+        .await
+        .map_err(|_| "connect timed out".to_string())?
+        .map_err(|e| format!("connect: {e}"))?;
+    let req = format!(
+        "POST {}/api/v2/alerts HTTP/1.1\r\nHost: {}:{}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{}",
+        url.prefix,
+        url.host,
+        url.port,
+        body.len(),
+        body
+    );
+    s.write_all(req.as_bytes())
+        .await
+        .map_err(|e| format!("send: {e}"))?;
+    let mut head = vec![0u8; 64];
+    let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut head))
+        .await
+        .map_err(|_| "no answer".to_string())?
+        .map_err(|e| format!("read: {e}"))?;
+    let status = String::from_utf8_lossy(&head[..n]);
+    match status.split_whitespace().nth(1) {
+        Some(code) if code.starts_with('2') => Ok(()),
+        Some(code) => Err(format!("HTTP {code}")),
+        None => Err("not an HTTP answer".to_string()),
+    }
+}
+
+async fn run(
+    url: AmUrl,
+    window: Duration,
+    mut rx: mpsc::Receiver<FlowRow>,
+    metrics: std::sync::Arc<Metrics>,
+) {
+    let mut pending: VecDeque<FlowRow> = VecDeque::new();
+    let mut seen: HashMap<(String, String, u16), Instant> = HashMap::new();
+    let mut backoff = BACKOFF_MIN;
+    loop {
+        // Wait for work (or retry what is pending after the backoff).
+        if pending.is_empty() {
+            match rx.recv().await {
+                Some(r) => pending.push_back(r),
+                None => return,
+            }
+        }
+        while let Ok(r) = rx.try_recv() {
+            pending.push_back(r);
+        }
+        // Fold repeats of one (source, pod, port) within the window.
+        let now = Instant::now();
+        seen.retain(|_, t| now.duration_since(*t) < window);
+        let mut batch = Vec::new();
+        for r in pending.drain(..) {
+            let key = (
+                r.src.clone(),
+                format!("{}/{}", r.namespace, r.pod),
+                r.dst_port,
+            );
+            if seen.contains_key(&key) {
+                metrics.alerts_folded.inc();
+                continue;
+            }
+            if seen.len() < FOLDS {
+                seen.insert(key, now);
+            }
+            batch.push(r);
+        }
+        if batch.is_empty() {
+            continue;
+        }
+        let wall = SystemTime::now();
+        let body =
+            serde_json::Value::Array(batch.iter().map(|r| alert_json(r, wall, window)).collect())
+                .to_string();
+        match post(&url, &body).await {
+            Ok(()) => {
+                metrics.am_pushes.with_label_values(&["ok"]).inc();
+                backoff = BACKOFF_MIN;
+            }
+            Err(e) => {
+                metrics.am_pushes.with_label_values(&["error"]).inc();
+                tracing::warn!(error = e, retry_in = ?backoff, "pushing alerts to Alertmanager failed");
+                // Keep them for the retry (forget the fold keys so they are sent then).
+                for r in &batch {
+                    seen.remove(&(
+                        r.src.clone(),
+                        format!("{}/{}", r.namespace, r.pod),
+                        r.dst_port,
+                    ));
+                }
+                pending.extend(batch);
+                while pending.len() > PENDING {
+                    pending.pop_front();
+                    metrics.am_dropped.inc();
+                }
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(BACKOFF_MAX);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls() {
+        let u: AmUrl = "http://alertmanager.monitoring:9093".parse().unwrap();
+        assert_eq!(
+            (u.host.as_str(), u.port, u.prefix.as_str()),
+            ("alertmanager.monitoring", 9093, "")
+        );
+        let u: AmUrl = "http://127.0.0.1:9093/am/".parse().unwrap();
+        assert_eq!((u.port, u.prefix.as_str()), (9093, "/am"));
+        let u: AmUrl = "http://[::1]:9093".parse().unwrap();
+        assert_eq!((u.host.as_str(), u.port), ("::1", 9093));
+        assert!("https://am:9093".parse::<AmUrl>().is_err());
+        assert!("am:9093".parse::<AmUrl>().is_err());
+        assert!("http://am:99999".parse::<AmUrl>().is_err());
+        assert!("http://:9093".parse::<AmUrl>().is_err());
+    }
+}
