@@ -218,6 +218,8 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         tracker: Mutex::new(tracker),
         dir: RwLock::new(Directory::default()),
         settings,
+        cluster_cidrs: cfg.cluster_cidrs.clone(),
+        allowed_cidrs: cfg.allow_sources.clone(),
         snapshot: Mutex::new(Snapshot::default()),
         ready: AtomicBool::new(false),
     });

@@ -34,6 +34,8 @@ pub enum Request {
         follow: bool,
     },
     Status {},
+    /// Remediation for every direct path in the recent flows.
+    Suggest {},
     Explain {
         src: String,
         dst: String,
@@ -218,6 +220,12 @@ async fn handle(stream: UnixStream, shared: &Shared) -> std::io::Result<()> {
     };
     match req {
         Request::Status {} => write.write_all(line(&shared.status()).as_bytes()).await,
+        Request::Suggest {} => {
+            for r in shared.suggestions() {
+                write.write_all(line(&r).as_bytes()).await?;
+            }
+            Ok(())
+        }
         Request::Explain { src, dst, protocol } => {
             let out = match shared.explain(&src, &dst, protocol.as_deref()) {
                 Ok(e) => line(&e),

@@ -44,6 +44,9 @@ pub enum Command {
         /// JSON lines instead of a table.
         #[arg(long, env = "OBSERVER_JSON")]
         json: bool,
+        /// Print a NetworkPolicy (and the network change) for every direct path seen.
+        #[arg(long, env = "OBSERVER_SUGGEST_POLICY", conflicts_with_all = ["follow", "verdict"])]
+        suggest_policy: bool,
     },
     /// Attached interfaces, foreign programs, inventory, lost events, flow-table use.
     Status {
@@ -150,14 +153,69 @@ fn table(rows: &[FlowRow]) -> String {
     out
 }
 
+/// Splits text into lines of at most `width` characters, at spaces.
+fn textwrap(text: &str, width: usize) -> Vec<String> {
+    let mut lines = Vec::new();
+    let mut cur = String::new();
+    for w in text.split_whitespace() {
+        if !cur.is_empty() && cur.len() + 1 + w.len() > width {
+            lines.push(std::mem::take(&mut cur));
+        }
+        if !cur.is_empty() {
+            cur.push(' ');
+        }
+        cur.push_str(w);
+    }
+    if !cur.is_empty() {
+        lines.push(cur);
+    }
+    lines
+}
+
 async fn client(socket: PathBuf, command: Command) -> anyhow::Result<()> {
     let mut stdout = std::io::stdout();
     match command {
         Command::Run(_) => unreachable!("handled by main"),
         Command::Flows {
+            suggest_policy: true,
+            json,
+            ..
+        } => {
+            let mut remedies = Vec::new();
+            let mut bad = None;
+            request(
+                &socket,
+                &Request::Suggest {},
+                |l| match serde_json::from_str::<observer::remedy::Remedy>(l) {
+                    Ok(r) => remedies.push(r),
+                    Err(e) => bad = Some(e),
+                },
+            )
+            .await?;
+            if let Some(e) = bad {
+                anyhow::bail!("the agent sent a line that is not a remedy: {e}");
+            }
+            if remedies.is_empty() {
+                println!("# no direct paths in the recent flows: nothing to suggest");
+            }
+            for r in remedies {
+                if json {
+                    println!("{}", serde_json::to_string(&r)?);
+                    continue;
+                }
+                println!("---");
+                for l in textwrap(&r.hint, 96) {
+                    println!("# {l}");
+                }
+                print!("{}", r.network_policy);
+            }
+            Ok(())
+        }
+        Command::Flows {
             verdict,
             follow,
             json,
+            ..
         } => {
             let req = Request::Flows { verdict, follow };
             if json || follow {
@@ -281,6 +339,16 @@ async fn client(socket: PathBuf, command: Command) -> anyhow::Result<()> {
                     e.dst_roles.join(", ")
                 }
             );
+            if let Some(r) = &e.remedy {
+                println!("  fix:");
+                for l in textwrap(&r.hint, 92) {
+                    println!("    {l}");
+                }
+                println!("  NetworkPolicy:");
+                for l in r.network_policy.lines() {
+                    println!("    {l}");
+                }
+            }
             if let Some(p) = e.pod {
                 println!(
                     "  pod:         {} (interface {})",

@@ -25,10 +25,15 @@ pub struct Explanation {
     pub src_roles: Vec<String>,
     pub dst_roles: Vec<String>,
     pub pod: Option<PodRef>,
+    /// For a direct access: the NetworkPolicy and network change that would close it.
+    #[serde(default)]
+    pub remedy: Option<crate::remedy::Remedy>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ExplainError {
+    #[error("{0}")]
+    Other(String),
     #[error("invalid source {0:?}: an IPv4 or IPv6 address")]
     Src(String),
     #[error("invalid destination {0:?}: ADDRESS, ADDRESS:PORT or [IPv6]:PORT")]
@@ -133,6 +138,7 @@ pub fn explain<L: Lookup + ?Sized>(
         src_roles: role_names(roles(lookup, &p.src)),
         dst_roles: role_names(roles(lookup, &p.dst)),
         pod: pod_of(&dst_ip),
+        remedy: None,
     })
 }
 

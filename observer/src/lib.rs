@@ -15,4 +15,5 @@ pub mod inventory;
 pub mod kmaps;
 pub mod metrics;
 pub mod netlink;
+pub mod remedy;
 pub mod state;

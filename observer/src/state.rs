@@ -12,6 +12,7 @@ use crate::{
     inventory::Directory,
     kmaps::Maps,
     metrics::Metrics,
+    remedy,
 };
 
 /// What the agent's tasks share.
@@ -21,6 +22,9 @@ pub struct Shared {
     pub tracker: Mutex<Tracker>,
     pub dir: RwLock<Directory>,
     pub settings: Settings,
+    /// For remediation hints: the cluster and allowed-source CIDRs.
+    pub cluster_cidrs: Vec<observer_common::user::Cidr>,
+    pub allowed_cidrs: Vec<observer_common::user::Cidr>,
     /// Snapshot of the controller's state for `observer status`.
     pub snapshot: Mutex<Snapshot>,
     pub ready: AtomicBool,
@@ -77,8 +81,65 @@ impl Shared {
         protocol: Option<&str>,
     ) -> Result<Explanation, ExplainError> {
         let dir = self.dir.read().unwrap_or_else(|p| p.into_inner());
-        explain::explain(&*self.maps, &self.settings, src, dst, protocol, |ip| {
+        let mut e = explain::explain(&*self.maps, &self.settings, src, dst, protocol, |ip| {
             dir.pod(ip).cloned()
-        })
+        })?;
+        if e.alert
+            && let Some(pod) = &e.pod
+        {
+            let (_, port) = explain::parse_dst(dst)?;
+            let proto = protocol.unwrap_or("tcp").to_ascii_lowercase();
+            let port = if proto == "icmp" {
+                None
+            } else {
+                Some(port.unwrap_or(if proto == "udp" { 53 } else { 80 }))
+            };
+            e.remedy = Some(remedy::remedy(
+                pod,
+                &Default::default(),
+                port,
+                &proto,
+                &self.cluster_cidrs,
+                &self.allowed_cidrs,
+            ));
+        }
+        Ok(e)
+    }
+
+    /// Remedies for every direct path in the recent flows, one per (pod, port, protocol).
+    pub fn suggestions(&self) -> Vec<remedy::Remedy> {
+        let rows = self
+            .tracker
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .rows(Some("direct_to_pod"));
+        let dir = self.dir.read().unwrap_or_else(|p| p.into_inner());
+        let mut seen = std::collections::BTreeSet::new();
+        let mut out = Vec::new();
+        for r in rows {
+            let port = (r.protocol != "icmp" && r.protocol != "other").then_some(r.dst_port);
+            if !seen.insert((r.namespace.clone(), r.pod.clone(), port, r.protocol.clone())) {
+                continue;
+            }
+            let pod = r
+                .dst
+                .parse()
+                .ok()
+                .and_then(|ip| dir.pod(&ip).cloned())
+                .unwrap_or(crate::inventory::PodRef {
+                    namespace: r.namespace.clone(),
+                    name: r.pod.clone(),
+                    iface: r.iface.clone(),
+                });
+            out.push(remedy::remedy(
+                &pod,
+                &Default::default(),
+                port,
+                &r.protocol,
+                &self.cluster_cidrs,
+                &self.allowed_cidrs,
+            ));
+        }
+        out
     }
 }

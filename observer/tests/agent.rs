@@ -577,6 +577,42 @@ fn every_row(layout: Layout) {
     let v: serde_json::Value = serde_json::from_slice(&e.stdout).unwrap();
     assert_eq!(v["verdict"], "nodeport");
 
+    // Remediation: one NetworkPolicy per direct path (pod, port, protocol), valid YAML.
+    let out = agent.cli(&["flows", "--suggest-policy"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let docs: Vec<serde_yaml::Value> = serde_yaml::Deserializer::from_str(&text)
+        .map(|d| serde::Deserialize::deserialize(d).expect("valid YAML"))
+        .collect();
+    let paths: BTreeSet<(String, u16, String)> = rows
+        .iter()
+        .map(|f| {
+            (
+                f.pod.clone(),
+                if f.protocol == "icmp" { 0 } else { f.dst_port },
+                f.protocol.clone(),
+            )
+        })
+        .collect();
+    assert_eq!(docs.len(), paths.len(), "{text}");
+    assert!(
+        docs.iter()
+            .all(|d| d["kind"] == "NetworkPolicy" && d["spec"]["policyTypes"][0] == "Ingress")
+    );
+    assert!(
+        text.contains(n.allowed_cidr),
+        "allowed sources are admitted: {text}"
+    );
+    let e = agent.cli(&["explain", n.outside_ip, &format!("{pod_a}:80"), "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&e.stdout).unwrap();
+    let policy: serde_yaml::Value =
+        serde_yaml::from_str(v["remedy"]["network_policy"].as_str().unwrap()).unwrap();
+    assert_eq!(policy["spec"]["ingress"][0]["ports"][0]["port"], 80);
+
     // The table view reads.
     let t = agent.cli(&["flows"]);
     assert!(String::from_utf8_lossy(&t.stdout).contains("direct_to_pod"));
