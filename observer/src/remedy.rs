@@ -113,13 +113,10 @@ pub fn remedy(
             quote(&c.to_string())
         );
     }
-    match (port, protocol) {
-        (Some(p), "tcp" | "udp" | "sctp") => {
-            let _ = writeln!(y, "      ports:");
-            let _ = writeln!(y, "        - protocol: {}", protocol.to_ascii_uppercase());
-            let _ = writeln!(y, "          port: {p}");
-        }
-        _ => {}
+    if let (Some(p), "tcp" | "udp" | "sctp") = (port, protocol) {
+        let _ = writeln!(y, "      ports:");
+        let _ = writeln!(y, "        - protocol: {}", protocol.to_ascii_uppercase());
+        let _ = writeln!(y, "          port: {p}");
     }
     let target = match port {
         Some(p) => format!("port {p}/{protocol}"),
