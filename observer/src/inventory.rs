@@ -12,13 +12,14 @@ use std::{
 use observer_common::{
     addr::{IpKey, key_of},
     maps::role,
-    user::{Cidr, Inventory},
+    user::Cidr,
 };
 use serde::Serialize;
 
 use crate::{
     kmaps::{KmapError, Maps},
     netlink::NodeView,
+    roles::{Owner, Roles},
 };
 
 /// Who a local pod address belongs to. In standalone mode the pod is its interface.
@@ -58,24 +59,23 @@ pub struct InventoryStatus {
     pub last_update_unix: f64,
 }
 
-/// The inventory from the node itself and the settings.
+/// The inventory from the node itself and the settings, written through [`Roles`]; other
+/// sources (Kubernetes) add their own owners to the same roles.
 pub struct Standalone {
-    cluster: Vec<Cidr>,
-    allowed: Vec<Cidr>,
-    services: Vec<Cidr>,
-    written_ips: HashMap<IpKey, u32>,
-    written_cidrs: HashMap<Cidr, u32>,
+    config: Vec<(Cidr, u32)>,
+    pub roles: Roles,
     pub status: InventoryStatus,
 }
 
 impl Standalone {
     pub fn new(cluster: Vec<Cidr>, allowed: Vec<Cidr>, services: Vec<Cidr>) -> Self {
+        let mut config = Vec::new();
+        config.extend(cluster.into_iter().map(|c| (c, role::CLUSTER)));
+        config.extend(allowed.into_iter().map(|c| (c, role::ALLOWED)));
+        config.extend(services.into_iter().map(|c| (c, role::SERVICE)));
         Standalone {
-            cluster,
-            allowed,
-            services,
-            written_ips: HashMap::new(),
-            written_cidrs: HashMap::new(),
+            config,
+            roles: Roles::new(),
             status: InventoryStatus {
                 mode: "standalone",
                 ..Default::default()
@@ -83,14 +83,15 @@ impl Standalone {
         }
     }
 
-    /// The inventory and directory the node view implies. `is_pod_iface` tells pod
-    /// interfaces by name.
+    /// What the node view implies: the node's addresses and the local pods (host routes
+    /// through pod interfaces, as `eni…`/`cali…` veths carry them), and their directory.
+    /// `is_pod_iface` tells pod interfaces by name.
     pub fn desired(
         &self,
         view: &NodeView,
         is_pod_iface: impl Fn(&str) -> bool,
-    ) -> (Inventory, Directory) {
-        let mut inv = Inventory::new();
+    ) -> (Vec<(IpKey, u32)>, Directory) {
+        let mut ips = Vec::new();
         let mut dir = Directory {
             pods: HashMap::new(),
             ifaces: view.links.clone(),
@@ -103,7 +104,7 @@ impl Standalone {
                 if a.is_loopback() || on_pod_iface {
                     continue;
                 }
-                inv.add_ip(*a, role::NODE | role::CLUSTER);
+                ips.push((key_of(*a), role::NODE | role::CLUSTER));
             }
         }
         for r in &view.routes {
@@ -113,7 +114,7 @@ impl Standalone {
             if !is_pod_iface(name) {
                 continue;
             }
-            inv.add_ip(r.dst, role::LOCAL_POD | role::CLUSTER);
+            ips.push((key_of(r.dst), role::LOCAL_POD | role::CLUSTER));
             dir.pods.insert(
                 r.dst,
                 PodRef {
@@ -123,55 +124,21 @@ impl Standalone {
                 },
             );
         }
-        for c in &self.cluster {
-            inv.add_cidr(*c, role::CLUSTER);
-        }
-        for c in &self.allowed {
-            inv.add_cidr(*c, role::ALLOWED);
-        }
-        for c in &self.services {
-            inv.add_cidr(*c, role::SERVICE);
-        }
-        (inv, dir)
+        (ips, dir)
     }
 
-    /// Writes what changed since the last sync. Returns the number of map changes.
+    /// Applies the node view and the settings, and writes what changed. Returns the number of
+    /// map changes.
     pub fn sync(
         &mut self,
         maps: &Maps,
-        inv: &Inventory,
+        ips: &[(IpKey, u32)],
         dir: &Directory,
     ) -> Result<usize, KmapError> {
-        let mut changes = 0;
-        let ips: HashMap<IpKey, u32> = inv.ip_entries().into_iter().collect();
-        for (k, roles) in &ips {
-            if self.written_ips.get(k) != Some(roles) {
-                maps.set_ip(*k, *roles)?;
-                changes += 1;
-            }
-        }
-        for k in self.written_ips.keys() {
-            if !ips.contains_key(k) {
-                maps.remove_ip(k)?;
-                changes += 1;
-            }
-        }
-        let cidrs: HashMap<Cidr, u32> = inv.cidr_entries().into_iter().collect();
-        for (c, roles) in &cidrs {
-            if self.written_cidrs.get(c) != Some(roles) {
-                maps.set_cidr(c, *roles)?;
-                changes += 1;
-            }
-        }
-        for c in self.written_cidrs.keys() {
-            if !cidrs.contains_key(c) {
-                maps.remove_cidr(c)?;
-                changes += 1;
-            }
-        }
-        let node_ips = ips.values().filter(|r| *r & role::NODE != 0).count();
-        self.written_ips = ips;
-        self.written_cidrs = cidrs;
+        self.roles.set_ips(&Owner::Node, ips);
+        let config = self.config.clone();
+        self.roles.set_cidrs(&Owner::Config, &config);
+        let changes = self.roles.flush(maps)?;
         if changes > 0 || self.status.last_update_unix == 0.0 {
             self.status.last_update_unix = SystemTime::now()
                 .duration_since(SystemTime::UNIX_EPOCH)
@@ -185,16 +152,9 @@ impl Standalone {
             .map(|p| (&p.namespace, &p.name))
             .collect::<std::collections::HashSet<_>>()
             .len();
-        self.status.node_ips = node_ips;
-        self.status.cidrs = self.written_cidrs.len();
+        self.status.node_ips = self.roles.count_with(role::NODE);
+        self.status.cidrs = self.roles.cidr_count();
         Ok(changes)
-    }
-
-    /// Whether an address is a local pod now.
-    pub fn is_local_pod(&self, ip: IpAddr) -> bool {
-        self.written_ips
-            .get(&key_of(ip))
-            .is_some_and(|r| r & role::LOCAL_POD != 0)
     }
 }
 
@@ -222,7 +182,7 @@ mod tests {
         });
         let s = Standalone::new(vec!["10.0.12.0/24".parse().unwrap()], vec![], vec![]);
         let (inv, dir) = s.desired(&view, |n| n.starts_with("eni"));
-        let ips: BTreeMap<IpKey, u32> = inv.ip_entries().into_iter().collect();
+        let ips: BTreeMap<IpKey, u32> = inv.into_iter().collect();
         assert_eq!(ips.len(), 2, "{ips:?}");
         assert_eq!(
             ips[&key_of("10.0.3.240".parse().unwrap())],
@@ -236,6 +196,5 @@ mod tests {
             dir.pod(&"10.0.3.240".parse().unwrap()).unwrap().iface,
             "eni9397facaed1"
         );
-        assert_eq!(inv.cidr_entries().len(), 1);
     }
 }

@@ -16,4 +16,5 @@ pub mod kmaps;
 pub mod metrics;
 pub mod netlink;
 pub mod remedy;
+pub mod roles;
 pub mod state;
