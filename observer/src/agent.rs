@@ -22,7 +22,9 @@ use observer::{
     netlink::{NetEvent, Netlink, NodeView},
     state::{Shared, Snapshot},
 };
+use observer::{inventory::PodRef, k8s::KubeMsg};
 use observer_common::verdict::Settings;
+use std::{collections::HashMap, net::IpAddr};
 use tokio::{io::unix::AsyncFd, signal::unix::SignalKind};
 
 /// The controller: the node view, the attach state and the inventory, changed only here.
@@ -30,6 +32,8 @@ struct Controller {
     view: NodeView,
     ifaces: Ifaces,
     inventory: Standalone,
+    /// Local pods as the Kubernetes API describes them (empty without it).
+    kube_pods: HashMap<IpAddr, PodRef>,
     shared: Arc<Shared>,
 }
 
@@ -91,6 +95,22 @@ impl Controller {
             .collect();
         snap.attach_errors = errors;
         snap.inventory = self.inventory.status.clone().into();
+    }
+
+    fn on_kube(&mut self, m: KubeMsg) {
+        match m {
+            KubeMsg::Ips(owner, ips) => self.inventory.roles.set_ips(&owner, &ips),
+            KubeMsg::Cidrs(owner, cidrs) => self.inventory.roles.set_cidrs(&owner, &cidrs),
+            KubeMsg::LocalPods(p) => self.kube_pods = p,
+            KubeMsg::Stale(stale) => {
+                self.inventory.status.stale = stale;
+                self.shared.metrics.inventory_stale.set(i64::from(stale));
+            }
+            KubeMsg::Synced => {
+                tracing::info!("Kubernetes inventory synced");
+                self.inventory.status.synced = true;
+            }
+        }
     }
 
     fn on_event(&mut self, e: &NetEvent) {
@@ -238,7 +258,25 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             cfg.allow_sources.clone(),
             cfg.service_cidrs.clone(),
         ),
+        kube_pods: HashMap::new(),
         shared: shared.clone(),
+    };
+    let mut kube_rx = if cfg.kubernetes {
+        let client = observer::k8s::client()
+            .await
+            .context("connecting to the Kubernetes API (--kubernetes)")?;
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(observer::k8s::run(
+            client,
+            cfg.node_name.clone(),
+            "eni".into(),
+            tx,
+        ));
+        ctl.inventory.status.mode = "kubernetes";
+        tracing::info!(node = cfg.node_name, "inventory from the Kubernetes API");
+        Some(rx)
+    } else {
+        None
     };
     ctl.sync();
     ctl.ifaces.update_foreign(&netlink).await;
@@ -294,6 +332,16 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
                 }
                 Some(e) => ctl.on_event(&e),
             },
+            Some(m) = async { match kube_rx.as_mut() { Some(rx) => rx.recv().await, None => std::future::pending().await } } => {
+                ctl.on_kube(m);
+                // Apply a burst of messages at once: one flush.
+                if let Some(rx) = kube_rx.as_mut() {
+                    while let Ok(m) = rx.try_recv() {
+                        ctl.on_kube(m);
+                    }
+                }
+                ctl.sync_inventory();
+            }
             _ = reconcile.tick() => match netlink.dump().await {
                 Ok(v) => {
                     ctl.view = v;

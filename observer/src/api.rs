@@ -91,6 +91,10 @@ impl From<IfaceStatus> for IfaceStatusOut {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct InventoryOut {
     pub mode: String,
+    #[serde(default)]
+    pub synced: bool,
+    #[serde(default)]
+    pub stale: bool,
     pub pods: usize,
     pub node_ips: usize,
     pub cidrs: usize,
@@ -101,6 +105,8 @@ impl From<InventoryStatus> for InventoryOut {
     fn from(s: InventoryStatus) -> Self {
         InventoryOut {
             mode: s.mode.to_string(),
+            synced: s.synced,
+            stale: s.stale,
             pods: s.pods,
             node_ips: s.node_ips,
             cidrs: s.cidrs,

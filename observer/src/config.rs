@@ -58,6 +58,13 @@ pub struct RunArgs {
     /// second of the first packet [default: off].
     #[arg(long = "alertmanager-url", env = "OBSERVER_ALERTMANAGER_URL")]
     pub alertmanager_url: Option<String>,
+    /// Use the Kubernetes API for the inventory: auto (when in-cluster config or KUBECONFIG is
+    /// found), on, or off [default: auto].
+    #[arg(long = "kubernetes", env = "OBSERVER_KUBERNETES")]
+    pub kubernetes: Option<String>,
+    /// This node's name in Kubernetes [default: the host name].
+    #[arg(long = "node-name", env = "OBSERVER_NODE_NAME")]
+    pub node_name: Option<String>,
     /// A YAML (.yaml/.yml) or TOML (.toml) file with the same keys as these flags.
     #[arg(long = "config", env = "OBSERVER_CONFIG")]
     pub config: Option<PathBuf>,
@@ -102,6 +109,8 @@ struct FileConfig {
     metrics_addr: Option<String>,
     attach_mode: Option<String>,
     alertmanager_url: Option<String>,
+    kubernetes: Option<String>,
+    node_name: Option<String>,
     log_format: Option<String>,
     log_level: Option<String>,
     reconcile_interval: Option<String>,
@@ -155,6 +164,9 @@ pub struct Config {
     pub metrics_addr: SocketAddr,
     pub attach_mode: crate::attach::Mode,
     pub alertmanager_url: Option<crate::alertmanager::AmUrl>,
+    /// Use the Kubernetes API (resolved from auto).
+    pub kubernetes: bool,
+    pub node_name: String,
     pub socket: PathBuf,
     pub log_format: LogFormat,
     pub log_level: String,
@@ -349,6 +361,20 @@ impl Config {
             ),
             _ => None,
         };
+        let kubernetes = match one(args.kubernetes, file.kubernetes, defaults::KUBERNETES).as_str()
+        {
+            "auto" => crate::k8s::configured(),
+            "on" => true,
+            "off" => false,
+            other => return Err(invalid("kubernetes", other, "auto, on or off")),
+        };
+        let node_name = match args.node_name.or(file.node_name) {
+            Some(n) if !n.trim().is_empty() => n.trim().to_string(),
+            Some(n) => return Err(invalid("node-name", &n, "a node name")),
+            None => std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .map(|h| h.trim().to_string())
+                .unwrap_or_default(),
+        };
         let log_level = one(args.log_level, file.log_level, defaults::LOG_LEVEL);
         if tracing_subscriber::EnvFilter::try_new(&log_level).is_err() {
             return Err(invalid(
@@ -406,6 +432,8 @@ impl Config {
             metrics_addr,
             attach_mode,
             alertmanager_url,
+            kubernetes,
+            node_name,
             socket,
             log_format,
             log_level,

@@ -13,6 +13,8 @@ pub const METRICS_ADDR: &str = "0.0.0.0:9962";
 pub const SOCKET: &str = "/run/observer/observer.sock";
 /// auto: TCX on Linux >= 6.6, clsact/netlink before.
 pub const ATTACH_MODE: &str = "auto";
+/// auto: use the Kubernetes API when in-cluster config or KUBECONFIG is found.
+pub const KUBERNETES: &str = "auto";
 pub const LOG_FORMAT: &str = "text";
 pub const LOG_LEVEL: &str = "info";
 /// A full interface/route/address reconcile, besides netlink events.

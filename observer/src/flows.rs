@@ -43,6 +43,11 @@ pub struct FlowRow {
     pub origin: String,
     pub state: String,
     pub reason: String,
+    /// The pod's workload and the access's severity (Kubernetes inventory; empty otherwise).
+    #[serde(default)]
+    pub workload: String,
+    #[serde(default)]
+    pub severity: String,
 }
 
 /// Settings of the tracker.
@@ -69,7 +74,7 @@ struct Record {
     stats: FlowStats,
     first_seen_ns: u64,
     /// Labels under which the flow was counted, once settled.
-    labels: Option<[String; 5]>,
+    labels: Option<[String; 7]>,
     counted_packets: u64,
     counted_bytes: u64,
 }
@@ -103,6 +108,8 @@ impl Record {
             dst_port: self.key.dport,
             protocol: protocol_label(self.key.proto).to_string(),
             iface: self.iface.clone(),
+            severity: pod.severity(self.key.dport).to_string(),
+            workload: pod.workload,
             pod: pod.name,
             namespace: pod.namespace,
             packets: self.stats.packets,
@@ -142,7 +149,7 @@ pub struct Tracker {
     /// Port labels given out per (namespace, pod).
     ports: HashMap<(String, String), BTreeSet<String>>,
     /// Direct-access label sets per (namespace, pod), to remove when the pod is gone.
-    series: HashMap<(String, String), HashSet<[String; 5]>>,
+    series: HashMap<(String, String), HashSet<[String; 7]>>,
     gone_since: HashMap<(String, String), Instant>,
     updates: broadcast::Sender<FlowRow>,
     pusher: Option<Pusher>,
@@ -247,11 +254,20 @@ impl Tracker {
         self.records.insert(e.key, rec);
     }
 
-    fn port_label(&mut self, ns: &str, pod: &str, key: &FlowKey) -> String {
+    fn port_label(&mut self, pod_ref: &PodRef, key: &FlowKey) -> String {
+        let (ns, pod) = (pod_ref.namespace.as_str(), pod_ref.name.as_str());
         let port = match key.proto {
             6 | 17 | 132 => key.dport.to_string(),
-            _ => "none".to_string(),
+            _ => return "none".to_string(),
         };
+        // With the Kubernetes inventory, ports the pod does not declare are one label.
+        if let Some(declared) = &pod_ref.declared_ports {
+            return if declared.contains(&key.dport) {
+                port
+            } else {
+                "undeclared".to_string()
+            };
+        }
         let set = self
             .ports
             .entry((ns.to_string(), pod.to_string()))
@@ -321,17 +337,20 @@ impl Tracker {
             namespace: String::new(),
             name: "unknown".to_string(),
             iface: String::new(),
+            ..PodRef::default()
         });
-        let port = self.port_label(&pod.namespace, &pod.name, &key);
+        let port = self.port_label(&pod, &key);
         let Some(r) = self.records.get_mut(&key) else {
             return;
         };
         let labels = [
             pod.namespace.clone(),
+            pod.workload.clone(),
             pod.name.clone(),
             port,
             protocol_label(key.proto).to_string(),
             state_of(&r.stats).to_string(),
+            pod.severity(key.dport).to_string(),
         ];
         let l: Vec<&str> = labels.iter().map(String::as_str).collect();
         metrics.direct_flows.with_label_values(&l).inc();
@@ -497,6 +516,8 @@ fn log_alert(row: &FlowRow, count: u64) {
         protocol = row.protocol,
         pod = row.pod,
         namespace = row.namespace,
+        workload = row.workload,
+        severity = row.severity,
         iface = row.iface,
         origin = row.origin,
         state = row.state,

@@ -22,12 +22,41 @@ use crate::{
     roles::{Owner, Roles},
 };
 
-/// Who a local pod address belongs to. In standalone mode the pod is its interface.
+/// Who a local pod address belongs to. In standalone mode the pod is its interface and the
+/// Kubernetes facts are unknown.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct PodRef {
     pub namespace: String,
     pub name: String,
     pub iface: String,
+    /// Deployment / StatefulSet / DaemonSet / Job (Kubernetes inventory).
+    #[serde(default)]
+    pub workload: String,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// Declared container ports; `None` when unknown (standalone).
+    #[serde(default)]
+    pub declared_ports: Option<Vec<u16>>,
+    /// Whether the pod backs a Service; `None` when unknown (standalone).
+    #[serde(default)]
+    pub backs_service: Option<bool>,
+    /// Ports on which the pod is a load-balancer IP target.
+    #[serde(default)]
+    pub lb_ports: Vec<u16>,
+}
+
+impl PodRef {
+    /// Severity of a direct access to this pod's `port`: `high` if it backs no Service,
+    /// `low` on a port where it is a load-balancer IP target, `medium` otherwise; empty when
+    /// unknown (standalone mode; the alert rule treats that as high).
+    pub fn severity(&self, port: u16) -> &'static str {
+        match self.backs_service {
+            None => "",
+            Some(false) => "high",
+            Some(true) if self.lb_ports.contains(&port) => "low",
+            Some(true) => "medium",
+        }
+    }
 }
 
 /// Local pod addresses and interface names, for naming flows.
@@ -53,6 +82,9 @@ impl Directory {
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct InventoryStatus {
     pub mode: &'static str,
+    /// Kubernetes: every watch listed once; the API is unreachable now.
+    pub synced: bool,
+    pub stale: bool,
     pub pods: usize,
     pub node_ips: usize,
     pub cidrs: usize,
@@ -118,9 +150,9 @@ impl Standalone {
             dir.pods.insert(
                 r.dst,
                 PodRef {
-                    namespace: String::new(),
                     name: name.clone(),
                     iface: name.clone(),
+                    ..PodRef::default()
                 },
             );
         }

@@ -12,6 +12,7 @@ pub mod explain;
 pub mod flows;
 pub mod ifaces;
 pub mod inventory;
+pub mod k8s;
 pub mod kmaps;
 pub mod metrics;
 pub mod netlink;

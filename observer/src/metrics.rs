@@ -46,7 +46,15 @@ struct Last {
 }
 
 /// The label sets of the direct-access metrics.
-pub const DIRECT_LABELS: [&str; 5] = ["namespace", "pod", "port", "protocol", "state"];
+pub const DIRECT_LABELS: [&str; 7] = [
+    "namespace",
+    "workload",
+    "pod",
+    "port",
+    "protocol",
+    "state",
+    "severity",
+];
 
 fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
     let c = IntCounterVec::new(Opts::new(name, help), labels).expect("metric definition");

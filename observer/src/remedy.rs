@@ -158,6 +158,7 @@ mod tests {
             namespace: "shop".into(),
             name: "cart-7d9".into(),
             iface: iface.into(),
+            ..PodRef::default()
         }
     }
 

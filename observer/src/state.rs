@@ -130,6 +130,7 @@ impl Shared {
                     namespace: r.namespace.clone(),
                     name: r.pod.clone(),
                     iface: r.iface.clone(),
+                    ..crate::inventory::PodRef::default()
                 });
             out.push(remedy::remedy(
                 &pod,

@@ -401,7 +401,7 @@ fn every_row(layout: Layout) {
     promtool_check(&m);
     let l = |port: &str, proto: &str, state: &str, pod: &str| {
         format!(
-            "namespace=\"\",pod=\"{pod}\",port=\"{port}\",protocol=\"{proto}\",state=\"{state}\""
+            "namespace=\"\",pod=\"{pod}\",port=\"{port}\",protocol=\"{proto}\",severity=\"\",state=\"{state}\",workload=\"\""
         )
     };
     assert_eq!(

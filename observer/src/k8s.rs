@@ -1,0 +1,518 @@
+//! The Kubernetes inventory: list+watch (kube-rs watchers, resumable, with backoff) of Nodes,
+//! Pods, Services, EndpointSlices, ServiceCIDRs and AWS Load Balancer Controller
+//! TargetGroupBindings. It tells the controller which addresses are in the cluster, which are
+//! Services, which pods are local (with workload, labels, declared ports), and which pods back
+//! a Service or are load-balancer IP targets (for the severity). If the API becomes
+//! unreachable the last inventory stays in force and the inventory is marked stale.
+
+use std::{
+    collections::{BTreeMap, BTreeSet, HashMap, HashSet},
+    net::IpAddr,
+};
+
+use futures::{StreamExt, stream::BoxStream};
+use k8s_openapi::api::{
+    core::v1::{Node, Pod, Service},
+    discovery::v1::EndpointSlice,
+    networking::v1::ServiceCIDR,
+};
+use kube::{
+    Api, Client, ResourceExt,
+    api::{ApiResource, DynamicObject, GroupVersionKind},
+    runtime::{WatchStreamExt, watcher},
+};
+use observer_common::{
+    addr::{IpKey, key_of},
+    maps::role,
+    user::Cidr,
+};
+use tokio::sync::mpsc;
+
+use crate::{inventory::PodRef, roles::Owner};
+
+/// What the Kubernetes source tells the controller.
+#[derive(Clone, Debug, PartialEq)]
+pub enum KubeMsg {
+    /// Replace what an object asserts about addresses.
+    Ips(Owner, Vec<(IpKey, u32)>),
+    /// Replace what an object asserts about CIDRs.
+    Cidrs(Owner, Vec<(Cidr, u32)>),
+    /// The local pods with their metadata, keyed by address (a full replacement).
+    LocalPods(HashMap<IpAddr, PodRef>),
+    /// The API is (un)reachable: the inventory is stale while it is not.
+    Stale(bool),
+    /// Every watch listed once.
+    Synced,
+}
+
+/// The CNI's host-side veth name for a pod: prefix + the first 11 hex digits of
+/// sha1("namespace.name"), the rule of both the AWS VPC CNI (`eni`) and Calico (`cali`).
+pub fn veth_name(prefix: &str, namespace: &str, name: &str) -> String {
+    let hex = sha1_smol::Sha1::from(format!("{namespace}.{name}"))
+        .digest()
+        .to_string();
+    format!("{prefix}{}", &hex[..11])
+}
+
+/// The workload of a pod from its owner references: Deployments through their ReplicaSet
+/// (named `<deployment>-<pod-template-hash>`), StatefulSets, DaemonSets, Jobs.
+pub fn workload_of(pod: &Pod) -> String {
+    let Some(owner) = pod
+        .metadata
+        .owner_references
+        .as_ref()
+        .and_then(|o| o.iter().find(|o| o.controller == Some(true)).or(o.first()))
+    else {
+        return pod.name_any();
+    };
+    if owner.kind == "ReplicaSet"
+        && let Some(hash) = pod.labels().get("pod-template-hash")
+        && let Some(deploy) = owner.name.strip_suffix(&format!("-{hash}"))
+    {
+        return deploy.to_string();
+    }
+    owner.name.clone()
+}
+
+fn ip_key(s: &str) -> Option<IpKey> {
+    s.parse::<IpAddr>().ok().map(key_of)
+}
+
+/// What the source keeps between events.
+#[derive(Default)]
+struct State {
+    node: String,
+    veth_prefix: String,
+    /// Local pods by uid: (addresses, metadata without the Service facts).
+    local: HashMap<String, (Vec<IpAddr>, PodRef)>,
+    /// Endpoint addresses per EndpointSlice uid, with the owning Service and the slice ports.
+    slices: HashMap<String, (String, Vec<IpAddr>, Vec<u16>)>,
+    /// Services by namespace/name: whether they are LoadBalancers.
+    lb_services: HashSet<String>,
+    /// TargetGroupBinding uid -> referenced Service (namespace/name), IP targets only.
+    tgb: HashMap<String, String>,
+    /// Objects seen since the current relist of each kind.
+    listing: HashMap<&'static str, HashSet<Owner>>,
+    present: HashMap<&'static str, HashSet<Owner>>,
+}
+
+impl State {
+    fn local_pods(&self) -> HashMap<IpAddr, PodRef> {
+        let mut backed: HashMap<IpAddr, bool> = HashMap::new();
+        let mut lb: HashMap<IpAddr, BTreeSet<u16>> = HashMap::new();
+        let tgb_services: HashSet<&String> = self.tgb.values().collect();
+        for (svc, ips, ports) in self.slices.values() {
+            let is_lb = self.lb_services.contains(svc) || tgb_services.contains(svc);
+            for ip in ips {
+                backed.insert(*ip, true);
+                if is_lb {
+                    lb.entry(*ip).or_default().extend(ports.iter().copied());
+                }
+            }
+        }
+        let mut out = HashMap::new();
+        for (ips, meta) in self.local.values() {
+            for ip in ips {
+                let mut m = meta.clone();
+                m.backs_service = Some(backed.get(ip).copied().unwrap_or(false));
+                m.lb_ports = lb
+                    .get(ip)
+                    .map(|s| s.iter().copied().collect())
+                    .unwrap_or_default();
+                out.insert(*ip, m);
+            }
+        }
+        out
+    }
+}
+
+type Ev = (&'static str, Result<watcher::Event<Obj>, watcher::Error>);
+
+#[derive(Clone, Debug)]
+enum Obj {
+    Node(Box<Node>),
+    Pod(Box<Pod>),
+    Service(Box<Service>),
+    Slice(Box<EndpointSlice>),
+    SvcCidr(Box<ServiceCIDR>),
+    Tgb(Box<DynamicObject>),
+}
+
+fn stream<K>(api: Api<K>, kind: &'static str, wrap: fn(K) -> Obj) -> BoxStream<'static, Ev>
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + 'static,
+{
+    watcher(api, watcher::Config::default())
+        .default_backoff()
+        .map(move |r| {
+            let ev = r.map(|e| match e {
+                watcher::Event::Apply(o) => watcher::Event::Apply(wrap(o)),
+                watcher::Event::Delete(o) => watcher::Event::Delete(wrap(o)),
+                watcher::Event::InitApply(o) => watcher::Event::InitApply(wrap(o)),
+                watcher::Event::Init => watcher::Event::Init,
+                watcher::Event::InitDone => watcher::Event::InitDone,
+            });
+            (kind, ev)
+        })
+        .boxed()
+}
+
+/// Kinds whose absence from the API (older clusters, CRD not installed) is fine.
+const OPTIONAL: [&str; 2] = ["ServiceCIDR", "TargetGroupBinding"];
+const REQUIRED: [&str; 4] = ["Node", "Pod", "Service", "EndpointSlice"];
+
+/// Runs the source until the channel closes.
+pub async fn run(
+    client: Client,
+    node: String,
+    veth_prefix: String,
+    tx: mpsc::UnboundedSender<KubeMsg>,
+) {
+    let tgb = ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk("elbv2.k8s.aws", "v1beta1", "TargetGroupBinding"),
+        "targetgroupbindings",
+    );
+    let streams = vec![
+        stream(Api::<Node>::all(client.clone()), "Node", |o| {
+            Obj::Node(Box::new(o))
+        }),
+        stream(Api::<Pod>::all(client.clone()), "Pod", |o| {
+            Obj::Pod(Box::new(o))
+        }),
+        stream(Api::<Service>::all(client.clone()), "Service", |o| {
+            Obj::Service(Box::new(o))
+        }),
+        stream(
+            Api::<EndpointSlice>::all(client.clone()),
+            "EndpointSlice",
+            |o| Obj::Slice(Box::new(o)),
+        ),
+        stream(
+            Api::<ServiceCIDR>::all(client.clone()),
+            "ServiceCIDR",
+            |o| Obj::SvcCidr(Box::new(o)),
+        ),
+        stream(
+            Api::<DynamicObject>::all_with(client, &tgb),
+            "TargetGroupBinding",
+            |o| Obj::Tgb(Box::new(o)),
+        ),
+    ];
+    let mut all = futures::stream::select_all(streams);
+    let mut st = State {
+        node,
+        veth_prefix,
+        ..State::default()
+    };
+    let mut synced: HashSet<&'static str> = HashSet::new();
+    let mut failing: HashSet<&'static str> = HashSet::new();
+    let mut announced_sync = false;
+    while let Some((kind, item)) = all.next().await {
+        let ev = match item {
+            Ok(ev) => ev,
+            Err(e) => {
+                if OPTIONAL.contains(&kind) {
+                    tracing::debug!(kind, error = %e, "optional resource not available");
+                    synced.insert(kind);
+                } else {
+                    if failing.is_empty() {
+                        tracing::warn!(kind, error = %e, "Kubernetes API unreachable; judging with the last inventory");
+                        let _ = tx.send(KubeMsg::Stale(true));
+                    }
+                    failing.insert(kind);
+                }
+                continue;
+            }
+        };
+        if failing.remove(kind) && failing.is_empty() {
+            tracing::info!("Kubernetes API reachable again");
+            let _ = tx.send(KubeMsg::Stale(false));
+        }
+        let local_before = st.local_pods();
+        match ev {
+            watcher::Event::Init => {
+                st.listing.insert(kind, HashSet::new());
+            }
+            watcher::Event::InitApply(o) => {
+                let owner = apply(&mut st, &o, &tx);
+                st.listing.entry(kind).or_default().insert(owner);
+            }
+            watcher::Event::InitDone => {
+                // Objects that went away while the watch was broken.
+                let seen = st.listing.remove(kind).unwrap_or_default();
+                let before = st.present.get(kind).cloned().unwrap_or_default();
+                for gone in before.difference(&seen) {
+                    forget(&mut st, gone, &tx);
+                }
+                st.present.insert(kind, seen);
+                synced.insert(kind);
+            }
+            watcher::Event::Apply(o) => {
+                let owner = apply(&mut st, &o, &tx);
+                st.present.entry(kind).or_default().insert(owner);
+            }
+            watcher::Event::Delete(o) => {
+                let owner = owner_of(&o);
+                forget(&mut st, &owner, &tx);
+                if let Some(p) = st.present.get_mut(kind) {
+                    p.remove(&owner);
+                }
+            }
+        }
+        let local = st.local_pods();
+        if local != local_before {
+            let _ = tx.send(KubeMsg::LocalPods(local));
+        }
+        if !announced_sync && REQUIRED.iter().all(|k| synced.contains(k)) {
+            announced_sync = true;
+            let _ = tx.send(KubeMsg::Synced);
+        }
+    }
+}
+
+fn owner_of(o: &Obj) -> Owner {
+    let (kind, meta) = match o {
+        Obj::Node(x) => ("Node", &x.metadata),
+        Obj::Pod(x) => ("Pod", &x.metadata),
+        Obj::Service(x) => ("Service", &x.metadata),
+        Obj::Slice(x) => ("EndpointSlice", &x.metadata),
+        Obj::SvcCidr(x) => ("ServiceCIDR", &x.metadata),
+        Obj::Tgb(x) => ("TargetGroupBinding", &x.metadata),
+    };
+    let id = meta.uid.clone().unwrap_or_else(|| {
+        format!(
+            "{}/{}",
+            meta.namespace.clone().unwrap_or_default(),
+            meta.name.clone().unwrap_or_default()
+        )
+    });
+    Owner::Object(kind, id)
+}
+
+fn forget(st: &mut State, owner: &Owner, tx: &mpsc::UnboundedSender<KubeMsg>) {
+    if let Owner::Object(kind, id) = owner {
+        match *kind {
+            "Pod" => {
+                st.local.remove(id);
+            }
+            "EndpointSlice" => {
+                st.slices.remove(id);
+            }
+            "TargetGroupBinding" => {
+                st.tgb.remove(id);
+            }
+            _ => {}
+        }
+    }
+    let _ = tx.send(KubeMsg::Ips(owner.clone(), Vec::new()));
+    let _ = tx.send(KubeMsg::Cidrs(owner.clone(), Vec::new()));
+}
+
+/// Applies an object: what it asserts about addresses, and the source's own indexes.
+fn apply(st: &mut State, o: &Obj, tx: &mpsc::UnboundedSender<KubeMsg>) -> Owner {
+    let owner = owner_of(o);
+    match o {
+        Obj::Node(n) => {
+            let me = n.name_any() == st.node;
+            let mut ips = Vec::new();
+            for a in n
+                .status
+                .as_ref()
+                .and_then(|s| s.addresses.as_ref())
+                .into_iter()
+                .flatten()
+            {
+                if a.type_ == "InternalIP" || a.type_ == "ExternalIP" {
+                    if let Some(k) = ip_key(&a.address) {
+                        ips.push((k, role::CLUSTER | if me { role::NODE } else { 0 }));
+                    }
+                }
+            }
+            let spec = n.spec.as_ref();
+            let cidrs: Vec<(Cidr, u32)> = spec
+                .and_then(|s| {
+                    s.pod_cidrs
+                        .clone()
+                        .or_else(|| s.pod_cidr.clone().map(|c| vec![c]))
+                })
+                .into_iter()
+                .flatten()
+                .filter_map(|c| c.parse().ok())
+                .map(|c| (c, role::CLUSTER))
+                .collect();
+            let _ = tx.send(KubeMsg::Ips(owner.clone(), ips));
+            let _ = tx.send(KubeMsg::Cidrs(owner.clone(), cidrs));
+        }
+        Obj::Pod(p) => {
+            let spec = p.spec.as_ref();
+            let host_network = spec.and_then(|s| s.host_network).unwrap_or(false);
+            let addrs: Vec<IpAddr> = p
+                .status
+                .as_ref()
+                .and_then(|s| s.pod_ips.clone())
+                .into_iter()
+                .flatten()
+                .filter_map(|ip| ip.ip.parse().ok())
+                .collect();
+            let local = !host_network
+                && spec.and_then(|s| s.node_name.as_deref()) == Some(st.node.as_str());
+            let id = match &owner {
+                Owner::Object(_, id) => id.clone(),
+                _ => String::new(),
+            };
+            // hostNetwork pods use node addresses, which the Node asserts.
+            let ips: Vec<(IpKey, u32)> = if host_network {
+                Vec::new()
+            } else {
+                addrs
+                    .iter()
+                    .map(|a| {
+                        (
+                            key_of(*a),
+                            role::CLUSTER | if local { role::LOCAL_POD } else { 0 },
+                        )
+                    })
+                    .collect()
+            };
+            if local && !addrs.is_empty() {
+                let ns = p.namespace().unwrap_or_default();
+                let name = p.name_any();
+                let mut ports = BTreeSet::new();
+                for c in spec.map(|s| s.containers.as_slice()).unwrap_or_default() {
+                    for port in c.ports.iter().flatten() {
+                        ports.insert(port.container_port as u16);
+                    }
+                }
+                let meta = PodRef {
+                    iface: veth_name(&st.veth_prefix, &ns, &name),
+                    workload: workload_of(p),
+                    labels: p.labels().clone(),
+                    declared_ports: Some(ports.into_iter().collect()),
+                    namespace: ns,
+                    name,
+                    backs_service: None,
+                    lb_ports: Vec::new(),
+                };
+                st.local.insert(id, (addrs, meta));
+            } else {
+                st.local.remove(&id);
+            }
+            let _ = tx.send(KubeMsg::Ips(owner.clone(), ips));
+        }
+        Obj::Service(s) => {
+            let spec = s.spec.as_ref();
+            let mut ips = Vec::new();
+            for ip in spec
+                .and_then(|s| s.cluster_ips.clone())
+                .into_iter()
+                .flatten()
+            {
+                if let Some(k) = ip_key(&ip) {
+                    ips.push((k, role::SERVICE));
+                }
+            }
+            for ip in spec
+                .and_then(|s| s.external_ips.clone())
+                .into_iter()
+                .flatten()
+            {
+                if let Some(k) = ip_key(&ip) {
+                    ips.push((k, role::SERVICE));
+                }
+            }
+            let ingress = s
+                .status
+                .as_ref()
+                .and_then(|s| s.load_balancer.as_ref())
+                .and_then(|l| l.ingress.clone());
+            for i in ingress.into_iter().flatten() {
+                if let Some(k) = i.ip.as_deref().and_then(ip_key) {
+                    ips.push((k, role::SERVICE));
+                }
+            }
+            let key = format!("{}/{}", s.namespace().unwrap_or_default(), s.name_any());
+            if spec.and_then(|s| s.type_.as_deref()) == Some("LoadBalancer") {
+                st.lb_services.insert(key);
+            } else {
+                st.lb_services.remove(&key);
+            }
+            let _ = tx.send(KubeMsg::Ips(owner.clone(), ips));
+        }
+        Obj::Slice(e) => {
+            let svc = e
+                .labels()
+                .get("kubernetes.io/service-name")
+                .cloned()
+                .unwrap_or_default();
+            let key = format!("{}/{svc}", e.namespace().unwrap_or_default());
+            let ips: Vec<IpAddr> = e
+                .endpoints
+                .iter()
+                .flat_map(|ep| ep.addresses.iter())
+                .filter_map(|a| a.parse().ok())
+                .collect();
+            let ports: Vec<u16> = e
+                .ports
+                .iter()
+                .flatten()
+                .filter_map(|p| p.port)
+                .map(|p| p as u16)
+                .collect();
+            if let Owner::Object(_, id) = &owner {
+                st.slices.insert(id.clone(), (key, ips, ports));
+            }
+        }
+        Obj::SvcCidr(c) => {
+            let cidrs: Vec<(Cidr, u32)> = c
+                .spec
+                .as_ref()
+                .and_then(|s| s.cidrs.clone())
+                .into_iter()
+                .flatten()
+                .filter_map(|c| c.parse().ok())
+                .map(|c| (c, role::SERVICE))
+                .collect();
+            let _ = tx.send(KubeMsg::Cidrs(owner.clone(), cidrs));
+        }
+        Obj::Tgb(t) => {
+            let spec = &t.data["spec"];
+            let ip_target = spec["targetType"].as_str() == Some("ip");
+            let svc = spec["serviceRef"]["name"].as_str();
+            if let (true, Some(svc), Owner::Object(_, id)) = (ip_target, svc, &owner) {
+                st.tgb.insert(
+                    id.clone(),
+                    format!("{}/{svc}", t.namespace().unwrap_or_default()),
+                );
+            }
+        }
+    }
+    owner
+}
+
+/// Builds a client from in-cluster config or KUBECONFIG.
+pub async fn client() -> Result<Client, kube::Error> {
+    Client::try_default().await
+}
+
+/// Whether a Kubernetes API is configured here (in-cluster or KUBECONFIG).
+pub fn configured() -> bool {
+    std::env::var_os("KUBERNETES_SERVICE_HOST").is_some()
+        || std::env::var_os("KUBECONFIG").is_some()
+}
+
+/// Labels as a sorted map (for the remediation hints).
+pub fn labels(p: &PodRef) -> BTreeMap<String, String> {
+    p.labels.clone()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn veth_names_follow_the_cni_rule() {
+        // `echo -n default.nginx | sha1sum` = c440f455693b69cd...
+        assert_eq!(veth_name("eni", "default", "nginx"), "enic440f455693");
+        assert_eq!(veth_name("cali", "default", "nginx"), "calic440f455693");
+    }
+}
