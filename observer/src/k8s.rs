@@ -322,10 +322,10 @@ fn apply(st: &mut State, o: &Obj, tx: &mpsc::UnboundedSender<KubeMsg>) -> Owner 
                 .into_iter()
                 .flatten()
             {
-                if a.type_ == "InternalIP" || a.type_ == "ExternalIP" {
-                    if let Some(k) = ip_key(&a.address) {
-                        ips.push((k, role::CLUSTER | if me { role::NODE } else { 0 }));
-                    }
+                if (a.type_ == "InternalIP" || a.type_ == "ExternalIP")
+                    && let Some(k) = ip_key(&a.address)
+                {
+                    ips.push((k, role::CLUSTER | if me { role::NODE } else { 0 }));
                 }
             }
             let spec = n.spec.as_ref();
