@@ -46,10 +46,47 @@ impl Controller {
 
     fn sync_inventory(&mut self) {
         let ifaces = &self.ifaces;
-        let (inv, dir) = self.inventory.desired(&self.view, |name| {
+        let (ips, mut dir) = self.inventory.desired(&self.view, |name| {
             ifaces.role_of(name) == Some(observer::attach::Role::Pod)
         });
-        match self.inventory.sync(&self.shared.maps, &inv, &dir) {
+        // The API's view of local pods names them; the interface comes from the host route,
+        // else from the CNI naming rule if such a link exists.
+        let links: std::collections::HashSet<&String> = self.view.links.values().collect();
+        for (ip, meta) in &self.kube_pods {
+            let iface = dir
+                .pods
+                .get(ip)
+                .map(|p| p.iface.clone())
+                .or_else(|| {
+                    ["eni", "cali"]
+                        .iter()
+                        .map(|p| observer::k8s::veth_name(p, &meta.namespace, &meta.name))
+                        .find(|n| links.contains(n))
+                })
+                .unwrap_or_else(|| meta.iface.clone());
+            dir.pods.insert(
+                *ip,
+                PodRef {
+                    iface,
+                    ..meta.clone()
+                },
+            );
+        }
+        // Other addresses routed through a known pod's interface (its IPv6, say) are that pod.
+        let by_iface: HashMap<String, PodRef> = self
+            .kube_pods
+            .keys()
+            .filter_map(|ip| dir.pods.get(ip))
+            .map(|p| (p.iface.clone(), p.clone()))
+            .collect();
+        for p in dir.pods.values_mut() {
+            if p.namespace.is_empty()
+                && let Some(k) = by_iface.get(&p.iface)
+            {
+                *p = k.clone();
+            }
+        }
+        match self.inventory.sync(&self.shared.maps, &ips, &dir) {
             Ok(n) if n > 0 => tracing::debug!(changes = n, "inventory synced to the maps"),
             Ok(_) => {}
             Err(e) => {

@@ -193,7 +193,7 @@ pub async fn run(
             |o| Obj::SvcCidr(Box::new(o)),
         ),
         stream(
-            Api::<DynamicObject>::all_with(client, &tgb),
+            Api::<DynamicObject>::all_with(client.clone(), &tgb),
             "TargetGroupBinding",
             |o| Obj::Tgb(Box::new(o)),
         ),
@@ -207,7 +207,23 @@ pub async fn run(
     let mut synced: HashSet<&'static str> = HashSet::new();
     let mut failing: HashSet<&'static str> = HashSet::new();
     let mut announced_sync = false;
-    while let Some((kind, item)) = all.next().await {
+    let mut probe = tokio::time::interval(std::time::Duration::from_secs(2));
+    loop {
+        let (kind, item) = tokio::select! {
+            next = all.next() => match next {
+                Some(x) => x,
+                None => return,
+            },
+            _ = probe.tick() => {
+                // A watch that resumes quietly yields no event: probe the API while failing.
+                if !failing.is_empty() && client.apiserver_version().await.is_ok() {
+                    failing.clear();
+                    tracing::info!("Kubernetes API reachable again");
+                    let _ = tx.send(KubeMsg::Stale(false));
+                }
+                continue;
+            }
+        };
         let ev = match item {
             Ok(ev) => ev,
             Err(e) => {

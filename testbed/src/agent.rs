@@ -29,6 +29,18 @@ impl AgentProc {
         metrics_port: u16,
         args: &[&str],
     ) -> AgentProc {
+        Self::start_env(bin, ns, dir, metrics_port, args, &[])
+    }
+
+    /// As [`AgentProc::start`], with environment variables (e.g. KUBECONFIG).
+    pub fn start_env(
+        bin: &Path,
+        ns: &Netns,
+        dir: &Path,
+        metrics_port: u16,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> AgentProc {
         std::fs::create_dir_all(dir).expect("agent directory");
         let socket = dir.join("observer.sock");
         let log = dir.join("agent.log");
@@ -45,6 +57,7 @@ impl AgentProc {
             .arg(&socket)
             .args(["run", "--metrics-addr", &metrics, "--log-format", "json"])
             .args(args)
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(err)

@@ -1,0 +1,367 @@
+//! A fixture Kubernetes API server: real list and watch wire format (a list with
+//! `metadata.resourceVersion`, then a chunked watch stream of ADDED / MODIFIED / DELETED and
+//! BOOKMARK events, `410 Gone` as an ERROR event for an expired resourceVersion), so the
+//! production kube-rs code talks to it unchanged through a kubeconfig. Tests change objects,
+//! take the API down and up, and expire resource versions.
+
+use std::{
+    collections::BTreeMap,
+    io::{BufRead, BufReader, Write},
+    net::{TcpListener, TcpStream},
+    path::Path,
+    sync::{Arc, Condvar, Mutex},
+    thread,
+    time::Duration,
+};
+
+use crate::netns::Netns;
+
+/// A resource collection: its URL path and list kind.
+#[derive(Clone, Copy, Debug)]
+pub struct Kind {
+    pub path: &'static str,
+    pub list_kind: &'static str,
+    pub api_version: &'static str,
+}
+
+pub const NODES: Kind = Kind {
+    path: "/api/v1/nodes",
+    list_kind: "NodeList",
+    api_version: "v1",
+};
+pub const PODS: Kind = Kind {
+    path: "/api/v1/pods",
+    list_kind: "PodList",
+    api_version: "v1",
+};
+pub const SERVICES: Kind = Kind {
+    path: "/api/v1/services",
+    list_kind: "ServiceList",
+    api_version: "v1",
+};
+pub const ENDPOINT_SLICES: Kind = Kind {
+    path: "/apis/discovery.k8s.io/v1/endpointslices",
+    list_kind: "EndpointSliceList",
+    api_version: "discovery.k8s.io/v1",
+};
+pub const SERVICE_CIDRS: Kind = Kind {
+    path: "/apis/networking.k8s.io/v1/servicecidrs",
+    list_kind: "ServiceCIDRList",
+    api_version: "networking.k8s.io/v1",
+};
+pub const TARGET_GROUP_BINDINGS: Kind = Kind {
+    path: "/apis/elbv2.k8s.aws/v1beta1/targetgroupbindings",
+    list_kind: "TargetGroupBindingList",
+    api_version: "elbv2.k8s.aws/v1beta1",
+};
+
+#[derive(Default)]
+struct Store {
+    rv: u64,
+    /// Oldest resourceVersion a watch may resume from.
+    compacted: u64,
+    down: bool,
+    /// Objects by collection path, then by namespace/name.
+    objects: BTreeMap<&'static str, BTreeMap<String, serde_json::Value>>,
+    /// Every change: (rv, path, type, object).
+    history: Vec<(u64, &'static str, &'static str, serde_json::Value)>,
+    /// Paths whose CRD is "not installed" (404).
+    missing: Vec<&'static str>,
+    /// Watch streams opened (to see restarts).
+    pub watches: u64,
+    /// Requests answered 410.
+    pub gone: u64,
+}
+
+/// The running fixture server; shuts down with the namespace.
+#[derive(Clone)]
+pub struct KubeApi {
+    state: Arc<(Mutex<Store>, Condvar)>,
+    pub port: u16,
+}
+
+fn key_of(o: &serde_json::Value) -> String {
+    format!(
+        "{}/{}",
+        o["metadata"]["namespace"].as_str().unwrap_or(""),
+        o["metadata"]["name"].as_str().unwrap_or("")
+    )
+}
+
+impl KubeApi {
+    /// Starts the server on 127.0.0.1:`port` inside `ns`.
+    pub fn start(ns: &Netns, port: u16) -> KubeApi {
+        let api = KubeApi {
+            state: Arc::new((Mutex::new(Store::default()), Condvar::new())),
+            port,
+        };
+        let a = api.clone();
+        let (tx, rx) = std::sync::mpsc::channel();
+        ns.spawn(move || {
+            // While "down" the port is closed: clients get connection refused, as from an
+            // API server that is gone.
+            let bind = || {
+                let l = TcpListener::bind(("127.0.0.1", port)).expect("bind the fixture API");
+                l.set_nonblocking(true).expect("nonblocking");
+                l
+            };
+            let mut listener = Some(bind());
+            tx.send(()).expect("ready");
+            loop {
+                let down = a.state.0.lock().unwrap().down;
+                match (&listener, down) {
+                    (Some(_), true) => listener = None,
+                    (None, false) => listener = Some(bind()),
+                    _ => {}
+                }
+                match listener.as_ref().map(|l| l.accept()) {
+                    Some(Ok((s, _))) => {
+                        let _ = s.set_nonblocking(false);
+                        let a = a.clone();
+                        thread::spawn(move || a.serve(s));
+                    }
+                    _ => thread::sleep(Duration::from_millis(20)),
+                }
+            }
+        });
+        rx.recv().expect("fixture API started");
+        api
+    }
+
+    /// Writes a kubeconfig pointing at this server.
+    pub fn kubeconfig(&self, path: &Path) {
+        std::fs::write(
+            path,
+            format!(
+                "apiVersion: v1\nkind: Config\nclusters:\n- name: fixture\n  cluster:\n    server: http://127.0.0.1:{}\nusers:\n- name: fixture\n  user:\n    token: fixture\ncontexts:\n- name: fixture\n  context:\n    cluster: fixture\n    user: fixture\ncurrent-context: fixture\n",
+                self.port
+            ),
+        )
+        .expect("kubeconfig");
+    }
+
+    fn change(&self, kind: Kind, ty: &'static str, mut obj: serde_json::Value) {
+        let (m, cv) = &*self.state;
+        let mut s = m.lock().unwrap();
+        s.rv += 1;
+        let rv = s.rv;
+        obj["metadata"]["resourceVersion"] = serde_json::Value::String(rv.to_string());
+        if obj["metadata"]["uid"].is_null() {
+            obj["metadata"]["uid"] =
+                serde_json::Value::String(format!("uid-{}", key_of(&obj).replace('/', "-")));
+        }
+        obj["apiVersion"] = serde_json::Value::String(kind.api_version.into());
+        let coll = s.objects.entry(kind.path).or_default();
+        if ty == "DELETED" {
+            coll.remove(&key_of(&obj));
+        } else {
+            coll.insert(key_of(&obj), obj.clone());
+        }
+        s.history.push((rv, kind.path, ty, obj));
+        cv.notify_all();
+    }
+
+    /// Creates or replaces an object (ADDED or MODIFIED).
+    pub fn apply(&self, kind: Kind, obj: serde_json::Value) {
+        let exists = {
+            let s = self.state.0.lock().unwrap();
+            s.objects
+                .get(kind.path)
+                .is_some_and(|c| c.contains_key(&key_of(&obj)))
+        };
+        self.change(kind, if exists { "MODIFIED" } else { "ADDED" }, obj);
+    }
+
+    /// Deletes an object.
+    pub fn delete(&self, kind: Kind, namespace: &str, name: &str) {
+        let obj = {
+            let s = self.state.0.lock().unwrap();
+            s.objects
+                .get(kind.path)
+                .and_then(|c| c.get(&format!("{namespace}/{name}")).cloned())
+        };
+        if let Some(o) = obj {
+            self.change(kind, "DELETED", o);
+        }
+    }
+
+    /// The API stops answering (503) and drops its watches, or comes back.
+    pub fn set_down(&self, down: bool) {
+        let (m, cv) = &*self.state;
+        m.lock().unwrap().down = down;
+        cv.notify_all();
+    }
+
+    /// Forgets the history: watches resuming from an older resourceVersion get 410 Gone.
+    /// Open watches are closed.
+    pub fn expire(&self) {
+        let (m, cv) = &*self.state;
+        let mut s = m.lock().unwrap();
+        s.compacted = s.rv + 1;
+        s.rv += 1;
+        s.history.clear();
+        cv.notify_all();
+    }
+
+    /// A collection answers 404 (its CRD is not installed).
+    pub fn set_missing(&self, kind: Kind) {
+        self.state.0.lock().unwrap().missing.push(kind.path);
+    }
+
+    /// (watch streams opened, 410 answers) so far.
+    pub fn counters(&self) -> (u64, u64) {
+        let s = self.state.0.lock().unwrap();
+        (s.watches, s.gone)
+    }
+
+    fn serve(&self, stream: TcpStream) {
+        let mut reader = BufReader::new(stream.try_clone().expect("clone"));
+        let mut line = String::new();
+        if reader.read_line(&mut line).is_err() {
+            return;
+        }
+        loop {
+            let mut h = String::new();
+            match reader.read_line(&mut h) {
+                Ok(0) | Err(_) => return,
+                Ok(_) if h == "\r\n" => break,
+                Ok(_) => {}
+            }
+        }
+        let target = line.split_whitespace().nth(1).unwrap_or("/").to_string();
+        let (path, query) = target.split_once('?').unwrap_or((&target, ""));
+        let params: BTreeMap<&str, &str> = query
+            .split('&')
+            .filter_map(|kv| kv.split_once('='))
+            .collect();
+        let mut out = stream;
+        let (m, cv) = &*self.state;
+        if path == "/version" {
+            let _ = respond(
+                &mut out,
+                200,
+                r#"{"major":"1","minor":"33","gitVersion":"v1.33.0","platform":"linux/amd64"}"#,
+            );
+            return;
+        }
+        let kind = [
+            NODES,
+            PODS,
+            SERVICES,
+            ENDPOINT_SLICES,
+            SERVICE_CIDRS,
+            TARGET_GROUP_BINDINGS,
+        ]
+        .into_iter()
+        .find(|k| k.path == path);
+        {
+            let s = m.lock().unwrap();
+            if s.down {
+                let _ = respond(
+                    &mut out,
+                    503,
+                    r#"{"kind":"Status","apiVersion":"v1","status":"Failure","reason":"ServiceUnavailable","code":503}"#,
+                );
+                return;
+            }
+            if kind.is_none() || s.missing.contains(&path) {
+                let _ = respond(
+                    &mut out,
+                    404,
+                    r#"{"kind":"Status","apiVersion":"v1","status":"Failure","reason":"NotFound","code":404}"#,
+                );
+                return;
+            }
+        }
+        let kind = kind.expect("checked");
+        if params.get("watch") != Some(&"true") && params.get("watch") != Some(&"1") {
+            let s = m.lock().unwrap();
+            let items: Vec<&serde_json::Value> = s
+                .objects
+                .get(kind.path)
+                .map(|c| c.values().collect())
+                .unwrap_or_default();
+            let body = serde_json::json!({
+                "kind": kind.list_kind,
+                "apiVersion": kind.api_version,
+                "metadata": {"resourceVersion": s.rv.to_string()},
+                "items": items,
+            });
+            let _ = respond(&mut out, 200, &body.to_string());
+            return;
+        }
+        let from: u64 = params
+            .get("resourceVersion")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        let head = "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n";
+        if out.write_all(head.as_bytes()).is_err() {
+            return;
+        }
+        let mut s = m.lock().unwrap();
+        s.watches += 1;
+        if from < s.compacted {
+            s.gone += 1;
+            drop(s);
+            let ev = serde_json::json!({"type": "ERROR", "object": {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure", "message": "too old resource version", "reason": "Expired", "code": 410}});
+            let _ = chunk(&mut out, &ev.to_string());
+            let _ = out.write_all(b"0\r\n\r\n");
+            return;
+        }
+        let compacted = s.compacted;
+        let mut sent = from;
+        loop {
+            if s.down || s.compacted != compacted {
+                return; // the connection drops, as a restarted API server's would
+            }
+            let evs: Vec<(u64, &str, serde_json::Value)> = s
+                .history
+                .iter()
+                .filter(|(rv, p, _, _)| *rv > sent && *p == kind.path)
+                .map(|(rv, _, ty, o)| (*rv, *ty, o.clone()))
+                .collect();
+            let rv_now = s.rv;
+            drop(s);
+            for (rv, ty, o) in evs {
+                if chunk(
+                    &mut out,
+                    &serde_json::json!({"type": ty, "object": o}).to_string(),
+                )
+                .is_err()
+                {
+                    return;
+                }
+                sent = rv;
+            }
+            // A bookmark so the client's resourceVersion keeps up.
+            let kind_name = kind.list_kind.trim_end_matches("List");
+            let bm = serde_json::json!({"type": "BOOKMARK", "object": {"kind": kind_name, "apiVersion": kind.api_version, "metadata": {"resourceVersion": rv_now.to_string()}}});
+            if chunk(&mut out, &bm.to_string()).is_err() {
+                return;
+            }
+            sent = sent.max(rv_now);
+            s = m.lock().unwrap();
+            let (g, _) = cv.wait_timeout(s, Duration::from_millis(500)).unwrap();
+            s = g;
+        }
+    }
+}
+
+fn respond(out: &mut TcpStream, code: u16, body: &str) -> std::io::Result<()> {
+    let reason = match code {
+        200 => "OK",
+        404 => "Not Found",
+        _ => "Service Unavailable",
+    };
+    write!(
+        out,
+        "HTTP/1.1 {code} {reason}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+}
+
+fn chunk(out: &mut TcpStream, line: &str) -> std::io::Result<()> {
+    let data = format!("{line}\n");
+    write!(out, "{:x}\r\n{data}\r\n", data.len())?;
+    out.flush()
+}
