@@ -381,6 +381,7 @@ pub fn main() -> ExitCode {
     };
     match cli.command {
         Command::Run(args) => {
+            let check = args.check_config;
             let cfg = match Config::from_args(*args, cli.socket) {
                 Ok(c) => c,
                 Err(e) => {
@@ -388,6 +389,10 @@ pub fn main() -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
+            if check {
+                println!("configuration OK");
+                return ExitCode::SUCCESS;
+            }
             init_logs(&cfg);
             match runtime.block_on(crate::agent::run(cfg)) {
                 Ok(()) => ExitCode::SUCCESS,

@@ -65,6 +65,9 @@ pub struct RunArgs {
     /// This node's name in Kubernetes [default: the host name].
     #[arg(long = "node-name", env = "OBSERVER_NODE_NAME")]
     pub node_name: Option<String>,
+    /// Only validate the settings (flags, environment, file) and exit: 0 if usable, 2 if not.
+    #[arg(long = "check-config", env = "OBSERVER_CHECK_CONFIG")]
+    pub check_config: bool,
     /// A YAML (.yaml/.yml) or TOML (.toml) file with the same keys as these flags.
     #[arg(long = "config", env = "OBSERVER_CONFIG")]
     pub config: Option<PathBuf>,
