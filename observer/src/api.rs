@@ -97,6 +97,8 @@ pub struct InventoryOut {
     pub stale: bool,
     pub pods: usize,
     pub node_ips: usize,
+    #[serde(default)]
+    pub addresses: usize,
     pub cidrs: usize,
     pub last_update_unix: f64,
 }
@@ -109,6 +111,7 @@ impl From<InventoryStatus> for InventoryOut {
             stale: s.stale,
             pods: s.pods,
             node_ips: s.node_ips,
+            addresses: s.addresses,
             cidrs: s.cidrs,
             last_update_unix: s.last_update_unix,
         }

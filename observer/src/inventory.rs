@@ -87,6 +87,8 @@ pub struct InventoryStatus {
     pub stale: bool,
     pub pods: usize,
     pub node_ips: usize,
+    /// Addresses written to the kernel's exact map (every pod and node of the cluster).
+    pub addresses: usize,
     pub cidrs: usize,
     pub last_update_unix: f64,
 }
@@ -185,6 +187,7 @@ impl Standalone {
             .collect::<std::collections::HashSet<_>>()
             .len();
         self.status.node_ips = self.roles.count_with(role::NODE);
+        self.status.addresses = self.roles.address_count();
         self.status.cidrs = self.roles.cidr_count();
         Ok(changes)
     }

@@ -10,7 +10,7 @@ use std::{
     net::IpAddr,
 };
 
-use futures::{StreamExt, stream::BoxStream};
+use futures::{FutureExt, StreamExt, stream::BoxStream};
 use k8s_openapi::api::{
     core::v1::{Node, Pod, Service},
     discovery::v1::EndpointSlice,
@@ -207,9 +207,16 @@ pub async fn run(
     let mut synced: HashSet<&'static str> = HashSet::new();
     let mut failing: HashSet<&'static str> = HashSet::new();
     let mut announced_sync = false;
+    let mut local_dirty = false;
+    let mut since_local = 0usize;
+    let mut pending: Option<Ev> = None;
+    let mut last_local: HashMap<IpAddr, PodRef> = HashMap::new();
     let mut probe = tokio::time::interval(std::time::Duration::from_secs(2));
     loop {
-        let (kind, item) = tokio::select! {
+        let (kind, item) = if let Some(p) = pending.take() {
+            p
+        } else {
+            tokio::select! {
             next = all.next() => match next {
                 Some(x) => x,
                 None => return,
@@ -222,6 +229,7 @@ pub async fn run(
                     let _ = tx.send(KubeMsg::Stale(false));
                 }
                 continue;
+            }
             }
         };
         let ev = match item {
@@ -244,7 +252,10 @@ pub async fn run(
             tracing::info!("Kubernetes API reachable again");
             let _ = tx.send(KubeMsg::Stale(false));
         }
-        let local_before = st.local_pods();
+        local_dirty |= matches!(
+            kind,
+            "Pod" | "EndpointSlice" | "Service" | "TargetGroupBinding"
+        );
         match ev {
             watcher::Event::Init => {
                 st.listing.insert(kind, HashSet::new());
@@ -275,9 +286,24 @@ pub async fn run(
                 }
             }
         }
-        let local = st.local_pods();
-        if local != local_before {
-            let _ = tx.send(KubeMsg::LocalPods(local));
+        // The local pods' Service facts are recomputed once per burst of events, not per
+        // event, so a 150k-pod initial list stays linear.
+        since_local += 1;
+        if local_dirty {
+            match all.next().now_or_never() {
+                Some(Some(next)) => pending = Some(next),
+                Some(None) => return,
+                None => since_local = usize::MAX,
+            }
+            if since_local >= 5_000 {
+                local_dirty = false;
+                since_local = 0;
+                let local = st.local_pods();
+                if local != last_local {
+                    last_local = local.clone();
+                    let _ = tx.send(KubeMsg::LocalPods(local));
+                }
+            }
         }
         if !announced_sync && REQUIRED.iter().all(|k| synced.contains(k)) {
             announced_sync = true;

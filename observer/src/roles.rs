@@ -179,6 +179,10 @@ impl Roles {
         self.written.values().filter(|r| *r & bit != 0).count()
     }
 
+    pub fn address_count(&self) -> usize {
+        self.written.len()
+    }
+
     pub fn cidr_count(&self) -> usize {
         self.written_cidrs.len()
     }

@@ -172,6 +172,24 @@ impl KubeApi {
         self.change(kind, if exists { "MODIFIED" } else { "ADDED" }, obj);
     }
 
+    /// Loads many objects at once, before any client watches (fixtures of large clusters).
+    pub fn load(&self, kind: Kind, objects: Vec<serde_json::Value>) {
+        let (m, _) = &*self.state;
+        let mut s = m.lock().unwrap();
+        s.rv += 1;
+        let rv = s.rv.to_string();
+        let coll = s.objects.entry(kind.path).or_default();
+        for mut o in objects {
+            o["metadata"]["resourceVersion"] = serde_json::Value::String(rv.clone());
+            o["apiVersion"] = serde_json::Value::String(kind.api_version.into());
+            if o["metadata"]["uid"].is_null() {
+                let uid = format!("uid-{}", key_of(&o).replace('/', "-"));
+                o["metadata"]["uid"] = serde_json::Value::String(uid);
+            }
+            coll.insert(key_of(&o), o);
+        }
+    }
+
     /// Deletes an object.
     pub fn delete(&self, kind: Kind, namespace: &str, name: &str) {
         let obj = {
@@ -275,18 +293,35 @@ impl KubeApi {
         }
         let kind = kind.expect("checked");
         if params.get("watch") != Some(&"true") && params.get("watch") != Some(&"1") {
+            // Paginated like the real API server: `limit` and an opaque `continue` token.
             let s = m.lock().unwrap();
-            let items: Vec<&serde_json::Value> = s
-                .objects
-                .get(kind.path)
-                .map(|c| c.values().collect())
+            let all = s.objects.get(kind.path);
+            let total = all.map_or(0, |c| c.len());
+            let start: usize = params
+                .get("continue")
+                .and_then(|c| c.parse().ok())
+                .unwrap_or(0);
+            let limit: usize = params
+                .get("limit")
+                .and_then(|l| l.parse().ok())
+                .filter(|l| *l > 0)
+                .unwrap_or(usize::MAX);
+            let items: Vec<&serde_json::Value> = all
+                .map(|c| c.values().skip(start).take(limit).collect())
                 .unwrap_or_default();
+            let next = start.saturating_add(items.len());
+            let mut meta = serde_json::json!({"resourceVersion": s.rv.to_string()});
+            if next < total {
+                meta["continue"] = serde_json::Value::String(next.to_string());
+                meta["remainingItemCount"] = serde_json::json!(total - next);
+            }
             let body = serde_json::json!({
                 "kind": kind.list_kind,
                 "apiVersion": kind.api_version,
-                "metadata": {"resourceVersion": s.rv.to_string()},
+                "metadata": meta,
                 "items": items,
             });
+            drop(s);
             let _ = respond(&mut out, 200, &body.to_string());
             return;
         }

@@ -1,5 +1,6 @@
 //! `cargo xtask <task>`: the project's commands. Each sets up what it needs first.
 
+mod bench;
 mod demo;
 mod generated;
 mod toolchain;
@@ -177,8 +178,11 @@ fn real_main() -> Result<()> {
             demo::run(&root.join("target/debug/observer"))
         }
         Task::Bench => {
-            println!("not yet: `cargo xtask bench` lands with the performance issue.");
-            Ok(())
+            timed("toolchain check", || toolchain::ensure(&[]))?;
+            timed("release build", || {
+                run(cargo().args(["build", "--release", "--bins", "-p", "observer"]))
+            })?;
+            bench::run(&root.join("target/release/observer"), &root)
         }
     }
 }

@@ -1,0 +1,182 @@
+//! `cargo xtask bench`: figures, never pass/fail. Results go to target/bench/report.json and
+//! report.md.
+//!
+//! Now: the Kubernetes inventory at scale (5,000 nodes, 150,000 pods from the fixture API):
+//! time to a full sync into the kernel maps, agent memory, and one pod change reaching the
+//! maps. The datapath, throughput, flood and churn figures come with the performance work.
+
+use std::{
+    path::Path,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail};
+use serde_json::{Value, json};
+use testbed::{
+    agent::AgentProc,
+    kubeapi::{KubeApi, NODES, PODS},
+    netns::Netns,
+};
+
+const NODES_N: usize = 5_000;
+const PODS_PER_NODE: usize = 30;
+const LOCAL_PODS: usize = 110;
+const ME: &str = "node-00000";
+
+fn node(i: usize) -> Value {
+    let name = format!("node-{i:05}");
+    let ip = format!("10.{}.{}.{}", 100 + i / 65_536, (i / 256) % 256, i % 256);
+    json!({
+        "kind": "Node",
+        "metadata": {"name": name, "labels": {"kubernetes.io/hostname": name}},
+        "spec": {"podCIDR": format!("100.{}.{}.0/24", 64 + i / 256, i % 256)},
+        "status": {"addresses": [{"type": "InternalIP", "address": ip}, {"type": "Hostname", "address": name}]}
+    })
+}
+
+fn pod(i: usize, node: &str, ip: String) -> Value {
+    json!({
+        "kind": "Pod",
+        "metadata": {
+            "name": format!("app-{:x}-{i}", i % 97),
+            "namespace": format!("ns-{}", i % 50),
+            "labels": {"app": format!("app-{}", i % 97), "pod-template-hash": "5d9f"},
+            "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": format!("app-{}-5d9f", i % 97), "uid": "rs", "controller": true}]
+        },
+        "spec": {"nodeName": node, "containers": [{"name": "app", "image": "app:1", "ports": [{"containerPort": 8080, "protocol": "TCP"}]}]},
+        "status": {"phase": "Running", "podIP": ip.clone(), "podIPs": [{"ip": ip}]}
+    })
+}
+
+fn rss_kib(pid: u32) -> (u64, u64) {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let get = |k: &str| {
+        s.lines()
+            .find(|l| l.starts_with(k))
+            .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+            .unwrap_or(0)
+    };
+    (get("VmRSS:"), get("VmHWM:"))
+}
+
+fn status(agent: &AgentProc) -> Option<Value> {
+    let o = agent.cli(&["status", "--json"]);
+    serde_json::from_slice(&o.stdout).ok()
+}
+
+/// Runs the benchmark with the release binary `bin`; returns the report lines.
+pub fn run(bin: &Path, root: &Path) -> Result<()> {
+    let ns = Netns::new("bench");
+    ns.sh(&[
+        "ip", "link", "add", "eth0", "type", "veth", "peer", "name", "eth0p",
+    ]);
+    ns.sh(&["ip", "addr", "add", "10.100.0.0/16", "dev", "eth0"]);
+    let api = KubeApi::start(&ns, 19_701);
+    println!(
+        "==> generating {NODES_N} nodes and {} pods",
+        NODES_N * PODS_PER_NODE
+    );
+    api.load(NODES, (0..NODES_N).map(node).collect());
+    let mut pods = Vec::with_capacity(NODES_N * PODS_PER_NODE);
+    for n in 0..NODES_N {
+        let per = if n == 0 { LOCAL_PODS } else { PODS_PER_NODE };
+        for k in 0..per {
+            let i = pods.len();
+            let ip = format!("100.{}.{}.{}", 64 + n / 256, n % 256, k + 2);
+            pods.push(pod(i, &format!("node-{n:05}"), ip));
+        }
+    }
+    let total_pods = pods.len();
+    api.load(PODS, pods);
+    let dir = std::env::temp_dir().join(format!("observer-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let kubeconfig = dir.join("kubeconfig");
+    api.kubeconfig(&kubeconfig);
+    println!("==> starting the agent against the fixture API");
+    let started = Instant::now();
+    let agent = AgentProc::start_env(
+        bin,
+        &ns,
+        &dir.join("agent"),
+        19_702,
+        &[
+            "--kubernetes",
+            "on",
+            "--node-name",
+            ME,
+            "--log-level",
+            "warn",
+        ],
+        &[("KUBECONFIG", kubeconfig.to_str().context("path")?)],
+    );
+    let want = NODES_N + total_pods;
+    let mut synced_at = None;
+    let deadline = Instant::now() + Duration::from_secs(600);
+    let addresses = loop {
+        let s = status(&agent);
+        let synced = s.as_ref().is_some_and(|s| s["inventory"]["synced"] == true);
+        if synced && synced_at.is_none() {
+            synced_at = Some(started.elapsed());
+        }
+        let n = s
+            .as_ref()
+            .and_then(|s| s["inventory"]["addresses"].as_u64())
+            .unwrap_or(0) as usize;
+        if synced && n >= want {
+            break n;
+        }
+        if Instant::now() > deadline {
+            bail!("the inventory did not sync in 10 minutes ({n} of {want} addresses)");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let full = started.elapsed();
+    let (rss, hwm) = rss_kib(agent.pid());
+    // One pod change: the time until `observer explain` sees the new local pod.
+    let change = Instant::now();
+    api.apply(PODS, pod(9_999_999, ME, "100.64.0.250".into()));
+    loop {
+        let o = agent.cli(&["explain", "192.0.2.1", "100.64.0.250:8080", "--json"]);
+        let v: Value = serde_json::from_slice(&o.stdout).unwrap_or_default();
+        if v["verdict"] == "direct_to_pod" {
+            break;
+        }
+        if change.elapsed() > Duration::from_secs(60) {
+            bail!("a pod change did not reach the maps in 60 s");
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let change_ms = change.elapsed().as_secs_f64() * 1000.0;
+    let report = json!({
+        "inventory_sync": {
+            "nodes": NODES_N,
+            "pods": total_pods,
+            "local_pods": LOCAL_PODS,
+            "addresses_in_kernel_map": addresses,
+            "seconds_to_synced": synced_at.map(|d| d.as_secs_f64()),
+            "seconds_to_all_addresses_in_maps": full.as_secs_f64(),
+            "agent_rss_mib": rss as f64 / 1024.0,
+            "agent_peak_rss_mib": hwm as f64 / 1024.0,
+            "one_pod_change_to_maps_ms": change_ms,
+            "note": "includes polling `observer status` every 100 ms and `observer explain` every 5 ms (process start each time)"
+        }
+    });
+    let out = root.join("target/bench");
+    std::fs::create_dir_all(&out)?;
+    std::fs::write(
+        out.join("report.json"),
+        serde_json::to_string_pretty(&report)?,
+    )?;
+    let md = format!(
+        "# observer bench\n\n## Kubernetes inventory at scale\n\n| figure | value |\n|---|---|\n| nodes / pods (local) | {NODES_N} / {total_pods} ({LOCAL_PODS}) |\n| addresses in the kernel map | {addresses} |\n| start to synced | {:.2} s |\n| start to every address in the maps | {:.2} s |\n| agent RSS after sync / peak | {:.1} MiB / {:.1} MiB |\n| one pod change to the maps | {:.1} ms |\n",
+        synced_at.map_or(f64::NAN, |d| d.as_secs_f64()),
+        full.as_secs_f64(),
+        rss as f64 / 1024.0,
+        hwm as f64 / 1024.0,
+        change_ms
+    );
+    std::fs::write(out.join("report.md"), &md)?;
+    print!("{md}");
+    println!("(written to target/bench/report.json and report.md)");
+    Ok(())
+}
