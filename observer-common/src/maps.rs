@@ -52,6 +52,12 @@ impl FlowKey {
     }
 }
 
+/// Key of `NODEPORTS`: protocol in the high half, port in the low half.
+#[inline(always)]
+pub const fn nodeport_key(port: u16, proto: u8) -> u32 {
+    ((proto as u32) << 16) | port as u32
+}
+
 /// `FlowStats::origin` and `FlowEvent::origin`: how the flow began as far as the observer saw.
 pub mod origin {
     /// The observer saw the flow open (TCP SYN, SCTP INIT, ICMP echo request).

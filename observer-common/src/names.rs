@@ -16,6 +16,8 @@ pub const PROGRAMS: [&str; 3] = [PROG_UPLINK, PROG_TO_POD, PROG_FROM_POD];
 pub const MAP_IP_ROLES: &str = "IP_ROLES";
 /// CIDRs and their roles (LPM trie), consulted when the exact map misses.
 pub const MAP_CIDR_ROLES: &str = "CIDR_ROLES";
+/// NodePorts actually allocated (key: [`crate::maps::nodeport_key`]), beside the range.
+pub const MAP_NODEPORTS: &str = "NODEPORTS";
 /// Flows opened by local pods (LRU), so their replies are judged "reply".
 pub const MAP_POD_FLOWS: &str = "POD_FLOWS";
 /// Flagged flows (direct to pod) with their counters and state (LRU).

@@ -242,6 +242,8 @@ pub trait Lookup {
     fn cidr_roles(&self, addr: &IpKey) -> u32;
     /// Whether a local pod opened this flow (`POD_FLOWS`); the key is as the pod sent it.
     fn pod_flow(&self, key: &FlowKey) -> bool;
+    /// Whether this port is an allocated NodePort (`NODEPORTS`), in or out of the range.
+    fn nodeport(&self, port: u16, proto: u8) -> bool;
 }
 
 /// Settings the verdict depends on besides the inventory.
@@ -282,7 +284,10 @@ pub fn decide<L: Lookup + ?Sized>(
         return to_local_pod(p, l);
     }
     if dst & role::NODE != 0 {
-        if p.has_ports() && p.dport >= settings.nodeport_min && p.dport <= settings.nodeport_max {
+        if p.has_ports()
+            && ((p.dport >= settings.nodeport_min && p.dport <= settings.nodeport_max)
+                || l.nodeport(p.dport, p.proto))
+        {
             return Decision::of(Verdict::NodePort, Reason::DstNodePort);
         }
         return Decision::of(Verdict::Host, Reason::DstNodeAddress);

@@ -5,6 +5,7 @@
 //! |---|---|---|---|---|
 //! | `IP_ROLES` | hash | address → role bits | agent | uplink |
 //! | `CIDR_ROLES` | LPM trie | prefix → role bits | agent | uplink (on an exact miss) |
+//! | `NODEPORTS` | hash | port+protocol → 1 | agent | uplink (to a node address, out of the range) |
 //! | `POD_FLOWS` | LRU hash | 5-tuple as the pod sent it → `PodFlow` | from-pod | uplink |
 //! | `FLOWS` | LRU hash | 5-tuple as the outsider sent it → `FlowStats` | uplink, pod veths | agent |
 //! | `VERDICT_STATS` | per-CPU array | verdict × protocol class → `VerdictStats` | uplink | agent |
@@ -18,7 +19,9 @@ use aya_ebpf::{
 };
 use observer_common::{
     addr::IpKey,
-    maps::{FlowKey, FlowStats, PodFlow, STATS_ENTRIES, TraceRecord, VerdictStats, health},
+    maps::{
+        FlowKey, FlowStats, PodFlow, STATS_ENTRIES, TraceRecord, VerdictStats, health, nodeport_key,
+    },
     verdict::Lookup,
 };
 
@@ -29,6 +32,10 @@ pub static IP_ROLES: HashMap<IpKey, u32> = HashMap::with_max_entries(262_144, 0)
 /// Cluster, allowed-source and Service CIDRs.
 #[map]
 pub static CIDR_ROLES: LpmTrie<IpKey, u32> = LpmTrie::with_max_entries(16_384, 0);
+
+/// NodePorts allocated by Services (key `nodeport_key(port, proto)`), beside the range.
+#[map]
+pub static NODEPORTS: HashMap<u32, u32> = HashMap::with_max_entries(65_536, 0);
 
 /// Flows local pods opened; LRU so a busy pod cannot fill it for good.
 #[map]
@@ -113,5 +120,10 @@ impl Lookup for Maps {
     #[inline(always)]
     fn pod_flow(&self, key: &FlowKey) -> bool {
         POD_FLOWS.get_ptr(key).is_some()
+    }
+
+    #[inline(always)]
+    fn nodeport(&self, port: u16, proto: u8) -> bool {
+        NODEPORTS.get_ptr(&nodeport_key(port, proto)).is_some()
     }
 }

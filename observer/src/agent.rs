@@ -34,6 +34,10 @@ struct Controller {
     inventory: Standalone,
     /// Local pods as the Kubernetes API describes them (empty without it).
     kube_pods: HashMap<IpAddr, PodRef>,
+    /// NodePorts allocated by Services, by Service, and what the kernel map holds.
+    nodeports: HashMap<observer::roles::Owner, Vec<(u16, u8)>>,
+    nodeports_written: std::collections::HashSet<(u16, u8)>,
+    nodeports_dirty: bool,
     shared: Arc<Shared>,
 }
 
@@ -85,6 +89,18 @@ impl Controller {
             {
                 *p = k.clone();
             }
+        }
+        if self.nodeports_dirty {
+            let want: std::collections::HashSet<(u16, u8)> =
+                self.nodeports.values().flatten().copied().collect();
+            for (port, proto) in want.difference(&self.nodeports_written) {
+                let _ = self.shared.maps.set_nodeport(*port, *proto, true);
+            }
+            for (port, proto) in self.nodeports_written.difference(&want) {
+                let _ = self.shared.maps.set_nodeport(*port, *proto, false);
+            }
+            self.nodeports_written = want;
+            self.nodeports_dirty = false;
         }
         match self.inventory.sync(&self.shared.maps, &ips, &dir) {
             Ok(n) if n > 0 => tracing::debug!(changes = n, "inventory synced to the maps"),
@@ -139,6 +155,14 @@ impl Controller {
             KubeMsg::Ips(owner, ips) => self.inventory.roles.set_ips(&owner, &ips),
             KubeMsg::Cidrs(owner, cidrs) => self.inventory.roles.set_cidrs(&owner, &cidrs),
             KubeMsg::LocalPods(p) => self.kube_pods = p,
+            KubeMsg::NodePorts(owner, ports) => {
+                if ports.is_empty() {
+                    self.nodeports.remove(&owner);
+                } else {
+                    self.nodeports.insert(owner, ports);
+                }
+                self.nodeports_dirty = true;
+            }
             KubeMsg::Stale(stale) => {
                 self.inventory.status.stale = stale;
                 self.shared.metrics.inventory_stale.set(i64::from(stale));
@@ -296,6 +320,9 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             cfg.service_cidrs.clone(),
         ),
         kube_pods: HashMap::new(),
+        nodeports: HashMap::new(),
+        nodeports_written: Default::default(),
+        nodeports_dirty: false,
         shared: shared.clone(),
     };
     let mut kube_rx = if cfg.kubernetes {

@@ -37,6 +37,8 @@ pub enum KubeMsg {
     Ips(Owner, Vec<(IpKey, u32)>),
     /// Replace what an object asserts about CIDRs.
     Cidrs(Owner, Vec<(Cidr, u32)>),
+    /// Replace the NodePorts a Service allocates: (port, IP protocol).
+    NodePorts(Owner, Vec<(u16, u8)>),
     /// The local pods with their metadata, keyed by address (a full replacement).
     LocalPods(HashMap<IpAddr, PodRef>),
     /// The API is (un)reachable: the inventory is stale while it is not.
@@ -348,6 +350,7 @@ fn forget(st: &mut State, owner: &Owner, tx: &mpsc::UnboundedSender<KubeMsg>) {
     }
     let _ = tx.send(KubeMsg::Ips(owner.clone(), Vec::new()));
     let _ = tx.send(KubeMsg::Cidrs(owner.clone(), Vec::new()));
+    let _ = tx.send(KubeMsg::NodePorts(owner.clone(), Vec::new()));
 }
 
 /// Applies an object: what it asserts about addresses, and the source's own indexes.
@@ -472,6 +475,20 @@ fn apply(st: &mut State, o: &Obj, tx: &mpsc::UnboundedSender<KubeMsg>) -> Owner 
                     ips.push((k, role::SERVICE));
                 }
             }
+            let nodeports: Vec<(u16, u8)> = spec
+                .and_then(|s| s.ports.as_ref())
+                .into_iter()
+                .flatten()
+                .filter_map(|p| {
+                    let proto = match p.protocol.as_deref().unwrap_or("TCP") {
+                        "UDP" => 17,
+                        "SCTP" => 132,
+                        _ => 6,
+                    };
+                    p.node_port.map(|n| (n as u16, proto))
+                })
+                .collect();
+            let _ = tx.send(KubeMsg::NodePorts(owner.clone(), nodeports));
             let key = format!("{}/{}", s.namespace().unwrap_or_default(), s.name_any());
             if spec.and_then(|s| s.type_.as_deref()) == Some("LoadBalancer") {
                 st.lb_services.insert(key);

@@ -16,11 +16,11 @@ use observer_common::{
     addr::IpKey,
     maps::{
         FlowEvent, FlowKey, FlowStats, PodFlow, STATS_ENTRIES, TraceRecord, VerdictStats, health,
-        proto_class,
+        nodeport_key, proto_class,
     },
     names::{
-        MAP_CIDR_ROLES, MAP_EVENTS, MAP_FLOWS, MAP_HEALTH, MAP_IP_ROLES, MAP_POD_FLOWS, MAP_TRACE,
-        MAP_VERDICT_STATS,
+        MAP_CIDR_ROLES, MAP_EVENTS, MAP_FLOWS, MAP_HEALTH, MAP_IP_ROLES, MAP_NODEPORTS,
+        MAP_POD_FLOWS, MAP_TRACE, MAP_VERDICT_STATS,
     },
     user::{Cidr, Inventory},
     verdict::{Lookup, VERDICT_COUNT, Verdict},
@@ -84,6 +84,7 @@ pub struct Maps {
     ip_roles: Mutex<HashMap<MapData, IpKey, u32>>,
     cidr_roles: Mutex<LpmTrie<MapData, IpKey, u32>>,
     pod_flows: Mutex<HashMap<MapData, FlowKey, PodFlow>>,
+    nodeports: Mutex<HashMap<MapData, u32, u32>>,
     flows: Mutex<HashMap<MapData, FlowKey, FlowStats>>,
     verdict_stats: PerCpuArray<MapData, VerdictStats>,
     health: PerCpuArray<MapData, u64>,
@@ -101,6 +102,7 @@ impl Maps {
             ip_roles: Mutex::new(take(ebpf, MAP_IP_ROLES)?),
             cidr_roles: Mutex::new(take(ebpf, MAP_CIDR_ROLES)?),
             pod_flows: Mutex::new(take(ebpf, MAP_POD_FLOWS)?),
+            nodeports: Mutex::new(take(ebpf, MAP_NODEPORTS)?),
             flows: Mutex::new(flows),
             verdict_stats: take(ebpf, MAP_VERDICT_STATS)?,
             health: take(ebpf, MAP_HEALTH)?,
@@ -118,6 +120,9 @@ impl Maps {
         }
         for (c, roles) in inv.cidr_entries() {
             self.set_cidr(&c, roles)?;
+        }
+        for (port, proto) in inv.nodeport_entries() {
+            self.set_nodeport(*port, *proto, true)?;
         }
         let mut flows = lock(&self.pod_flows);
         for k in inv.pod_flow_entries() {
@@ -140,6 +145,21 @@ impl Maps {
         match lock(&self.ip_roles).remove(key) {
             Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
             Err(e) => Err(err(MAP_IP_ROLES)(e)),
+        }
+    }
+
+    /// Marks a NodePort allocated (or not).
+    pub fn set_nodeport(&self, port: u16, proto: u8, allocated: bool) -> Result<(), KmapError> {
+        let mut m = lock(&self.nodeports);
+        let key = nodeport_key(port, proto);
+        let r = if allocated {
+            m.insert(key, 1, 0)
+        } else {
+            m.remove(&key)
+        };
+        match r {
+            Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
+            Err(e) => Err(err(MAP_NODEPORTS)(e)),
         }
     }
 
@@ -254,6 +274,12 @@ impl Lookup for Maps {
 
     fn pod_flow(&self, key: &FlowKey) -> bool {
         lock(&self.pod_flows).get(key, 0).is_ok()
+    }
+
+    fn nodeport(&self, port: u16, proto: u8) -> bool {
+        lock(&self.nodeports)
+            .get(&nodeport_key(port, proto), 0)
+            .is_ok()
     }
 }
 

@@ -128,8 +128,8 @@ fn structured(rng: &mut Rng, addrs4: &[String], addrs6: &[String]) -> Vec<u8> {
     let (src, dst) = (addr(rng), addr(rng));
     let port = |rng: &mut Rng| -> u16 {
         *rng.pick(&[
-            22, 53, 80, 81, 443, 5353, 10250, 30000, 30080, 32767, 32768, 40000, 40001, 40002,
-            40003, 51000,
+            22, 53, 80, 81, 443, 5353, 8443, 10250, 30000, 30080, 32767, 32768, 40000, 40001,
+            40002, 40003, 51000,
         ])
         .min(&u16::MAX)
             ^ if rng.below(4) == 0 {

@@ -330,6 +330,22 @@ fn the_kubernetes_inventory_follows_the_api() {
     ext["spec"]["externalIPs"] = json!(["203.0.113.10"]);
     api.apply(SERVICES, ext);
     wait_verdict(&agent, n.outside_ip, "203.0.113.10:80", "service");
+    // A NodePort Service whose port is outside the configured range: precise NodePort verdict.
+    assert_eq!(
+        explain(&agent, n.outside_ip, &format!("{}:9000", n.node_ip)),
+        "host"
+    );
+    let mut np = service("shop", "web-np", "10.96.0.30", "NodePort", "web");
+    np["spec"]["ports"][0]["nodePort"] = json!(9000);
+    api.apply(SERVICES, np);
+    wait_verdict(
+        &agent,
+        n.outside_ip,
+        &format!("{}:9000", n.node_ip),
+        "nodeport",
+    );
+    api.delete(SERVICES, "shop", "web-np");
+    wait_verdict(&agent, n.outside_ip, &format!("{}:9000", n.node_ip), "host");
 
     // API outage: the last inventory stays in force; stale is raised; recovery needs no restart.
     api.set_down(true);

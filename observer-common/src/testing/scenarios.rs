@@ -133,6 +133,8 @@ pub fn vpc_cni() -> Layout {
     inv.add_cidr(ALLOWED_CIDR.parse().unwrap(), role::ALLOWED);
     inv.add_cidr(SERVICE_CIDR.parse().unwrap(), role::SERVICE);
     inv.add_ip(addr(EXTERNAL_IP), role::SERVICE);
+    // A NodePort allocated outside the range (a cluster with a custom range).
+    inv.add_nodeport(8443, 6);
     inv.add_pod_flow(pod_flow(POD_A, INTERNET, 40000, 443, 6));
     inv.add_pod_flow(pod_flow(POD_A, VPC_DNS, 40001, 53, 17));
     inv.add_pod_flow(pod_flow(POD_A, INTERNET, 77, 0, 1));
@@ -179,6 +181,7 @@ pub fn calico() -> Layout {
     inv.add_cidr(POD_CIDR6.parse().unwrap(), role::CLUSTER);
     inv.add_cidr(ALLOWED_CIDR.parse().unwrap(), role::ALLOWED);
     inv.add_cidr(SERVICE_CIDR.parse().unwrap(), role::SERVICE);
+    inv.add_nodeport(8443, 6);
     inv.add_pod_flow(pod_flow(POD_A, INTERNET, 40000, 443, 6));
     inv.add_pod_flow(pod_flow(POD_A, "10.0.0.2", 40001, 53, 17));
     inv.add_pod_flow(pod_flow(POD_A, INTERNET, 77, 0, 1));
@@ -254,6 +257,18 @@ fn rows(a: &Addrs) -> Vec<Case> {
             "outside host to node IP:NodePort, UDP",
             Frame::udp(a.outside, a.node, 51002, 31000),
             NodePort,
+        ),
+        case(
+            "2",
+            "an allocated NodePort outside the range",
+            Frame::tcp(a.outside, a.node, 51025, 8443, syn),
+            NodePort,
+        ),
+        case(
+            "9",
+            "the same port over UDP is not allocated",
+            Frame::udp(a.outside, a.node, 51026, 8443),
+            Host,
         ),
         case(
             "3",

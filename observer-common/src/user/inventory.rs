@@ -18,6 +18,7 @@ pub struct Inventory {
     ips: BTreeMap<IpKey, u32>,
     cidrs: BTreeMap<Cidr, u32>,
     pod_flows: BTreeSet<FlowKey>,
+    nodeports: BTreeSet<(u16, u8)>,
 }
 
 impl Inventory {
@@ -38,6 +39,16 @@ impl Inventory {
     /// Gives a CIDR more roles.
     pub fn add_cidr(&mut self, cidr: Cidr, roles: u32) {
         *self.cidrs.entry(cidr).or_default() |= roles;
+    }
+
+    /// Records an allocated NodePort (port, IP protocol).
+    pub fn add_nodeport(&mut self, port: u16, proto: u8) {
+        self.nodeports.insert((port, proto));
+    }
+
+    /// The allocated NodePorts.
+    pub fn nodeport_entries(&self) -> impl Iterator<Item = &(u16, u8)> {
+        self.nodeports.iter()
     }
 
     /// Records a flow a local pod opened, keyed as the pod sent it.
@@ -95,6 +106,10 @@ impl Lookup for Inventory {
 
     fn pod_flow(&self, key: &FlowKey) -> bool {
         self.pod_flows.contains(key)
+    }
+
+    fn nodeport(&self, port: u16, proto: u8) -> bool {
+        self.nodeports.contains(&(port, proto))
     }
 }
 
