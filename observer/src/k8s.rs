@@ -114,14 +114,19 @@ impl State {
         }
         let mut out = HashMap::new();
         for (ips, meta) in self.local.values() {
+            // A pod backs a Service if any of its addresses does (a single-stack Service of a
+            // dual-stack pod lists one family).
+            let mut m = meta.clone();
+            m.backs_service = Some(ips.iter().any(|ip| backed.contains_key(ip)));
+            let ports: BTreeSet<u16> = ips
+                .iter()
+                .filter_map(|ip| lb.get(ip))
+                .flatten()
+                .copied()
+                .collect();
+            m.lb_ports = ports.into_iter().collect();
             for ip in ips {
-                let mut m = meta.clone();
-                m.backs_service = Some(backed.get(ip).copied().unwrap_or(false));
-                m.lb_ports = lb
-                    .get(ip)
-                    .map(|s| s.iter().copied().collect())
-                    .unwrap_or_default();
-                out.insert(*ip, m);
+                out.insert(*ip, m.clone());
             }
         }
         out

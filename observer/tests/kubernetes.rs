@@ -405,3 +405,280 @@ fn the_kubernetes_inventory_follows_the_api() {
     assert!(gone_after > gone_before, "no watch was answered 410");
     drop(servers);
 }
+
+/// The SCENARIOS rows on the VPC CNI node with the inventory from the API (no CIDR flags: under
+/// VPC CNI the cluster cannot be told from the VPC by CIDR), with severity and workload.
+#[test]
+fn every_row_with_the_kubernetes_inventory_vpc_cni() {
+    let mut n = Node::new(Layout::VpcCni);
+    const ME: &str = "ip-10-0-7-223.ec2.internal";
+    const PEER: &str = "ip-10-0-12-177.ec2.internal";
+    let api = KubeApi::start(&n.node, port());
+    let mut me = node(ME, "10.0.7.223", "10.0.0.0/32");
+    me["spec"] = json!({});
+    me["status"]["addresses"] = json!([{"type": "InternalIP", "address": "10.0.7.223"}, {"type": "InternalIP", "address": n.node_ip6}]);
+    api.apply(NODES, me);
+    let mut peer = node(PEER, n.peer_ip, "10.0.0.0/32");
+    peer["spec"] = json!({});
+    peer["status"]["addresses"] = json!([{"type": "InternalIP", "address": n.peer_ip}, {"type": "InternalIP", "address": n.peer_ip6}]);
+    api.apply(NODES, peer);
+    let mut web = pod(
+        "shop",
+        "web-7854ff8877-z5nh5",
+        "web",
+        ME,
+        n.pods[0].ip,
+        &[80],
+    );
+    web["status"]["podIPs"] = json!([{"ip": n.pods[0].ip}, {"ip": n.pods[0].ip6.unwrap()}]);
+    api.apply(PODS, web);
+    api.apply(
+        PODS,
+        pod(
+            "shop",
+            "batch-7854ff8877-q2x9k",
+            "batch",
+            ME,
+            n.pods[1].ip,
+            &[8080],
+        ),
+    );
+    api.apply(
+        PODS,
+        pod(
+            "shop",
+            "web-7854ff8877-nn7c2",
+            "web",
+            PEER,
+            n.peer_pod_ip,
+            &[80],
+        ),
+    );
+    api.apply(
+        SERVICES,
+        service("shop", "web", n.service_ip, "ClusterIP", "web"),
+    );
+    api.apply(
+        ENDPOINT_SLICES,
+        slice("shop", "web", &[n.pods[0].ip, n.peer_pod_ip]),
+    );
+    let dir = std::env::temp_dir().join(format!("observer-kube-rows-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let kubeconfig = dir.join("kubeconfig");
+    api.kubeconfig(&kubeconfig);
+    let mut servers = Servers::new();
+    for p in &n.pods {
+        servers.tcp(&p.ns, 80);
+        servers.udp(&p.ns, 5353);
+    }
+    servers.tcp(&n.outside, 8443);
+    servers.udp(&n.outside, 53);
+    let agent = AgentProc::start_env(
+        BIN.as_ref(),
+        &n.node,
+        &dir.join("agent"),
+        port(),
+        &[
+            "--kubernetes",
+            "on",
+            "--node-name",
+            ME,
+            "--allow-source",
+            n.allowed_cidr,
+        ],
+        &[("KUBECONFIG", kubeconfig.to_str().unwrap())],
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while status(&agent)["inventory"]["synced"] != true {
+        assert!(Instant::now() < deadline, "never synced");
+        thread::sleep(Duration::from_millis(100));
+    }
+    // Row 13: a pod created after the agent started, known from the API and its veth.
+    api.apply(
+        PODS,
+        pod(
+            "shop",
+            "late-7854ff8877-a1b2c",
+            "late",
+            ME,
+            "10.0.4.11",
+            &[80],
+        ),
+    );
+    n.add_pod("10.0.4.11", "eni4b5e2a8c9d0");
+    servers.tcp(&n.pods.last().unwrap().ns, 80);
+    wait_verdict(&agent, n.outside_ip, "10.0.4.11:80", "direct_to_pod");
+    let pod_a = n.pods[0].ip;
+    let ok = |r: (u16, Result<String, std::io::ErrorKind>)| r.1.is_ok();
+    assert!(ok(tcp_get(&n.outside, None, pod_a, 80)), "row 1");
+    assert!(
+        ok(tcp_get(&n.outside, None, n.node_ip, n.nodeport)),
+        "row 2"
+    );
+    assert!(ok(tcp_get(&n.peer, Some(n.peer_ip), pod_a, 80)), "row 4");
+    assert!(
+        ok(tcp_get(&n.peer, Some(n.peer_pod_ip), pod_a, 80)),
+        "row 5"
+    );
+    assert!(
+        ok(tcp_get(&n.pods[0].ns, None, n.outside_ip, 8443)),
+        "row 6"
+    );
+    assert!(
+        testbed::traffic::udp_echo(&n.pods[0].ns, n.outside_ip, 53).1,
+        "row 6 udp"
+    );
+    assert!(
+        ok(tcp_get(&n.outside, Some(n.allowed_ip), pod_a, 80)),
+        "row 7"
+    );
+    assert!(ok(tcp_get(&n.outside, None, n.service_ip, 80)), "row 8");
+    assert!(!ok(tcp_get(&n.outside, None, n.node_ip, 22)), "row 9");
+    n.outside.sh(&["ping", "-c", "1", "-W", "2", pod_a]);
+    assert!(
+        testbed::traffic::udp_echo(&n.outside, pod_a, 5353).1,
+        "row 11"
+    );
+    assert!(
+        ok(tcp_get(&n.outside, None, n.pods[0].ip6.unwrap(), 80)),
+        "row 12: 1"
+    );
+    assert!(
+        ok(tcp_get(
+            &n.peer,
+            Some(n.peer_ip6),
+            n.pods[0].ip6.unwrap(),
+            80
+        )),
+        "row 12: 4"
+    );
+    assert!(ok(tcp_get(&n.outside, None, "10.0.4.11", 80)), "row 13");
+    assert!(ok(tcp_get(&n.outside, None, n.pods[1].ip, 80)), "row 14");
+    assert!(!ok(tcp_get(&n.outside, None, pod_a, 81)), "row 15");
+
+    // (dst, port, protocol, state, pod, workload, severity, iface)
+    type Row = (String, u16, String, String, String, String, String, String);
+    let r = |d: &str, p: u16, pr: &str, st: &str, pod: &str, w: &str, sev: &str, i: &str| -> Row {
+        (
+            d.into(),
+            p,
+            pr.into(),
+            st.into(),
+            pod.into(),
+            w.into(),
+            sev.into(),
+            i.into(),
+        )
+    };
+    let want: std::collections::BTreeSet<Row> = [
+        r(
+            pod_a,
+            80,
+            "tcp",
+            "answered",
+            "web-7854ff8877-z5nh5",
+            "web",
+            "medium",
+            "eth0",
+        ),
+        r(
+            pod_a,
+            0,
+            "icmp",
+            "answered",
+            "web-7854ff8877-z5nh5",
+            "web",
+            "medium",
+            "eth0",
+        ),
+        r(
+            pod_a,
+            5353,
+            "udp",
+            "answered",
+            "web-7854ff8877-z5nh5",
+            "web",
+            "medium",
+            "eth0",
+        ),
+        r(
+            pod_a,
+            81,
+            "tcp",
+            "refused",
+            "web-7854ff8877-z5nh5",
+            "web",
+            "medium",
+            "eth0",
+        ),
+        r(
+            n.pods[0].ip6.unwrap(),
+            80,
+            "tcp",
+            "answered",
+            "web-7854ff8877-z5nh5",
+            "web",
+            "medium",
+            "eth0",
+        ),
+        r(
+            "10.0.4.11",
+            80,
+            "tcp",
+            "answered",
+            "late-7854ff8877-a1b2c",
+            "late",
+            "high",
+            "eth0",
+        ),
+        r(
+            n.pods[1].ip,
+            80,
+            "tcp",
+            "answered",
+            "batch-7854ff8877-q2x9k",
+            "batch",
+            "high",
+            "eth1",
+        ),
+    ]
+    .into_iter()
+    .collect();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut got = std::collections::BTreeSet::new();
+    while Instant::now() < deadline {
+        got = flows(&agent)
+            .into_iter()
+            .map(|f| {
+                let port = if f.protocol == "icmp" { 0 } else { f.dst_port };
+                (
+                    f.dst, port, f.protocol, f.state, f.pod, f.workload, f.severity, f.iface,
+                )
+            })
+            .collect();
+        if got == want {
+            break;
+        }
+        thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(got, want, "only the direct accesses, named and rated");
+    thread::sleep(Duration::from_millis(2500));
+    let (_, m) = http_get(&n.node, agent.metrics_port, "/metrics").unwrap();
+    assert!(m.contains(r#"observer_direct_pod_access_flows_total{namespace="shop",pod="web-7854ff8877-z5nh5",port="80",protocol="tcp",severity="medium",state="answered",workload="web"} 2"#), "{m}");
+    assert!(m.contains(r#"observer_direct_pod_access_flows_total{namespace="shop",pod="web-7854ff8877-z5nh5",port="undeclared",protocol="tcp",severity="medium",state="refused",workload="web"} 1"#), "{m}");
+    assert!(m.contains(r#"observer_direct_pod_access_flows_total{namespace="shop",pod="batch-7854ff8877-q2x9k",port="undeclared",protocol="tcp",severity="high",state="answered",workload="batch"} 1"#), "{m}");
+    for ip in [n.outside_ip, n.peer_ip, n.allowed_ip] {
+        assert!(!m.contains(ip));
+    }
+    let alerts: Vec<Value> = agent
+        .log_lines()
+        .iter()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|v| v["target"] == "observer::alert")
+        .collect();
+    assert_eq!(alerts.len(), want.len());
+    assert!(alerts.iter().all(|a| a["namespace"] == "shop"
+        && !a["workload"].as_str().unwrap().is_empty()
+        && !a["severity"].as_str().unwrap().is_empty()));
+    drop(servers);
+}
