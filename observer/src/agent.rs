@@ -166,6 +166,15 @@ impl Controller {
             KubeMsg::Stale(stale) => {
                 self.inventory.status.stale = stale;
                 self.shared.metrics.inventory_stale.set(i64::from(stale));
+                let since = if stale {
+                    std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map(|d| d.as_secs_f64())
+                        .unwrap_or(0.0)
+                } else {
+                    0.0
+                };
+                self.shared.metrics.inventory_stale_since.set(since);
             }
             KubeMsg::Synced => {
                 tracing::info!("Kubernetes inventory synced");

@@ -30,6 +30,7 @@ pub struct Metrics {
     pub inventory_pods: IntGauge,
     pub inventory_last_update: Gauge,
     pub inventory_stale: IntGauge,
+    pub inventory_stale_since: Gauge,
     pub foreign: IntGaugeVec,
     pub alerts: IntCounter,
     pub alerts_folded: IntCounter,
@@ -160,6 +161,16 @@ impl Metrics {
                 let g = Gauge::new(
                     "observer_inventory_last_update_timestamp_seconds",
                     "When the inventory last changed the maps (Unix time).",
+                )
+                .expect("metric definition");
+                r.register(Box::new(g.clone()))
+                    .expect("metric registration");
+                g
+            },
+            inventory_stale_since: {
+                let g = Gauge::new(
+                    "observer_inventory_stale_since_timestamp_seconds",
+                    "When the Kubernetes API became unreachable (Unix time); 0 while it is reachable. The age of the inventory in force is time() minus this.",
                 )
                 .expect("metric definition");
                 r.register(Box::new(g.clone()))

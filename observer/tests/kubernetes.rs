@@ -360,6 +360,12 @@ fn the_kubernetes_inventory_follows_the_api() {
     }
     let (_, m) = http_get(&n.node, agent.metrics_port, "/metrics").unwrap();
     assert!(m.contains("observer_inventory_stale 1"));
+    let since: f64 = m
+        .lines()
+        .find_map(|l| l.strip_prefix("observer_inventory_stale_since_timestamp_seconds "))
+        .and_then(|v| v.parse().ok())
+        .unwrap();
+    assert!(since > 1.7e9, "the outage's start is exported: {since}");
     assert_eq!(
         explain(&agent, "10.0.9.9", &format!("{}:80", n.pods[0].ip)),
         "in_cluster",

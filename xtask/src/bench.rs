@@ -1,9 +1,10 @@
 //! `cargo xtask bench`: figures, never pass/fail. Results go to target/bench/report.json and
 //! report.md.
 //!
-//! Now: the Kubernetes inventory at scale (5,000 nodes, 150,000 pods from the fixture API):
-//! time to a full sync into the kernel maps, agent memory, and one pod change reaching the
-//! maps. The datapath, throughput, flood and churn figures come with the performance work.
+//! Now: the datapath cost per program and packet class (BPF_PROG_TEST_RUN, above an empty
+//! program measured in the same interleaved rounds), and the Kubernetes inventory at scale
+//! (5,000 nodes, 150,000 pods from the fixture API): time to a full sync into the kernel maps,
+//! agent memory, one pod change reaching the maps. Throughput, flood and churn come later.
 
 use std::{
     path::Path,
@@ -64,8 +65,41 @@ fn status(agent: &AgentProc) -> Option<Value> {
     serde_json::from_slice(&o.stdout).ok()
 }
 
-/// Runs the benchmark with the release binary `bin`; returns the report lines.
+/// The datapath figures from `observer-bench` (built beside `bin`).
+fn datapath(bin: &Path) -> Result<Value> {
+    println!("==> datapath cost (BPF_PROG_TEST_RUN)");
+    let out = std::process::Command::new(bin.with_file_name("observer-bench"))
+        .output()
+        .context("running observer-bench")?;
+    if !out.status.success() {
+        bail!(
+            "observer-bench failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(serde_json::from_slice(&out.stdout)?)
+}
+
+/// Runs the benchmark with the release binary `bin`.
 pub fn run(bin: &Path, root: &Path) -> Result<()> {
+    let dp = datapath(bin)?;
+    let mut dp_md = String::from(
+        "## Datapath cost (ns per packet above an empty TC program)\n\n| program: packet class | median | min | max |\n|---|---|---|---|\n",
+    );
+    if let Some(o) = dp.as_object() {
+        for (k, v) in o {
+            if let Some(m) = v.get("median_ns_above_floor") {
+                dp_md.push_str(&format!("| {k} | {m} | {} | {} |\n", v["min"], v["max"]));
+            } else if let Some(m) = v.get("mean_ns_above_floor") {
+                dp_md.push_str(&format!("| {k} | {m:.0} (mean) | | |\n"));
+            }
+        }
+        dp_md.push_str(&format!(
+            "\nFloor (empty program): {} ns median. kernel.bpf_stats_enabled = {} (when 1, every run costs about 45 ns more).\n\n",
+            dp["floor_ns"]["median"], dp["kernel.bpf_stats_enabled"]
+        ));
+    }
+    print!("{dp_md}");
     let ns = Netns::new("bench");
     ns.sh(&[
         "ip", "link", "add", "eth0", "type", "veth", "peer", "name", "eth0p",
@@ -148,6 +182,7 @@ pub fn run(bin: &Path, root: &Path) -> Result<()> {
     }
     let change_ms = change.elapsed().as_secs_f64() * 1000.0;
     let report = json!({
+        "datapath": dp,
         "inventory_sync": {
             "nodes": NODES_N,
             "pods": total_pods,
@@ -168,7 +203,7 @@ pub fn run(bin: &Path, root: &Path) -> Result<()> {
         serde_json::to_string_pretty(&report)?,
     )?;
     let md = format!(
-        "# observer bench\n\n## Kubernetes inventory at scale\n\n| figure | value |\n|---|---|\n| nodes / pods (local) | {NODES_N} / {total_pods} ({LOCAL_PODS}) |\n| addresses in the kernel map | {addresses} |\n| start to synced | {:.2} s |\n| start to every address in the maps | {:.2} s |\n| agent RSS after sync / peak | {:.1} MiB / {:.1} MiB |\n| one pod change to the maps | {:.1} ms |\n",
+        "# observer bench\n\n{dp_md}## Kubernetes inventory at scale\n\n| figure | value |\n|---|---|\n| nodes / pods (local) | {NODES_N} / {total_pods} ({LOCAL_PODS}) |\n| addresses in the kernel map | {addresses} |\n| start to synced | {:.2} s |\n| start to every address in the maps | {:.2} s |\n| agent RSS after sync / peak | {:.1} MiB / {:.1} MiB |\n| one pod change to the maps | {:.1} ms |\n",
         synced_at.map_or(f64::NAN, |d| d.as_secs_f64()),
         full.as_secs_f64(),
         rss as f64 / 1024.0,

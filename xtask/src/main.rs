@@ -148,6 +148,17 @@ fn real_main() -> Result<()> {
             })?;
             run(cargo().args(["fmt", "--all", "--", "--check"]))?;
             run(cargo().args(["clippy", "--all-targets", "--", "-D", "warnings"]))?;
+            run(cargo().args([
+                "clippy",
+                "-p",
+                "observer",
+                "--features",
+                "bench",
+                "--bins",
+                "--",
+                "-D",
+                "warnings",
+            ]))?;
             run(Command::new("rustup")
                 .args([
                     "run",
@@ -180,7 +191,15 @@ fn real_main() -> Result<()> {
         Task::Bench => {
             timed("toolchain check", || toolchain::ensure(&[]))?;
             timed("release build", || {
-                run(cargo().args(["build", "--release", "--bins", "-p", "observer"]))
+                run(cargo().args([
+                    "build",
+                    "--release",
+                    "-p",
+                    "observer",
+                    "--features",
+                    "bench",
+                    "--bins",
+                ]))
             })?;
             bench::run(&root.join("target/release/observer"), &root)
         }

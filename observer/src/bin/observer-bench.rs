@@ -1,0 +1,176 @@
+//! Datapath cost through BPF_PROG_TEST_RUN, for `cargo xtask bench`: nanoseconds per packet of
+//! each program and packet class, above an empty TC program measured in the same run.
+//! Prints one JSON object on stdout. A benchmark, not a test: it asserts nothing.
+
+use std::collections::BTreeMap;
+
+use observer::{
+    bpf::{self, LoadOptions},
+    kmaps::Maps,
+};
+use observer_common::{
+    addr::key_of,
+    maps::FlowKey,
+    names::{PROG_FROM_POD, PROG_NOOP, PROG_TO_POD, PROG_UPLINK},
+    packet::{TCP_ACK, TCP_PSH, TCP_SYN},
+    testing::{
+        frames::{Frame, non_ip},
+        scenarios::{vpc, vpc_cni},
+    },
+};
+
+const REPEAT: u32 = 200_000;
+const ROUNDS: usize = 7;
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v[v.len() / 2]
+}
+
+fn main() {
+    let mut ebpf =
+        bpf::load(&LoadOptions::default()).expect("load (root and a BPF-capable kernel)");
+    bpf::load_noop(&mut ebpf).expect("load tc_noop");
+    let (maps, _events) = Maps::take(&mut ebpf).expect("maps");
+    let layout = vpc_cni();
+    maps.write_inventory(&layout.inventory).expect("inventory");
+    use vpc::*;
+    // A flagged flow that already exists (established), and a pod-opened flow (replies).
+    let est = Frame::tcp(OUTSIDE, POD_A, 52000, 80, TCP_ACK | TCP_PSH)
+        .payload(64)
+        .build();
+    bpf::test_run(&mut ebpf, PROG_UPLINK, &est, 1).expect("seed the flow");
+    let classes: Vec<(&str, &str, Vec<u8>)> = vec![
+        (
+            "uplink",
+            "in-cluster TCP to a pod",
+            Frame::tcp(PEER_NODE, POD_A, 40000, 80, TCP_ACK | TCP_PSH)
+                .payload(64)
+                .build(),
+        ),
+        (
+            "uplink",
+            "TCP to the node itself",
+            Frame::tcp(OUTSIDE, NODE_ETH0, 40000, 22, TCP_ACK)
+                .payload(64)
+                .build(),
+        ),
+        ("uplink", "not IP (ARP)", non_ip(0x0806, 28)),
+        ("uplink", "direct-to-pod, established", est.clone()),
+        (
+            "uplink",
+            "reply to a pod-opened flow",
+            Frame::tcp(INTERNET, POD_A, 443, 40000, TCP_ACK | TCP_PSH)
+                .payload(64)
+                .build(),
+        ),
+        (
+            "uplink",
+            "UDP in cluster",
+            Frame::udp(PEER_POD, POD_A, 40000, 53).payload(64).build(),
+        ),
+        (
+            "uplink",
+            "IPv6 TCP in cluster",
+            Frame::tcp(PEER_NODE6, POD6, 40000, 80, TCP_ACK)
+                .payload(64)
+                .build(),
+        ),
+        (
+            "uplink",
+            "VLAN-tagged in-cluster TCP",
+            Frame::tcp(PEER_NODE, POD_A, 40000, 80, TCP_ACK)
+                .vlan(100)
+                .payload(64)
+                .build(),
+        ),
+        (
+            "to_pod",
+            "in-cluster TCP to a pod",
+            Frame::tcp(PEER_NODE, POD_A, 40000, 80, TCP_ACK | TCP_PSH)
+                .payload(64)
+                .build(),
+        ),
+        (
+            "from_pod",
+            "pod's answer, in cluster",
+            Frame::tcp(POD_A, PEER_NODE, 80, 40000, TCP_ACK | TCP_PSH)
+                .payload(64)
+                .build(),
+        ),
+    ];
+    let prog = |p: &str| match p {
+        "uplink" => PROG_UPLINK,
+        "to_pod" => PROG_TO_POD,
+        _ => PROG_FROM_POD,
+    };
+    let floor_frame = Frame::tcp(PEER_NODE, POD_A, 40000, 80, TCP_ACK)
+        .payload(64)
+        .build();
+    let mut samples: BTreeMap<String, Vec<f64>> = BTreeMap::new();
+    let mut floor = Vec::new();
+    // Interleaved rounds: the floor and every class in each round, so noise hits all alike.
+    for _ in 0..ROUNDS {
+        let r = bpf::test_run(&mut ebpf, PROG_NOOP, &floor_frame, REPEAT).expect("noop");
+        let f = r.duration.as_nanos() as f64;
+        floor.push(f);
+        for (p, name, frame) in &classes {
+            let r = bpf::test_run(&mut ebpf, prog(p), frame, REPEAT).expect("test_run");
+            samples
+                .entry(format!("{p}: {name}"))
+                .or_default()
+                .push(r.duration.as_nanos() as f64 - f);
+        }
+    }
+    // First SYN of a new direct flow: a new flow each run (repeat 1), minus the floor at repeat 1.
+    let mut syn = Vec::new();
+    let mut syn_floor = Vec::new();
+    for i in 0..20_000u32 {
+        let sport = 10_000 + (i % 50_000) as u16;
+        let f = Frame::tcp(OUTSIDE, POD_B, sport, 80 + (i / 50_000) as u16, TCP_SYN).build();
+        syn.push(
+            bpf::test_run(&mut ebpf, PROG_UPLINK, &f, 1)
+                .expect("syn")
+                .duration
+                .as_nanos() as f64,
+        );
+        syn_floor.push(
+            bpf::test_run(&mut ebpf, PROG_NOOP, &f, 1)
+                .expect("noop")
+                .duration
+                .as_nanos() as f64,
+        );
+        let _ = maps.remove_flow(&FlowKey::new(
+            key_of(OUTSIDE.parse().unwrap()),
+            key_of(POD_B.parse().unwrap()),
+            sport,
+            80,
+            6,
+        ));
+    }
+    let syn_cost = syn.iter().sum::<f64>() / syn.len() as f64
+        - syn_floor.iter().sum::<f64>() / syn_floor.len() as f64;
+    let stats = std::fs::read_to_string("/proc/sys/kernel/bpf_stats_enabled").unwrap_or_default();
+    let mut out = serde_json::Map::new();
+    let mut f = floor.clone();
+    out.insert(
+        "floor_ns".into(),
+        serde_json::json!({"median": median(&mut f), "min": f[0], "max": f[f.len() - 1]}),
+    );
+    for (k, mut v) in samples {
+        let m = median(&mut v);
+        out.insert(
+            k,
+            serde_json::json!({"median_ns_above_floor": m, "min": v[0], "max": v[v.len() - 1]}),
+        );
+    }
+    out.insert(
+        "uplink: direct-to-pod first SYN (new flow + event)".into(),
+        serde_json::json!({"mean_ns_above_floor": syn_cost, "samples": syn.len()}),
+    );
+    out.insert(
+        "kernel.bpf_stats_enabled".into(),
+        serde_json::json!(stats.trim()),
+    );
+    println!("{}", serde_json::Value::Object(out));
+}
