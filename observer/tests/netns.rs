@@ -6,6 +6,8 @@
 //! Needs root, iproute2, iptables and ping (`cargo xtask test` installs them). Everything lives
 //! in namespaces the test creates and deletes, also on failure.
 
+mod support;
+
 use std::{net::IpAddr, thread, time::Duration};
 
 use observer::{
@@ -14,25 +16,16 @@ use observer::{
     kmaps::{self, Maps},
 };
 use observer_common::{
-    addr::{ip_of, key_of},
+    addr::ip_of,
     maps::{FlowKey, FlowStats, origin, role},
     user::Inventory,
     verdict::Verdict,
 };
+use support::key;
 use testbed::{
     topology::{Layout, Node},
     traffic::{Servers, tcp_get, udp_echo},
 };
-
-fn key(src: &str, dst: &str, sport: u16, dport: u16, proto: u8) -> FlowKey {
-    FlowKey::new(
-        key_of(src.parse().unwrap()),
-        key_of(dst.parse().unwrap()),
-        sport,
-        dport,
-        proto,
-    )
-}
 
 fn describe(flows: &[(FlowKey, FlowStats)]) -> String {
     flows

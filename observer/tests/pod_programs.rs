@@ -2,6 +2,8 @@
 //! make replies "reply", flagged flows are delivered / answered / refused, and each new
 //! flagged flow yields exactly one event.
 
+mod support;
+
 use aya::{
     Ebpf,
     maps::{MapData, RingBuf},
@@ -11,7 +13,6 @@ use observer::{
     kmaps::{self, Maps},
 };
 use observer_common::{
-    addr::key_of,
     maps::{FlowKey, FlowStats, health, origin},
     names::{PROG_FROM_POD, PROG_TO_POD, PROG_UPLINK},
     packet::{TCP_ACK, TCP_PSH, TCP_RST, TCP_SYN},
@@ -22,22 +23,13 @@ use observer_common::{
     user::Inventory,
     verdict::{Reason, Verdict},
 };
+use support::key;
 
 const UNSPEC: u32 = u32::MAX;
 
 fn run(ebpf: &mut Ebpf, prog: &'static str, frame: &Frame) {
     let r = bpf::test_run(ebpf, prog, &frame.build(), 1).expect("test_run");
     assert_eq!(r.return_value, UNSPEC, "{prog} must return TC_ACT_UNSPEC");
-}
-
-fn key(src: &str, dst: &str, sport: u16, dport: u16, proto: u8) -> FlowKey {
-    FlowKey::new(
-        key_of(src.parse().unwrap()),
-        key_of(dst.parse().unwrap()),
-        sport,
-        dport,
-        proto,
-    )
 }
 
 fn flow(maps: &Maps, k: &FlowKey) -> Option<FlowStats> {

@@ -1,0 +1,239 @@
+//! The agent's life: pod interfaces churning under traffic, SIGTERM (everything detached),
+//! SIGKILL then restart (exactly one copy attached), in TCX and in netlink mode (leftover
+//! filters replaced, other agents' filters and qdiscs untouched).
+
+mod support;
+
+use std::{process::Command, sync::atomic::Ordering, thread, time::Duration};
+
+use aya::programs::TcAttachType;
+use support::*;
+use testbed::{
+    netns::Netns,
+    topology::{Layout, Node},
+    traffic::{Servers, tcp_get},
+};
+
+#[test]
+fn interface_churn_sigterm_and_sigkill() {
+    ports_from(19_200);
+    let n = Node::new(Layout::Calico);
+    let mut agent = start(&n, "churn", &[]);
+    assert_eq!(
+        tcx_count(&n.node, "eth0", TcAttachType::Ingress, "observer_uplink"),
+        1
+    );
+    // Traffic while 50 pod veths come and go.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let pinger = {
+        let stop = stop.clone();
+        let ns = n.outside.name.clone();
+        let pod = n.pods[0].ip;
+        thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                let _ = Command::new("ip")
+                    .args(["netns", "exec", &ns, "ping", "-c", "1", "-W", "1", pod])
+                    .output();
+            }
+        })
+    };
+    let names: Vec<String> = (0..50).map(|i| format!("veth{i:02}churn")).collect();
+    for (i, name) in names.iter().enumerate() {
+        n.node.sh(&[
+            "ip",
+            "link",
+            "add",
+            name,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &format!("pc{i:02}"),
+        ]);
+    }
+    wait_for("50 new veths attached", Duration::from_secs(10), || {
+        let a = attached_names(&agent);
+        names.iter().all(|n| a.contains(n))
+    });
+    for name in &names {
+        n.node.sh(&["ip", "link", "del", name]);
+    }
+    wait_for("50 veths forgotten", Duration::from_secs(10), || {
+        let a = attached_names(&agent);
+        !names.iter().any(|n| a.contains(n))
+    });
+    stop.store(true, Ordering::Relaxed);
+    pinger.join().unwrap();
+    assert_eq!(status(&agent)["attach_errors"], 0);
+
+    // SIGKILL: TCX links die with the process; a restart attaches exactly one copy.
+    agent.signal(libc::SIGKILL);
+    assert_eq!(
+        tcx_count(&n.node, "eth0", TcAttachType::Ingress, "observer_uplink"),
+        0
+    );
+    let mut agent = start(&n, "churn2", &[]);
+    assert_eq!(
+        tcx_count(&n.node, "eth0", TcAttachType::Ingress, "observer_uplink"),
+        1
+    );
+    assert_eq!(
+        tcx_count(
+            &n.node,
+            n.pods[0].veth,
+            TcAttachType::Egress,
+            "observer_to_pod"
+        ),
+        1
+    );
+    assert_eq!(
+        tcx_count(
+            &n.node,
+            n.pods[0].veth,
+            TcAttachType::Ingress,
+            "observer_from_pod"
+        ),
+        1
+    );
+    // SIGTERM: everything detached, the socket removed, exit 0.
+    let socket = agent.socket.clone();
+    let status = agent.signal(libc::SIGTERM);
+    assert!(status.success(), "{status}");
+    for (iface, dir, prog) in [
+        ("eth0", TcAttachType::Ingress, "observer_uplink"),
+        (n.pods[0].veth, TcAttachType::Egress, "observer_to_pod"),
+        (n.pods[0].veth, TcAttachType::Ingress, "observer_from_pod"),
+    ] {
+        assert_eq!(
+            tcx_count(&n.node, iface, dir, prog),
+            0,
+            "{iface} still has {prog}"
+        );
+    }
+    assert!(!socket.exists());
+    assert!(
+        n.node
+            .sh(&["tc", "qdisc", "show"])
+            .lines()
+            .all(|l| !l.contains("clsact")),
+        "a clsact qdisc was left"
+    );
+}
+
+/// TC filter program names on a clsact hook, from `tc filter show`.
+fn tc_filters(ns: &Netns, iface: &str, hook: &str) -> Vec<String> {
+    ns.sh(&["tc", "filter", "show", "dev", iface, hook])
+        .lines()
+        .filter_map(|l| {
+            l.split_whitespace()
+                .skip_while(|w| *w != "name")
+                .nth(1)
+                .map(str::to_string)
+        })
+        .collect()
+}
+
+#[test]
+fn netlink_mode_replaces_leftovers_and_leaves_others_alone() {
+    use aya::programs::tc::{NlOptions, TcAttachOptions};
+    let n = Node::new(Layout::Calico);
+    // Another agent's filter on eth0 (clsact ingress, priority 200).
+    let mut other = observer::bpf::load(&observer::bpf::LoadOptions::default()).expect("load");
+    observer::bpf::load_noop(&mut other).expect("load tc_noop");
+    let node_ns = format!("/run/netns/{}", n.node.name);
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let f = std::fs::File::open(&node_ns).unwrap();
+            // SAFETY: setns on a namespace fd for this thread only.
+            assert_eq!(
+                unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&f), libc::CLONE_NEWNET) },
+                0
+            );
+            let _ = aya::programs::tc::qdisc_add_clsact("eth0");
+            let p =
+                observer::bpf::classifier(&mut other, observer_common::names::PROG_NOOP).unwrap();
+            let opts = TcAttachOptions::Netlink(NlOptions {
+                priority: 200,
+                ..NlOptions::default()
+            });
+            let id = p
+                .attach_with_options("eth0", TcAttachType::Ingress, opts)
+                .expect("attach the other filter");
+            // Keep it after `other` is dropped, as a separate agent would.
+            std::mem::forget(p.take_link(id).expect("link"));
+        });
+    });
+    let mut servers = Servers::new();
+    servers.tcp(&n.pods[0].ns, 80);
+    let mut agent = start(&n, "netlink1", &["--attach-mode", "netlink"]);
+    let ours = |iface: &str, hook: &str| {
+        tc_filters(&n.node, iface, hook)
+            .iter()
+            .filter(|f| f.starts_with("observer_"))
+            .count()
+    };
+    assert_eq!(
+        ours("eth0", "ingress"),
+        1,
+        "{:?}",
+        tc_filters(&n.node, "eth0", "ingress")
+    );
+    assert_eq!(ours(n.pods[0].veth, "egress"), 1);
+    let s = status(&agent);
+    assert_eq!(s["attach_mode"], "netlink");
+    let eth0 = s["interfaces"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["name"] == "eth0")
+        .unwrap()
+        .clone();
+    assert!(eth0["foreign"].to_string().contains("tc_noop"), "{eth0}");
+    // SIGKILL leaves the filters; the next start replaces them instead of stacking.
+    agent.signal(libc::SIGKILL);
+    assert_eq!(ours("eth0", "ingress"), 1);
+    let mut agent = start(&n, "netlink2", &["--attach-mode", "netlink"]);
+    assert_eq!(
+        ours("eth0", "ingress"),
+        1,
+        "{:?}",
+        tc_filters(&n.node, "eth0", "ingress")
+    );
+    assert_eq!(ours(n.pods[0].veth, "ingress"), 1);
+    assert_eq!(
+        tcp_get(&n.outside, None, n.pods[0].ip, 80).1.as_deref(),
+        Ok("hello\n")
+    );
+    wait_for(
+        "the direct flow in netlink mode",
+        Duration::from_secs(5),
+        || flows(&agent).len() == 1,
+    );
+    // SIGTERM: our filters go; the other filter and its qdisc stay; our own qdiscs go.
+    assert!(agent.signal(libc::SIGTERM).success());
+    assert_eq!(ours("eth0", "ingress"), 0);
+    assert_eq!(
+        ours(n.pods[0].veth, "egress") + ours(n.pods[0].veth, "ingress"),
+        0
+    );
+    assert!(
+        tc_filters(&n.node, "eth0", "ingress")
+            .iter()
+            .any(|f| f.starts_with("tc_noop")),
+        "the other filter was removed"
+    );
+    let qdiscs = n.node.sh(&["tc", "qdisc", "show"]);
+    assert!(
+        qdiscs
+            .lines()
+            .any(|l| l.contains("clsact") && l.contains("dev eth0")),
+        "{qdiscs}"
+    );
+    assert!(
+        !qdiscs
+            .lines()
+            .any(|l| l.contains("clsact") && l.contains(n.pods[0].veth)),
+        "{qdiscs}"
+    );
+    drop(servers);
+}

@@ -1,0 +1,108 @@
+//! Bounds under abuse: a full port scan keeps metric series and alert lines bounded; bad
+//! requests on the debug socket get errors and the agent keeps serving.
+
+mod support;
+
+use std::{
+    io::{BufRead, BufReader, Write},
+    os::unix::net::UnixStream,
+    thread,
+    time::Duration,
+};
+
+use support::*;
+use testbed::{
+    topology::{Layout, Node},
+    traffic::{Servers, udp_scan},
+};
+
+#[test]
+fn a_port_scan_keeps_series_and_alerts_bounded() {
+    ports_from(19_250);
+    let n = Node::new(Layout::VpcCni);
+    let mut servers = Servers::new();
+    servers.udp(&n.pods[0].ns, 5353);
+    let agent = start(&n, "scan", &["--ports-per-pod", "8"]);
+    udp_scan(&n.outside, n.pods[0].ip, 1..=65535);
+    thread::sleep(Duration::from_millis(3500));
+    let m = metrics(&n, &agent);
+    promtool_check(&m);
+    let veth = n.pods[0].veth;
+    let series: Vec<&str> = m
+        .lines()
+        .filter(|l| {
+            l.starts_with("observer_direct_pod_access_flows_total{")
+                && l.contains(&format!("pod=\"{veth}\""))
+        })
+        .collect();
+    // At most 8 ports + "other", for each state (answered, refused, silent).
+    assert!(
+        !series.is_empty() && series.len() <= 27,
+        "{} series:\n{}",
+        series.len(),
+        series.join("\n")
+    );
+    assert!(series.iter().any(|l| l.contains("port=\"other\"")));
+    let total: f64 = series
+        .iter()
+        .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
+        .sum();
+    assert!(total > 1000.0, "the scan's flows are counted: {total}");
+    assert!(!m.contains(n.outside_ip));
+    // Alerts: the first 8 ports, the rest folded into one summary line (after the window).
+    let alerts = alert_lines(&agent);
+    assert!(alerts.len() <= 9, "{} alert lines", alerts.len());
+    assert!(sample(&m, "observer_alerts_folded_total", "").is_none());
+    assert!(
+        m.lines()
+            .any(|l| l.starts_with("observer_alerts_folded_total ") && !l.ends_with(" 0"))
+    );
+    // The recent-flows view stays bounded.
+    let s = status(&agent);
+    assert!(s["recent_flows"].as_u64().unwrap() <= observer::defaults::RECENT_FLOWS as u64);
+    drop(servers);
+}
+
+fn raw_request(socket: &std::path::Path, body: &[u8]) -> String {
+    let mut s = UnixStream::connect(socket).unwrap();
+    s.write_all(body).unwrap();
+    let _ = s.shutdown(std::net::Shutdown::Write);
+    let mut line = String::new();
+    BufReader::new(s).read_line(&mut line).unwrap();
+    line
+}
+
+#[test]
+fn bad_requests_on_the_socket_get_errors() {
+    let n = Node::new(Layout::Calico);
+    let agent = start(&n, "badreq", &[]);
+    for (body, want) in [
+        (b"not json\n".to_vec(), "bad request"),
+        (b"{\"cmd\":\"reboot\"}\n".to_vec(), "bad request"),
+        (
+            b"{\"cmd\":\"flows\",\"verdict\":\"evil\"}\n".to_vec(),
+            "unknown verdict",
+        ),
+        (
+            b"{\"cmd\":\"explain\",\"src\":\"x\",\"dst\":\"y\"}\n".to_vec(),
+            "invalid source",
+        ),
+        (
+            b"{\"cmd\":\"status\",\"extra\":1}\n".to_vec(),
+            "bad request",
+        ),
+        (vec![b'a'; 100_000], "longer than 64 KiB"),
+        (b"".to_vec(), "empty request"),
+    ] {
+        let answer = raw_request(&agent.socket, &body);
+        assert!(
+            answer.contains("\"error\"") && answer.contains(want),
+            "{want}: {answer}"
+        );
+    }
+    // Still serving.
+    assert!(agent.cli(&["status"]).status.success());
+    let e = agent.cli(&["explain", "10.0.6.245", "nonsense"]);
+    assert_eq!(e.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&e.stderr).contains("invalid destination"));
+}
