@@ -237,3 +237,61 @@ fn netlink_mode_replaces_leftovers_and_leaves_others_alone() {
     );
     drop(servers);
 }
+
+/// Idle flows leave the view and the kernel table; repeats of one (source, pod, port) are
+/// folded into one alert line with a count; the series of a pod that is gone are removed
+/// after the grace period.
+#[test]
+fn idle_flows_expire_repeats_fold_and_gone_pods_lose_their_series() {
+    ports_from(19_280);
+    let n = Node::new(Layout::Calico);
+    let mut servers = Servers::new();
+    servers.tcp(&n.pods[0].ns, 80);
+    servers.tcp(&n.pods[1].ns, 80);
+    let agent = start(
+        &n,
+        "idle",
+        &[
+            "--flow-idle-timeout",
+            "3s",
+            "--alert-window",
+            "3s",
+            "--pod-grace",
+            "1s",
+        ],
+    );
+    for _ in 0..3 {
+        assert!(tcp_get(&n.outside, None, n.pods[0].ip, 80).1.is_ok());
+    }
+    assert!(tcp_get(&n.outside, None, n.pods[1].ip, 80).1.is_ok());
+    wait_for("four flows", Duration::from_secs(5), || {
+        flows(&agent).len() == 4
+    });
+    // One line for the first of the three, then (after the window) one with count 3.
+    wait_for("the folded summary", Duration::from_secs(10), || {
+        alert_lines(&agent)
+            .iter()
+            .any(|a| a["pod"] == n.pods[0].veth && a["count"] == 3)
+    });
+    let pod_a_lines = alert_lines(&agent)
+        .iter()
+        .filter(|a| a["pod"] == n.pods[0].veth)
+        .count();
+    assert_eq!(pod_a_lines, 2, "first alert + one summary");
+    // Idle: the view and the kernel table empty out.
+    wait_for("idle flows expired", Duration::from_secs(15), || {
+        let s = status(&agent);
+        flows(&agent).is_empty() && s["flow_table_entries"] == 0
+    });
+    // Pod B goes away: its series go after the grace period; pod A's stay.
+    let m = metrics(&n, &agent);
+    assert!(m.contains(&format!("pod=\"{}\"", n.pods[1].veth)));
+    n.node.sh(&["ip", "link", "del", n.pods[1].veth]);
+    wait_for(
+        "the gone pod's series removed",
+        Duration::from_secs(10),
+        || !metrics(&n, &agent).contains(&format!("pod=\"{}\"", n.pods[1].veth)),
+    );
+    assert!(metrics(&n, &agent).contains(&format!("pod=\"{}\"", n.pods[0].veth)));
+    drop(servers);
+}
