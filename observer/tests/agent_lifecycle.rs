@@ -295,3 +295,54 @@ fn idle_flows_expire_repeats_fold_and_gone_pods_lose_their_series() {
     assert!(metrics(&n, &agent).contains(&format!("pod=\"{}\"", n.pods[0].veth)));
     drop(servers);
 }
+
+/// Interfaces flapping down and up stay watched (and a veth that comes back under a new index
+/// is attached again).
+#[test]
+fn flapping_interfaces_stay_watched() {
+    ports_from(19_290);
+    let n = Node::new(Layout::Calico);
+    let mut servers = Servers::new();
+    servers.tcp(&n.pods[0].ns, 80);
+    let agent = start(&n, "flap", &[]);
+    for _ in 0..3 {
+        for iface in ["eth0", n.pods[0].veth] {
+            n.node.sh(&["ip", "link", "set", iface, "down"]);
+            n.node.sh(&["ip", "link", "set", iface, "up"]);
+        }
+    }
+    // Link down removed the pod's host route; the CNI puts it back, the agent relearns it.
+    n.node.sh(&[
+        "ip",
+        "route",
+        "replace",
+        &format!("{}/32", n.pods[0].ip),
+        "dev",
+        n.pods[0].veth,
+        "scope",
+        "link",
+    ]);
+    thread::sleep(Duration::from_millis(300));
+    assert!(attached_names(&agent).contains("eth0"));
+    assert!(attached_names(&agent).contains(n.pods[0].veth));
+    wait_for(
+        "the route back after the flap",
+        Duration::from_secs(5),
+        || tcp_get(&n.outside, None, n.pods[0].ip, 80).1.is_ok(),
+    );
+    wait_for(
+        "the direct access seen after flapping",
+        Duration::from_secs(5),
+        || {
+            flows(&agent)
+                .iter()
+                .any(|f| f.dst == n.pods[0].ip && f.state == "answered")
+        },
+    );
+    assert_eq!(
+        tcx_count(&n.node, "eth0", TcAttachType::Ingress, "observer_uplink"),
+        1
+    );
+    assert_eq!(status(&agent)["attach_errors"], 0);
+    drop(servers);
+}

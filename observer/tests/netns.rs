@@ -24,7 +24,7 @@ use observer_common::{
 use support::key;
 use testbed::{
     topology::{Layout, Node},
-    traffic::{Servers, tcp_get, udp_echo},
+    traffic::{Servers, tcp_get, tcp_send_hash, udp_echo},
 };
 
 fn describe(flows: &[(FlowKey, FlowStats)]) -> String {
@@ -92,6 +92,7 @@ fn run_layout(layout: Layout) {
     for p in &n.pods {
         servers.tcp(&p.ns, 80);
         servers.udp(&p.ns, 5353);
+        servers.tcp_hash(&p.ns, 9000);
     }
     servers.tcp(&n.outside, 8443);
     servers.udp(&n.outside, 53);
@@ -143,7 +144,6 @@ fn run_layout(layout: Layout) {
         port
     });
     thread::sleep(Duration::from_millis(200));
-    drop(servers);
 
     // Verdict counters.
     let c = maps.verdict_counts().unwrap();
@@ -262,6 +262,23 @@ fn run_layout(layout: Layout) {
         h[observer_common::maps::health::FLOW_INSERT_FAILED as usize],
         0
     );
+    // Fail-open: byte streams arrive intact through the observed paths (direct to the pod, and
+    // in the other direction through the pod veth programs), whatever the verdict.
+    let data: Vec<u8> = (0..4 * 1024 * 1024u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    let want = format!("{:016x}", testbed::traffic::fnv1a(&data));
+    assert_eq!(
+        tcp_send_hash(&n.outside, pod_a, 9000, data.clone()),
+        want,
+        "outside -> pod, 4 MiB"
+    );
+    assert_eq!(
+        tcp_send_hash(&n.peer, pod_a, 9000, data),
+        want,
+        "peer node -> pod, 4 MiB"
+    );
+    drop(servers);
 }
 
 #[test]

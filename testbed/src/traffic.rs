@@ -251,3 +251,47 @@ pub fn raw_frames(ns: &Netns, iface: &'static str, frames: Vec<Vec<u8>>) {
         }
     });
 }
+
+/// FNV-1a, 64 bits: enough to tell a byte stream arrived intact.
+pub fn fnv1a(data: &[u8]) -> u64 {
+    data.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x100_0000_01b3)
+    })
+}
+
+impl Servers {
+    /// A TCP server that reads a stream to its end and answers its FNV-1a hash (16 hex digits).
+    pub fn tcp_hash(&mut self, ns: &Netns, port: u16) {
+        self.tcp_with(ns, port, |mut s| {
+            thread::spawn(move || {
+                let _ = s.set_read_timeout(Some(Duration::from_secs(30)));
+                let mut all = Vec::new();
+                let mut buf = [0u8; 65536];
+                // The client half-closes when done.
+                while let Ok(n) = s.read(&mut buf) {
+                    if n == 0 {
+                        break;
+                    }
+                    all.extend_from_slice(&buf[..n]);
+                }
+                let _ = s.write_all(format!("{:016x}", fnv1a(&all)).as_bytes());
+            });
+        });
+    }
+}
+
+/// Sends `data` over TCP from `ns` and returns the hash the server computed.
+pub fn tcp_send_hash(ns: &Netns, dst: &str, port: u16, data: Vec<u8>) -> String {
+    let dst = sockaddr(dst, port);
+    ns.run(move || {
+        let (_, r) = connect(None, dst);
+        let mut s = r.expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(30)))
+            .expect("timeout");
+        s.write_all(&data).expect("send");
+        s.shutdown(std::net::Shutdown::Write).expect("half-close");
+        let mut answer = String::new();
+        s.read_to_string(&mut answer).expect("hash");
+        answer
+    })
+}
