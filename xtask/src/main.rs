@@ -132,10 +132,19 @@ fn real_main() -> Result<()> {
                 run(cargo().args(["build", "--all-targets"]))
             })?;
             let mut totals = (0, 0);
-            let result = timed("tests", || {
+            let mut result = timed("tests", || {
                 totals = run_tests(cargo().arg("test").args(&args))?;
                 Ok(())
             });
+            if result.is_ok() && args.is_empty() {
+                // The README's first command, end to end, so CI proves it too.
+                result = timed("demo (cargo xtask demo)", || {
+                    demo::run(&root.join("target/debug/observer"))
+                });
+                if result.is_ok() {
+                    totals.0 += 1;
+                }
+            }
             if result.is_ok() {
                 // The last line: one total over every test binary.
                 println!("tests: {} passed, {} failed", totals.0, totals.1);
