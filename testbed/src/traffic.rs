@@ -295,3 +295,51 @@ pub fn tcp_send_hash(ns: &Netns, dst: &str, port: u16, data: Vec<u8>) -> String 
         answer
     })
 }
+
+/// Sends `template` out of `iface` in `ns` as fast as one thread can for `secs` seconds, with a
+/// different IPv4 source address each time (bytes 26..30 of an untagged frame). Returns the
+/// frames sent.
+pub fn raw_flood(ns: &Netns, iface: &'static str, template: Vec<u8>, secs: f64) -> u64 {
+    ns.run(move || {
+        let name = std::ffi::CString::new(iface).expect("name");
+        let mut f = template;
+        let mut sent = 0u64;
+        // SAFETY: plain libc calls on a socket this closure owns and closes.
+        unsafe {
+            let index = libc::if_nametoindex(name.as_ptr());
+            assert!(index != 0, "no interface {iface}");
+            let fd = libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0);
+            assert!(
+                fd >= 0,
+                "AF_PACKET socket: {}",
+                std::io::Error::last_os_error()
+            );
+            let mut addr: libc::sockaddr_ll = std::mem::zeroed();
+            addr.sll_family = libc::AF_PACKET as u16;
+            addr.sll_ifindex = index as i32;
+            addr.sll_halen = 6;
+            addr.sll_addr[..6].copy_from_slice(&f[..6]);
+            let start = std::time::Instant::now();
+            let mut src: u32 = 0x0b00_0001; // 11.0.0.1 onwards: outside the cluster
+            while start.elapsed().as_secs_f64() < secs {
+                for _ in 0..256 {
+                    f[26..30].copy_from_slice(&src.to_be_bytes());
+                    src = src.wrapping_add(1);
+                    let rc = libc::sendto(
+                        fd,
+                        f.as_ptr().cast(),
+                        f.len(),
+                        0,
+                        (&addr as *const libc::sockaddr_ll).cast(),
+                        std::mem::size_of::<libc::sockaddr_ll>() as u32,
+                    );
+                    if rc >= 0 {
+                        sent += 1;
+                    }
+                }
+            }
+            libc::close(fd);
+        }
+        sent
+    })
+}

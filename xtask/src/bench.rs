@@ -83,6 +83,7 @@ fn datapath(bin: &Path) -> Result<Value> {
 /// Runs the benchmark with the release binary `bin`.
 pub fn run(bin: &Path, root: &Path) -> Result<()> {
     let dp = datapath(bin)?;
+    let (churn_flood, churn_md) = churn_and_flood(bin)?;
     let mut dp_md = String::from(
         "## Datapath cost (ns per packet above an empty TC program)\n\n| program: packet class | median | min | max |\n|---|---|---|---|\n",
     );
@@ -183,6 +184,7 @@ pub fn run(bin: &Path, root: &Path) -> Result<()> {
     let change_ms = change.elapsed().as_secs_f64() * 1000.0;
     let report = json!({
         "datapath": dp,
+        "churn_and_flood": churn_flood,
         "inventory_sync": {
             "nodes": NODES_N,
             "pods": total_pods,
@@ -203,7 +205,7 @@ pub fn run(bin: &Path, root: &Path) -> Result<()> {
         serde_json::to_string_pretty(&report)?,
     )?;
     let md = format!(
-        "# observer bench\n\n{dp_md}## Kubernetes inventory at scale\n\n| figure | value |\n|---|---|\n| nodes / pods (local) | {NODES_N} / {total_pods} ({LOCAL_PODS}) |\n| addresses in the kernel map | {addresses} |\n| start to synced | {:.2} s |\n| start to every address in the maps | {:.2} s |\n| agent RSS after sync / peak | {:.1} MiB / {:.1} MiB |\n| one pod change to the maps | {:.1} ms |\n",
+        "# observer bench\n\n{dp_md}{churn_md}## Kubernetes inventory at scale\n\n| figure | value |\n|---|---|\n| nodes / pods (local) | {NODES_N} / {total_pods} ({LOCAL_PODS}) |\n| addresses in the kernel map | {addresses} |\n| start to synced | {:.2} s |\n| start to every address in the maps | {:.2} s |\n| agent RSS after sync / peak | {:.1} MiB / {:.1} MiB |\n| one pod change to the maps | {:.1} ms |\n",
         synced_at.map_or(f64::NAN, |d| d.as_secs_f64()),
         full.as_secs_f64(),
         rss as f64 / 1024.0,
@@ -214,4 +216,208 @@ pub fn run(bin: &Path, root: &Path) -> Result<()> {
     print!("{md}");
     println!("(written to target/bench/report.json and report.md)");
     Ok(())
+}
+
+fn cpu_ticks(pid: u32) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name: utime is the 14th field, stime the 15th.
+    let rest = s.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let n = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    n(11) + n(12)
+}
+
+fn metric_sum(text: &str, prefix: &str) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(prefix))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// Pod veth churn and a spoofed-source SYN flood, on a simulated node with a running agent.
+pub fn churn_and_flood(bin: &Path) -> Result<(Value, String)> {
+    use testbed::{
+        topology::{Layout, Node},
+        traffic::{http_get, raw_flood},
+    };
+    let n = Node::new(Layout::Calico);
+    let dir = std::env::temp_dir().join(format!("observer-bench-churn-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let agent = AgentProc::start(
+        bin,
+        &n.node,
+        &dir,
+        19_703,
+        &["--cluster-cidr", "172.16.0.0/16"],
+    );
+    let mut out = serde_json::Map::new();
+    let mut md = String::from(
+        "## Pod interface churn (link created -> programs attached)\n\n| rate | veths | p50 | p99 | max | missed |\n|---|---|---|---|---|---|\n",
+    );
+    for (rate, count) in [(20u32, 100usize), (100, 300)] {
+        println!("==> churn at {rate}/s");
+        agent.clear_log();
+        let mut created = Vec::new();
+        let period = Duration::from_secs_f64(1.0 / f64::from(rate));
+        let t0 = Instant::now();
+        for i in 0..count {
+            let name = format!("veth{rate}x{i}");
+            n.node.sh(&[
+                "ip",
+                "link",
+                "add",
+                &name,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                &format!("pb{rate}x{i}"),
+            ]);
+            created.push((name, std::time::SystemTime::now()));
+            let next = period * (i as u32 + 1);
+            if let Some(wait) = next.checked_sub(t0.elapsed()) {
+                std::thread::sleep(wait);
+            }
+        }
+        std::thread::sleep(Duration::from_secs(2));
+        let mut attached: std::collections::HashMap<String, f64> = std::collections::HashMap::new();
+        for l in agent.log_lines() {
+            let Ok(v) = serde_json::from_str::<Value>(&l) else {
+                continue;
+            };
+            if v["message"] == "attached"
+                && let (Some(i), Some(ts)) = (v["iface"].as_str(), v["timestamp"].as_str())
+            {
+                attached.insert(i.to_string(), parse_ts(ts));
+            }
+        }
+        let mut lat: Vec<f64> = Vec::new();
+        let mut missed = 0;
+        for (name, at) in &created {
+            let created_s = at
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs_f64())
+                .unwrap_or(0.0);
+            match attached.get(name) {
+                Some(t) => lat.push(((t - created_s) * 1000.0).max(0.0)),
+                None => missed += 1,
+            }
+        }
+        lat.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        let pct = |p: f64| {
+            lat.get(((lat.len() as f64 - 1.0) * p).round() as usize)
+                .copied()
+                .unwrap_or(f64::NAN)
+        };
+        md.push_str(&format!(
+            "| {rate}/s | {count} | {:.1} ms | {:.1} ms | {:.1} ms | {missed} |\n",
+            pct(0.5),
+            pct(0.99),
+            pct(1.0)
+        ));
+        out.insert(format!("churn_{rate}_per_s"), json!({"veths": count, "p50_ms": pct(0.5), "p99_ms": pct(0.99), "max_ms": pct(1.0), "missed": missed}));
+        for (name, _) in &created {
+            let _ = std::process::Command::new("ip")
+                .args(["netns", "exec", &n.node.name, "ip", "link", "del", name])
+                .output();
+        }
+    }
+
+    println!("==> spoofed-source SYN flood to a pod IP (5 s)");
+    let mac = n.node.sh(&["cat", "/sys/class/net/eth0/address"]);
+    let mac: Vec<u8> = mac
+        .trim()
+        .split(':')
+        .filter_map(|h| u8::from_str_radix(h, 16).ok())
+        .collect();
+    let mut frame = observer_frame(n.pods[0].ip);
+    frame[..6].copy_from_slice(&mac);
+    let (_, before) = http_get(&n.node, 19_703, "/metrics").map_err(anyhow::Error::msg)?;
+    let series_before = before
+        .lines()
+        .filter(|l| l.starts_with("observer_direct_pod_access_flows_total{"))
+        .count();
+    let pid = agent.pid();
+    let cpu0 = cpu_ticks(pid);
+    let secs = 5.0;
+    let sent = raw_flood(&n.outside, "eth0", frame, secs);
+    std::thread::sleep(Duration::from_millis(3500));
+    let cpu1 = cpu_ticks(pid);
+    let (_, after) = http_get(&n.node, 19_703, "/metrics").map_err(anyhow::Error::msg)?;
+    let series_after = after
+        .lines()
+        .filter(|l| l.starts_with("observer_direct_pod_access_flows_total{"))
+        .count();
+    let seen = metric_sum(
+        &after,
+        "observer_packets_total{protocol=\"tcp\",verdict=\"direct_to_pod\"}",
+    );
+    let lost = metric_sum(&after, "observer_events_lost_total");
+    let events = metric_sum(
+        &after,
+        "observer_flows_total{protocol=\"tcp\",verdict=\"direct_to_pod\"}",
+    );
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    let cpu = (cpu1 - cpu0) as f64 / hz / (secs + 3.5);
+    let (rss, hwm) = rss_kib(pid);
+    out.insert("flood".into(), json!({
+        "seconds": secs, "frames_sent": sent, "syns_seen_by_the_uplink": seen,
+        "new_flows_per_second_seen": seen / secs, "events_delivered": events, "events_lost": lost,
+        "agent_cpu_cores": cpu, "agent_rss_mib": rss as f64 / 1024.0, "agent_peak_rss_mib": hwm as f64 / 1024.0,
+        "series_before": series_before, "series_after": series_after
+    }));
+    md.push_str(&format!(
+        "\n## Spoofed-source SYN flood to one pod ({secs} s, one sender thread)\n\n| figure | value |\n|---|---|\n| frames sent | {sent} |\n| SYNs judged at the uplink (kernel counter, exact) | {seen} ({:.0}/s) |\n| new-flow events delivered / lost | {events} / {lost} |\n| agent CPU | {cpu:.2} cores |\n| agent RSS / peak | {:.1} MiB / {:.1} MiB |\n| direct-access series before / after | {series_before} / {series_after} |\n\n",
+        seen / secs,
+        rss as f64 / 1024.0,
+        hwm as f64 / 1024.0
+    ));
+    Ok((Value::Object(out), md))
+}
+
+/// A TCP SYN from outside to `pod`:80 (IPv4, untagged): bytes 26..30 are the source address.
+fn observer_frame(pod: &str) -> Vec<u8> {
+    let dst: std::net::Ipv4Addr = pod.parse().expect("pod address");
+    let mut f = vec![0u8; 54];
+    f[6..12].copy_from_slice(&[0x02, 0, 0, 0, 0, 0x99]);
+    f[12..14].copy_from_slice(&[0x08, 0x00]);
+    f[14] = 0x45;
+    f[16..18].copy_from_slice(&40u16.to_be_bytes());
+    f[22] = 64;
+    f[23] = 6;
+    f[30..34].copy_from_slice(&dst.octets());
+    f[34..36].copy_from_slice(&40000u16.to_be_bytes());
+    f[36..38].copy_from_slice(&80u16.to_be_bytes());
+    f[46] = 5 << 4;
+    f[47] = 0x02;
+    f
+}
+
+/// Seconds since the epoch of an RFC 3339 UTC timestamp (tracing's JSON format).
+fn parse_ts(ts: &str) -> f64 {
+    // 2026-11-25T01:08:32.975584Z
+    let (date, time) = ts.trim_end_matches('Z').split_once('T').unwrap_or(("", ""));
+    let d: Vec<i64> = date.split('-').filter_map(|x| x.parse().ok()).collect();
+    let t: Vec<f64> = time.split(':').filter_map(|x| x.parse().ok()).collect();
+    if d.len() != 3 || t.len() != 3 {
+        return 0.0;
+    }
+    let (y, m, day) = (d[0] - i64::from(d[1] <= 2), d[1], d[2]);
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    days as f64 * 86_400.0 + t[0] * 3600.0 + t[1] * 60.0 + t[2]
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn timestamps_parse() {
+        assert_eq!(super::parse_ts("2026-11-25T00:00:00Z"), 1_795_564_800.0);
+        assert!((super::parse_ts("2000-02-29T01:02:03.5Z") - 951_786_123.5).abs() < 1e-6);
+    }
 }
