@@ -27,14 +27,7 @@ use testbed::{
 
 fn every_row(layout: Layout) {
     let mut n = Node::new(layout);
-    let mut servers = Servers::new();
-    for p in &n.pods {
-        servers.tcp(&p.ns, 80);
-        servers.udp(&p.ns, 5353);
-        servers.tcp_echo(&p.ns, 8080);
-    }
-    servers.tcp(&n.outside, 8443);
-    servers.udp(&n.outside, 53);
+    let mut servers = Servers::for_node(&n);
     let pod_a = n.pods[0].ip;
     let veth_a = n.pods[0].veth;
     // Row 17: a connection that is already open when the agent starts.

@@ -130,6 +130,41 @@ fn flows(agent: &AgentProc) -> Vec<FlowRow> {
         .collect()
 }
 
+/// Starts the agent on `n` with the inventory from `api` (`--kubernetes on`), and waits for the
+/// first full sync.
+fn start_with_api(
+    n: &Node,
+    api: &KubeApi,
+    name: &str,
+    node_name: &str,
+    extra: &[&str],
+) -> AgentProc {
+    let dir = std::env::temp_dir().join(format!("observer-kube-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let kubeconfig = dir.join("kubeconfig");
+    api.kubeconfig(&kubeconfig);
+    let mut args = vec!["--kubernetes", "on", "--node-name", node_name];
+    args.extend_from_slice(extra);
+    let agent = AgentProc::start_env(
+        BIN.as_ref(),
+        &n.node,
+        &dir.join("agent"),
+        port(),
+        &args,
+        &[("KUBECONFIG", kubeconfig.to_str().unwrap())],
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while status(&agent)["inventory"]["synced"] != true {
+        assert!(
+            Instant::now() < deadline,
+            "never synced:\n{}",
+            agent.log_text()
+        );
+        thread::sleep(Duration::from_millis(100));
+    }
+    agent
+}
+
 #[test]
 fn the_kubernetes_inventory_follows_the_api() {
     let n = Node::new(Layout::Calico);
@@ -186,40 +221,12 @@ fn the_kubernetes_inventory_follows_the_api() {
         ENDPOINT_SLICES,
         slice("shop", "web", &[n.pods[0].ip, "172.16.72.69"]),
     );
-    let dir = std::env::temp_dir().join(format!("observer-kube-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let kubeconfig = dir.join("kubeconfig");
-    api.kubeconfig(&kubeconfig);
     let mut servers = Servers::new();
     for p in &n.pods {
         servers.tcp(&p.ns, 80);
     }
     // No cluster CIDR flags: the cluster comes from the API.
-    let agent = AgentProc::start_env(
-        BIN.as_ref(),
-        &n.node,
-        &dir.join("agent"),
-        port(),
-        &[
-            "--kubernetes",
-            "on",
-            "--node-name",
-            NODE,
-            "--service-cidr",
-            n.service_cidr,
-        ],
-        &[("KUBECONFIG", kubeconfig.to_str().unwrap())],
-    );
-    // Initial sync.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !(status(&agent)["inventory"]["synced"] == true) {
-        assert!(
-            Instant::now() < deadline,
-            "never synced:\n{}",
-            agent.log_text()
-        );
-        thread::sleep(Duration::from_millis(100));
-    }
+    let agent = start_with_api(&n, &api, "api", NODE, &["--service-cidr", n.service_cidr]);
     let s = status(&agent);
     assert_eq!(s["inventory"]["mode"], "kubernetes");
     assert_eq!(s["inventory"]["pods"], 2);
@@ -468,37 +475,8 @@ fn every_row_with_the_kubernetes_inventory_vpc_cni() {
         ENDPOINT_SLICES,
         slice("shop", "web", &[n.pods[0].ip, n.peer_pod_ip]),
     );
-    let dir = std::env::temp_dir().join(format!("observer-kube-rows-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let kubeconfig = dir.join("kubeconfig");
-    api.kubeconfig(&kubeconfig);
-    let mut servers = Servers::new();
-    for p in &n.pods {
-        servers.tcp(&p.ns, 80);
-        servers.udp(&p.ns, 5353);
-    }
-    servers.tcp(&n.outside, 8443);
-    servers.udp(&n.outside, 53);
-    let agent = AgentProc::start_env(
-        BIN.as_ref(),
-        &n.node,
-        &dir.join("agent"),
-        port(),
-        &[
-            "--kubernetes",
-            "on",
-            "--node-name",
-            ME,
-            "--allow-source",
-            n.allowed_cidr,
-        ],
-        &[("KUBECONFIG", kubeconfig.to_str().unwrap())],
-    );
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while status(&agent)["inventory"]["synced"] != true {
-        assert!(Instant::now() < deadline, "never synced");
-        thread::sleep(Duration::from_millis(100));
-    }
+    let mut servers = Servers::for_node(&n);
+    let agent = start_with_api(&n, &api, "rows", ME, &["--allow-source", n.allowed_cidr]);
     // Row 13: a pod created after the agent started, known from the API and its veth.
     api.apply(
         PODS,

@@ -88,14 +88,7 @@ fn run_layout(layout: Layout) {
         });
     });
 
-    let mut servers = Servers::new();
-    for p in &n.pods {
-        servers.tcp(&p.ns, 80);
-        servers.udp(&p.ns, 5353);
-        servers.tcp_hash(&p.ns, 9000);
-    }
-    servers.tcp(&n.outside, 8443);
-    servers.udp(&n.outside, 53);
+    let servers = Servers::for_node(&n);
     let pod_a = n.pods[0].ip;
     let pod_b = n.pods[1].ip;
 

@@ -39,6 +39,22 @@ impl Servers {
         }
     }
 
+    /// The usual servers of a simulated node: in each pod TCP 80 ("hello"), UDP 5353 (echo),
+    /// TCP 8080 (echo, long connections) and TCP 9000 (stream hash); on the outside host TCP
+    /// 8443 ("hello", for the pods' own connections) and UDP 53 (echo, their DNS).
+    pub fn for_node(n: &crate::topology::Node) -> Servers {
+        let mut s = Servers::new();
+        for p in &n.pods {
+            s.tcp(&p.ns, 80);
+            s.udp(&p.ns, 5353);
+            s.tcp_echo(&p.ns, 8080);
+            s.tcp_hash(&p.ns, 9000);
+        }
+        s.tcp(&n.outside, 8443);
+        s.udp(&n.outside, 53);
+        s
+    }
+
     /// A TCP server that answers "hello\n" to each connection and closes it.
     pub fn tcp(&mut self, ns: &Netns, port: u16) {
         self.tcp_with(ns, port, |mut s| {
@@ -216,38 +232,58 @@ pub fn http_get(ns: &Netns, port: u16, path: &str) -> Result<(u16, String), Stri
     })
 }
 
+/// A raw AF_PACKET socket on `iface` (of the calling thread's namespace) and the link-layer
+/// address that sends to `dst_mac` through it.
+fn packet_socket(iface: &str, dst_mac: &[u8]) -> (i32, libc::sockaddr_ll) {
+    let name = std::ffi::CString::new(iface).expect("name");
+    // SAFETY: plain libc calls; the socket is returned to the caller, who closes it.
+    unsafe {
+        let index = libc::if_nametoindex(name.as_ptr());
+        assert!(index != 0, "no interface {iface}");
+        let fd = libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0);
+        assert!(
+            fd >= 0,
+            "AF_PACKET socket: {}",
+            std::io::Error::last_os_error()
+        );
+        let mut addr: libc::sockaddr_ll = std::mem::zeroed();
+        addr.sll_family = libc::AF_PACKET as u16;
+        addr.sll_ifindex = index as i32;
+        addr.sll_halen = 6;
+        addr.sll_addr[..6].copy_from_slice(&dst_mac[..6]);
+        (fd, addr)
+    }
+}
+
+/// Sends one frame; true if the kernel took it.
+fn send_frame(fd: i32, addr: &libc::sockaddr_ll, f: &[u8]) -> bool {
+    // SAFETY: `f` and `addr` outlive the call; sendto only reads them.
+    let rc = unsafe {
+        libc::sendto(
+            fd,
+            f.as_ptr().cast(),
+            f.len(),
+            0,
+            (addr as *const libc::sockaddr_ll).cast(),
+            std::mem::size_of::<libc::sockaddr_ll>() as u32,
+        )
+    };
+    rc >= 0
+}
+
 /// Sends raw Ethernet frames out of `iface` in `ns` (AF_PACKET): malformed and non-IP frames
 /// the kernel's own stack would never build.
 pub fn raw_frames(ns: &Netns, iface: &'static str, frames: Vec<Vec<u8>>) {
     ns.run(move || {
-        let name = std::ffi::CString::new(iface).expect("name");
-        // SAFETY: plain libc calls on a socket this closure owns and closes.
-        unsafe {
-            let index = libc::if_nametoindex(name.as_ptr());
-            assert!(index != 0, "no interface {iface}");
-            let fd = libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0);
+        for f in &frames {
+            let (fd, addr) = packet_socket(iface, f);
             assert!(
-                fd >= 0,
-                "AF_PACKET socket: {}",
+                send_frame(fd, &addr, f),
+                "sendto: {}",
                 std::io::Error::last_os_error()
             );
-            for f in &frames {
-                let mut addr: libc::sockaddr_ll = std::mem::zeroed();
-                addr.sll_family = libc::AF_PACKET as u16;
-                addr.sll_ifindex = index as i32;
-                addr.sll_halen = 6;
-                addr.sll_addr[..6].copy_from_slice(&f[..6]);
-                let rc = libc::sendto(
-                    fd,
-                    f.as_ptr().cast(),
-                    f.len(),
-                    0,
-                    (&addr as *const libc::sockaddr_ll).cast(),
-                    std::mem::size_of::<libc::sockaddr_ll>() as u32,
-                );
-                assert!(rc >= 0, "sendto: {}", std::io::Error::last_os_error());
-            }
-            libc::close(fd);
+            // SAFETY: closing the socket packet_socket opened.
+            unsafe { libc::close(fd) };
         }
     });
 }
@@ -301,45 +337,20 @@ pub fn tcp_send_hash(ns: &Netns, dst: &str, port: u16, data: Vec<u8>) -> String 
 /// frames sent.
 pub fn raw_flood(ns: &Netns, iface: &'static str, template: Vec<u8>, secs: f64) -> u64 {
     ns.run(move || {
-        let name = std::ffi::CString::new(iface).expect("name");
         let mut f = template;
+        let (fd, addr) = packet_socket(iface, &f);
         let mut sent = 0u64;
-        // SAFETY: plain libc calls on a socket this closure owns and closes.
-        unsafe {
-            let index = libc::if_nametoindex(name.as_ptr());
-            assert!(index != 0, "no interface {iface}");
-            let fd = libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0);
-            assert!(
-                fd >= 0,
-                "AF_PACKET socket: {}",
-                std::io::Error::last_os_error()
-            );
-            let mut addr: libc::sockaddr_ll = std::mem::zeroed();
-            addr.sll_family = libc::AF_PACKET as u16;
-            addr.sll_ifindex = index as i32;
-            addr.sll_halen = 6;
-            addr.sll_addr[..6].copy_from_slice(&f[..6]);
-            let start = std::time::Instant::now();
-            let mut src: u32 = 0x0b00_0001; // 11.0.0.1 onwards: outside the cluster
-            while start.elapsed().as_secs_f64() < secs {
-                for _ in 0..256 {
-                    f[26..30].copy_from_slice(&src.to_be_bytes());
-                    src = src.wrapping_add(1);
-                    let rc = libc::sendto(
-                        fd,
-                        f.as_ptr().cast(),
-                        f.len(),
-                        0,
-                        (&addr as *const libc::sockaddr_ll).cast(),
-                        std::mem::size_of::<libc::sockaddr_ll>() as u32,
-                    );
-                    if rc >= 0 {
-                        sent += 1;
-                    }
-                }
+        let start = std::time::Instant::now();
+        let mut src: u32 = 0x0b00_0001; // 11.0.0.1 onwards: outside the cluster
+        while start.elapsed().as_secs_f64() < secs {
+            for _ in 0..256 {
+                f[26..30].copy_from_slice(&src.to_be_bytes());
+                src = src.wrapping_add(1);
+                sent += u64::from(send_frame(fd, &addr, &f));
             }
-            libc::close(fd);
         }
+        // SAFETY: closing the socket packet_socket opened.
+        unsafe { libc::close(fd) };
         sent
     })
 }

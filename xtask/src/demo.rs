@@ -41,14 +41,7 @@ fn run_node(bin: &Path, layout: Layout, port: u16) -> Result<usize> {
         ),
     };
     println!("\n=== {title}");
-    let mut servers = Servers::new();
-    for p in &n.pods {
-        servers.tcp(&p.ns, 80);
-        servers.udp(&p.ns, 5353);
-        servers.tcp_echo(&p.ns, 8080);
-    }
-    servers.tcp(&n.outside, 443);
-    servers.udp(&n.outside, 53);
+    let servers = Servers::for_node(&n);
     let mut args = vec![
         "--allow-source".to_string(),
         n.allowed_cidr.to_string(),
@@ -105,9 +98,9 @@ fn run_node(bin: &Path, layout: Layout, port: u16) -> Result<usize> {
         udp_echo(&n.pods[0].ns, n.outside_ip, 53).1
     ));
     say(&format!(
-        "pod -> https {}:443 (the pod's own connection): {}",
+        "pod -> https {}:8443 (the pod's own connection): {}",
         n.outside_ip,
-        outcome(&tcp_get(&n.pods[0].ns, None, n.outside_ip, 443).1)
+        outcome(&tcp_get(&n.pods[0].ns, None, n.outside_ip, 8443).1)
     ));
     let ping = n.outside.sh(&["ping", "-c", "1", "-W", "2", pod]);
     say(&format!(
