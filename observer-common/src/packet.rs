@@ -343,7 +343,9 @@ fn parse_l4<B: Bytes + ?Sized>(b: &B, off: usize, end: usize, p: &mut Packet) ->
             };
             p.sport = be16(s[0], s[1]);
             p.dport = be16(s[2], s[3]);
-            if let Some(chunk) = header::<1, B>(b, off + 12, end) {
+            // The first chunk's header (type, flags, length): read whole, as no read is
+            // narrower than 2 bytes (the verifier proves direct packet reads of N >= 2 only).
+            if let Some(chunk) = header::<4, B>(b, off + 12, end) {
                 p.flow_start = chunk[0] == SCTP_CHUNK_INIT;
             }
         }
