@@ -22,6 +22,9 @@ pub const MAP_NODEPORTS: &str = "NODEPORTS";
 pub const MAP_POD_FLOWS: &str = "POD_FLOWS";
 /// Flagged flows (direct to pod) with their counters and state (LRU).
 pub const MAP_FLOWS: &str = "FLOWS";
+/// One u32: 0 until the first flagged flow exists; the pod-veth programs skip their `FLOWS`
+/// lookups until then (the common case on a node nobody reaches directly).
+pub const MAP_FLAGGED: &str = "FLAGGED";
 /// Per-CPU packet/byte/flow-start counters per verdict and protocol class.
 pub const MAP_VERDICT_STATS: &str = "VERDICT_STATS";
 /// Per-CPU health counters ([`crate::maps::Health`]).

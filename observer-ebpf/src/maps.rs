@@ -8,6 +8,7 @@
 //! | `NODEPORTS` | hash | port+protocol → 1 | agent | uplink (to a node address, out of the range) |
 //! | `POD_FLOWS` | LRU hash | 5-tuple as the pod sent it → `PodFlow` | from-pod | uplink |
 //! | `FLOWS` | LRU hash | 5-tuple as the outsider sent it → `FlowStats` | uplink, pod veths | agent |
+//! | `FLAGGED` | array | 0 → 1 once any flagged flow exists (never reset) | uplink | pod veths |
 //! | `VERDICT_STATS` | per-CPU array | verdict × protocol class → `VerdictStats` | uplink | agent |
 //! | `HEALTH` | per-CPU array | `health::*` → u64 | all | agent |
 //! | `EVENTS` | ring buffer | `FlowEvent` per new flagged flow | uplink | agent |
@@ -15,7 +16,7 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf, lpm_trie::Key},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf, lpm_trie::Key},
 };
 use observer_common::{
     addr::IpKey,
@@ -48,6 +49,11 @@ pub static FLOWS: LruHashMap<FlowKey, FlowStats> = LruHashMap::with_max_entries(
 #[map]
 pub static VERDICT_STATS: PerCpuArray<VerdictStats> =
     PerCpuArray::with_max_entries(STATS_ENTRIES, 0);
+
+/// Set to 1 by the uplink with the first flagged flow; until then the pod-veth programs have
+/// no flagged flow to look up.
+#[map]
+pub static FLAGGED: Array<u32> = Array::with_max_entries(1, 0);
 
 #[map]
 pub static HEALTH: PerCpuArray<u64> = PerCpuArray::with_max_entries(health::COUNT, 0);
@@ -91,6 +97,21 @@ pub fn track_mask() -> u32 {
 pub fn trace_enabled() -> bool {
     // SAFETY: as above.
     unsafe { core::ptr::read_volatile(&TRACE_ENABLED) != 0 }
+}
+
+/// Whether any flagged flow was ever recorded (so `FLOWS` is worth a lookup).
+#[inline(always)]
+pub fn any_flagged() -> bool {
+    FLAGGED.get(0).is_some_and(|v| *v != 0)
+}
+
+/// Records that a flagged flow exists.
+#[inline(always)]
+pub fn set_flagged() {
+    if let Some(v) = FLAGGED.get_ptr_mut(0) {
+        // SAFETY: a plain aligned store into an array value; the value only goes 0 -> 1.
+        unsafe { *v = 1 };
+    }
 }
 
 /// Adds one to a health counter of this CPU.

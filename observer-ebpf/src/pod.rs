@@ -8,7 +8,7 @@ use observer_common::{
 };
 
 use crate::{
-    maps::{FLOWS, POD_FLOWS, health},
+    maps::{FLOWS, POD_FLOWS, any_flagged, health},
     skb::{Skb, ifindex},
 };
 
@@ -16,6 +16,10 @@ use crate::{
 #[inline(always)]
 pub fn to_pod(ctx: &TcContext) {
     health(health::TO_POD_PACKETS);
+    // Nothing to mark until the first flagged flow: the common case costs a counter.
+    if !any_flagged() {
+        return;
+    }
     let mut p = Packet::EMPTY;
     if parse(&Skb(ctx), &mut p) != Status::Ip || p.fragment {
         return;
@@ -39,6 +43,7 @@ pub fn from_pod(ctx: &TcContext) {
         return;
     }
     if let Some(a) = answer_of(&p)
+        && any_flagged()
         && let Some(s) = FLOWS.get_ptr_mut(&a.key)
     {
         // SAFETY: a single byte store into a map value.

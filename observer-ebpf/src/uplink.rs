@@ -10,8 +10,8 @@ use observer_common::{
 
 use crate::{
     maps::{
-        EVENTS, FLOWS, Maps, TRACE, VERDICT_STATS, health, nodeport_range, trace_enabled,
-        track_mask,
+        EVENTS, FLOWS, Maps, TRACE, VERDICT_STATS, health, nodeport_range, set_flagged,
+        trace_enabled, track_mask,
     },
     skb::{Skb, ifindex},
 };
@@ -141,6 +141,7 @@ fn track(ctx: &TcContext, p: &Packet, d: &Decision, len: u32) {
         }
         return;
     }
+    set_flagged();
     match EVENTS.reserve::<FlowEvent>(0) {
         Some(mut e) => {
             e.write(FlowEvent {

@@ -28,6 +28,14 @@ fn median(v: &mut [f64]) -> f64 {
 }
 
 fn main() {
+    // A node where nothing was ever flagged (the pod veths' common case).
+    let mut quiet =
+        bpf::load(&LoadOptions::default()).expect("load (root and a BPF-capable kernel)");
+    bpf::load_noop(&mut quiet).expect("load tc_noop");
+    let (quiet_maps, _quiet_events) = Maps::take(&mut quiet).expect("maps");
+    quiet_maps
+        .write_inventory(&vpc_cni().inventory)
+        .expect("inventory");
     let mut ebpf =
         bpf::load(&LoadOptions::default()).expect("load (root and a BPF-capable kernel)");
     bpf::load_noop(&mut ebpf).expect("load tc_noop");
@@ -86,14 +94,14 @@ fn main() {
         ),
         (
             "to_pod",
-            "in-cluster TCP to a pod",
+            "in-cluster TCP, flagged flows exist",
             Frame::tcp(PEER_NODE, POD_A, 40000, 80, TCP_ACK | TCP_PSH)
                 .payload(64)
                 .build(),
         ),
         (
             "from_pod",
-            "pod's answer, in cluster",
+            "pod's answer, flagged flows exist",
             Frame::tcp(POD_A, PEER_NODE, 80, 40000, TCP_ACK | TCP_PSH)
                 .payload(64)
                 .build(),
@@ -108,12 +116,35 @@ fn main() {
         .payload(64)
         .build();
     let mut samples: BTreeMap<String, Vec<f64>> = BTreeMap::new();
+    let quiet_classes: Vec<(&str, &str, Vec<u8>)> = vec![
+        (
+            "to_pod",
+            "in-cluster TCP, no flagged flow on the node",
+            Frame::tcp(PEER_NODE, POD_A, 40000, 80, TCP_ACK | TCP_PSH)
+                .payload(64)
+                .build(),
+        ),
+        (
+            "from_pod",
+            "pod's answer, no flagged flow on the node",
+            Frame::tcp(POD_A, PEER_NODE, 80, 40000, TCP_ACK | TCP_PSH)
+                .payload(64)
+                .build(),
+        ),
+    ];
     let mut floor = Vec::new();
     // Interleaved rounds: the floor and every class in each round, so noise hits all alike.
     for _ in 0..ROUNDS {
         let r = bpf::test_run(&mut ebpf, PROG_NOOP, &floor_frame, REPEAT).expect("noop");
         let f = r.duration.as_nanos() as f64;
         floor.push(f);
+        for (p, name, frame) in &quiet_classes {
+            let r = bpf::test_run(&mut quiet, prog(p), frame, REPEAT).expect("test_run");
+            samples
+                .entry(format!("{p}: {name}"))
+                .or_default()
+                .push(r.duration.as_nanos() as f64 - f);
+        }
         for (p, name, frame) in &classes {
             let r = bpf::test_run(&mut ebpf, prog(p), frame, REPEAT).expect("test_run");
             samples
