@@ -2,11 +2,10 @@
 //! malformed, fields come out as crafted.
 
 use observer_common::{
-    addr::key_of,
-    maps::FlowKey,
     packet::{Status, TCP_ACK, TCP_RST, TCP_SYN, parse_frame},
     pod::{answer_of, opened_by},
     testing::{
+        flow_key,
         frames::{Frame, L4},
         scenarios::{Layout, SETTINGS, full_corpus, vpc_cni},
     },
@@ -15,16 +14,6 @@ use observer_common::{
 use proptest::prelude::*;
 use std::sync::LazyLock;
 
-fn key(src: &str, dst: &str, sport: u16, dport: u16, proto: u8) -> FlowKey {
-    FlowKey::new(
-        key_of(src.parse().unwrap()),
-        key_of(dst.parse().unwrap()),
-        sport,
-        dport,
-        proto,
-    )
-}
-
 #[test]
 fn fields_come_out_as_crafted() {
     let f = Frame::tcp("10.0.6.245", "10.0.3.240", 51000, 80, TCP_SYN)
@@ -32,7 +21,7 @@ fn fields_come_out_as_crafted() {
         .ipv4_options(2);
     let (s, p) = parse_frame(&f.build());
     assert_eq!(s, Status::Ip);
-    assert_eq!(p.key(), key("10.0.6.245", "10.0.3.240", 51000, 80, 6));
+    assert_eq!(p.key(), flow_key("10.0.6.245", "10.0.3.240", 51000, 80, 6));
     assert!(p.flow_start && !p.fragment && !p.has_quoted);
 
     let f = Frame::udp("2001:db8::7", "2600:1f18:abcd:1::3f0", 53, 40003).ipv6_ext(&[0, 43, 60]);
@@ -40,7 +29,7 @@ fn fields_come_out_as_crafted() {
     assert_eq!(s, Status::Ip);
     assert_eq!(
         p.key(),
-        key("2001:db8::7", "2600:1f18:abcd:1::3f0", 53, 40003, 17)
+        flow_key("2001:db8::7", "2600:1f18:abcd:1::3f0", 53, 40003, 17)
     );
 
     let quoted = Frame::udp("10.0.6.245", "10.0.3.240", 5000, 9).ip_packet();
@@ -56,7 +45,7 @@ fn fields_come_out_as_crafted() {
     let (_, p) = parse_frame(&f.build());
     assert_eq!(
         p.quoted(),
-        Some(&key("10.0.6.245", "10.0.3.240", 5000, 9, 17))
+        Some(&flow_key("10.0.6.245", "10.0.3.240", 5000, 9, 17))
     );
 
     let f = Frame::tcp("10.0.6.245", "10.0.3.240", 1, 2, TCP_SYN).fragment(100, true);
@@ -72,7 +61,7 @@ fn pod_answers_and_openings() {
     let a = answer_of(&p).unwrap();
     assert_eq!(
         (a.key, a.refused),
-        (key("10.0.6.245", "10.0.3.240", 51000, 80, 6), false)
+        (flow_key("10.0.6.245", "10.0.3.240", 51000, 80, 6), false)
     );
     assert_eq!(opened_by(&p), None);
     // RST: refused.
@@ -85,7 +74,7 @@ fn pod_answers_and_openings() {
     assert_eq!(answer_of(&p), None);
     assert_eq!(
         opened_by(&p),
-        Some(key("10.0.3.240", "198.51.100.7", 40000, 443, 6))
+        Some(flow_key("10.0.3.240", "198.51.100.7", 40000, 443, 6))
     );
     // Echo request from the pod opens; its reply's reversed key matches.
     let (_, req) = parse_frame(&Frame::echo("10.0.3.240", "198.51.100.7", true, 77).build());
@@ -107,7 +96,7 @@ fn pod_answers_and_openings() {
     );
     let a = answer_of(&p).unwrap();
     assert!(a.refused);
-    assert_eq!(a.key, key("10.0.6.245", "10.0.3.240", 5000, 9, 17));
+    assert_eq!(a.key, flow_key("10.0.6.245", "10.0.3.240", 5000, 9, 17));
     assert_eq!(opened_by(&p), None);
 }
 

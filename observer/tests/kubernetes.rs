@@ -4,14 +4,16 @@
 //! outage (stale, last inventory kept, recovery without restart) and a watch restart after
 //! 410 Gone. End to end on a simulated Calico node with real traffic.
 
+mod support;
+
 use std::{
     sync::atomic::{AtomicU16, Ordering},
     thread,
     time::{Duration, Instant},
 };
 
-use observer::flows::FlowRow;
 use serde_json::{Value, json};
+use support::{flows, status, wait_for};
 use testbed::{
     agent::AgentProc,
     kubeapi::{
@@ -117,17 +119,6 @@ fn wait_verdict(agent: &AgentProc, src: &str, dst: &str, want: &str) {
         );
         thread::sleep(Duration::from_millis(100));
     }
-}
-
-fn status(agent: &AgentProc) -> Value {
-    serde_json::from_slice(&agent.cli(&["status", "--json"]).stdout).unwrap()
-}
-
-fn flows(agent: &AgentProc) -> Vec<FlowRow> {
-    String::from_utf8_lossy(&agent.cli(&["flows", "--json"]).stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
 }
 
 /// Starts the agent on `n` with the inventory from `api` (`--kubernetes on`), and waits for the
@@ -356,15 +347,11 @@ fn the_kubernetes_inventory_follows_the_api() {
 
     // API outage: the last inventory stays in force; stale is raised; recovery needs no restart.
     api.set_down(true);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while status(&agent)["inventory"]["stale"] != true {
-        assert!(
-            Instant::now() < deadline,
-            "never marked stale:\n{}",
-            agent.log_text()
-        );
-        thread::sleep(Duration::from_millis(200));
-    }
+    wait_for(
+        "the inventory marked stale",
+        Duration::from_secs(30),
+        || status(&agent)["inventory"]["stale"] == true,
+    );
     let (_, m) = http_get(&n.node, agent.metrics_port, "/metrics").unwrap();
     assert!(m.contains("observer_inventory_stale 1"));
     let since: f64 = m
@@ -379,19 +366,11 @@ fn the_kubernetes_inventory_follows_the_api() {
         "judged with the last inventory"
     );
     // A change made while the agent could not see it.
-    {
-        api.delete(NODES, "", "ip-10-0-9-9.ec2.internal");
-    }
+    api.delete(NODES, "", "ip-10-0-9-9.ec2.internal");
     api.set_down(false);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while status(&agent)["inventory"]["stale"] != false {
-        assert!(
-            Instant::now() < deadline,
-            "never recovered:\n{}",
-            agent.log_text()
-        );
-        thread::sleep(Duration::from_millis(200));
-    }
+    wait_for("the inventory fresh again", Duration::from_secs(60), || {
+        status(&agent)["inventory"]["stale"] == false
+    });
     wait_verdict(
         &agent,
         "10.0.9.9",

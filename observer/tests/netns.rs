@@ -6,8 +6,6 @@
 //! Needs root, iproute2, iptables and ping (`cargo xtask test` installs them). Everything lives
 //! in namespaces the test creates and deletes, also on failure.
 
-mod support;
-
 use std::{net::IpAddr, thread, time::Duration};
 
 use observer::{
@@ -15,13 +13,13 @@ use observer::{
     bpf::{self, LoadOptions},
     kmaps::{self, Maps},
 };
+use observer_common::testing::flow_key as key;
 use observer_common::{
     addr::ip_of,
     maps::{FlowKey, FlowStats, origin, role},
     user::Inventory,
     verdict::Verdict,
 };
-use support::key;
 use testbed::{
     topology::{Layout, Node},
     traffic::{Servers, tcp_get, tcp_send_hash, udp_echo},

@@ -2,8 +2,6 @@
 //! make replies "reply", flagged flows are delivered / answered / refused, and each new
 //! flagged flow yields exactly one event.
 
-mod support;
-
 use aya::{
     Ebpf,
     maps::{MapData, RingBuf},
@@ -12,6 +10,7 @@ use observer::{
     bpf::{self, LoadOptions},
     kmaps::{self, Maps},
 };
+use observer_common::testing::flow_key as key;
 use observer_common::{
     maps::{FlowKey, FlowStats, health, origin},
     names::{PROG_FROM_POD, PROG_TO_POD, PROG_UPLINK},
@@ -23,7 +22,6 @@ use observer_common::{
     user::Inventory,
     verdict::{Reason, Verdict},
 };
-use support::key;
 
 const UNSPEC: u32 = u32::MAX;
 

@@ -227,40 +227,8 @@ impl Node {
 
         // kube-proxy: one NodePort and one ClusterIP, both to pod A:80.
         let pod_a = format!("{}:80", pods[0].ip);
-        node.sh(&[
-            "iptables",
-            "-t",
-            "nat",
-            "-A",
-            "PREROUTING",
-            "-d",
-            node_ip,
-            "-p",
-            "tcp",
-            "--dport",
-            "30080",
-            "-j",
-            "DNAT",
-            "--to-destination",
-            &pod_a,
-        ]);
-        node.sh(&[
-            "iptables",
-            "-t",
-            "nat",
-            "-A",
-            "PREROUTING",
-            "-d",
-            service_ip,
-            "-p",
-            "tcp",
-            "--dport",
-            "80",
-            "-j",
-            "DNAT",
-            "--to-destination",
-            &pod_a,
-        ]);
+        dnat(&node, node_ip, 30080, &pod_a);
+        dnat(&node, service_ip, 80, &pod_a);
 
         Node {
             layout,
@@ -302,6 +270,28 @@ impl Node {
         self.pods.push(pod);
         self.pods.last().expect("just pushed")
     }
+}
+
+/// A kube-proxy-style DNAT rule in `node`: TCP to `dst`:`port` goes to `to` (address:port).
+fn dnat(node: &Netns, dst: &str, port: u16, to: &str) {
+    let port = port.to_string();
+    node.sh(&[
+        "iptables",
+        "-t",
+        "nat",
+        "-A",
+        "PREROUTING",
+        "-d",
+        dst,
+        "-p",
+        "tcp",
+        "--dport",
+        &port,
+        "-j",
+        "DNAT",
+        "--to-destination",
+        to,
+    ]);
 }
 
 /// A pod namespace behind a host-side veth, wired like VPC CNI and Calico do: a /32 host

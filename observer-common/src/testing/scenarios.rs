@@ -6,10 +6,12 @@ use std::string::ToString;
 
 use std::{net::IpAddr, vec, vec::Vec};
 
-use super::frames::{Frame, L4, non_ip};
+use super::{
+    flow_key,
+    frames::{Frame, L4, non_ip},
+};
 use crate::{
-    addr::key_of,
-    maps::{FlowKey, role},
+    maps::role,
     packet::{TCP_ACK, TCP_PSH, TCP_RST, TCP_SYN},
     user::Inventory,
     verdict::{Settings, Verdict},
@@ -63,10 +65,6 @@ fn raw(row: &'static str, what: &'static str, bytes: Vec<u8>, expect: Verdict) -
 
 fn addr(s: &str) -> IpAddr {
     s.parse().expect("test address")
-}
-
-fn pod_flow(src: &str, dst: &str, sport: u16, dport: u16, proto: u8) -> FlowKey {
-    FlowKey::new(key_of(addr(src)), key_of(addr(dst)), sport, dport, proto)
 }
 
 /// Addresses of the VPC CNI node (ip-10-0-7-223 in the article).
@@ -135,11 +133,11 @@ pub fn vpc_cni() -> Layout {
     inv.add_ip(addr(EXTERNAL_IP), role::SERVICE);
     // A NodePort allocated outside the range (a cluster with a custom range).
     inv.add_nodeport(8443, 6);
-    inv.add_pod_flow(pod_flow(POD_A, INTERNET, 40000, 443, 6));
-    inv.add_pod_flow(pod_flow(POD_A, VPC_DNS, 40001, 53, 17));
-    inv.add_pod_flow(pod_flow(POD_A, INTERNET, 77, 0, 1));
-    inv.add_pod_flow(pod_flow(POD6, INTERNET6, 40002, 443, 6));
-    inv.add_pod_flow(pod_flow(POD6, INTERNET6, 40003, 53, 17));
+    inv.add_pod_flow(flow_key(POD_A, INTERNET, 40000, 443, 6));
+    inv.add_pod_flow(flow_key(POD_A, VPC_DNS, 40001, 53, 17));
+    inv.add_pod_flow(flow_key(POD_A, INTERNET, 77, 0, 1));
+    inv.add_pod_flow(flow_key(POD6, INTERNET6, 40002, 443, 6));
+    inv.add_pod_flow(flow_key(POD6, INTERNET6, 40003, 53, 17));
     let cases = rows(&Addrs {
         node: NODE_ETH0,
         node_second: NODE_ETH1,
@@ -182,11 +180,11 @@ pub fn calico() -> Layout {
     inv.add_cidr(ALLOWED_CIDR.parse().unwrap(), role::ALLOWED);
     inv.add_cidr(SERVICE_CIDR.parse().unwrap(), role::SERVICE);
     inv.add_nodeport(8443, 6);
-    inv.add_pod_flow(pod_flow(POD_A, INTERNET, 40000, 443, 6));
-    inv.add_pod_flow(pod_flow(POD_A, "10.0.0.2", 40001, 53, 17));
-    inv.add_pod_flow(pod_flow(POD_A, INTERNET, 77, 0, 1));
-    inv.add_pod_flow(pod_flow(POD6, INTERNET6, 40002, 443, 6));
-    inv.add_pod_flow(pod_flow(POD6, INTERNET6, 40003, 53, 17));
+    inv.add_pod_flow(flow_key(POD_A, INTERNET, 40000, 443, 6));
+    inv.add_pod_flow(flow_key(POD_A, "10.0.0.2", 40001, 53, 17));
+    inv.add_pod_flow(flow_key(POD_A, INTERNET, 77, 0, 1));
+    inv.add_pod_flow(flow_key(POD6, INTERNET6, 40002, 443, 6));
+    inv.add_pod_flow(flow_key(POD6, INTERNET6, 40003, 53, 17));
     let cases = rows(&Addrs {
         node: NODE,
         node_second: VXLAN,

@@ -14,7 +14,6 @@ use std::{
 
 use aya::programs::{SchedClassifier, TcAttachType};
 use observer::flows::FlowRow;
-use observer_common::{addr::key_of, maps::FlowKey};
 use testbed::{agent::AgentProc, netns::Netns, topology::Node, traffic::http_get};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_observer");
@@ -28,16 +27,6 @@ pub fn ports_from(base: u16) {
 pub fn next_port() -> u16 {
     let _ = PORT.compare_exchange(0, 19_100, Ordering::Relaxed, Ordering::Relaxed);
     PORT.fetch_add(1, Ordering::Relaxed)
-}
-
-pub fn key(src: &str, dst: &str, sport: u16, dport: u16, proto: u8) -> FlowKey {
-    FlowKey::new(
-        key_of(src.parse().unwrap()),
-        key_of(dst.parse().unwrap()),
-        sport,
-        dport,
-        proto,
-    )
 }
 
 pub fn dir(name: &str) -> PathBuf {
