@@ -20,8 +20,9 @@ pub mod role {
     pub const SERVICE: u32 = 1 << 4;
 }
 
-/// A flow's 5-tuple as the packet's sender sent it. Ports in host order.
-#[repr(C)]
+/// A flow's 5-tuple as the packet's sender sent it. Ports in host order. Aligned to 8 so BPF
+/// copies and compares it in 8-byte words.
+#[repr(C, align(8))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct FlowKey {
     pub src: IpKey,
