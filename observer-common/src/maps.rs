@@ -4,7 +4,10 @@
 //! no enums), so every bit pattern is a valid value on both sides. The maps themselves are
 //! declared in `observer-ebpf/src/maps.rs`; their names are in [`crate::names`].
 
-use crate::addr::IpKey;
+use crate::{
+    addr::IpKey,
+    packet::{IPPROTO_SCTP, IPPROTO_TCP, IPPROTO_UDP},
+};
 
 /// Roles of an address, as bits of the `IP_ROLES` and `CIDR_ROLES` values.
 pub mod role {
@@ -53,10 +56,46 @@ impl FlowKey {
     }
 }
 
-/// Key of `NODEPORTS`: protocol in the high half, port in the low half.
+/// Words of `NODEPORTS`, a bitmap with one bit per (protocol, port): 1,024 `u64` words (65,536
+/// ports) for each of TCP, UDP and SCTP. An array, so the uplink's lookup is inlined by the
+/// verifier instead of hashing.
+pub const NODEPORT_WORDS: u32 = 3 * 1024;
+
+/// The word index in `NODEPORTS` and the bit of a NodePort; `None` for a protocol without
+/// NodePorts.
 #[inline(always)]
-pub const fn nodeport_key(port: u16, proto: u8) -> u32 {
-    ((proto as u32) << 16) | port as u32
+pub const fn nodeport_bit(port: u16, proto: u8) -> Option<(u32, u64)> {
+    let slot = match proto {
+        IPPROTO_TCP => 0,
+        IPPROTO_UDP => 1,
+        IPPROTO_SCTP => 2,
+        _ => return None,
+    };
+    Some((slot * 1024 + (port as u32 >> 6), 1u64 << (port & 63)))
+}
+
+/// Slots of `ROLE_CACHE`, per CPU.
+pub const ROLE_CACHE_SLOTS: u32 = 1024;
+
+/// Value of `ROLE_CACHE` (per CPU, direct-mapped by [`role_cache_slot`]): an address's roles as
+/// `IP_ROLES`/`CIDR_ROLES` answered them while `ROLES_GENERATION` was `generation`. The agent
+/// bumps the generation after every change to those maps, so an entry filled before a change
+/// is never used after it. Generation 0 means "no cache yet".
+#[repr(C, align(8))]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RoleCacheEntry {
+    pub addr: IpKey,
+    pub generation: u64,
+    pub roles: u32,
+    pub _pad: u32,
+}
+
+/// The `ROLE_CACHE` slot of an address: a multiplicative hash of its last four bytes (the whole
+/// IPv4 address, or the interface-id end of an IPv6 one).
+#[inline(always)]
+pub const fn role_cache_slot(addr: &IpKey) -> u32 {
+    let w = u32::from_ne_bytes([addr[12], addr[13], addr[14], addr[15]]);
+    w.wrapping_mul(0x9e37_79b1) >> (32 - ROLE_CACHE_SLOTS.trailing_zeros())
 }
 
 /// `FlowStats::origin` and `FlowEvent::origin`: how the flow began as far as the observer saw.
@@ -220,6 +259,8 @@ const _: () = {
     assert!(core::mem::size_of::<VerdictStats>() == 24);
     assert!(core::mem::size_of::<FlowEvent>() == 64);
     assert!(core::mem::size_of::<TraceRecord>() == 16);
+    assert!(core::mem::size_of::<RoleCacheEntry>() == 32);
+    assert!(ROLE_CACHE_SLOTS.is_power_of_two());
 };
 
 #[cfg(feature = "user")]
@@ -239,4 +280,6 @@ mod pod_impls {
     unsafe impl aya::Pod for FlowEvent {}
     // SAFETY: as above.
     unsafe impl aya::Pod for TraceRecord {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for RoleCacheEntry {}
 }

@@ -16,8 +16,12 @@ pub const PROGRAMS: [&str; 3] = [PROG_UPLINK, PROG_TO_POD, PROG_FROM_POD];
 pub const MAP_IP_ROLES: &str = "IP_ROLES";
 /// CIDRs and their roles (LPM trie), consulted when the exact map misses.
 pub const MAP_CIDR_ROLES: &str = "CIDR_ROLES";
-/// NodePorts actually allocated (key: [`crate::maps::nodeport_key`]), beside the range.
+/// NodePorts actually allocated, beside the range: a bitmap ([`crate::maps::nodeport_bit`]).
 pub const MAP_NODEPORTS: &str = "NODEPORTS";
+/// Per-CPU direct-mapped cache of address roles ([`crate::maps::RoleCacheEntry`]).
+pub const MAP_ROLE_CACHE: &str = "ROLE_CACHE";
+/// One u64: bumped by the agent after every change to the role maps; 0 = cache unused.
+pub const MAP_ROLES_GENERATION: &str = "ROLES_GENERATION";
 /// Flows opened by local pods (LRU), so their replies are judged "reply".
 pub const MAP_POD_FLOWS: &str = "POD_FLOWS";
 /// Flagged flows (direct to pod) with their counters and state (LRU).
@@ -40,5 +44,7 @@ pub const GLOBAL_NODEPORT_MIN: &str = "NODEPORT_MIN";
 pub const GLOBAL_NODEPORT_MAX: &str = "NODEPORT_MAX";
 /// Bit mask of verdicts whose flows go into [`MAP_FLOWS`] (u32, load-time global).
 pub const GLOBAL_TRACK_MASK: &str = "TRACK_MASK";
+/// Non-zero: answer roles through [`MAP_ROLE_CACHE`] (u8, load-time global; on by default).
+pub const GLOBAL_ROLE_CACHE: &str = "ROLE_CACHE_ENABLED";
 /// Non-zero: write each uplink decision into [`MAP_TRACE`] (u8, load-time global; tests only).
 pub const GLOBAL_TRACE: &str = "TRACE_ENABLED";

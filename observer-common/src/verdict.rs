@@ -244,6 +244,15 @@ pub trait Lookup {
     fn pod_flow(&self, key: &FlowKey) -> bool;
     /// Whether this port is an allocated NodePort (`NODEPORTS`), in or out of the range.
     fn nodeport(&self, port: u16, proto: u8) -> bool;
+    /// The roles of an address: the exact map first, the CIDR trie only on a miss. The kernel
+    /// answers repeated addresses from a per-CPU cache in front of both.
+    #[inline(always)]
+    fn roles(&self, addr: &IpKey) -> u32 {
+        match self.exact_roles(addr) {
+            Some(r) => r,
+            None => self.cidr_roles(addr),
+        }
+    }
 }
 
 /// Settings the verdict depends on besides the inventory.
@@ -251,15 +260,6 @@ pub trait Lookup {
 pub struct Settings {
     pub nodeport_min: u16,
     pub nodeport_max: u16,
-}
-
-/// The roles of an address: the exact map first, the CIDR trie only on a miss.
-#[inline(always)]
-pub fn roles<L: Lookup + ?Sized>(l: &L, addr: &IpKey) -> u32 {
-    match l.exact_roles(addr) {
-        Some(r) => r,
-        None => l.cidr_roles(addr),
-    }
 }
 
 /// The verdict of a packet entering the node on an uplink, before any DNAT, from what
@@ -279,7 +279,7 @@ pub fn decide<L: Lookup + ?Sized>(
     if p.fragment {
         return Decision::of(Verdict::Fragment, Reason::NonFirstFragment);
     }
-    let dst = roles(l, &p.dst);
+    let dst = l.roles(&p.dst);
     if dst & role::LOCAL_POD != 0 {
         return to_local_pod(p, l);
     }
@@ -300,7 +300,7 @@ pub fn decide<L: Lookup + ?Sized>(
 
 #[inline(always)]
 fn to_local_pod<L: Lookup + ?Sized>(p: &Packet, l: &L) -> Decision {
-    let src = roles(l, &p.src);
+    let src = l.roles(&p.src);
     if src & role::CLUSTER != 0 {
         return Decision::of(Verdict::InCluster, Reason::SrcInCluster);
     }

@@ -5,7 +5,9 @@
 //! |---|---|---|---|---|
 //! | `IP_ROLES` | hash | address → role bits | agent | uplink |
 //! | `CIDR_ROLES` | LPM trie | prefix → role bits | agent | uplink (on an exact miss) |
-//! | `NODEPORTS` | hash | port+protocol → 1 | agent | uplink (to a node address, out of the range) |
+//! | `NODEPORTS` | array | bitmap word of (protocol, port) → u64 | agent | uplink (to a node address, out of the range) |
+//! | `ROLE_CACHE` | per-CPU array | slot of an address → `RoleCacheEntry` | uplink | uplink |
+//! | `ROLES_GENERATION` | array | 0 → u64 bumped after each role change | agent | uplink |
 //! | `POD_FLOWS` | LRU hash | 5-tuple as the pod sent it → `PodFlow` | from-pod | uplink |
 //! | `FLOWS` | LRU hash | 5-tuple as the outsider sent it → `FlowStats` | uplink, pod veths | agent |
 //! | `FLAGGED` | array | 0 → 1 once any flagged flow exists (never reset) | uplink | pod veths |
@@ -21,7 +23,8 @@ use aya_ebpf::{
 use observer_common::{
     addr::IpKey,
     maps::{
-        FlowKey, FlowStats, PodFlow, STATS_ENTRIES, TraceRecord, VerdictStats, health, nodeport_key,
+        FlowKey, FlowStats, NODEPORT_WORDS, PodFlow, ROLE_CACHE_SLOTS, RoleCacheEntry,
+        STATS_ENTRIES, TraceRecord, VerdictStats, health, nodeport_bit, role_cache_slot,
     },
     verdict::Lookup,
 };
@@ -34,9 +37,19 @@ pub static IP_ROLES: HashMap<IpKey, u32> = HashMap::with_max_entries(262_144, 0)
 #[map]
 pub static CIDR_ROLES: LpmTrie<IpKey, u32> = LpmTrie::with_max_entries(16_384, 0);
 
-/// NodePorts allocated by Services (key `nodeport_key(port, proto)`), beside the range.
+/// NodePorts allocated by Services, beside the range: one bit per (protocol, port).
 #[map]
-pub static NODEPORTS: HashMap<u32, u32> = HashMap::with_max_entries(65_536, 0);
+pub static NODEPORTS: Array<u64> = Array::with_max_entries(NODEPORT_WORDS, 0);
+
+/// Roles of recently seen addresses, per CPU, valid while `ROLES_GENERATION` is unchanged: the
+/// bulk of traffic is answered without hashing into `IP_ROLES` or walking `CIDR_ROLES`.
+#[map]
+pub static ROLE_CACHE: PerCpuArray<RoleCacheEntry> =
+    PerCpuArray::with_max_entries(ROLE_CACHE_SLOTS, 0);
+
+/// Bumped by the agent after every change to `IP_ROLES` or `CIDR_ROLES`; 0 until the first.
+#[map]
+pub static ROLES_GENERATION: Array<u64> = Array::with_max_entries(1, 0);
 
 /// Flows local pods opened; LRU so a busy pod cannot fill it for good.
 #[map]
@@ -75,6 +88,8 @@ static NODEPORT_MAX: u16 = 32767;
 static TRACK_MASK: u32 = 1 << 9;
 #[unsafe(no_mangle)]
 static TRACE_ENABLED: u8 = 0;
+#[unsafe(no_mangle)]
+static ROLE_CACHE_ENABLED: u8 = 1;
 
 #[inline(always)]
 pub fn nodeport_range() -> (u16, u16) {
@@ -97,6 +112,31 @@ pub fn track_mask() -> u32 {
 pub fn trace_enabled() -> bool {
     // SAFETY: as above.
     unsafe { core::ptr::read_volatile(&TRACE_ENABLED) != 0 }
+}
+
+#[inline(always)]
+fn role_cache_enabled() -> bool {
+    // SAFETY: as above.
+    unsafe { core::ptr::read_volatile(&ROLE_CACHE_ENABLED) != 0 }
+}
+
+/// Whether two addresses are equal, compared as two 8-byte words (a `[u8; 16]` comparison
+/// would become a byte loop in BPF).
+#[inline(always)]
+fn same_addr(a: &IpKey, b: &IpKey) -> bool {
+    let w = |k: &IpKey, i: usize| {
+        u64::from_ne_bytes([
+            k[i],
+            k[i + 1],
+            k[i + 2],
+            k[i + 3],
+            k[i + 4],
+            k[i + 5],
+            k[i + 6],
+            k[i + 7],
+        ])
+    };
+    w(a, 0) == w(b, 0) && w(a, 8) == w(b, 8)
 }
 
 /// Whether any flagged flow was ever recorded (so `FLOWS` is worth a lookup).
@@ -145,6 +185,43 @@ impl Lookup for Maps {
 
     #[inline(always)]
     fn nodeport(&self, port: u16, proto: u8) -> bool {
-        NODEPORTS.get_ptr(&nodeport_key(port, proto)).is_some()
+        let Some((word, bit)) = nodeport_bit(port, proto) else {
+            return false;
+        };
+        NODEPORTS.get(word).is_some_and(|w| *w & bit != 0)
+    }
+
+    #[inline(always)]
+    fn roles(&self, addr: &IpKey) -> u32 {
+        let generation = if role_cache_enabled() {
+            ROLES_GENERATION.get(0).copied().unwrap_or(0)
+        } else {
+            0
+        };
+        let slot = match ROLE_CACHE.get_ptr_mut(role_cache_slot(addr)) {
+            Some(e) if generation != 0 => e,
+            _ => return uncached_roles(addr),
+        };
+        // SAFETY: a per-CPU slot, so no other program reads or writes it concurrently.
+        unsafe {
+            if (*slot).generation == generation && same_addr(&(*slot).addr, addr) {
+                return (*slot).roles;
+            }
+            // The generation was read before the lookups: a change the agent makes meanwhile
+            // bumps it afterwards, so this entry cannot outlive the change.
+            let roles = uncached_roles(addr);
+            (*slot).addr = *addr;
+            (*slot).generation = generation;
+            (*slot).roles = roles;
+            roles
+        }
+    }
+}
+
+#[inline(always)]
+fn uncached_roles(addr: &IpKey) -> u32 {
+    match Maps.exact_roles(addr) {
+        Some(r) => r,
+        None => Maps.cidr_roles(addr),
     }
 }

@@ -5,7 +5,10 @@ use aya::{
     programs::{ProgramError, SchedClassifier, TestRun, TestRunOptions, TestRunResult},
 };
 use observer_common::{
-    names::{GLOBAL_NODEPORT_MAX, GLOBAL_NODEPORT_MIN, GLOBAL_TRACE, GLOBAL_TRACK_MASK, PROGRAMS},
+    names::{
+        GLOBAL_NODEPORT_MAX, GLOBAL_NODEPORT_MIN, GLOBAL_ROLE_CACHE, GLOBAL_TRACE,
+        GLOBAL_TRACK_MASK, PROGRAMS,
+    },
     verdict::Verdict,
 };
 
@@ -21,6 +24,8 @@ pub struct LoadOptions {
     pub track_mask: u32,
     /// Record each uplink decision in `TRACE` (tests only; costs a map write per packet).
     pub trace: bool,
+    /// Answer repeated addresses from the per-CPU role cache (on; off only to measure it).
+    pub role_cache: bool,
 }
 
 impl Default for LoadOptions {
@@ -30,6 +35,7 @@ impl Default for LoadOptions {
             nodeport_max: 32767,
             track_mask: Verdict::DirectToPod.bit(),
             trace: false,
+            role_cache: true,
         }
     }
 }
@@ -53,11 +59,13 @@ pub enum BpfError {
 /// Loads the object with `opts` and loads (verifies) every program into the kernel.
 pub fn load(opts: &LoadOptions) -> Result<Ebpf, BpfError> {
     let trace = u8::from(opts.trace);
+    let role_cache = u8::from(opts.role_cache);
     let mut ebpf = EbpfLoader::new()
         .override_global(GLOBAL_NODEPORT_MIN, &opts.nodeport_min, true)
         .override_global(GLOBAL_NODEPORT_MAX, &opts.nodeport_max, true)
         .override_global(GLOBAL_TRACK_MASK, &opts.track_mask, true)
         .override_global(GLOBAL_TRACE, &trace, true)
+        .override_global(GLOBAL_ROLE_CACHE, &role_cache, true)
         .load(OBJECT)?;
     for name in PROGRAMS {
         classifier(&mut ebpf, name)?

@@ -10,7 +10,7 @@ use observer_common::{
         ICMP_ECHO_REQUEST, ICMPV6_ECHO_REQUEST, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP,
         IPPROTO_UDP, Packet, Status, TCP_SYN,
     },
-    verdict::{Lookup, Settings, decide, roles},
+    verdict::{Lookup, Settings, decide},
 };
 use serde::{Deserialize, Serialize};
 
@@ -135,8 +135,8 @@ pub fn explain<L: Lookup + ?Sized>(
         verdict: d.verdict.name().to_string(),
         alert: d.verdict.alerts(),
         reason: d.reason.describe().to_string(),
-        src_roles: role_names(roles(lookup, &p.src)),
-        dst_roles: role_names(roles(lookup, &p.dst)),
+        src_roles: role_names(lookup.roles(&p.src)),
+        dst_roles: role_names(lookup.roles(&p.dst)),
         pod: pod_of(&dst_ip),
         remedy: None,
     })

@@ -3,12 +3,18 @@
 //! `EVENTS`, metrics and the debug API read counters. Each map sits behind its own mutex;
 //! every operation is one short syscall.
 
-use std::{collections::BTreeMap, sync::Mutex};
+use std::{
+    collections::BTreeMap,
+    sync::{
+        Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
+};
 
 use aya::{
     Ebpf, Pod,
     maps::{
-        HashMap, IterableMap, Map, MapData, MapError, PerCpuArray, RingBuf,
+        Array, HashMap, IterableMap, Map, MapData, MapError, PerCpuArray, RingBuf,
         lpm_trie::{Key, LpmTrie},
     },
 };
@@ -16,11 +22,11 @@ use observer_common::{
     addr::IpKey,
     maps::{
         FlowEvent, FlowKey, FlowStats, PodFlow, STATS_ENTRIES, TraceRecord, VerdictStats, health,
-        nodeport_key, proto_class,
+        nodeport_bit, proto_class,
     },
     names::{
         MAP_CIDR_ROLES, MAP_EVENTS, MAP_FLOWS, MAP_HEALTH, MAP_IP_ROLES, MAP_NODEPORTS,
-        MAP_POD_FLOWS, MAP_TRACE, MAP_VERDICT_STATS,
+        MAP_POD_FLOWS, MAP_ROLES_GENERATION, MAP_TRACE, MAP_VERDICT_STATS,
     },
     user::{Cidr, Inventory},
     verdict::{Lookup, VERDICT_COUNT, Verdict},
@@ -84,7 +90,10 @@ pub struct Maps {
     ip_roles: Mutex<HashMap<MapData, IpKey, u32>>,
     cidr_roles: Mutex<LpmTrie<MapData, IpKey, u32>>,
     pod_flows: Mutex<HashMap<MapData, FlowKey, PodFlow>>,
-    nodeports: Mutex<HashMap<MapData, u32, u32>>,
+    nodeports: Mutex<Array<MapData, u64>>,
+    roles_generation: Mutex<Array<MapData, u64>>,
+    /// Last value written to `ROLES_GENERATION`.
+    generation: AtomicU64,
     flows: Mutex<HashMap<MapData, FlowKey, FlowStats>>,
     verdict_stats: PerCpuArray<MapData, VerdictStats>,
     health: PerCpuArray<MapData, u64>,
@@ -103,6 +112,8 @@ impl Maps {
             cidr_roles: Mutex::new(take(ebpf, MAP_CIDR_ROLES)?),
             pod_flows: Mutex::new(take(ebpf, MAP_POD_FLOWS)?),
             nodeports: Mutex::new(take(ebpf, MAP_NODEPORTS)?),
+            roles_generation: Mutex::new(take(ebpf, MAP_ROLES_GENERATION)?),
+            generation: AtomicU64::new(0),
             flows: Mutex::new(flows),
             verdict_stats: take(ebpf, MAP_VERDICT_STATS)?,
             health: take(ebpf, MAP_HEALTH)?,
@@ -137,45 +148,51 @@ impl Maps {
     pub fn set_ip(&self, key: IpKey, roles: u32) -> Result<(), KmapError> {
         lock(&self.ip_roles)
             .insert(key, roles, 0)
-            .map_err(err(MAP_IP_ROLES))
+            .map_err(err(MAP_IP_ROLES))?;
+        self.roles_changed()
     }
 
     /// Forgets an exact address (absent is fine).
     pub fn remove_ip(&self, key: &IpKey) -> Result<(), KmapError> {
         match lock(&self.ip_roles).remove(key) {
-            Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
+            Ok(()) | Err(MapError::KeyNotFound) => self.roles_changed(),
             Err(e) => Err(err(MAP_IP_ROLES)(e)),
         }
     }
 
-    /// Marks a NodePort allocated (or not).
+    /// Marks a NodePort allocated (or not). Protocols without NodePorts are ignored.
     pub fn set_nodeport(&self, port: u16, proto: u8, allocated: bool) -> Result<(), KmapError> {
-        let mut m = lock(&self.nodeports);
-        let key = nodeport_key(port, proto);
-        let r = if allocated {
-            m.insert(key, 1, 0)
-        } else {
-            m.remove(&key)
+        let Some((index, bit)) = nodeport_bit(port, proto) else {
+            return Ok(());
         };
-        match r {
-            Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
-            Err(e) => Err(err(MAP_NODEPORTS)(e)),
-        }
+        let mut m = lock(&self.nodeports);
+        let word = m.get(&index, 0).map_err(err(MAP_NODEPORTS))?;
+        let word = if allocated { word | bit } else { word & !bit };
+        m.set(index, word, 0).map_err(err(MAP_NODEPORTS))
     }
 
     /// Sets a CIDR's roles.
     pub fn set_cidr(&self, cidr: &Cidr, roles: u32) -> Result<(), KmapError> {
         lock(&self.cidr_roles)
             .insert(&Key::new(cidr.key_prefix_len(), cidr.key()), roles, 0)
-            .map_err(err(MAP_CIDR_ROLES))
+            .map_err(err(MAP_CIDR_ROLES))?;
+        self.roles_changed()
     }
 
     /// Forgets a CIDR (absent is fine).
     pub fn remove_cidr(&self, cidr: &Cidr) -> Result<(), KmapError> {
         match lock(&self.cidr_roles).remove(&Key::new(cidr.key_prefix_len(), cidr.key())) {
-            Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
+            Ok(()) | Err(MapError::KeyNotFound) => self.roles_changed(),
             Err(e) => Err(err(MAP_CIDR_ROLES)(e)),
         }
+    }
+
+    /// Bumps `ROLES_GENERATION` after a change to `IP_ROLES`/`CIDR_ROLES`, so that no CPU
+    /// answers from a role cached before the change.
+    fn roles_changed(&self) -> Result<(), KmapError> {
+        let mut g = lock(&self.roles_generation);
+        let next = self.generation.fetch_add(1, Ordering::Relaxed) + 1;
+        g.set(0, next, 0).map_err(err(MAP_ROLES_GENERATION))
     }
 
     /// Reads `VERDICT_STATS`.
@@ -277,9 +294,12 @@ impl Lookup for Maps {
     }
 
     fn nodeport(&self, port: u16, proto: u8) -> bool {
+        let Some((index, bit)) = nodeport_bit(port, proto) else {
+            return false;
+        };
         lock(&self.nodeports)
-            .get(&nodeport_key(port, proto), 0)
-            .is_ok()
+            .get(&index, 0)
+            .is_ok_and(|w| w & bit != 0)
     }
 }
 

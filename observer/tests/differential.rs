@@ -341,3 +341,58 @@ fn kernel_and_host_agree_on_every_frame() {
         );
     }
 }
+
+/// The per-CPU role cache never answers from before a change: an address cached as "outside"
+/// becomes a cluster peer (and back), a CIDR is added and removed, a NodePort is allocated and
+/// released, and each change shows in the very next packet's verdict, as the host gives it.
+#[test]
+fn role_changes_reach_cached_addresses() {
+    use observer_common::{
+        addr::key_of,
+        maps::role,
+        testing::scenarios::{vpc::*, vpc_cni},
+        user::Cidr,
+    };
+    let cpu = pin_cpu();
+    let base = vpc_cni();
+    let (mut ebpf, maps) = load(&base);
+    let outside = key_of(OUTSIDE.parse().unwrap());
+    let to_pod = Frame::tcp(OUTSIDE, POD_A, 40000, 80, TCP_ACK).build();
+    let to_node = Frame::tcp(OUTSIDE, NODE_ETH0, 40000, 9443, TCP_SYN).build();
+    let mut check = |layout: &Layout, frame: &[u8], want: Verdict| {
+        // Several packets each: the first fills the cache, the others are answered from it.
+        for _ in 0..3 {
+            let (rc, d) = run_uplink(&mut ebpf, &maps, cpu, frame);
+            assert_eq!(rc, UNSPEC);
+            assert_eq!(d, host(layout, frame), "kernel and host disagree");
+            assert_eq!(d.verdict, want);
+        }
+    };
+    check(&base, &to_pod, Verdict::DirectToPod);
+    // The source joins the cluster (a new node): the cached "outside" must not be used...
+    let mut joined = vpc_cni();
+    joined
+        .inventory
+        .add_ip(OUTSIDE.parse().unwrap(), role::NODE | role::CLUSTER);
+    maps.set_ip(outside, role::NODE | role::CLUSTER).unwrap();
+    check(&joined, &to_pod, Verdict::InCluster);
+    // ... and leaves again.
+    maps.remove_ip(&outside).unwrap();
+    check(&base, &to_pod, Verdict::DirectToPod);
+    // An allowed CIDR covering it appears, then goes.
+    let cidr: Cidr = "10.0.6.0/24".parse().unwrap();
+    let mut allowed = vpc_cni();
+    allowed.inventory.add_cidr(cidr, role::ALLOWED);
+    maps.set_cidr(&cidr, role::ALLOWED).unwrap();
+    check(&allowed, &to_pod, Verdict::Allowed);
+    maps.remove_cidr(&cidr).unwrap();
+    check(&base, &to_pod, Verdict::DirectToPod);
+    // A NodePort outside the range is allocated, then released.
+    check(&base, &to_node, Verdict::Host);
+    let mut nodeport = vpc_cni();
+    nodeport.inventory.add_nodeport(9443, 6);
+    maps.set_nodeport(9443, 6, true).unwrap();
+    check(&nodeport, &to_node, Verdict::NodePort);
+    maps.set_nodeport(9443, 6, false).unwrap();
+    check(&base, &to_node, Verdict::Host);
+}

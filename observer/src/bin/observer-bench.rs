@@ -116,6 +116,40 @@ fn main() {
         .payload(64)
         .build();
     let mut samples: BTreeMap<String, Vec<f64>> = BTreeMap::new();
+    // The same node with the role cache off: every address answered from IP_ROLES/CIDR_ROLES
+    // (the cost of a cache miss, e.g. the first packet from a new peer).
+    let mut uncached = bpf::load(&LoadOptions {
+        role_cache: false,
+        ..LoadOptions::default()
+    })
+    .expect("load");
+    let (uncached_maps, _uncached_events) = Maps::take(&mut uncached).expect("maps");
+    uncached_maps
+        .write_inventory(&layout.inventory)
+        .expect("inventory");
+    let uncached_classes: Vec<(&str, &str, Vec<u8>)> = vec![
+        (
+            "uplink",
+            "in-cluster TCP to a pod, role cache off",
+            Frame::tcp(PEER_NODE, POD_A, 40000, 80, TCP_ACK | TCP_PSH)
+                .payload(64)
+                .build(),
+        ),
+        (
+            "uplink",
+            "TCP to the node itself, role cache off",
+            Frame::tcp(OUTSIDE, NODE_ETH0, 40000, 22, TCP_ACK)
+                .payload(64)
+                .build(),
+        ),
+        (
+            "uplink",
+            "reply to a pod-opened flow, role cache off",
+            Frame::tcp(INTERNET, POD_A, 443, 40000, TCP_ACK | TCP_PSH)
+                .payload(64)
+                .build(),
+        ),
+    ];
     let quiet_classes: Vec<(&str, &str, Vec<u8>)> = vec![
         (
             "to_pod",
@@ -138,19 +172,18 @@ fn main() {
         let r = bpf::test_run(&mut ebpf, PROG_NOOP, &floor_frame, REPEAT).expect("noop");
         let f = r.duration.as_nanos() as f64;
         floor.push(f);
-        for (p, name, frame) in &quiet_classes {
-            let r = bpf::test_run(&mut quiet, prog(p), frame, REPEAT).expect("test_run");
-            samples
-                .entry(format!("{p}: {name}"))
-                .or_default()
-                .push(r.duration.as_nanos() as f64 - f);
-        }
-        for (p, name, frame) in &classes {
-            let r = bpf::test_run(&mut ebpf, prog(p), frame, REPEAT).expect("test_run");
-            samples
-                .entry(format!("{p}: {name}"))
-                .or_default()
-                .push(r.duration.as_nanos() as f64 - f);
+        for (obj, list) in [
+            (&mut quiet, &quiet_classes),
+            (&mut ebpf, &classes),
+            (&mut uncached, &uncached_classes),
+        ] {
+            for (p, name, frame) in list {
+                let r = bpf::test_run(obj, prog(p), frame, REPEAT).expect("test_run");
+                samples
+                    .entry(format!("{p}: {name}"))
+                    .or_default()
+                    .push(r.duration.as_nanos() as f64 - f);
+            }
         }
     }
     // First SYN of a new direct flow: a new flow each run (repeat 1), minus the floor at repeat 1.
