@@ -115,7 +115,7 @@ pub struct FlowStats {
     /// Packets and bytes seen at the uplink (atomic adds).
     pub packets: u64,
     pub bytes: u64,
-    /// `bpf_ktime_get_boot_ns()` of the first and the last packet at the uplink.
+    /// `bpf_ktime_get_coarse_ns()` of the first and the last packet at the uplink.
     pub first_seen_ns: u64,
     pub last_seen_ns: u64,
     /// The uplink the flow entered on.
@@ -229,7 +229,7 @@ pub mod health {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FlowEvent {
     pub key: FlowKey,
-    /// `bpf_ktime_get_boot_ns()` of the first packet.
+    /// `bpf_ktime_get_coarse_ns()` of the first packet.
     pub ts_ns: u64,
     pub ifindex: u32,
     /// Length of the first packet.

@@ -1,6 +1,6 @@
 //! Pod veths: delivery of flagged flows, the pod's answers, and the flows the pod opens.
 
-use aya_ebpf::{helpers::bpf_ktime_get_boot_ns, programs::TcContext};
+use aya_ebpf::{helpers::bpf_ktime_get_coarse_ns, programs::TcContext};
 use observer_common::{
     maps::{PodFlow, health},
     packet::{Packet, Status, parse},
@@ -66,7 +66,7 @@ pub fn from_pod(ctx: &TcContext) {
     }
     let flow = PodFlow {
         // SAFETY: a helper without preconditions.
-        first_seen_ns: unsafe { bpf_ktime_get_boot_ns() },
+        first_seen_ns: unsafe { bpf_ktime_get_coarse_ns() },
         ifindex: ifindex(ctx),
         _pad: 0,
     };

@@ -1,7 +1,7 @@
 //! Uplink ingress: one verdict per packet, counted; flagged flows go into `FLOWS`, and a new
 //! one also into `EVENTS`.
 
-use aya_ebpf::{bindings::BPF_NOEXIST, helpers::bpf_ktime_get_boot_ns, programs::TcContext};
+use aya_ebpf::{bindings::BPF_NOEXIST, helpers::bpf_ktime_get_coarse_ns, programs::TcContext};
 use observer_common::{
     maps::{FlowEvent, FlowStats, health, proto_class, proto_class_of, stats_index},
     packet::{Packet, Status, parse},
@@ -110,7 +110,7 @@ fn update(s: *mut FlowStats, len: u32, now: u64, tcp_flags: u8) {
 fn track(ctx: &TcContext, p: &Packet, d: &Decision, len: u32) {
     let key = p.key();
     // SAFETY: a helper without preconditions.
-    let now = unsafe { bpf_ktime_get_boot_ns() };
+    let now = unsafe { bpf_ktime_get_coarse_ns() };
     if let Some(s) = FLOWS.get_ptr_mut(&key) {
         update(s, len, now, p.tcp_flags);
         return;

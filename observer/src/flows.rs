@@ -283,7 +283,7 @@ impl Tracker {
     /// Refreshes the view from the kernel table: counters and state, settling (metrics and
     /// alert), idle expiry, pod series removal, alert folding windows.
     pub fn refresh(&mut self, maps: &Maps, dir: &Directory, metrics: &Metrics) {
-        let now_ns = clock::boot_ns();
+        let now_ns = clock::kernel_ns();
         let idle_ns = self.cfg.idle.as_nanos() as u64;
         let settle_ns = self.cfg.settle.as_nanos() as u64;
         let keys: Vec<FlowKey> = self.records.keys().copied().collect();
