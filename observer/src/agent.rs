@@ -274,6 +274,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let mut ebpf = bpf::load(&LoadOptions {
         nodeport_min: cfg.nodeport_min,
         nodeport_max: cfg.nodeport_max,
+        flow_table_entries: cfg.flow_table_entries,
         ..LoadOptions::default()
     })?;
     let (maps, ring) = Maps::take(&mut ebpf)?;

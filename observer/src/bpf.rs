@@ -7,7 +7,7 @@ use aya::{
 use observer_common::{
     names::{
         GLOBAL_NODEPORT_MAX, GLOBAL_NODEPORT_MIN, GLOBAL_ROLE_CACHE, GLOBAL_TRACE,
-        GLOBAL_TRACK_MASK, PROGRAMS,
+        GLOBAL_TRACK_MASK, MAP_FLOWS, PROGRAMS,
     },
     verdict::Verdict,
 };
@@ -26,6 +26,8 @@ pub struct LoadOptions {
     pub trace: bool,
     /// Answer repeated addresses from the per-CPU role cache (on; off only to measure it).
     pub role_cache: bool,
+    /// Capacity of `FLOWS`.
+    pub flow_table_entries: u32,
 }
 
 impl Default for LoadOptions {
@@ -36,6 +38,7 @@ impl Default for LoadOptions {
             track_mask: Verdict::DirectToPod.bit(),
             trace: false,
             role_cache: true,
+            flow_table_entries: crate::defaults::FLOW_TABLE_ENTRIES,
         }
     }
 }
@@ -66,6 +69,7 @@ pub fn load(opts: &LoadOptions) -> Result<Ebpf, BpfError> {
         .override_global(GLOBAL_TRACK_MASK, &opts.track_mask, true)
         .override_global(GLOBAL_TRACE, &trace, true)
         .override_global(GLOBAL_ROLE_CACHE, &role_cache, true)
+        .map_max_entries(MAP_FLOWS, opts.flow_table_entries)
         .load(OBJECT)?;
     for name in PROGRAMS {
         classifier(&mut ebpf, name)?

@@ -89,6 +89,10 @@ pub struct RunArgs {
     /// Distinct port labels per pod before `port="other"` [default: 16].
     #[arg(long = "ports-per-pod", env = "OBSERVER_PORTS_PER_POD")]
     pub ports_per_pod: Option<String>,
+    /// Capacity of the kernel's table of flagged flows. LRU: when full, the least recently
+    /// seen flow is evicted, never a new one refused [default: 65536].
+    #[arg(long = "flow-table-entries", env = "OBSERVER_FLOW_TABLE_ENTRIES")]
+    pub flow_table_entries: Option<String>,
     /// How long metric series of a vanished pod are kept [default: 600s].
     #[arg(long = "pod-grace", env = "OBSERVER_POD_GRACE")]
     pub pod_grace: Option<String>,
@@ -120,6 +124,7 @@ struct FileConfig {
     flow_idle_timeout: Option<String>,
     alert_window: Option<String>,
     ports_per_pod: Option<u64>,
+    flow_table_entries: Option<u64>,
     pod_grace: Option<String>,
 }
 
@@ -177,6 +182,7 @@ pub struct Config {
     pub flow_idle_timeout: Duration,
     pub alert_window: Duration,
     pub ports_per_pod: usize,
+    pub flow_table_entries: u32,
     pub pod_grace: Duration,
     pub recent_flows: usize,
     pub settle: Duration,
@@ -300,6 +306,28 @@ pub fn parse_duration(key: &'static str, v: &str) -> Result<Duration, ConfigErro
     Ok(d)
 }
 
+/// A whole number from the flag, else the file, else the default, within `range`.
+fn number(
+    key: &'static str,
+    flag: Option<String>,
+    file: Option<u64>,
+    default: u64,
+    range: std::ops::RangeInclusive<u64>,
+) -> Result<u64, ConfigError> {
+    let problem = || format!("a number from {} to {}", range.start(), range.end());
+    let v = match flag {
+        Some(v) => v
+            .trim()
+            .parse::<u64>()
+            .map_err(|_| invalid(key, &v, &problem()))?,
+        None => file.unwrap_or(default),
+    };
+    if !range.contains(&v) {
+        return Err(invalid(key, &v.to_string(), &problem()));
+    }
+    Ok(v)
+}
+
 fn nodeport_range(v: &str) -> Result<(u16, u16), ConfigError> {
     let key = "nodeport-range";
     let (a, b) = v
@@ -393,20 +421,20 @@ impl Config {
                     None => Ok(default),
                 }
             };
-        let ports_per_pod = match args.ports_per_pod {
-            Some(v) => v
-                .trim()
-                .parse::<u64>()
-                .map_err(|_| invalid("ports-per-pod", &v, "a number from 1 to 1024"))?,
-            None => file.ports_per_pod.unwrap_or(defaults::PORTS_PER_POD as u64),
-        };
-        if !(1..=1024).contains(&ports_per_pod) {
-            return Err(invalid(
-                "ports-per-pod",
-                &ports_per_pod.to_string(),
-                "a number from 1 to 1024",
-            ));
-        }
+        let ports_per_pod = number(
+            "ports-per-pod",
+            args.ports_per_pod,
+            file.ports_per_pod,
+            defaults::PORTS_PER_POD as u64,
+            1..=1024,
+        )?;
+        let flow_table_entries = number(
+            "flow-table-entries",
+            args.flow_table_entries,
+            file.flow_table_entries,
+            u64::from(defaults::FLOW_TABLE_ENTRIES),
+            1024..=4_194_304,
+        )?;
         let uplinks = patterns("uplink", pick(args.uplink, file.uplink, defaults::UPLINKS))?;
         let pod_ifaces = patterns(
             "pod-iface",
@@ -459,6 +487,7 @@ impl Config {
                 defaults::ALERT_WINDOW,
             )?,
             ports_per_pod: ports_per_pod as usize,
+            flow_table_entries: flow_table_entries as u32,
             pod_grace: dur(
                 "pod-grace",
                 args.pod_grace,

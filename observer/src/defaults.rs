@@ -27,6 +27,8 @@ pub const ALERT_WINDOW: Duration = Duration::from_secs(60);
 pub const PORTS_PER_POD: usize = 16;
 /// Metric series of a pod that is gone are removed after this long.
 pub const POD_GRACE: Duration = Duration::from_secs(600);
+/// Capacity of the kernel's flagged-flow table (`FLOWS`, LRU).
+pub const FLOW_TABLE_ENTRIES: u32 = 65_536;
 /// Flows kept in the recent-flows view of the debug API.
 pub const RECENT_FLOWS: usize = 4096;
 /// How long after its first packet a direct flow's state (answered/refused/silent) is settled

@@ -28,20 +28,6 @@ const RANDOM_FRAMES_PER_LAYOUT: usize = 540_000;
 /// TC_ACT_UNSPEC (-1) as BPF_PROG_TEST_RUN reports it.
 const UNSPEC: u32 = u32::MAX;
 
-/// Pins the test thread to the CPU it is on, so the per-CPU TRACE slot is known.
-fn pin_cpu() -> usize {
-    // SAFETY: plain libc calls on this thread with a properly sized cpu_set_t.
-    unsafe {
-        let cpu = libc::sched_getcpu();
-        assert!(cpu >= 0, "sched_getcpu failed");
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(cpu as usize, &mut set);
-        let rc = libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
-        assert_eq!(rc, 0, "sched_setaffinity failed");
-        cpu as usize
-    }
-}
-
 fn load(layout: &Layout) -> (Ebpf, Maps) {
     let mut ebpf = bpf::load(&LoadOptions {
         trace: true,
@@ -239,7 +225,7 @@ fn random_bytes(rng: &mut Rng) -> Vec<u8> {
 
 #[test]
 fn kernel_and_host_agree_on_every_frame() {
-    let cpu = pin_cpu();
+    let cpu = testbed::cpu::pin_current();
     let mut seen: BTreeMap<Verdict, u64> = BTreeMap::new();
     let mut total = 0u64;
     let mut corpus_total = 0u64;
@@ -353,7 +339,7 @@ fn role_changes_reach_cached_addresses() {
         testing::scenarios::{vpc::*, vpc_cni},
         user::Cidr,
     };
-    let cpu = pin_cpu();
+    let cpu = testbed::cpu::pin_current();
     let base = vpc_cni();
     let (mut ebpf, maps) = load(&base);
     let outside = key_of(OUTSIDE.parse().unwrap());

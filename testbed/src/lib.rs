@@ -3,6 +3,7 @@
 //! toolchain exists. Every namespace is created here and deleted on drop.
 
 pub mod agent;
+pub mod cpu;
 pub mod kubeapi;
 pub mod monitoring;
 pub mod netns;

@@ -1,6 +1,7 @@
 //! `cargo xtask <task>`: the project's commands. Each sets up what it needs first.
 
 mod bench;
+mod checks;
 mod demo;
 mod generated;
 mod toolchain;
@@ -32,6 +33,12 @@ enum Task {
     Demo,
     /// Performance figures (datapath cost, throughput, flood, churn).
     Bench,
+    /// Fuzz the host parser and verdict (cargo fuzz) for a while.
+    Fuzz {
+        /// How long, in seconds.
+        #[arg(long, default_value_t = 600)]
+        seconds: u64,
+    },
     /// Only check for the toolchain and install what is missing.
     Setup,
     /// Regenerate generated files (the PrometheusRule from the rules file).
@@ -106,6 +113,9 @@ fn secs(d: Duration) -> String {
     format!("{:.1}s", d.as_secs_f64())
 }
 
+/// How long `cargo xtask test` fuzzes the parser.
+const FUZZ_SECONDS: u64 = 30;
+
 fn main() -> std::process::ExitCode {
     match real_main() {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -126,6 +136,10 @@ fn real_main() -> Result<()> {
     match cli.task {
         Task::Setup => timed("toolchain check", || toolchain::ensure(&[])),
         Task::Gen => generated::write_all(&root),
+        Task::Fuzz { seconds } => {
+            timed("toolchain check", || toolchain::ensure(&[]))?;
+            checks::fuzz(&root, seconds)
+        }
         Task::Test { args } => {
             timed("toolchain check", || toolchain::ensure(&[]))?;
             timed("build (userspace on stable, eBPF on debian-web)", || {
@@ -143,6 +157,20 @@ fn real_main() -> Result<()> {
                 });
                 if result.is_ok() {
                     totals.0 += 1;
+                }
+                if result.is_ok() {
+                    result = timed(
+                        "supply chain (cargo deny check licenses bans sources)",
+                        || checks::deny(),
+                    );
+                    totals.0 += u64::from(result.is_ok());
+                }
+                if result.is_ok() {
+                    result = timed(
+                        &format!("fuzz the parser (cargo fuzz, {FUZZ_SECONDS} s)"),
+                        || checks::fuzz(&root, FUZZ_SECONDS),
+                    );
+                    totals.0 += u64::from(result.is_ok());
                 }
             }
             if result.is_ok() {

@@ -20,7 +20,16 @@ pub const PACKAGES: &[&str] = &[
     "procps",
     "prometheus",
     "prometheus-alertmanager",
+    // libFuzzer's C++ sources, for the fuzz target.
+    "g++",
 ];
+
+/// cargo-installed tools `cargo xtask test` runs: (binary, crate, version).
+pub const CARGO_TOOLS: &[(&str, &str, &str)] = &[
+    ("cargo-deny", "cargo-deny", "0.20.2"),
+    ("cargo-fuzz", "cargo-fuzz", CARGO_FUZZ_VERSION),
+];
+const CARGO_FUZZ_VERSION: &str = "0.13.2";
 
 /// The rustup toolchain name that `observer/build.rs` builds the eBPF crate with.
 pub const TOOLCHAIN: &str = "debian-web";
@@ -77,6 +86,26 @@ fn bpf_linker() -> Result<()> {
         .args(["--no-default-features", "--features", "llvm-22", "--force"])
         .env("LLVM_SYS_221_PREFIX", "/usr/lib/llvm-22")
         .env("LLVM_PREFIX", "/usr/lib/llvm-22"))
+}
+
+/// Installs a cargo tool (pinned, `--locked`) unless that version is on the PATH.
+pub fn cargo_tool(bin: &str, krate: &str, version: &str) -> Result<()> {
+    let current = Command::new(bin).arg("--version").output();
+    if let Ok(out) = &current
+        && String::from_utf8_lossy(&out.stdout).contains(version)
+    {
+        step(&format!("{krate} {version} present"));
+        return Ok(());
+    }
+    step(&format!("building {krate} {version} (a few minutes)"));
+    run(Command::new("cargo").args([
+        "install",
+        krate,
+        "--locked",
+        "--version",
+        version,
+        "--force",
+    ]))
 }
 
 fn toolchain_link() -> Result<()> {
