@@ -105,10 +105,15 @@ impl AgentProc {
         self.child.id()
     }
 
-    /// Sends a signal and waits (at most 10 s) for the exit.
-    pub fn signal(&mut self, sig: i32) -> ExitStatus {
+    /// Sends a signal without waiting (SIGSTOP, SIGCONT...).
+    pub fn send(&self, sig: i32) {
         // SAFETY: kill(2) on our own child's pid.
         unsafe { libc::kill(self.child.id() as i32, sig) };
+    }
+
+    /// Sends a signal and waits (at most 10 s) for the exit.
+    pub fn signal(&mut self, sig: i32) -> ExitStatus {
+        self.send(sig);
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             if let Ok(Some(s)) = self.child.try_wait() {

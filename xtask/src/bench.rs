@@ -238,7 +238,7 @@ fn metric_sum(text: &str, prefix: &str) -> f64 {
 pub fn churn_and_flood(bin: &Path) -> Result<(Value, String)> {
     use testbed::{
         topology::{Layout, Node},
-        traffic::{http_get, raw_flood},
+        traffic::{http_get, raw_flood, syn_template},
     };
     let n = Node::new(Layout::Calico);
     let dir = std::env::temp_dir().join(format!("observer-bench-churn-{}", std::process::id()));
@@ -324,14 +324,7 @@ pub fn churn_and_flood(bin: &Path) -> Result<(Value, String)> {
     }
 
     println!("==> spoofed-source SYN flood to a pod IP (5 s)");
-    let mac = n.node.sh(&["cat", "/sys/class/net/eth0/address"]);
-    let mac: Vec<u8> = mac
-        .trim()
-        .split(':')
-        .filter_map(|h| u8::from_str_radix(h, 16).ok())
-        .collect();
-    let mut frame = observer_frame(n.pods[0].ip);
-    frame[..6].copy_from_slice(&mac);
+    let frame = syn_template(&n.node, "eth0", n.pods[0].ip);
     let (_, before) = http_get(&n.node, 19_703, "/metrics").map_err(anyhow::Error::msg)?;
     let series_before = before
         .lines()
@@ -377,23 +370,6 @@ pub fn churn_and_flood(bin: &Path) -> Result<(Value, String)> {
 }
 
 /// A TCP SYN from outside to `pod`:80 (IPv4, untagged): bytes 26..30 are the source address.
-fn observer_frame(pod: &str) -> Vec<u8> {
-    let dst: std::net::Ipv4Addr = pod.parse().expect("pod address");
-    let mut f = vec![0u8; 54];
-    f[6..12].copy_from_slice(&[0x02, 0, 0, 0, 0, 0x99]);
-    f[12..14].copy_from_slice(&[0x08, 0x00]);
-    f[14] = 0x45;
-    f[16..18].copy_from_slice(&40u16.to_be_bytes());
-    f[22] = 64;
-    f[23] = 6;
-    f[30..34].copy_from_slice(&dst.octets());
-    f[34..36].copy_from_slice(&40000u16.to_be_bytes());
-    f[36..38].copy_from_slice(&80u16.to_be_bytes());
-    f[46] = 5 << 4;
-    f[47] = 0x02;
-    f
-}
-
 /// Seconds since the epoch of an RFC 3339 UTC timestamp (tracing's JSON format).
 fn parse_ts(ts: &str) -> f64 {
     // 2026-11-25T01:08:32.975584Z

@@ -112,7 +112,11 @@ pub fn metrics(n: &Node, agent: &AgentProc) -> String {
 
 /// The value of the sample with exactly these labels, if present.
 pub fn sample(text: &str, name: &str, labels: &str) -> Option<f64> {
-    let want = format!("{name}{{{labels}}} ");
+    let want = if labels.is_empty() {
+        format!("{name} ")
+    } else {
+        format!("{name}{{{labels}}} ")
+    };
     text.lines()
         .find(|l| l.starts_with(&want))
         .and_then(|l| l.rsplit(' ').next()?.parse().ok())
