@@ -84,6 +84,7 @@ fn datapath(bin: &Path) -> Result<Value> {
 pub fn run(bin: &Path, root: &Path) -> Result<()> {
     let dp = datapath(bin)?;
     let (churn_flood, churn_md) = churn_and_flood(bin)?;
+    let (throughput, throughput_md) = crate::throughput::run(bin)?;
     let mut dp_md = String::from(
         "## Datapath cost (ns per packet above an empty TC program)\n\n| program: packet class | median | min | max |\n|---|---|---|---|\n",
     );
@@ -185,6 +186,7 @@ pub fn run(bin: &Path, root: &Path) -> Result<()> {
     let report = json!({
         "datapath": dp,
         "churn_and_flood": churn_flood,
+        "throughput": throughput,
         "inventory_sync": {
             "nodes": NODES_N,
             "pods": total_pods,
@@ -205,7 +207,7 @@ pub fn run(bin: &Path, root: &Path) -> Result<()> {
         serde_json::to_string_pretty(&report)?,
     )?;
     let md = format!(
-        "# observer bench\n\n{dp_md}{churn_md}## Kubernetes inventory at scale\n\n| figure | value |\n|---|---|\n| nodes / pods (local) | {NODES_N} / {total_pods} ({LOCAL_PODS}) |\n| addresses in the kernel map | {addresses} |\n| start to synced | {:.2} s |\n| start to every address in the maps | {:.2} s |\n| agent RSS after sync / peak | {:.1} MiB / {:.1} MiB |\n| one pod change to the maps | {:.1} ms |\n",
+        "# observer bench\n\n{dp_md}{throughput_md}{churn_md}## Kubernetes inventory at scale\n\n| figure | value |\n|---|---|\n| nodes / pods (local) | {NODES_N} / {total_pods} ({LOCAL_PODS}) |\n| addresses in the kernel map | {addresses} |\n| start to synced | {:.2} s |\n| start to every address in the maps | {:.2} s |\n| agent RSS after sync / peak | {:.1} MiB / {:.1} MiB |\n| one pod change to the maps | {:.1} ms |\n",
         synced_at.map_or(f64::NAN, |d| d.as_secs_f64()),
         full.as_secs_f64(),
         rss as f64 / 1024.0,

@@ -4,6 +4,7 @@ mod bench;
 mod checks;
 mod demo;
 mod generated;
+mod throughput;
 mod toolchain;
 
 use std::{
@@ -226,7 +227,7 @@ fn real_main() -> Result<()> {
             demo::run(&root.join("target/debug/observer"))
         }
         Task::Bench => {
-            timed("toolchain check", || toolchain::ensure(&[]))?;
+            timed("toolchain check", || toolchain::ensure(&["iperf3"]))?;
             timed("release build", || {
                 run(cargo().args([
                     "build",

@@ -1,0 +1,180 @@
+//! Throughput through a node with the observer attached vs the same node without it, in
+//! alternating rounds (A/B/A/B...) so that machine noise hits both alike: iperf3 TCP with 1 and
+//! 8 streams and 64-byte UDP datagrams from 8 source ports, from an in-cluster peer (the bulk
+//! case) and TCP straight from outside (a flagged flow: every packet updates `FLOWS`).
+
+use std::{
+    path::Path,
+    process::{Child, Command, Stdio},
+    time::Duration,
+};
+
+use anyhow::{Context as _, Result, bail};
+use serde_json::{Value, json};
+use testbed::{
+    agent::AgentProc,
+    netns::Netns,
+    topology::{Layout, Node},
+};
+
+const ROUNDS: usize = 3;
+const SECONDS: u32 = 3;
+const PORT: &str = "5201";
+
+struct Test {
+    name: &'static str,
+    from_outside: bool,
+    args: &'static [&'static str],
+    udp: bool,
+}
+
+const TESTS: &[Test] = &[
+    Test {
+        name: "TCP, 1 stream, in cluster",
+        from_outside: false,
+        args: &["-P", "1"],
+        udp: false,
+    },
+    Test {
+        name: "TCP, 8 streams, in cluster",
+        from_outside: false,
+        args: &["-P", "8"],
+        udp: false,
+    },
+    Test {
+        name: "UDP 64-byte datagrams, 8 source ports, in cluster",
+        from_outside: false,
+        args: &["-u", "-l", "64", "-b", "0", "-P", "8"],
+        udp: true,
+    },
+    Test {
+        name: "TCP, 1 stream, direct from outside (flagged flow)",
+        from_outside: true,
+        args: &["-P", "1"],
+        udp: false,
+    },
+];
+
+/// One iperf3 run: bits/s received for TCP, datagrams/s received for UDP.
+fn iperf(from: &Netns, to: &str, t: &Test) -> Result<f64> {
+    let out = Command::new("ip")
+        .args([
+            "netns", "exec", &from.name, "iperf3", "-c", to, "-p", PORT, "-J",
+        ])
+        .args(["-t", &SECONDS.to_string()])
+        .args(t.args)
+        .output()
+        .context("running iperf3")?;
+    let v: Value = serde_json::from_slice(&out.stdout)
+        .with_context(|| format!("iperf3 output: {}", String::from_utf8_lossy(&out.stderr)))?;
+    if let Some(e) = v.get("error") {
+        bail!("iperf3: {e}");
+    }
+    let end = &v["end"];
+    if t.udp {
+        let sum = &end["sum"];
+        let received =
+            sum["packets"].as_f64().unwrap_or(0.0) - sum["lost_packets"].as_f64().unwrap_or(0.0);
+        Ok(received / sum["seconds"].as_f64().unwrap_or(f64::from(SECONDS)))
+    } else {
+        end["sum_received"]["bits_per_second"]
+            .as_f64()
+            .context("no sum_received in iperf3's output")
+    }
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+/// Runs the A/B rounds with the release agent `bin`; returns the figures and a Markdown table.
+pub fn run(bin: &Path) -> Result<(Value, String)> {
+    println!("==> throughput A/B (iperf3, {ROUNDS} rounds of {SECONDS} s per test and mode)");
+    let n = Node::new(Layout::Calico);
+    let pod = n.pods[0].ip;
+    let mut server: Child = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &n.pods[0].ns.name,
+            "iperf3",
+            "-s",
+            "-p",
+            PORT,
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("starting the iperf3 server")?;
+    std::thread::sleep(Duration::from_millis(300));
+    let dir = std::env::temp_dir().join(format!("observer-bench-ab-{}", std::process::id()));
+    let cluster = format!("172.16.0.0/16,{}/32", n.peer_ip);
+    let mut off: Vec<Vec<f64>> = vec![Vec::new(); TESTS.len()];
+    let mut on: Vec<Vec<f64>> = vec![Vec::new(); TESTS.len()];
+    let result = (|| -> Result<()> {
+        for round in 0..ROUNDS {
+            for observed in [false, true] {
+                let agent = observed.then(|| {
+                    AgentProc::start(
+                        bin,
+                        &n.node,
+                        &dir,
+                        19_704,
+                        &["--cluster-cidr", &cluster, "--log-level", "warn"],
+                    )
+                });
+                for (i, t) in TESTS.iter().enumerate() {
+                    let from = if t.from_outside { &n.outside } else { &n.peer };
+                    let v = iperf(from, pod, t)?;
+                    println!(
+                        "    round {} {:<9} {:<52} {v:>14.0}",
+                        round + 1,
+                        if observed { "observed" } else { "bare" },
+                        t.name
+                    );
+                    let samples = if observed { &mut on } else { &mut off };
+                    samples[i].push(v);
+                }
+                if let Some(mut a) = agent {
+                    a.signal(libc::SIGTERM);
+                }
+            }
+        }
+        Ok(())
+    })();
+    let _ = server.kill();
+    let _ = server.wait();
+    let _ = std::fs::remove_dir_all(&dir);
+    result?;
+    let mut md = String::from(
+        "## Throughput, observed vs bare node (iperf3, medians of alternating rounds)\n\n| test | bare | observed | ratio |\n|---|---|---|---|\n",
+    );
+    let mut out = serde_json::Map::new();
+    for (i, t) in TESTS.iter().enumerate() {
+        let (a, b) = (median(&mut off[i]), median(&mut on[i]));
+        let unit = if t.udp { "datagrams/s" } else { "bit/s" };
+        let fmt = |v: f64| {
+            if t.udp {
+                format!("{:.0} k/s", v / 1e3)
+            } else {
+                format!("{:.2} Gbit/s", v / 1e9)
+            }
+        };
+        md.push_str(&format!(
+            "| {} | {} | {} | {:.1} % |\n",
+            t.name,
+            fmt(a),
+            fmt(b),
+            100.0 * b / a
+        ));
+        out.insert(
+            t.name.into(),
+            json!({"unit": unit, "bare_median": a, "observed_median": b, "ratio": b / a,
+                   "bare": off[i], "observed": on[i]}),
+        );
+    }
+    md.push_str("\nTargets: TCP >= 98 %, small-packet pps >= 95 %.\n\n");
+    print!("{md}");
+    Ok((Value::Object(out), md))
+}
