@@ -319,11 +319,11 @@ fn number(
         Some(v) => v
             .trim()
             .parse::<u64>()
-            .map_err(|_| invalid(key, &v, &problem()))?,
+            .map_err(|_| invalid(key, &v, problem()))?,
         None => file.unwrap_or(default),
     };
     if !range.contains(&v) {
-        return Err(invalid(key, &v.to_string(), &problem()));
+        return Err(invalid(key, &v.to_string(), problem()));
     }
     Ok(v)
 }

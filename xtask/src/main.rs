@@ -162,7 +162,7 @@ fn real_main() -> Result<()> {
                 if result.is_ok() {
                     result = timed(
                         "supply chain (cargo deny check licenses bans sources)",
-                        || checks::deny(),
+                        checks::deny,
                     );
                     totals.0 += u64::from(result.is_ok());
                 }
