@@ -248,10 +248,16 @@ pub trait Lookup {
     /// answers repeated addresses from a per-CPU cache in front of both.
     #[inline(always)]
     fn roles(&self, addr: &IpKey) -> u32 {
-        match self.exact_roles(addr) {
-            Some(r) => r,
-            None => self.cidr_roles(addr),
-        }
+        uncached_roles(self, addr)
+    }
+}
+
+/// An address's roles straight from the maps: the exact map first, the CIDR trie on a miss.
+#[inline(always)]
+pub fn uncached_roles<L: Lookup + ?Sized>(l: &L, addr: &IpKey) -> u32 {
+    match l.exact_roles(addr) {
+        Some(r) => r,
+        None => l.cidr_roles(addr),
     }
 }
 

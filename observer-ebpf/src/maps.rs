@@ -26,7 +26,7 @@ use observer_common::{
         FlowKey, FlowStats, NODEPORT_WORDS, PodFlow, ROLE_CACHE_SLOTS, RoleCacheEntry,
         STATS_ENTRIES, TraceRecord, VerdictStats, health, nodeport_bit, role_cache_slot,
     },
-    verdict::Lookup,
+    verdict::{Lookup, uncached_roles},
 };
 
 /// Addresses of this node, local pods, every pod and node of the cluster, Service IPs.
@@ -200,7 +200,7 @@ impl Lookup for Maps {
         };
         let slot = match ROLE_CACHE.get_ptr_mut(role_cache_slot(addr)) {
             Some(e) if generation != 0 => e,
-            _ => return uncached_roles(addr),
+            _ => return uncached_roles(self, addr),
         };
         // SAFETY: a per-CPU slot, so no other program reads or writes it concurrently.
         unsafe {
@@ -209,19 +209,11 @@ impl Lookup for Maps {
             }
             // The generation was read before the lookups: a change the agent makes meanwhile
             // bumps it afterwards, so this entry cannot outlive the change.
-            let roles = uncached_roles(addr);
+            let roles = uncached_roles(self, addr);
             (*slot).addr = *addr;
             (*slot).generation = generation;
             (*slot).roles = roles;
             roles
         }
-    }
-}
-
-#[inline(always)]
-fn uncached_roles(addr: &IpKey) -> u32 {
-    match Maps.exact_roles(addr) {
-        Some(r) => r,
-        None => Maps.cidr_roles(addr),
     }
 }
