@@ -124,14 +124,16 @@ impl Maps {
     }
 
     /// Writes all of an inventory (addresses, CIDRs, pod flows). Used by tests and the first
-    /// sync; the agent then applies changes with [`Maps::set_ip`] and friends.
+    /// sync; the agent then applies changes through [`Maps::role_writer`].
     pub fn write_inventory(&self, inv: &Inventory) -> Result<(), KmapError> {
+        let mut w = self.role_writer();
         for (k, roles) in inv.ip_entries() {
-            self.set_ip(k, roles)?;
+            w.set_ip(k, roles)?;
         }
         for (c, roles) in inv.cidr_entries() {
-            self.set_cidr(&c, roles)?;
+            w.set_cidr(&c, roles)?;
         }
+        w.finish()?;
         for (port, proto) in inv.nodeport_entries() {
             self.set_nodeport(*port, *proto, true)?;
         }
@@ -144,20 +146,41 @@ impl Maps {
         Ok(())
     }
 
-    /// Sets an exact address's roles.
+    /// A writer of `IP_ROLES`/`CIDR_ROLES` changes that bumps `ROLES_GENERATION` once, after the
+    /// last of them, so that no CPU answers from a role cached before them.
+    pub fn role_writer(&self) -> RoleWriter<'_> {
+        RoleWriter {
+            maps: self,
+            changed: false,
+        }
+    }
+
+    /// Sets an exact address's roles (one change; see [`Maps::role_writer`] for several).
     pub fn set_ip(&self, key: IpKey, roles: u32) -> Result<(), KmapError> {
-        lock(&self.ip_roles)
-            .insert(key, roles, 0)
-            .map_err(err(MAP_IP_ROLES))?;
-        self.roles_changed()
+        let mut w = self.role_writer();
+        w.set_ip(key, roles)?;
+        w.finish()
     }
 
     /// Forgets an exact address (absent is fine).
     pub fn remove_ip(&self, key: &IpKey) -> Result<(), KmapError> {
-        match lock(&self.ip_roles).remove(key) {
-            Ok(()) | Err(MapError::KeyNotFound) => self.roles_changed(),
-            Err(e) => Err(err(MAP_IP_ROLES)(e)),
-        }
+        let mut w = self.role_writer();
+        w.remove_ip(key)?;
+        w.finish()
+    }
+
+    /// Sets a CIDR's roles.
+    pub fn set_cidr(&self, cidr: &Cidr, roles: u32) -> Result<(), KmapError> {
+        let mut w = self.role_writer();
+        w.set_cidr(cidr, roles)?;
+        w.finish()
+    }
+
+    /// Forgets a CIDR (absent is fine).
+    pub fn remove_cidr(&self, cidr: &Cidr) -> Result<(), KmapError> {
+        let mut w = self.role_writer();
+        w.remove_cidr(cidr)?;
+        w.finish()
     }
 
     /// Marks a NodePort allocated (or not). Protocols without NodePorts are ignored.
@@ -171,24 +194,7 @@ impl Maps {
         m.set(index, word, 0).map_err(err(MAP_NODEPORTS))
     }
 
-    /// Sets a CIDR's roles.
-    pub fn set_cidr(&self, cidr: &Cidr, roles: u32) -> Result<(), KmapError> {
-        lock(&self.cidr_roles)
-            .insert(&Key::new(cidr.key_prefix_len(), cidr.key()), roles, 0)
-            .map_err(err(MAP_CIDR_ROLES))?;
-        self.roles_changed()
-    }
-
-    /// Forgets a CIDR (absent is fine).
-    pub fn remove_cidr(&self, cidr: &Cidr) -> Result<(), KmapError> {
-        match lock(&self.cidr_roles).remove(&Key::new(cidr.key_prefix_len(), cidr.key())) {
-            Ok(()) | Err(MapError::KeyNotFound) => self.roles_changed(),
-            Err(e) => Err(err(MAP_CIDR_ROLES)(e)),
-        }
-    }
-
-    /// Bumps `ROLES_GENERATION` after a change to `IP_ROLES`/`CIDR_ROLES`, so that no CPU
-    /// answers from a role cached before the change.
+    /// Bumps `ROLES_GENERATION`.
     fn roles_changed(&self) -> Result<(), KmapError> {
         let mut g = lock(&self.roles_generation);
         let next = self.generation.fetch_add(1, Ordering::Relaxed) + 1;
@@ -273,6 +279,66 @@ impl Maps {
     pub fn trace(&self, cpu: usize) -> Result<TraceRecord, KmapError> {
         let values = self.trace.get(&0, 0).map_err(err(MAP_TRACE))?;
         Ok(values.get(cpu).copied().unwrap_or_default())
+    }
+}
+
+/// Changes to the role maps, from [`Maps::role_writer`]. The generation is bumped by
+/// [`RoleWriter::finish`], or on drop (an error part-way), whenever something was written.
+pub struct RoleWriter<'a> {
+    maps: &'a Maps,
+    changed: bool,
+}
+
+impl RoleWriter<'_> {
+    /// Sets an exact address's roles.
+    pub fn set_ip(&mut self, key: IpKey, roles: u32) -> Result<(), KmapError> {
+        self.changed = true;
+        lock(&self.maps.ip_roles)
+            .insert(key, roles, 0)
+            .map_err(err(MAP_IP_ROLES))
+    }
+
+    /// Forgets an exact address (absent is fine).
+    pub fn remove_ip(&mut self, key: &IpKey) -> Result<(), KmapError> {
+        self.changed = true;
+        match lock(&self.maps.ip_roles).remove(key) {
+            Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
+            Err(e) => Err(err(MAP_IP_ROLES)(e)),
+        }
+    }
+
+    /// Sets a CIDR's roles.
+    pub fn set_cidr(&mut self, cidr: &Cidr, roles: u32) -> Result<(), KmapError> {
+        self.changed = true;
+        lock(&self.maps.cidr_roles)
+            .insert(&Key::new(cidr.key_prefix_len(), cidr.key()), roles, 0)
+            .map_err(err(MAP_CIDR_ROLES))
+    }
+
+    /// Forgets a CIDR (absent is fine).
+    pub fn remove_cidr(&mut self, cidr: &Cidr) -> Result<(), KmapError> {
+        self.changed = true;
+        match lock(&self.maps.cidr_roles).remove(&Key::new(cidr.key_prefix_len(), cidr.key())) {
+            Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
+            Err(e) => Err(err(MAP_CIDR_ROLES)(e)),
+        }
+    }
+
+    /// Makes the changes (if any) visible to the role cache.
+    pub fn finish(mut self) -> Result<(), KmapError> {
+        if !std::mem::take(&mut self.changed) {
+            return Ok(());
+        }
+        self.maps.roles_changed()
+    }
+}
+
+impl Drop for RoleWriter<'_> {
+    fn drop(&mut self) {
+        if self.changed {
+            // Best effort after an error: the error that stopped the writer is reported.
+            let _ = self.maps.roles_changed();
+        }
     }
 }
 

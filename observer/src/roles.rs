@@ -125,6 +125,7 @@ impl Roles {
     /// Writes what changed to the maps. Returns the number of map changes.
     pub fn flush(&mut self, maps: &Maps) -> Result<usize, KmapError> {
         let mut changes = 0;
+        let mut w = maps.role_writer();
         if self.cidrs_dirty {
             // Rare (a CIDR setting or a node's pod CIDR changed): every entry is re-derived.
             let mut want: HashMap<Cidr, u32> = HashMap::new();
@@ -139,13 +140,13 @@ impl Roles {
             }
             for (c, r) in &want {
                 if self.written_cidrs.get(c) != Some(r) {
-                    maps.set_cidr(c, *r)?;
+                    w.set_cidr(c, *r)?;
                     changes += 1;
                 }
             }
             for c in self.written_cidrs.keys() {
                 if !want.contains_key(c) {
-                    maps.remove_cidr(c)?;
+                    w.remove_cidr(c)?;
                     changes += 1;
                 }
             }
@@ -158,19 +159,20 @@ impl Roles {
         for k in dirty {
             match self.roles_of(&k) {
                 Some(r) if self.written.get(&k) != Some(&r) => {
-                    maps.set_ip(k, r)?;
+                    w.set_ip(k, r)?;
                     self.written.insert(k, r);
                     changes += 1;
                 }
                 Some(_) => {}
                 None => {
                     if self.written.remove(&k).is_some() {
-                        maps.remove_ip(&k)?;
+                        w.remove_ip(&k)?;
                         changes += 1;
                     }
                 }
             }
         }
+        w.finish()?;
         Ok(changes)
     }
 
