@@ -4,6 +4,8 @@
 
 use std::collections::BTreeMap;
 
+use aya::Ebpf;
+
 use observer::{
     bpf::{self, LoadOptions},
     kmaps::Maps,
@@ -27,51 +29,45 @@ fn median(v: &mut [f64]) -> f64 {
     v[v.len() / 2]
 }
 
-fn main() {
-    // A node where nothing was ever flagged (the pod veths' common case).
-    let mut quiet =
-        bpf::load(&LoadOptions::default()).expect("load (root and a BPF-capable kernel)");
-    bpf::load_noop(&mut quiet).expect("load tc_noop");
-    let (quiet_maps, _quiet_events) = Maps::take(&mut quiet).expect("maps");
-    quiet_maps
-        .write_inventory(&vpc_cni().inventory)
-        .expect("inventory");
-    let mut ebpf =
-        bpf::load(&LoadOptions::default()).expect("load (root and a BPF-capable kernel)");
+/// The VPC CNI seed node's maps in a freshly loaded object (with the empty program).
+fn node(opts: &LoadOptions) -> (Ebpf, Maps) {
+    let mut ebpf = bpf::load(opts).expect("load (root and a BPF-capable kernel)");
     bpf::load_noop(&mut ebpf).expect("load tc_noop");
     let (maps, _events) = Maps::take(&mut ebpf).expect("maps");
-    let layout = vpc_cni();
-    maps.write_inventory(&layout.inventory).expect("inventory");
+    maps.write_inventory(&vpc_cni().inventory)
+        .expect("inventory");
+    (ebpf, maps)
+}
+
+fn main() {
     use vpc::*;
+    // A node where nothing was ever flagged (the pod veths' common case).
+    let (mut quiet, _quiet_maps) = node(&LoadOptions::default());
+    let (mut ebpf, maps) = node(&LoadOptions::default());
+    // The same node with the role cache off: every address answered from IP_ROLES/CIDR_ROLES
+    // (the cost of a cache miss, e.g. the first packet from a new peer).
+    let (mut uncached, _uncached_maps) = node(&LoadOptions {
+        role_cache: false,
+        ..LoadOptions::default()
+    });
+    let tcp = |src, dst, sport, dport, flags| {
+        Frame::tcp(src, dst, sport, dport, flags)
+            .payload(64)
+            .build()
+    };
+    let in_cluster = tcp(PEER_NODE, POD_A, 40000, 80, TCP_ACK | TCP_PSH);
+    let to_node = tcp(OUTSIDE, NODE_ETH0, 40000, 22, TCP_ACK);
+    let reply = tcp(INTERNET, POD_A, 443, 40000, TCP_ACK | TCP_PSH);
+    let answer = tcp(POD_A, PEER_NODE, 80, 40000, TCP_ACK | TCP_PSH);
     // A flagged flow that already exists (established), and a pod-opened flow (replies).
-    let est = Frame::tcp(OUTSIDE, POD_A, 52000, 80, TCP_ACK | TCP_PSH)
-        .payload(64)
-        .build();
+    let est = tcp(OUTSIDE, POD_A, 52000, 80, TCP_ACK | TCP_PSH);
     bpf::test_run(&mut ebpf, PROG_UPLINK, &est, 1).expect("seed the flow");
     let classes: Vec<(&str, &str, Vec<u8>)> = vec![
-        (
-            "uplink",
-            "in-cluster TCP to a pod",
-            Frame::tcp(PEER_NODE, POD_A, 40000, 80, TCP_ACK | TCP_PSH)
-                .payload(64)
-                .build(),
-        ),
-        (
-            "uplink",
-            "TCP to the node itself",
-            Frame::tcp(OUTSIDE, NODE_ETH0, 40000, 22, TCP_ACK)
-                .payload(64)
-                .build(),
-        ),
+        ("uplink", "in-cluster TCP to a pod", in_cluster.clone()),
+        ("uplink", "TCP to the node itself", to_node.clone()),
         ("uplink", "not IP (ARP)", non_ip(0x0806, 28)),
         ("uplink", "direct-to-pod, established", est.clone()),
-        (
-            "uplink",
-            "reply to a pod-opened flow",
-            Frame::tcp(INTERNET, POD_A, 443, 40000, TCP_ACK | TCP_PSH)
-                .payload(64)
-                .build(),
-        ),
+        ("uplink", "reply to a pod-opened flow", reply.clone()),
         (
             "uplink",
             "UDP in cluster",
@@ -80,9 +76,7 @@ fn main() {
         (
             "uplink",
             "IPv6 TCP in cluster",
-            Frame::tcp(PEER_NODE6, POD6, 40000, 80, TCP_ACK)
-                .payload(64)
-                .build(),
+            tcp(PEER_NODE6, POD6, 40000, 80, TCP_ACK),
         ),
         (
             "uplink",
@@ -95,16 +89,37 @@ fn main() {
         (
             "to_pod",
             "in-cluster TCP, flagged flows exist",
-            Frame::tcp(PEER_NODE, POD_A, 40000, 80, TCP_ACK | TCP_PSH)
-                .payload(64)
-                .build(),
+            in_cluster.clone(),
         ),
         (
             "from_pod",
             "pod's answer, flagged flows exist",
-            Frame::tcp(POD_A, PEER_NODE, 80, 40000, TCP_ACK | TCP_PSH)
-                .payload(64)
-                .build(),
+            answer.clone(),
+        ),
+    ];
+    let uncached_classes: Vec<(&str, &str, Vec<u8>)> = vec![
+        (
+            "uplink",
+            "in-cluster TCP to a pod, role cache off",
+            in_cluster.clone(),
+        ),
+        ("uplink", "TCP to the node itself, role cache off", to_node),
+        (
+            "uplink",
+            "reply to a pod-opened flow, role cache off",
+            reply,
+        ),
+    ];
+    let quiet_classes: Vec<(&str, &str, Vec<u8>)> = vec![
+        (
+            "to_pod",
+            "in-cluster TCP, no flagged flow on the node",
+            in_cluster,
+        ),
+        (
+            "from_pod",
+            "pod's answer, no flagged flow on the node",
+            answer,
         ),
     ];
     let prog = |p: &str| match p {
@@ -112,60 +127,8 @@ fn main() {
         "to_pod" => PROG_TO_POD,
         _ => PROG_FROM_POD,
     };
-    let floor_frame = Frame::tcp(PEER_NODE, POD_A, 40000, 80, TCP_ACK)
-        .payload(64)
-        .build();
+    let floor_frame = tcp(PEER_NODE, POD_A, 40000, 80, TCP_ACK);
     let mut samples: BTreeMap<String, Vec<f64>> = BTreeMap::new();
-    // The same node with the role cache off: every address answered from IP_ROLES/CIDR_ROLES
-    // (the cost of a cache miss, e.g. the first packet from a new peer).
-    let mut uncached = bpf::load(&LoadOptions {
-        role_cache: false,
-        ..LoadOptions::default()
-    })
-    .expect("load");
-    let (uncached_maps, _uncached_events) = Maps::take(&mut uncached).expect("maps");
-    uncached_maps
-        .write_inventory(&layout.inventory)
-        .expect("inventory");
-    let uncached_classes: Vec<(&str, &str, Vec<u8>)> = vec![
-        (
-            "uplink",
-            "in-cluster TCP to a pod, role cache off",
-            Frame::tcp(PEER_NODE, POD_A, 40000, 80, TCP_ACK | TCP_PSH)
-                .payload(64)
-                .build(),
-        ),
-        (
-            "uplink",
-            "TCP to the node itself, role cache off",
-            Frame::tcp(OUTSIDE, NODE_ETH0, 40000, 22, TCP_ACK)
-                .payload(64)
-                .build(),
-        ),
-        (
-            "uplink",
-            "reply to a pod-opened flow, role cache off",
-            Frame::tcp(INTERNET, POD_A, 443, 40000, TCP_ACK | TCP_PSH)
-                .payload(64)
-                .build(),
-        ),
-    ];
-    let quiet_classes: Vec<(&str, &str, Vec<u8>)> = vec![
-        (
-            "to_pod",
-            "in-cluster TCP, no flagged flow on the node",
-            Frame::tcp(PEER_NODE, POD_A, 40000, 80, TCP_ACK | TCP_PSH)
-                .payload(64)
-                .build(),
-        ),
-        (
-            "from_pod",
-            "pod's answer, no flagged flow on the node",
-            Frame::tcp(POD_A, PEER_NODE, 80, 40000, TCP_ACK | TCP_PSH)
-                .payload(64)
-                .build(),
-        ),
-    ];
     let mut floor = Vec::new();
     // Interleaved rounds: the floor and every class in each round, so noise hits all alike.
     for _ in 0..ROUNDS {
