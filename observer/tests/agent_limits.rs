@@ -10,10 +10,11 @@ use std::{
     time::Duration,
 };
 
+use observer_common::{packet::TCP_SYN, testing::frames::Frame};
 use support::*;
 use testbed::{
     topology::{Layout, Node},
-    traffic::{Servers, raw_flood, syn_template, udp_scan},
+    traffic::{Servers, mac_of, raw_flood, udp_scan},
 };
 
 #[test]
@@ -111,7 +112,8 @@ fn a_stalled_agent_under_a_flood_counts_what_it_lost() {
     ports_from(19_270);
     let n = Node::new(Layout::VpcCni);
     let agent = start(&n, "stall", &["--flow-table-entries", "1024"]);
-    let frame = syn_template(&n.node, "eth0", n.pods[0].ip);
+    let mut frame = Frame::tcp(n.outside_ip, n.pods[0].ip, 40000, 80, TCP_SYN).build();
+    frame[..6].copy_from_slice(&mac_of(&n.node, "eth0"));
     agent.send(libc::SIGSTOP);
     let sent = raw_flood(&n.outside, "eth0", frame, 1.0);
     agent.send(libc::SIGCONT);

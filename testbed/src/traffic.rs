@@ -332,30 +332,14 @@ pub fn tcp_send_hash(ns: &Netns, dst: &str, port: u16, data: Vec<u8>) -> String 
     })
 }
 
-/// A TCP SYN frame to `pod`:80 addressed to `iface`'s MAC in `node`, for [`raw_flood`] (which
-/// varies its source address).
-pub fn syn_template(node: &Netns, iface: &str, pod: &str) -> Vec<u8> {
-    let mac: Vec<u8> = node
-        .sh(&["cat", &format!("/sys/class/net/{iface}/address")])
-        .trim()
-        .split(':')
-        .filter_map(|h| u8::from_str_radix(h, 16).ok())
-        .collect();
-    let dst: std::net::Ipv4Addr = pod.parse().expect("pod address");
-    let mut f = vec![0u8; 54];
-    f[..6].copy_from_slice(&mac);
-    f[6..12].copy_from_slice(&[0x02, 0, 0, 0, 0, 0x99]);
-    f[12..14].copy_from_slice(&[0x08, 0x00]);
-    f[14] = 0x45;
-    f[16..18].copy_from_slice(&40u16.to_be_bytes());
-    f[22] = 64;
-    f[23] = 6;
-    f[30..34].copy_from_slice(&dst.octets());
-    f[34..36].copy_from_slice(&40000u16.to_be_bytes());
-    f[36..38].copy_from_slice(&80u16.to_be_bytes());
-    f[46] = 5 << 4;
-    f[47] = 0x02;
-    f
+/// The MAC address of `iface` in `ns`, to address raw frames to it.
+pub fn mac_of(ns: &Netns, iface: &str) -> [u8; 6] {
+    let text = ns.sh(&["cat", &format!("/sys/class/net/{iface}/address")]);
+    let mut mac = [0u8; 6];
+    for (b, h) in mac.iter_mut().zip(text.trim().split(':')) {
+        *b = u8::from_str_radix(h, 16).expect("a MAC address");
+    }
+    mac
 }
 
 /// Sends `template` out of `iface` in `ns` as fast as one thread can for `secs` seconds, with a

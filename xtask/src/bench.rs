@@ -238,9 +238,10 @@ fn metric_sum(text: &str, prefix: &str) -> f64 {
 
 /// Pod veth churn and a spoofed-source SYN flood, on a simulated node with a running agent.
 pub fn churn_and_flood(bin: &Path) -> Result<(Value, String)> {
+    use observer_common::{packet::TCP_SYN, testing::frames::Frame};
     use testbed::{
         topology::{Layout, Node},
-        traffic::{http_get, raw_flood, syn_template},
+        traffic::{http_get, mac_of, raw_flood},
     };
     let n = Node::new(Layout::Calico);
     let dir = std::env::temp_dir().join(format!("observer-bench-churn-{}", std::process::id()));
@@ -326,7 +327,8 @@ pub fn churn_and_flood(bin: &Path) -> Result<(Value, String)> {
     }
 
     println!("==> spoofed-source SYN flood to a pod IP (5 s)");
-    let frame = syn_template(&n.node, "eth0", n.pods[0].ip);
+    let mut frame = Frame::tcp(n.outside_ip, n.pods[0].ip, 40000, 80, TCP_SYN).build();
+    frame[..6].copy_from_slice(&mac_of(&n.node, "eth0"));
     let (_, before) = http_get(&n.node, 19_703, "/metrics").map_err(anyhow::Error::msg)?;
     let series_before = before
         .lines()
