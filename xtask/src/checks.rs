@@ -10,8 +10,7 @@ use crate::{run, toolchain};
 /// `cargo deny check licenses bans sources`, offline: licences from `deny.toml`'s allow list,
 /// crates.io only, no banned crate. Advisories need the network and are not checked here.
 pub fn deny() -> Result<()> {
-    let (bin, krate, version) = toolchain::CARGO_TOOLS[0];
-    toolchain::cargo_tool(bin, krate, version)?;
+    toolchain::cargo_tool(toolchain::CARGO_DENY)?;
     run(Command::new("cargo").args(["deny", "--offline", "check", "licenses", "bans", "sources"]))
 }
 
@@ -19,8 +18,7 @@ pub fn deny() -> Result<()> {
 /// safe Rust, so the checks are its panics and assertions). The corpus grows in
 /// `target/fuzz-corpus/parse` from run to run; a crash leaves its input in `fuzz/artifacts`.
 pub fn fuzz(root: &Path, seconds: u64) -> Result<()> {
-    let (bin, krate, version) = toolchain::CARGO_TOOLS[1];
-    toolchain::cargo_tool(bin, krate, version)?;
+    toolchain::cargo_tool(toolchain::CARGO_FUZZ)?;
     let corpus = root.join("target/fuzz-corpus/parse");
     std::fs::create_dir_all(&corpus)?;
     run(Command::new("cargo")

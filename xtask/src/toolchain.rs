@@ -24,12 +24,10 @@ pub const PACKAGES: &[&str] = &[
     "g++",
 ];
 
-/// cargo-installed tools `cargo xtask test` runs: (binary, crate, version).
-pub const CARGO_TOOLS: &[(&str, &str, &str)] = &[
-    ("cargo-deny", "cargo-deny", "0.20.2"),
-    ("cargo-fuzz", "cargo-fuzz", CARGO_FUZZ_VERSION),
-];
-const CARGO_FUZZ_VERSION: &str = "0.13.2";
+/// A cargo-installed tool, pinned: (binary, crate, version).
+pub type CargoTool = (&'static str, &'static str, &'static str);
+pub const CARGO_DENY: CargoTool = ("cargo-deny", "cargo-deny", "0.20.2");
+pub const CARGO_FUZZ: CargoTool = ("cargo-fuzz", "cargo-fuzz", "0.13.2");
 
 /// The rustup toolchain name that `observer/build.rs` builds the eBPF crate with.
 pub const TOOLCHAIN: &str = "debian-web";
@@ -65,31 +63,22 @@ fn apt_packages(extra: &[&str]) -> Result<()> {
 }
 
 fn bpf_linker() -> Result<()> {
-    let current = Command::new("bpf-linker").arg("--version").output();
-    if let Ok(out) = &current
-        && String::from_utf8_lossy(&out.stdout).contains(BPF_LINKER_VERSION)
-    {
-        step(&format!("bpf-linker {BPF_LINKER_VERSION} present"));
-        return Ok(());
-    }
-    step(&format!(
-        "building bpf-linker {BPF_LINKER_VERSION} against LLVM 22 (a few minutes)"
-    ));
-    run(Command::new("cargo")
-        .args([
-            "install",
-            "bpf-linker",
-            "--locked",
-            "--version",
-            BPF_LINKER_VERSION,
-        ])
-        .args(["--no-default-features", "--features", "llvm-22", "--force"])
-        .env("LLVM_SYS_221_PREFIX", "/usr/lib/llvm-22")
-        .env("LLVM_PREFIX", "/usr/lib/llvm-22"))
+    install(
+        ("bpf-linker", "bpf-linker", BPF_LINKER_VERSION),
+        &["--no-default-features", "--features", "llvm-22"],
+        &[
+            ("LLVM_SYS_221_PREFIX", "/usr/lib/llvm-22"),
+            ("LLVM_PREFIX", "/usr/lib/llvm-22"),
+        ],
+    )
 }
 
 /// Installs a cargo tool (pinned, `--locked`) unless that version is on the PATH.
-pub fn cargo_tool(bin: &str, krate: &str, version: &str) -> Result<()> {
+pub fn cargo_tool(tool: CargoTool) -> Result<()> {
+    install(tool, &[], &[])
+}
+
+fn install((bin, krate, version): CargoTool, args: &[&str], env: &[(&str, &str)]) -> Result<()> {
     let current = Command::new(bin).arg("--version").output();
     if let Ok(out) = &current
         && String::from_utf8_lossy(&out.stdout).contains(version)
@@ -98,14 +87,17 @@ pub fn cargo_tool(bin: &str, krate: &str, version: &str) -> Result<()> {
         return Ok(());
     }
     step(&format!("building {krate} {version} (a few minutes)"));
-    run(Command::new("cargo").args([
-        "install",
-        krate,
-        "--locked",
-        "--version",
-        version,
-        "--force",
-    ]))
+    run(Command::new("cargo")
+        .args([
+            "install",
+            krate,
+            "--locked",
+            "--version",
+            version,
+            "--force",
+        ])
+        .args(args)
+        .envs(env.iter().copied()))
 }
 
 fn toolchain_link() -> Result<()> {
