@@ -210,9 +210,12 @@ async fn read_events(ring: RingBuf<MapData>, shared: Arc<Shared>) -> anyhow::Res
     // the AsyncFd owns the ring buffer.
     let mut fd = unsafe { AsyncFd::register(ring) }
         .map_err(|e| anyhow::anyhow!("polling the event ring buffer: {e}"))?;
+    // Reused across wake-ups: a flood must not reallocate per batch.
+    let mut events = Vec::new();
     loop {
         let mut guard = fd.readable_mut().await?;
-        let (events, bad) = kmaps::drain_events(guard.get_inner_mut());
+        events.clear();
+        let bad = kmaps::drain_events(guard.get_inner_mut(), &mut events);
         guard.clear_ready();
         if events.is_empty() && bad == 0 {
             continue;

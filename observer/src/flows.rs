@@ -203,10 +203,7 @@ impl Tracker {
             return;
         };
         let reason = Reason::from_u8(e.reason).unwrap_or(Reason::DirectOtherProtocol);
-        metrics
-            .flows_total
-            .with_label_values(&[verdict.name(), protocol_label(e.key.proto)])
-            .inc();
+        metrics.count_flow(verdict, e.key.proto);
         if self.records.contains_key(&e.key) {
             return; // the kernel re-created an expired flow we still show
         }
@@ -242,14 +239,17 @@ impl Tracker {
             counted_packets: 0,
             counted_bytes: 0,
         };
-        let row = rec.row();
-        if let Some(p) = &self.pusher
-            && verdict.alerts()
-            && !p.offer(&row)
-        {
-            metrics.am_dropped.inc();
+        // A row is text (addresses, times, names): build it only for someone who reads it.
+        let push = self.pusher.as_ref().filter(|_| verdict.alerts());
+        if push.is_some() || self.updates.receiver_count() > 0 {
+            let row = rec.row();
+            if let Some(p) = push
+                && !p.offer(&row)
+            {
+                metrics.am_dropped.inc();
+            }
+            let _ = self.updates.send(row);
         }
-        let _ = self.updates.send(row);
         self.order.push_back(e.key);
         self.records.insert(e.key, rec);
     }

@@ -382,10 +382,9 @@ fn sum_per_cpu<T: Pod + Copy>(
     Ok(())
 }
 
-/// Takes every event waiting in the ring buffer without blocking. Records of an unexpected
-/// size are counted in the second value and skipped.
-pub fn drain_events(ring: &mut RingBuf<MapData>) -> (Vec<FlowEvent>, u64) {
-    let mut events = Vec::new();
+/// Appends every event waiting in the ring buffer to `events`, without blocking. Records of an
+/// unexpected size are skipped and counted in the value returned.
+pub fn drain_events(ring: &mut RingBuf<MapData>, events: &mut Vec<FlowEvent>) -> u64 {
     let mut bad = 0;
     while let Some(item) = ring.next() {
         match parse_event(&item) {
@@ -393,7 +392,7 @@ pub fn drain_events(ring: &mut RingBuf<MapData>) -> (Vec<FlowEvent>, u64) {
             None => bad += 1,
         }
     }
-    (events, bad)
+    bad
 }
 
 /// A [`FlowEvent`] from ring-buffer bytes, if they have its size.

@@ -5,7 +5,7 @@
 use std::sync::Mutex;
 
 use observer_common::{
-    maps::{health, proto_class},
+    maps::{STATS_ENTRIES, health, proto_class, proto_class_of, stats_index},
     verdict::Verdict,
 };
 use prometheus::{
@@ -36,6 +36,9 @@ pub struct Metrics {
     pub alerts_folded: IntCounter,
     pub am_pushes: IntCounterVec,
     pub am_dropped: IntCounter,
+    /// `flows_total` children for new flagged flows by `stats_index(verdict, class)`, resolved
+    /// on first use: a flood of events must not hash label values per event.
+    flow_children: [std::sync::OnceLock<IntCounter>; STATS_ENTRIES as usize],
     /// Kernel counter values at the previous scrape, to add deltas to the counters.
     last: Mutex<Last>,
 }
@@ -209,6 +212,7 @@ impl Metrics {
                 "observer_alertmanager_dropped_total",
                 "Alerts not pushed to Alertmanager: the queue was full or Alertmanager stayed down too long.",
             ),
+            flow_children: std::array::from_fn(|_| std::sync::OnceLock::new()),
             last: Mutex::new(Last::default()),
             registry: r,
         };
@@ -224,6 +228,17 @@ impl Metrics {
             m.foreign.with_label_values(&[role]).set(0);
         }
         m
+    }
+
+    /// Counts one new flagged flow the kernel reported (an event) in `observer_flows_total`.
+    pub fn count_flow(&self, verdict: Verdict, proto: u8) {
+        let class = proto_class_of(proto);
+        self.flow_children[stats_index(verdict as u8, class) as usize]
+            .get_or_init(|| {
+                self.flows_total
+                    .with_label_values(&[verdict.name(), proto_class::NAMES[class as usize]])
+            })
+            .inc();
     }
 
     /// Brings the kernel-backed metrics up to date (called on each scrape).
@@ -275,5 +290,5 @@ impl Default for Metrics {
 
 /// The protocol label of an IP protocol number.
 pub fn protocol_label(proto: u8) -> &'static str {
-    proto_class::NAMES[observer_common::maps::proto_class_of(proto) as usize]
+    proto_class::NAMES[proto_class_of(proto) as usize]
 }

@@ -115,7 +115,7 @@ fn a_stalled_agent_under_a_flood_counts_what_it_lost() {
     let mut frame = Frame::tcp(n.outside_ip, n.pods[0].ip, 40000, 80, TCP_SYN).build();
     frame[..6].copy_from_slice(&mac_of(&n.node, "eth0"));
     agent.send(libc::SIGSTOP);
-    let sent = raw_flood(&n.outside, "eth0", frame, 1.0);
+    let sent = raw_flood(&n.outside, "eth0", frame, 1.0, 1);
     agent.send(libc::SIGCONT);
     assert!(sent > 20_000, "the generator sent only {sent} frames");
     let mut m = String::new();

@@ -61,7 +61,8 @@ fn flood_past_the_flow_table_and_the_ring_buffer() {
 
     // The ring buffer (256 KiB) holds fewer events than the flood made: the rest are counted.
     let h = maps.health_counts().expect("health");
-    let (events, bad) = drain_events(&mut ring);
+    let mut events = Vec::new();
+    let bad = drain_events(&mut ring, &mut events);
     assert_eq!(bad, 0);
     let lost = h[health::EVENTS_LOST as usize];
     assert!(
@@ -105,7 +106,8 @@ fn flood_past_the_flow_table_and_the_ring_buffer() {
     let frame = Frame::tcp(&source(0), POD_A, 40000, 80, TCP_SYN).build();
     bpf::test_run(&mut ebpf, PROG_UPLINK, &frame, 1).expect("test_run");
     assert!(present(0));
-    let (events, _) = drain_events(&mut ring);
+    let mut events = Vec::new();
+    let _ = drain_events(&mut ring, &mut events);
     assert_eq!(events.len(), 1);
     assert_eq!(events[0].key, key(0));
 }

@@ -1,10 +1,9 @@
 //! `cargo xtask bench`: figures, never pass/fail. Results go to target/bench/report.json and
 //! report.md.
 //!
-//! Now: the datapath cost per program and packet class (BPF_PROG_TEST_RUN, above an empty
-//! program measured in the same interleaved rounds), and the Kubernetes inventory at scale
-//! (5,000 nodes, 150,000 pods from the fixture API): time to a full sync into the kernel maps,
-//! agent memory, one pod change reaching the maps. Throughput, flood and churn come later.
+//! Sections (all by default, or some with `--only`): the datapath cost per program and packet
+//! class, throughput A/B, pod veth churn, spoofed-source floods, and the Kubernetes inventory at
+//! scale.
 
 use std::{
     path::Path,
@@ -66,7 +65,7 @@ fn status(agent: &AgentProc) -> Option<Value> {
 }
 
 /// The datapath figures from `observer-bench` (built beside `bin`).
-fn datapath(bin: &Path) -> Result<Value> {
+fn datapath(bin: &Path) -> Result<(Value, String)> {
     println!("==> datapath cost (BPF_PROG_TEST_RUN)");
     let out = std::process::Command::new(bin.with_file_name("observer-bench"))
         .output()
@@ -77,31 +76,94 @@ fn datapath(bin: &Path) -> Result<Value> {
             String::from_utf8_lossy(&out.stderr)
         );
     }
-    Ok(serde_json::from_slice(&out.stdout)?)
-}
-
-/// Runs the benchmark with the release binary `bin`.
-pub fn run(bin: &Path, root: &Path) -> Result<()> {
-    let dp = datapath(bin)?;
-    let (churn_flood, churn_md) = churn_and_flood(bin)?;
-    let (throughput, throughput_md) = crate::throughput::run(bin)?;
-    let mut dp_md = String::from(
+    let dp: Value = serde_json::from_slice(&out.stdout)?;
+    let mut md = String::from(
         "## Datapath cost (ns per packet above an empty TC program)\n\n| program: packet class | median | min | max |\n|---|---|---|---|\n",
     );
     if let Some(o) = dp.as_object() {
         for (k, v) in o {
             if let Some(m) = v.get("median_ns_above_floor") {
-                dp_md.push_str(&format!("| {k} | {m} | {} | {} |\n", v["min"], v["max"]));
+                md.push_str(&format!("| {k} | {m} | {} | {} |\n", v["min"], v["max"]));
             } else if let Some(m) = v.get("mean_ns_above_floor") {
-                dp_md.push_str(&format!("| {k} | {m:.0} (mean) | | |\n"));
+                md.push_str(&format!("| {k} | {m:.0} (mean) | | |\n"));
             }
         }
-        dp_md.push_str(&format!(
+        md.push_str(&format!(
             "\nFloor (empty program): {} ns median. kernel.bpf_stats_enabled = {} (when 1, every run costs about 45 ns more).\n\n",
             dp["floor_ns"]["median"], dp["kernel.bpf_stats_enabled"]
         ));
     }
-    print!("{dp_md}");
+    Ok((dp, md))
+}
+
+/// A part of the benchmark, to run alone with `cargo xtask bench --only`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Section {
+    /// ns per packet per program and class (BPF_PROG_TEST_RUN).
+    Datapath,
+    /// iperf3 through an observed node vs the same node bare.
+    Throughput,
+    /// Pod veths created at 20/s and 100/s: attach latency.
+    Churn,
+    /// Spoofed-source SYN floods to a pod IP.
+    Flood,
+    /// The 150k-pod Kubernetes inventory: sync time and memory.
+    Inventory,
+}
+
+impl Section {
+    const ALL: [Section; 5] = [
+        Section::Datapath,
+        Section::Throughput,
+        Section::Churn,
+        Section::Flood,
+        Section::Inventory,
+    ];
+
+    fn key(self) -> &'static str {
+        match self {
+            Section::Datapath => "datapath",
+            Section::Throughput => "throughput",
+            Section::Churn => "churn",
+            Section::Flood => "flood",
+            Section::Inventory => "inventory_sync",
+        }
+    }
+}
+
+/// Runs the benchmark (every section, or only those given) with the release binary `bin`.
+pub fn run(bin: &Path, root: &Path, only: &[Section]) -> Result<()> {
+    let mut report = serde_json::Map::new();
+    let mut md = String::from("# observer bench\n\n");
+    for section in Section::ALL {
+        if !only.is_empty() && !only.contains(&section) {
+            continue;
+        }
+        let (value, text) = match section {
+            Section::Datapath => datapath(bin)?,
+            Section::Throughput => crate::throughput::run(bin)?,
+            Section::Churn => churn(bin)?,
+            Section::Flood => flood(bin)?,
+            Section::Inventory => inventory(bin)?,
+        };
+        print!("{text}");
+        report.insert(section.key().into(), value);
+        md.push_str(&text);
+    }
+    let out = root.join("target/bench");
+    std::fs::create_dir_all(&out)?;
+    std::fs::write(
+        out.join("report.json"),
+        serde_json::to_string_pretty(&Value::Object(report))?,
+    )?;
+    std::fs::write(out.join("report.md"), &md)?;
+    println!("(written to target/bench/report.json and report.md)");
+    Ok(())
+}
+
+/// The Kubernetes inventory at scale: time to a full sync into the kernel maps, agent memory,
+/// one pod change reaching the maps.
+fn inventory(bin: &Path) -> Result<(Value, String)> {
     let ns = Netns::new("bench");
     ns.sh(&[
         "ip", "link", "add", "eth0", "type", "veth", "peer", "name", "eth0p",
@@ -183,41 +245,27 @@ pub fn run(bin: &Path, root: &Path) -> Result<()> {
         std::thread::sleep(Duration::from_millis(5));
     }
     let change_ms = change.elapsed().as_secs_f64() * 1000.0;
-    let report = json!({
-        "datapath": dp,
-        "churn_and_flood": churn_flood,
-        "throughput": throughput,
-        "inventory_sync": {
-            "nodes": NODES_N,
-            "pods": total_pods,
-            "local_pods": LOCAL_PODS,
-            "addresses_in_kernel_map": addresses,
-            "seconds_to_synced": synced_at.map(|d| d.as_secs_f64()),
-            "seconds_to_all_addresses_in_maps": full.as_secs_f64(),
-            "agent_rss_mib": rss as f64 / 1024.0,
-            "agent_peak_rss_mib": hwm as f64 / 1024.0,
-            "one_pod_change_to_maps_ms": change_ms,
-            "note": "includes polling `observer status` every 100 ms and `observer explain` every 5 ms (process start each time)"
-        }
+    let value = json!({
+        "nodes": NODES_N,
+        "pods": total_pods,
+        "local_pods": LOCAL_PODS,
+        "addresses_in_kernel_map": addresses,
+        "seconds_to_synced": synced_at.map(|d| d.as_secs_f64()),
+        "seconds_to_all_addresses_in_maps": full.as_secs_f64(),
+        "agent_rss_mib": rss as f64 / 1024.0,
+        "agent_peak_rss_mib": hwm as f64 / 1024.0,
+        "one_pod_change_to_maps_ms": change_ms,
+        "note": "includes polling `observer status` every 100 ms and `observer explain` every 5 ms (process start each time)"
     });
-    let out = root.join("target/bench");
-    std::fs::create_dir_all(&out)?;
-    std::fs::write(
-        out.join("report.json"),
-        serde_json::to_string_pretty(&report)?,
-    )?;
     let md = format!(
-        "# observer bench\n\n{dp_md}{throughput_md}{churn_md}## Kubernetes inventory at scale\n\n| figure | value |\n|---|---|\n| nodes / pods (local) | {NODES_N} / {total_pods} ({LOCAL_PODS}) |\n| addresses in the kernel map | {addresses} |\n| start to synced | {:.2} s |\n| start to every address in the maps | {:.2} s |\n| agent RSS after sync / peak | {:.1} MiB / {:.1} MiB |\n| one pod change to the maps | {:.1} ms |\n",
+        "## Kubernetes inventory at scale\n\n| figure | value |\n|---|---|\n| nodes / pods (local) | {NODES_N} / {total_pods} ({LOCAL_PODS}) |\n| addresses in the kernel map | {addresses} |\n| start to synced | {:.2} s |\n| start to every address in the maps | {:.2} s |\n| agent RSS after sync / peak | {:.1} MiB / {:.1} MiB |\n| one pod change to the maps | {:.1} ms |\n\n",
         synced_at.map_or(f64::NAN, |d| d.as_secs_f64()),
         full.as_secs_f64(),
         rss as f64 / 1024.0,
         hwm as f64 / 1024.0,
         change_ms
     );
-    std::fs::write(out.join("report.md"), &md)?;
-    print!("{md}");
-    println!("(written to target/bench/report.json and report.md)");
-    Ok(())
+    Ok((value, md))
 }
 
 fn cpu_ticks(pid: u32) -> u64 {
@@ -236,13 +284,9 @@ fn metric_sum(text: &str, prefix: &str) -> f64 {
         .sum()
 }
 
-/// Pod veth churn and a spoofed-source SYN flood, on a simulated node with a running agent.
-pub fn churn_and_flood(bin: &Path) -> Result<(Value, String)> {
-    use observer_common::{packet::TCP_SYN, testing::frames::Frame};
-    use testbed::{
-        topology::{Layout, Node},
-        traffic::{http_get, mac_of, raw_flood},
-    };
+/// Pod veth churn on a simulated node with a running agent: link created -> programs attached.
+fn churn(bin: &Path) -> Result<(Value, String)> {
+    use testbed::topology::{Layout, Node};
     let n = Node::new(Layout::Calico);
     let dir = std::env::temp_dir().join(format!("observer-bench-churn-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
@@ -326,54 +370,162 @@ pub fn churn_and_flood(bin: &Path) -> Result<(Value, String)> {
         }
     }
 
-    println!("==> spoofed-source SYN flood to a pod IP (5 s)");
-    let mut frame = Frame::tcp(n.outside_ip, n.pods[0].ip, 40000, 80, TCP_SYN).build();
-    frame[..6].copy_from_slice(&mac_of(&n.node, "eth0"));
-    let (_, before) = http_get(&n.node, 19_703, "/metrics").map_err(anyhow::Error::msg)?;
-    let series_before = before
-        .lines()
-        .filter(|l| l.starts_with("observer_direct_pod_access_flows_total{"))
-        .count();
-    let pid = agent.pid();
-    let cpu0 = cpu_ticks(pid);
-    let secs = 5.0;
-    let sent = raw_flood(&n.outside, "eth0", frame, secs);
-    std::thread::sleep(Duration::from_millis(3500));
-    let cpu1 = cpu_ticks(pid);
-    let (_, after) = http_get(&n.node, 19_703, "/metrics").map_err(anyhow::Error::msg)?;
-    let series_after = after
-        .lines()
-        .filter(|l| l.starts_with("observer_direct_pod_access_flows_total{"))
-        .count();
-    let seen = metric_sum(
-        &after,
-        "observer_packets_total{protocol=\"tcp\",verdict=\"direct_to_pod\"}",
-    );
-    let lost = metric_sum(&after, "observer_events_lost_total");
-    let events = metric_sum(
-        &after,
-        "observer_flows_total{protocol=\"tcp\",verdict=\"direct_to_pod\"}",
-    );
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-    let cpu = (cpu1 - cpu0) as f64 / hz / (secs + 3.5);
-    let (rss, hwm) = rss_kib(pid);
-    out.insert("flood".into(), json!({
-        "seconds": secs, "frames_sent": sent, "syns_seen_by_the_uplink": seen,
-        "new_flows_per_second_seen": seen / secs, "events_delivered": events, "events_lost": lost,
-        "agent_cpu_cores": cpu, "agent_rss_mib": rss as f64 / 1024.0, "agent_peak_rss_mib": hwm as f64 / 1024.0,
-        "series_before": series_before, "series_after": series_after
-    }));
-    md.push_str(&format!(
-        "\n## Spoofed-source SYN flood to one pod ({secs} s, one sender thread)\n\n| figure | value |\n|---|---|\n| frames sent | {sent} |\n| SYNs judged at the uplink (kernel counter, exact) | {seen} ({:.0}/s) |\n| new-flow events delivered / lost | {events} / {lost} |\n| agent CPU | {cpu:.2} cores |\n| agent RSS / peak | {:.1} MiB / {:.1} MiB |\n| direct-access series before / after | {series_before} / {series_after} |\n\n",
-        seen / secs,
-        rss as f64 / 1024.0,
-        hwm as f64 / 1024.0
-    ));
+    md.push('\n');
     Ok((Value::Object(out), md))
 }
 
-/// A TCP SYN from outside to `pod`:80 (IPv4, untagged): bytes 26..30 are the source address.
+/// Frames per second of one run of the flood, and what the observer made of them.
+struct FloodRun {
+    sent: u64,
+    arrived: u64,
+    seen: f64,
+    events: f64,
+    lost: f64,
+    cpu: f64,
+}
+
+/// Spoofed-source SYN floods to a pod IP from the outside host, on a simulated node with a
+/// running agent: once through the whole node (the SYNs reach the pod, which answers), and
+/// once dropped by nftables right after the observer's hook, so the figure is what the observer
+/// itself keeps up with rather than what the node's forwarding path does.
+fn flood(bin: &Path) -> Result<(Value, String)> {
+    use observer_common::{packet::TCP_SYN, testing::frames::Frame};
+    use testbed::{
+        topology::{Layout, Node},
+        traffic::{http_get, mac_of, raw_flood},
+    };
+    const SECS: f64 = 5.0;
+    let n = Node::new(Layout::Calico);
+    let dir = std::env::temp_dir().join(format!("observer-bench-flood-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let agent = AgentProc::start(
+        bin,
+        &n.node,
+        &dir,
+        19_704,
+        &["--cluster-cidr", "172.16.0.0/16"],
+    );
+    let threads = std::thread::available_parallelism().map_or(2, |n| n.get().min(8));
+    let mut frame = Frame::tcp(n.outside_ip, n.pods[0].ip, 40000, 80, TCP_SYN).build();
+    frame[..6].copy_from_slice(&mac_of(&n.node, "eth0"));
+    let metrics = || -> Result<String> {
+        Ok(http_get(&n.node, 19_704, "/metrics")
+            .map_err(anyhow::Error::msg)?
+            .1)
+    };
+    let series = |m: &str| {
+        m.lines()
+            .filter(|l| l.starts_with("observer_direct_pod_access_flows_total{"))
+            .count()
+    };
+    let figures = |m: &str| {
+        (
+            metric_sum(
+                m,
+                "observer_packets_total{protocol=\"tcp\",verdict=\"direct_to_pod\"}",
+            ),
+            metric_sum(
+                m,
+                "observer_flows_total{protocol=\"tcp\",verdict=\"direct_to_pod\"}",
+            ),
+            metric_sum(m, "observer_events_lost_total"),
+        )
+    };
+    let rx = || -> u64 {
+        n.node
+            .sh(&["cat", "/sys/class/net/eth0/statistics/rx_packets"])
+            .trim()
+            .parse()
+            .unwrap_or(0)
+    };
+    let series_before = series(&metrics()?);
+    let mut runs = Vec::new();
+    for drop_after in [false, true] {
+        if drop_after {
+            n.node.sh(&["nft", "add table netdev bench"]);
+            n.node.sh(&[
+                "nft",
+                "add chain netdev bench flood { type filter hook ingress device eth0 priority 0; policy drop; }",
+            ]);
+        }
+        println!(
+            "==> spoofed-source SYN flood to a pod IP ({SECS} s, {threads} sender threads{})",
+            if drop_after {
+                ", dropped after the observer"
+            } else {
+                ", through the node"
+            }
+        );
+        let (seen0, events0, lost0) = figures(&metrics()?);
+        let rx0 = rx();
+        let cpu0 = cpu_ticks(agent.pid());
+        let sent = raw_flood(&n.outside, "eth0", frame.clone(), SECS, threads);
+        // Let the agent drain the ring buffer.
+        std::thread::sleep(Duration::from_millis(3000));
+        let cpu1 = cpu_ticks(agent.pid());
+        let (seen1, events1, lost1) = figures(&metrics()?);
+        // SAFETY: sysconf has no preconditions.
+        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+        runs.push((
+            drop_after,
+            FloodRun {
+                sent,
+                arrived: rx() - rx0,
+                seen: seen1 - seen0,
+                events: events1 - events0,
+                lost: lost1 - lost0,
+                cpu: (cpu1 - cpu0) as f64 / hz / SECS,
+            },
+        ));
+        if drop_after {
+            n.node.sh(&["nft", "delete table netdev bench"]);
+        }
+    }
+    let (rss, hwm) = rss_kib(agent.pid());
+    let series_after = series(&metrics()?);
+    let mut md = format!(
+        "## Spoofed-source SYN flood to one pod ({SECS} s, {threads} sender threads, a new source per frame)\n\n| figure | through the node | dropped after the observer |\n|---|---|---|\n"
+    );
+    let row = |name: &str, f: &dyn Fn(&FloodRun) -> String| {
+        format!("| {name} | {} | {} |\n", f(&runs[0].1), f(&runs[1].1))
+    };
+    md.push_str(&row("frames sent", &|r| r.sent.to_string()));
+    md.push_str(&row("frames that reached the uplink", &|r| {
+        r.arrived.to_string()
+    }));
+    md.push_str(&row("SYNs judged at the uplink (kernel counter)", &|r| {
+        format!("{:.0} ({:.0}/s)", r.seen, r.seen / SECS)
+    }));
+    md.push_str(&row("new-flow events delivered / lost", &|r| {
+        format!("{:.0} / {:.0}", r.events, r.lost)
+    }));
+    md.push_str(&row("agent CPU (cores, over the flood)", &|r| {
+        format!("{:.2}", r.cpu)
+    }));
+    md.push_str(&format!(
+        "\nAgent RSS after both {:.1} MiB, peak {:.1} MiB. Direct-access series before / after: {series_before} / {series_after}.\n\n",
+        rss as f64 / 1024.0,
+        hwm as f64 / 1024.0
+    ));
+    let json_runs: Vec<Value> = runs
+        .iter()
+        .map(|(drop_after, r)| {
+            json!({
+                "dropped_after_the_observer": drop_after, "seconds": SECS, "sender_threads": threads,
+                "frames_sent": r.sent, "frames_at_the_uplink": r.arrived,
+                "syns_seen_by_the_uplink": r.seen, "new_flows_per_second_seen": r.seen / SECS,
+                "events_delivered": r.events, "events_lost": r.lost, "agent_cpu_cores": r.cpu,
+            })
+        })
+        .collect();
+    let value = json!({
+        "runs": json_runs,
+        "agent_rss_mib": rss as f64 / 1024.0, "agent_peak_rss_mib": hwm as f64 / 1024.0,
+        "series_before": series_before, "series_after": series_after,
+    });
+    Ok((value, md))
+}
+
 /// Seconds since the epoch of an RFC 3339 UTC timestamp (tracing's JSON format).
 fn parse_ts(ts: &str) -> f64 {
     // 2026-11-25T01:08:32.975584Z

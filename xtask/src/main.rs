@@ -32,8 +32,12 @@ enum Task {
     },
     /// Two simulated nodes in network namespaces with the seed's traffic, and what an SRE sees.
     Demo,
-    /// Performance figures (datapath cost, throughput, flood, churn).
-    Bench,
+    /// Performance figures (datapath cost, throughput, churn, flood, inventory).
+    Bench {
+        /// Run only these sections (comma-separated); all by default.
+        #[arg(long, value_enum, value_delimiter = ',')]
+        only: Vec<bench::Section>,
+    },
     /// Fuzz the host parser and verdict (cargo fuzz) for a while.
     Fuzz {
         /// How long, in seconds.
@@ -226,8 +230,10 @@ fn real_main() -> Result<()> {
             })?;
             demo::run(&root.join("target/debug/observer"))
         }
-        Task::Bench => {
-            timed("toolchain check", || toolchain::ensure(&["iperf3"]))?;
+        Task::Bench { only } => {
+            timed("toolchain check", || {
+                toolchain::ensure(&["iperf3", "nftables"])
+            })?;
             timed("release build", || {
                 run(cargo().args([
                     "build",
@@ -239,7 +245,7 @@ fn real_main() -> Result<()> {
                     "--bins",
                 ]))
             })?;
-            bench::run(&root.join("target/release/observer"), &root)
+            bench::run(&root.join("target/release/observer"), &root, &only)
         }
     }
 }
