@@ -138,7 +138,7 @@ impl Controller {
             .snapshot
             .lock()
             .unwrap_or_else(|p| p.into_inner());
-        snap.attach_mode = self.ifaces.mode().name().to_string();
+        snap.attach_mode = self.ifaces.modes().name();
         snap.interfaces = interfaces.into_iter().map(Into::into).collect();
         snap.failing = self
             .ifaces

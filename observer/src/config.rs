@@ -51,7 +51,8 @@ pub struct RunArgs {
     /// Prometheus endpoint address [default: 0.0.0.0:9962].
     #[arg(long = "metrics-addr", env = "OBSERVER_METRICS_ADDR")]
     pub metrics_addr: Option<String>,
-    /// How to attach: auto (TCX on Linux >= 6.6, else netlink), tcx or netlink [default: auto].
+    /// How to attach: auto (uplinks TCX on Linux >= 6.6, else netlink; pod veths netlink), tcx
+    /// or netlink for both [default: auto].
     #[arg(long = "attach-mode", env = "OBSERVER_ATTACH_MODE")]
     pub attach_mode: Option<String>,
     /// Also push direct-access alerts to this Alertmanager (http://host:port), within a
@@ -170,7 +171,7 @@ pub struct Config {
     pub nodeport_min: u16,
     pub nodeport_max: u16,
     pub metrics_addr: SocketAddr,
-    pub attach_mode: crate::attach::Mode,
+    pub attach_mode: crate::attach::Modes,
     pub alertmanager_url: Option<crate::alertmanager::AmUrl>,
     /// Use the Kubernetes API (resolved from auto).
     pub kubernetes: bool,
@@ -379,9 +380,9 @@ impl Config {
         };
         let attach_mode =
             match one(args.attach_mode, file.attach_mode, defaults::ATTACH_MODE).as_str() {
-                "auto" => crate::attach::Mode::auto(),
-                "tcx" => crate::attach::Mode::Tcx,
-                "netlink" => crate::attach::Mode::Netlink,
+                "auto" => crate::attach::Modes::auto(),
+                "tcx" => crate::attach::Modes::all(crate::attach::Mode::Tcx),
+                "netlink" => crate::attach::Modes::all(crate::attach::Mode::Netlink),
                 other => return Err(invalid("attach-mode", other, "auto, tcx or netlink")),
             };
         let alertmanager_url = match args.alertmanager_url.or(file.alertmanager_url) {

@@ -11,7 +11,7 @@ use aya::{
 use serde::Serialize;
 
 use crate::{
-    attach::{self, Mode, Role},
+    attach::{self, Mode, Modes, Role},
     config::Pattern,
     netlink::Netlink,
 };
@@ -51,7 +51,7 @@ pub struct Ifaces {
     failing: BTreeMap<u32, (String, String)>,
     /// Attach failures since start.
     pub errors: u64,
-    mode: Mode,
+    modes: Modes,
 }
 
 pub fn role_name(role: Role) -> &'static str {
@@ -62,7 +62,7 @@ pub fn role_name(role: Role) -> &'static str {
 }
 
 impl Ifaces {
-    pub fn new(ebpf: Ebpf, uplinks: Vec<Pattern>, pod_ifaces: Vec<Pattern>, mode: Mode) -> Self {
+    pub fn new(ebpf: Ebpf, uplinks: Vec<Pattern>, pod_ifaces: Vec<Pattern>, modes: Modes) -> Self {
         Ifaces {
             ebpf,
             uplinks,
@@ -70,12 +70,12 @@ impl Ifaces {
             attached: BTreeMap::new(),
             failing: BTreeMap::new(),
             errors: 0,
-            mode,
+            modes,
         }
     }
 
-    pub fn mode(&self) -> Mode {
-        self.mode
+    pub fn modes(&self) -> Modes {
+        self.modes
     }
 
     /// The role an interface name gets, if any. Uplink patterns win.
@@ -105,13 +105,13 @@ impl Ifaces {
             self.failing.remove(&index);
             return false;
         };
-        match attach::attach(&mut self.ebpf, name, role, self.mode) {
+        match attach::attach(&mut self.ebpf, name, role, self.modes.of(role)) {
             Ok(a) => {
                 tracing::info!(
                     iface = name,
                     index,
                     role = role_name(role),
-                    mode = self.mode.name(),
+                    mode = self.modes.of(role).name(),
                     "attached"
                 );
                 self.failing.remove(&index);
@@ -210,7 +210,7 @@ impl Ifaces {
                 name: a.name.clone(),
                 index: *index,
                 role: role_name(a.role),
-                mode: self.mode.name(),
+                mode: self.modes.of(a.role).name(),
                 foreign: a.foreign.clone(),
             })
             .collect()

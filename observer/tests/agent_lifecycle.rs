@@ -1,6 +1,7 @@
 //! The agent's life: pod interfaces churning under traffic, SIGTERM (everything detached),
-//! SIGKILL then restart (exactly one copy attached), in TCX and in netlink mode (leftover
-//! filters replaced, other agents' filters and qdiscs untouched).
+//! SIGKILL then restart (exactly one copy attached), by default (a TCX link on the uplink,
+//! netlink filters on pod veths) and in netlink mode (leftover filters replaced, other agents'
+//! filters and qdiscs untouched).
 
 mod support;
 
@@ -66,50 +67,45 @@ fn interface_churn_sigterm_and_sigkill() {
     pinger.join().unwrap();
     assert_eq!(status(&agent)["attach_errors"], 0);
 
-    // SIGKILL: TCX links die with the process; a restart attaches exactly one copy.
+    // By default the uplink has a TCX link and pod veths netlink filters.
+    let s = status(&agent);
+    assert_eq!(s["attach_mode"], "uplinks tcx, pod veths netlink");
+    let veth = n.pods[0].veth;
+    // Our filters on the pod veth's (egress, ingress) hooks: to_pod and from_pod.
+    let ours = || {
+        let count = |hook: &str| {
+            tc_filters(&n.node, veth, hook)
+                .iter()
+                .filter(|f| f.starts_with("observer_"))
+                .count()
+        };
+        (count("egress"), count("ingress"))
+    };
+    assert_eq!(ours(), (1, 1));
+
+    // SIGKILL: the TCX link dies with the process, the pod veths' filters stay; a restart
+    // attaches exactly one copy of each.
     agent.signal(libc::SIGKILL);
     assert_eq!(
         tcx_count(&n.node, "eth0", TcAttachType::Ingress, "observer_uplink"),
         0
     );
+    assert_eq!(ours(), (1, 1));
     let mut agent = start(&n, "churn2", &[]);
     assert_eq!(
         tcx_count(&n.node, "eth0", TcAttachType::Ingress, "observer_uplink"),
         1
     );
-    assert_eq!(
-        tcx_count(
-            &n.node,
-            n.pods[0].veth,
-            TcAttachType::Egress,
-            "observer_to_pod"
-        ),
-        1
-    );
-    assert_eq!(
-        tcx_count(
-            &n.node,
-            n.pods[0].veth,
-            TcAttachType::Ingress,
-            "observer_from_pod"
-        ),
-        1
-    );
+    assert_eq!(ours(), (1, 1));
     // SIGTERM: everything detached, the socket removed, exit 0.
     let socket = agent.socket.clone();
     let status = agent.signal(libc::SIGTERM);
     assert!(status.success(), "{status}");
-    for (iface, dir, prog) in [
-        ("eth0", TcAttachType::Ingress, "observer_uplink"),
-        (n.pods[0].veth, TcAttachType::Egress, "observer_to_pod"),
-        (n.pods[0].veth, TcAttachType::Ingress, "observer_from_pod"),
-    ] {
-        assert_eq!(
-            tcx_count(&n.node, iface, dir, prog),
-            0,
-            "{iface} still has {prog}"
-        );
-    }
+    assert_eq!(
+        tcx_count(&n.node, "eth0", TcAttachType::Ingress, "observer_uplink"),
+        0
+    );
+    assert_eq!(ours(), (0, 0));
     assert!(!socket.exists());
     assert!(
         n.node
@@ -189,7 +185,19 @@ fn netlink_mode_replaces_leftovers_and_leaves_others_alone() {
         .unwrap()
         .clone();
     assert!(eth0["foreign"].to_string().contains("tc_noop"), "{eth0}");
-    // SIGKILL leaves the filters; the next start replaces them instead of stacking.
+    // SIGKILL leaves the filters; the next start replaces them instead of stacking, in TCX
+    // mode too.
+    agent.signal(libc::SIGKILL);
+    assert_eq!(ours("eth0", "ingress"), 1);
+    let mut tcx = start(&n, "netlink-then-tcx", &["--attach-mode", "tcx"]);
+    assert_eq!(ours("eth0", "ingress"), 0);
+    assert_eq!(ours(n.pods[0].veth, "egress"), 0);
+    assert_eq!(
+        tcx_count(&n.node, "eth0", TcAttachType::Ingress, "observer_uplink"),
+        1
+    );
+    tcx.signal(libc::SIGKILL);
+    let mut agent = start(&n, "netlink1b", &["--attach-mode", "netlink"]);
     agent.signal(libc::SIGKILL);
     assert_eq!(ours("eth0", "ingress"), 1);
     let mut agent = start(&n, "netlink2", &["--attach-mode", "netlink"]);
