@@ -277,7 +277,7 @@ fn cpu_ticks(pid: u32) -> u64 {
     n(11) + n(12)
 }
 
-fn metric_sum(text: &str, prefix: &str) -> f64 {
+pub fn metric_sum(text: &str, prefix: &str) -> f64 {
     text.lines()
         .filter(|l| l.starts_with(prefix))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())

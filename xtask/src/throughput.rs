@@ -83,6 +83,14 @@ fn iperf(from: &Netns, to: &str, t: &Test) -> Result<f64> {
     }
 }
 
+/// Packets the uplink program judged so far (every verdict), from the agent's metrics.
+fn uplink_packets(n: &Node) -> f64 {
+    let text = testbed::traffic::http_get(&n.node, 19_704, "/metrics")
+        .map(|(_, body)| body)
+        .unwrap_or_default();
+    crate::bench::metric_sum(&text, "observer_packets_total{")
+}
+
 fn median(v: &mut [f64]) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     v[v.len() / 2]
@@ -114,6 +122,8 @@ pub fn run(bin: &Path) -> Result<(Value, String)> {
     let cluster = format!("172.16.0.0/16,{}/32", n.peer_ip);
     let mut off: Vec<Vec<f64>> = vec![Vec::new(); TESTS.len()];
     let mut on: Vec<Vec<f64>> = vec![Vec::new(); TESTS.len()];
+    // Packets (skbs: GSO/GRO aggregates) per second the uplink program ran on, observed rounds.
+    let mut skbs: Vec<Vec<f64>> = vec![Vec::new(); TESTS.len()];
     let result = (|| -> Result<()> {
         for round in 0..ROUNDS {
             // Alternate which mode goes first, so a drift of the machine hits both alike.
@@ -134,7 +144,11 @@ pub fn run(bin: &Path) -> Result<(Value, String)> {
                 });
                 for (i, t) in TESTS.iter().enumerate() {
                     let from = if t.from_outside { &n.outside } else { &n.peer };
+                    let before = agent.as_ref().map(|_| uplink_packets(&n));
                     let v = iperf(from, pod, t)?;
+                    if let Some(b) = before {
+                        skbs[i].push((uplink_packets(&n) - b) / f64::from(SECONDS));
+                    }
                     println!(
                         "    round {} {:<9} {:<52} {v:>14.0}",
                         round + 1,
@@ -156,7 +170,7 @@ pub fn run(bin: &Path) -> Result<(Value, String)> {
     let _ = std::fs::remove_dir_all(&dir);
     result?;
     let mut md = String::from(
-        "## Throughput, observed vs bare node (iperf3, medians of alternating rounds)\n\n| test | bare (min-max) | observed (min-max) | ratio of medians |\n|---|---|---|---|\n",
+        "## Throughput, observed vs bare node (iperf3, medians of alternating rounds)\n\n| test | bare (min-max) | observed (min-max) | ratio of medians | uplink program runs/s |\n|---|---|---|---|---|\n",
     );
     let mut out = serde_json::Map::new();
     for (i, t) in TESTS.iter().enumerate() {
@@ -171,19 +185,21 @@ pub fn run(bin: &Path) -> Result<(Value, String)> {
         };
         // median() sorted the samples: first and last are min and max.
         let spread = |v: &[f64]| format!("({}-{})", fmt(v[0]), fmt(v[v.len() - 1]));
+        let runs = median(&mut skbs[i]);
         md.push_str(&format!(
-            "| {} | {} {} | {} {} | {:.1} % |\n",
+            "| {} | {} {} | {} {} | {:.1} % | {:.0} k |\n",
             t.name,
             fmt(a),
             spread(&off[i]),
             fmt(b),
             spread(&on[i]),
-            100.0 * b / a
+            100.0 * b / a,
+            runs / 1e3
         ));
         out.insert(
             t.name.into(),
             json!({"unit": unit, "bare_median": a, "observed_median": b, "ratio": b / a,
-                   "bare": off[i], "observed": on[i]}),
+                   "bare": off[i], "observed": on[i], "uplink_program_runs_per_s": runs}),
         );
     }
     md.push_str(
