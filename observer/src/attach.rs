@@ -2,11 +2,18 @@
 //! direct-action filter at the observer's own priority and handle. Other programs on the
 //! interface are never replaced or reordered.
 //!
-//! By default uplinks get TCX links and pod veths netlink filters. A TCX attach swaps the
-//! device's program list and waits for an RCU grace period (`synchronize_rcu`) while holding
-//! the RTNL, once per hook: two per pod veth, about 25 ms here, during which no other process
-//! on the node can create or change a link. Pods come and go all day; a netlink filter
-//! attaches without that wait (100 veths: 0.1 s instead of 2.7 s).
+//! By default every interface gets TCX links where the kernel has them: a TCX program runs
+//! before every legacy filter, so no other agent's filter can end a packet's processing before
+//! the observer saw it. aws-network-policy-agent, for one, puts its filters at priority 1 on
+//! pod veths, the observer's own netlink priority; within one priority the newest filter runs
+//! first, and its `TC_ACT_OK` ends classification.
+//!
+//! A TCX attach has a cost: it swaps the device's program list and waits for an RCU grace
+//! period (`synchronize_rcu`) while holding the RTNL, once per hook, so twice per pod veth
+//! (about 25 ms here), and no other process on the node creates or changes a link meanwhile.
+//! `netlink-pods` mode attaches pod veths with netlink filters instead, without that wait
+//! (100 veths: 0.1 s instead of 2.7 s), for nodes with heavy pod churn and no other filters on
+//! pod veths.
 
 use aya::{
     Ebpf,
@@ -89,10 +96,14 @@ pub struct Modes {
 }
 
 impl Modes {
-    /// The default: TCX on uplinks where the kernel has it (attached once, ahead of every
-    /// legacy filter), netlink filters on pod veths (attached all day, without a grace period
-    /// under the RTNL each time).
+    /// The default: TCX on every interface where the kernel has it, netlink filters before.
     pub fn auto() -> Modes {
+        Modes::all(Mode::auto())
+    }
+
+    /// TCX (where the kernel has it) on uplinks, netlink filters on pod veths: no RCU grace
+    /// period under the RTNL per pod, but other filters on pod veths may run first.
+    pub fn netlink_pods() -> Modes {
         Modes {
             uplink: Mode::auto(),
             pod: Mode::Netlink,

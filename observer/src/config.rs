@@ -51,8 +51,8 @@ pub struct RunArgs {
     /// Prometheus endpoint address [default: 0.0.0.0:9962].
     #[arg(long = "metrics-addr", env = "OBSERVER_METRICS_ADDR")]
     pub metrics_addr: Option<String>,
-    /// How to attach: auto (uplinks TCX on Linux >= 6.6, else netlink; pod veths netlink), tcx
-    /// or netlink for both [default: auto].
+    /// How to attach: auto (TCX on Linux >= 6.6, else netlink), tcx, netlink, or netlink-pods
+    /// (uplinks as auto, pod veths netlink: cheaper pod churn) [default: auto].
     #[arg(long = "attach-mode", env = "OBSERVER_ATTACH_MODE")]
     pub attach_mode: Option<String>,
     /// Also push direct-access alerts to this Alertmanager (http://host:port), within a
@@ -383,7 +383,14 @@ impl Config {
                 "auto" => crate::attach::Modes::auto(),
                 "tcx" => crate::attach::Modes::all(crate::attach::Mode::Tcx),
                 "netlink" => crate::attach::Modes::all(crate::attach::Mode::Netlink),
-                other => return Err(invalid("attach-mode", other, "auto, tcx or netlink")),
+                "netlink-pods" => crate::attach::Modes::netlink_pods(),
+                other => {
+                    return Err(invalid(
+                        "attach-mode",
+                        other,
+                        "auto, tcx, netlink or netlink-pods",
+                    ));
+                }
             };
         let alertmanager_url = match args.alertmanager_url.or(file.alertmanager_url) {
             Some(u) if !u.trim().is_empty() => Some(

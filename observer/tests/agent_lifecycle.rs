@@ -1,7 +1,6 @@
 //! The agent's life: pod interfaces churning under traffic, SIGTERM (everything detached),
-//! SIGKILL then restart (exactly one copy attached), by default (a TCX link on the uplink,
-//! netlink filters on pod veths) and in netlink mode (leftover filters replaced, other agents'
-//! filters and qdiscs untouched).
+//! SIGKILL then restart (exactly one copy attached), in TCX, netlink-pods and netlink mode
+//! (leftover filters replaced, other agents' filters and qdiscs untouched).
 
 mod support;
 
@@ -67,7 +66,69 @@ fn interface_churn_sigterm_and_sigkill() {
     pinger.join().unwrap();
     assert_eq!(status(&agent)["attach_errors"], 0);
 
-    // By default the uplink has a TCX link and pod veths netlink filters.
+    // SIGKILL: TCX links die with the process; a restart attaches exactly one copy.
+    agent.signal(libc::SIGKILL);
+    assert_eq!(
+        tcx_count(&n.node, "eth0", TcAttachType::Ingress, "observer_uplink"),
+        0
+    );
+    let mut agent = start(&n, "churn2", &[]);
+    assert_eq!(
+        tcx_count(&n.node, "eth0", TcAttachType::Ingress, "observer_uplink"),
+        1
+    );
+    assert_eq!(
+        tcx_count(
+            &n.node,
+            n.pods[0].veth,
+            TcAttachType::Egress,
+            "observer_to_pod"
+        ),
+        1
+    );
+    assert_eq!(
+        tcx_count(
+            &n.node,
+            n.pods[0].veth,
+            TcAttachType::Ingress,
+            "observer_from_pod"
+        ),
+        1
+    );
+    // SIGTERM: everything detached, the socket removed, exit 0.
+    let socket = agent.socket.clone();
+    let status = agent.signal(libc::SIGTERM);
+    assert!(status.success(), "{status}");
+    for (iface, dir, prog) in [
+        ("eth0", TcAttachType::Ingress, "observer_uplink"),
+        (n.pods[0].veth, TcAttachType::Egress, "observer_to_pod"),
+        (n.pods[0].veth, TcAttachType::Ingress, "observer_from_pod"),
+    ] {
+        assert_eq!(
+            tcx_count(&n.node, iface, dir, prog),
+            0,
+            "{iface} still has {prog}"
+        );
+    }
+    assert!(!socket.exists());
+    assert!(
+        n.node
+            .sh(&["tc", "qdisc", "show"])
+            .lines()
+            .all(|l| !l.contains("clsact")),
+        "a clsact qdisc was left"
+    );
+}
+
+/// `netlink-pods`: the uplink keeps its TCX link, pod veths get netlink filters, which survive
+/// a SIGKILL and are replaced (never stacked) by the next start, and go on SIGTERM.
+#[test]
+fn netlink_pods_mode_uses_filters_on_pod_veths() {
+    ports_from(19_230);
+    let n = Node::new(Layout::Calico);
+    let mut servers = Servers::new();
+    servers.tcp(&n.pods[0].ns, 80);
+    let mut agent = start(&n, "nlpods", &["--attach-mode", "netlink-pods"]);
     let s = status(&agent);
     assert_eq!(s["attach_mode"], "uplinks tcx, pod veths netlink");
     let veth = n.pods[0].veth;
@@ -82,31 +143,32 @@ fn interface_churn_sigterm_and_sigkill() {
         (count("egress"), count("ingress"))
     };
     assert_eq!(ours(), (1, 1));
-
-    // SIGKILL: the TCX link dies with the process, the pod veths' filters stay; a restart
-    // attaches exactly one copy of each.
+    assert_eq!(
+        tcx_count(&n.node, veth, TcAttachType::Egress, "observer_to_pod"),
+        0
+    );
+    assert_eq!(
+        tcp_get(&n.outside, None, n.pods[0].ip, 80).1.as_deref(),
+        Ok("hello\n")
+    );
+    // The pod's answer was seen by from_pod through its netlink filter.
+    wait_for("the direct flow answered", Duration::from_secs(5), || {
+        flows(&agent).iter().any(|f| f.state == "answered")
+    });
     agent.signal(libc::SIGKILL);
     assert_eq!(
         tcx_count(&n.node, "eth0", TcAttachType::Ingress, "observer_uplink"),
         0
     );
     assert_eq!(ours(), (1, 1));
-    let mut agent = start(&n, "churn2", &[]);
+    let mut agent = start(&n, "nlpods2", &["--attach-mode", "netlink-pods"]);
     assert_eq!(
         tcx_count(&n.node, "eth0", TcAttachType::Ingress, "observer_uplink"),
         1
     );
     assert_eq!(ours(), (1, 1));
-    // SIGTERM: everything detached, the socket removed, exit 0.
-    let socket = agent.socket.clone();
-    let status = agent.signal(libc::SIGTERM);
-    assert!(status.success(), "{status}");
-    assert_eq!(
-        tcx_count(&n.node, "eth0", TcAttachType::Ingress, "observer_uplink"),
-        0
-    );
+    assert!(agent.signal(libc::SIGTERM).success());
     assert_eq!(ours(), (0, 0));
-    assert!(!socket.exists());
     assert!(
         n.node
             .sh(&["tc", "qdisc", "show"])

@@ -285,7 +285,7 @@ pub fn metric_sum(text: &str, prefix: &str) -> f64 {
 }
 
 /// Pod veth churn on a simulated node with a running agent: link created -> programs attached,
-/// with the default attach modes and with TCX on pod veths too.
+/// with the default attach mode (TCX) and with netlink filters on pod veths (`netlink-pods`).
 fn churn(bin: &Path) -> Result<(Value, String)> {
     use testbed::topology::{Layout, Node};
     let n = Node::new(Layout::Calico);
@@ -293,7 +293,7 @@ fn churn(bin: &Path) -> Result<(Value, String)> {
     let mut md = String::from(
         "## Pod interface churn (link created -> programs attached)\n\n| pod veth attach | rate | veths | p50 | p99 | max | missed | link creation delayed, p99 |\n|---|---|---|---|---|---|---|---|\n",
     );
-    for (mode, pod_mode) in [("auto", "netlink"), ("tcx", "tcx")] {
+    for (mode, pod_mode) in [("auto", "tcx"), ("netlink-pods", "netlink")] {
         let dir = std::env::temp_dir().join(format!(
             "observer-bench-churn-{mode}-{}",
             std::process::id()
