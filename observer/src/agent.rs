@@ -199,7 +199,7 @@ impl Controller {
             | NetEvent::AddrGone { .. }
             | NetEvent::Route(_)
             | NetEvent::RouteGone(_) => self.sync_inventory(),
-            NetEvent::Resync => {}
+            NetEvent::TcFilter { .. } | NetEvent::Resync => {}
         }
     }
 }
@@ -407,6 +407,9 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
                         Err(err) => tracing::error!(error = %err, "netlink dump failed"),
                     }
                 }
+                Some(NetEvent::TcFilter { index }) => {
+                    ctl.ifaces.keep_first(&netlink, Some(index)).await;
+                }
                 Some(e) => ctl.on_event(&e),
             },
             Some(m) = async { match kube_rx.as_mut() { Some(rx) => rx.recv().await, None => std::future::pending().await } } => {
@@ -424,6 +427,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
                     ctl.view = v;
                     ctl.sync();
                     ctl.ifaces.update_foreign(&netlink).await;
+                    ctl.ifaces.keep_first(&netlink, None).await;
                     ctl.publish();
                 }
                 Err(err) => tracing::error!(error = %err, "netlink dump failed"),

@@ -31,6 +31,10 @@ use crate::bpf::{BpfError, classifier};
 /// handle of our own, so that a restart finds and replaces its leftovers by name.
 pub const NL_PRIORITY: u16 = 1;
 pub const NL_HANDLE: TcHandle = TcHandle::new(0, 0x0b5e);
+/// The other handle [`to_front`] alternates with: within one priority the newest filter runs
+/// first, so ours goes back to the front by adding a copy under this handle, then removing the
+/// old one, with no moment without ours.
+pub const NL_HANDLE_ALT: TcHandle = TcHandle::new(0, 0x0b5f);
 
 /// What an interface is to the observer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -199,18 +203,29 @@ pub fn attach(
             owns_clsact = true;
         }
     }
+    let links = attach_programs(ebpf, iface, role, mode, NL_HANDLE)?;
+    Ok(Attachment { links, owns_clsact })
+}
+
+/// Attaches each program of the role; on a failure detaches the ones attached before it.
+fn attach_programs(
+    ebpf: &mut Ebpf,
+    iface: &str,
+    role: Role,
+    mode: Mode,
+    handle: TcHandle,
+) -> Result<Vec<(&'static str, SchedClassifierLinkId)>, AttachError> {
     let mut links = Vec::new();
     for &(program, direction) in programs_of(role) {
         let options = match mode {
             Mode::Tcx => TcAttachOptions::TcxOrder(LinkOrder::first()),
             Mode::Netlink => TcAttachOptions::Netlink(NlOptions {
                 priority: NL_PRIORITY,
-                handle: NL_HANDLE,
+                handle,
                 ..NlOptions::default()
             }),
         };
-        let result = classifier(ebpf, program)?.attach_with_options(iface, direction, options);
-        match result {
+        match classifier(ebpf, program)?.attach_with_options(iface, direction, options) {
             Ok(id) => links.push((program, id)),
             Err(source) => {
                 detach(ebpf, links);
@@ -223,7 +238,28 @@ pub fn attach(
             }
         }
     }
-    Ok(Attachment { links, owns_clsact })
+    Ok(links)
+}
+
+/// Puts the role's netlink filters back in front of the filters of others on `iface`: attaches
+/// them again under the other handle, then detaches the old ones, and updates `links` and
+/// `handle`. On failure the old filters stay.
+pub fn to_front(
+    ebpf: &mut Ebpf,
+    iface: &str,
+    role: Role,
+    links: &mut Vec<(&'static str, SchedClassifierLinkId)>,
+    handle: &mut TcHandle,
+) -> Result<(), AttachError> {
+    let next = if *handle == NL_HANDLE {
+        NL_HANDLE_ALT
+    } else {
+        NL_HANDLE
+    };
+    let new = attach_programs(ebpf, iface, role, Mode::Netlink, next)?;
+    detach(ebpf, std::mem::replace(links, new));
+    *handle = next;
+    Ok(())
 }
 
 /// Detaches links made by [`attach`]. Links of interfaces that are gone detach with them, so

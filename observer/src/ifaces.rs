@@ -6,7 +6,10 @@ use std::collections::BTreeMap;
 
 use aya::{
     Ebpf,
-    programs::{SchedClassifier, TcAttachType, tc::SchedClassifierLinkId},
+    programs::{
+        SchedClassifier, TcAttachType,
+        tc::{SchedClassifierLinkId, TcHandle},
+    },
 };
 use serde::Serialize;
 
@@ -36,7 +39,10 @@ pub struct IfaceStatus {
 struct Attached {
     name: String,
     role: Role,
+    mode: Mode,
     links: Vec<(&'static str, SchedClassifierLinkId)>,
+    /// Netlink mode: the handle our filters have now (it alternates, see `attach::to_front`).
+    handle: TcHandle,
     owns_clsact: bool,
     foreign: Vec<String>,
 }
@@ -120,7 +126,9 @@ impl Ifaces {
                     Attached {
                         name: name.to_string(),
                         role,
+                        mode: self.modes.of(role),
                         links: a.links,
+                        handle: attach::NL_HANDLE,
                         owns_clsact: a.owns_clsact,
                         foreign: Vec::new(),
                     },
@@ -185,6 +193,56 @@ impl Ifaces {
         }
     }
 
+    /// Keeps our netlink filters first on their hooks (all interfaces, or only `index`): another
+    /// agent's filter added later at our priority would run before ours, and a `TC_ACT_OK` of
+    /// it would end classification before we saw the packet. TCX links need nothing: they run
+    /// before every filter.
+    pub async fn keep_first(&mut self, nl: &Netlink, index: Option<u32>) {
+        let candidates: Vec<u32> = self
+            .attached
+            .iter()
+            .filter(|(i, a)| a.mode == Mode::Netlink && index.is_none_or(|x| x == **i))
+            .map(|(i, _)| *i)
+            .collect();
+        for i in candidates {
+            let Some(role) = self.attached.get(&i).map(|a| a.role) else {
+                continue;
+            };
+            let mut behind = false;
+            for &(_, direction) in attach::programs_of(role) {
+                let ingress = direction == TcAttachType::Ingress;
+                if let Ok(filters) = nl.tc_filters(i, ingress).await
+                    && filters.first().is_some_and(|f| {
+                        !f.name
+                            .as_deref()
+                            .is_some_and(|n| n.starts_with("observer_"))
+                    })
+                {
+                    behind = true;
+                }
+            }
+            if !behind {
+                continue;
+            }
+            let Some(a) = self.attached.get_mut(&i) else {
+                continue;
+            };
+            match attach::to_front(&mut self.ebpf, &a.name, role, &mut a.links, &mut a.handle) {
+                Ok(()) => {
+                    tracing::info!(
+                        iface = a.name,
+                        index = i,
+                        "another filter was put ahead of ours; ours is in front again"
+                    );
+                }
+                Err(e) => {
+                    self.errors += 1;
+                    tracing::warn!(iface = a.name, index = i, error = %e, "could not move our filters to the front; will retry");
+                }
+            }
+        }
+    }
+
     /// Attached interfaces per role.
     pub fn counts(&self) -> (usize, usize) {
         let up = self
@@ -210,7 +268,7 @@ impl Ifaces {
                 name: a.name.clone(),
                 index: *index,
                 role: role_name(a.role),
-                mode: self.modes.of(a.role).name(),
+                mode: a.mode.name(),
                 foreign: a.foreign.clone(),
             })
             .collect()

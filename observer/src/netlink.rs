@@ -1,5 +1,6 @@
 //! The node's links, addresses and routes from rtnetlink: dumps for a full reconcile, and a
-//! stream of change events (multicast groups), so nothing is polled.
+//! stream of change events (multicast groups), so nothing is polled. TC filter additions are
+//! followed too, so a filter put ahead of ours is seen at once.
 
 use std::{
     collections::BTreeMap,
@@ -59,8 +60,22 @@ pub enum NetEvent {
     },
     Route(HostRoute),
     RouteGone(HostRoute),
+    /// A TC filter was added or changed on this interface (someone may have put theirs ahead
+    /// of ours).
+    TcFilter {
+        index: u32,
+    },
     /// Messages were lost (socket overrun) or the stream ended: do a full reconcile.
     Resync,
+}
+
+/// One TC filter on a clsact hook.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TcFilter {
+    /// The BPF program's name, for a filter that names one.
+    pub name: Option<String>,
+    pub handle: u32,
+    pub priority: u16,
 }
 
 /// What the node looks like: links by index, addresses and host routes.
@@ -100,7 +115,7 @@ impl NodeView {
                 }
             }
             NetEvent::RouteGone(r) => self.routes.retain(|x| x != r),
-            NetEvent::Resync => {}
+            NetEvent::TcFilter { .. } | NetEvent::Resync => {}
         }
     }
 }
@@ -163,6 +178,9 @@ fn event_of(msg: NetlinkMessage<RouteNetlinkMessage>) -> Option<NetEvent> {
             }
             RouteNetlinkMessage::NewRoute(r) => host_route_of(&r).map(NetEvent::Route),
             RouteNetlinkMessage::DelRoute(r) => host_route_of(&r).map(NetEvent::RouteGone),
+            RouteNetlinkMessage::NewTrafficFilter(f) => u32::try_from(f.header.index)
+                .ok()
+                .map(|index| NetEvent::TcFilter { index }),
             _ => None,
         },
         NetlinkPayload::Overrun(_) => Some(NetEvent::Resync),
@@ -187,6 +205,7 @@ impl Netlink {
             MulticastGroup::Ipv6Ifaddr,
             MulticastGroup::Ipv4Route,
             MulticastGroup::Ipv6Route,
+            MulticastGroup::Tc,
         ])?;
         // A large receive buffer keeps bursts (pods churning) from overrunning the socket.
         let _ = conn.socket_mut().socket_mut().set_rx_buf_sz(4 << 20);
@@ -254,29 +273,50 @@ impl Netlink {
         ifindex: u32,
         ingress: bool,
     ) -> Result<Vec<String>, NetlinkError> {
+        Ok(self
+            .tc_filters(ifindex, ingress)
+            .await?
+            .into_iter()
+            .filter_map(|f| f.name)
+            .collect())
+    }
+
+    /// The TC filters on an interface's clsact hook, in the order the kernel runs them.
+    pub async fn tc_filters(
+        &self,
+        ifindex: u32,
+        ingress: bool,
+    ) -> Result<Vec<TcFilter>, NetlinkError> {
         let req = self.handle.traffic_filter(ifindex as i32).get();
         let req = if ingress { req.ingress() } else { req.egress() };
         let mut filters = req.execute();
-        let mut names = Vec::new();
+        let mut out = Vec::new();
         loop {
             match filters.try_next().await {
                 Ok(Some(m)) => {
-                    for a in &m.attributes {
-                        if let TcAttribute::Options(opts) = a {
-                            for o in opts {
-                                if let TcOption::Bpf(TcFilterBpfOption::ProgName(n)) = o {
-                                    names.push(n.clone());
-                                }
-                            }
-                        }
+                    // Each priority's classifier comes first as an entry without a handle.
+                    if u32::from(m.header.handle) == 0 {
+                        continue;
                     }
+                    let name = m.attributes.iter().find_map(|a| match a {
+                        TcAttribute::Options(opts) => opts.iter().find_map(|o| match o {
+                            TcOption::Bpf(TcFilterBpfOption::ProgName(n)) => Some(n.clone()),
+                            _ => None,
+                        }),
+                        _ => None,
+                    });
+                    out.push(TcFilter {
+                        name,
+                        handle: u32::from(m.header.handle),
+                        priority: (m.header.info >> 16) as u16,
+                    });
                 }
-                Ok(None) => return Ok(names),
+                Ok(None) => return Ok(out),
                 // No clsact qdisc: no filters.
                 Err(rtnetlink::Error::NetlinkError(e))
                     if e.raw_code() == -libc::EINVAL || e.raw_code() == -libc::ENOENT =>
                 {
-                    return Ok(names);
+                    return Ok(out);
                 }
                 Err(source) => {
                     return Err(NetlinkError::Dump {

@@ -416,3 +416,101 @@ fn flapping_interfaces_stay_watched() {
     assert_eq!(status(&agent)["attach_errors"], 0);
     drop(servers);
 }
+
+/// The first filter on a clsact hook, as `tc filter show` lists them (in the order they run).
+fn first_filter(ns: &Netns, iface: &str, hook: &str) -> String {
+    ns.sh(&["tc", "filter", "show", "dev", iface, hook])
+        .lines()
+        .find(|l| l.contains("handle"))
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// Another agent adds its own filter at our netlink priority after us, as aws-network-policy-agent
+/// does on pod veths (priority 1, handle 1, direct action, returning TC_ACT_OK = allow, which
+/// ends classification). Within one priority the newest filter runs first, so ours would never
+/// see the pod's packets: the replies to connections the pod opened would look like direct
+/// access. The agent puts its filters back in front at once; both keep running.
+#[test]
+fn a_later_filter_at_our_priority_does_not_hide_the_pods_traffic() {
+    ports_from(19_240);
+    let n = Node::new(Layout::VpcCni);
+    let mut servers = Servers::new();
+    servers.tcp(&n.pods[0].ns, 80);
+    servers.tcp(&n.outside, 8443);
+    let agent = start(&n, "front", &["--attach-mode", "netlink-pods"]);
+    let veth = n.pods[0].veth;
+    for hook in ["egress", "ingress"] {
+        assert!(first_filter(&n.node, veth, hook).contains("observer_"));
+        // A classic BPF "return 0" (TC_ACT_OK) in direct-action mode: an allow-all policy.
+        n.node.sh(&[
+            "tc",
+            "filter",
+            "add",
+            "dev",
+            veth,
+            hook,
+            "protocol",
+            "all",
+            "prio",
+            "1",
+            "handle",
+            "1",
+            "bpf",
+            "da",
+            "bytecode",
+            "1,6 0 0 0,",
+        ]);
+    }
+    wait_for("our filters in front again", Duration::from_secs(5), || {
+        ["egress", "ingress"]
+            .iter()
+            .all(|h| first_filter(&n.node, veth, h).contains("observer_"))
+    });
+    for hook in ["egress", "ingress"] {
+        let all = n.node.sh(&["tc", "filter", "show", "dev", veth, hook]);
+        assert!(
+            all.contains("bytecode"),
+            "the other filter was removed: {all}"
+        );
+        assert_eq!(
+            all.lines().filter(|l| l.contains("observer_")).count(),
+            1,
+            "{all}"
+        );
+    }
+    // The pod opens a connection: its replies are replies, not direct access.
+    assert_eq!(
+        tcp_get(&n.pods[0].ns, None, n.outside_ip, 8443)
+            .1
+            .as_deref(),
+        Ok("hello\n")
+    );
+    // A direct access: flagged, and the pod's answer is seen.
+    assert_eq!(
+        tcp_get(&n.outside, None, n.pods[0].ip, 80).1.as_deref(),
+        Ok("hello\n")
+    );
+    wait_for("the direct flow answered", Duration::from_secs(5), || {
+        flows(&agent).iter().any(|f| f.state == "answered")
+    });
+    let rows = flows(&agent);
+    assert_eq!(rows.len(), 1, "only the direct access is flagged: {rows:?}");
+    assert_eq!(rows[0].dst_port, 80);
+    let m = metrics(&n, &agent);
+    assert!(
+        sample(
+            &m,
+            "observer_packets_total",
+            "protocol=\"tcp\",verdict=\"reply\""
+        )
+        .is_some_and(|v| v > 0.0),
+        "{m}"
+    );
+    assert!(
+        agent
+            .log_lines()
+            .iter()
+            .any(|l| l.contains("ours is in front again"))
+    );
+}

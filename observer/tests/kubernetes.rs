@@ -270,10 +270,14 @@ fn the_kubernetes_inventory_follows_the_api() {
         ("batch", "high")
     );
     assert_eq!(b.iface, "eth0");
-    thread::sleep(Duration::from_millis(2500));
-    let (_, m) = http_get(&n.node, agent.metrics_port, "/metrics").unwrap();
-    assert!(m.contains(r#"observer_direct_pod_access_flows_total{namespace="shop",pod="batch-7854ff8877-q2x9k",port="undeclared",protocol="tcp",severity="high",state="answered",workload="batch"} 1"#), "{m}");
-    assert!(m.contains(r#"observer_direct_pod_access_flows_total{namespace="shop",pod="web-7854ff8877-z5nh5",port="80",protocol="tcp",severity="medium",state="answered",workload="web"} 1"#), "{m}");
+    settled_metrics(
+        &n,
+        &agent,
+        &[
+            r#"observer_direct_pod_access_flows_total{namespace="shop",pod="batch-7854ff8877-q2x9k",port="undeclared",protocol="tcp",severity="high",state="answered",workload="batch"} 1"#,
+            r#"observer_direct_pod_access_flows_total{namespace="shop",pod="web-7854ff8877-z5nh5",port="80",protocol="tcp",severity="medium",state="answered",workload="web"} 1"#,
+        ],
+    );
 
     // A TargetGroupBinding (IP targets) for the Service: pod A's port 80 is a load-balancer
     // target, so a new direct flow there is low.
@@ -625,11 +629,15 @@ fn every_row_with_the_kubernetes_inventory_vpc_cni() {
         thread::sleep(Duration::from_millis(100));
     }
     assert_eq!(got, want, "only the direct accesses, named and rated");
-    thread::sleep(Duration::from_millis(2500));
-    let (_, m) = http_get(&n.node, agent.metrics_port, "/metrics").unwrap();
-    assert!(m.contains(r#"observer_direct_pod_access_flows_total{namespace="shop",pod="web-7854ff8877-z5nh5",port="80",protocol="tcp",severity="medium",state="answered",workload="web"} 2"#), "{m}");
-    assert!(m.contains(r#"observer_direct_pod_access_flows_total{namespace="shop",pod="web-7854ff8877-z5nh5",port="undeclared",protocol="tcp",severity="medium",state="refused",workload="web"} 1"#), "{m}");
-    assert!(m.contains(r#"observer_direct_pod_access_flows_total{namespace="shop",pod="batch-7854ff8877-q2x9k",port="undeclared",protocol="tcp",severity="high",state="answered",workload="batch"} 1"#), "{m}");
+    let m = settled_metrics(
+        &n,
+        &agent,
+        &[
+            r#"observer_direct_pod_access_flows_total{namespace="shop",pod="web-7854ff8877-z5nh5",port="80",protocol="tcp",severity="medium",state="answered",workload="web"} 2"#,
+            r#"observer_direct_pod_access_flows_total{namespace="shop",pod="web-7854ff8877-z5nh5",port="undeclared",protocol="tcp",severity="medium",state="refused",workload="web"} 1"#,
+            r#"observer_direct_pod_access_flows_total{namespace="shop",pod="batch-7854ff8877-q2x9k",port="undeclared",protocol="tcp",severity="high",state="answered",workload="batch"} 1"#,
+        ],
+    );
     for ip in [n.outside_ip, n.peer_ip, n.allowed_ip] {
         assert!(!m.contains(ip));
     }
@@ -644,4 +652,23 @@ fn every_row_with_the_kubernetes_inventory_vpc_cni() {
         && !a["workload"].as_str().unwrap().is_empty()
         && !a["severity"].as_str().unwrap().is_empty()));
     drop(servers);
+}
+
+/// The agent's metrics once every `want` line is in them: a flow's series appears when it has
+/// settled (its state known), a second or two after its first packet. Fails with the metrics
+/// if they do not all appear within 15 s.
+fn settled_metrics(n: &Node, agent: &AgentProc, want: &[&str]) -> String {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let (_, m) = http_get(&n.node, agent.metrics_port, "/metrics").unwrap();
+        let missing: Vec<&&str> = want.iter().filter(|w| !m.contains(**w)).collect();
+        if missing.is_empty() {
+            return m;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "never appeared: {missing:?}\n{m}"
+        );
+        thread::sleep(Duration::from_millis(200));
+    }
 }
