@@ -36,3 +36,8 @@ pub const RECENT_FLOWS: usize = 4096;
 pub const SETTLE: Duration = Duration::from_secs(2);
 /// How often the flow view is refreshed from the kernel table.
 pub const REFRESH_INTERVAL: Duration = Duration::from_secs(1);
+/// How often, within [`FRONT_MOVES_WINDOW`], the agent puts its netlink filters back in front
+/// of another agent's on one interface before it leaves them behind (an agent that also
+/// insists on running first would otherwise make both re-add filters forever).
+pub const FRONT_MOVES_MAX: u32 = 5;
+pub const FRONT_MOVES_WINDOW: Duration = Duration::from_secs(60);

@@ -2,7 +2,7 @@
 //! attached as they appear, forgotten as they vanish, and re-checked on every reconcile. One
 //! interface failing to attach is counted and retried; it never stops the others.
 
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, time::Instant};
 
 use aya::{
     Ebpf,
@@ -16,6 +16,7 @@ use serde::Serialize;
 use crate::{
     attach::{self, Mode, Modes, Role},
     config::Pattern,
+    defaults,
     netlink::Netlink,
 };
 
@@ -43,6 +44,9 @@ struct Attached {
     links: Vec<(&'static str, SchedClassifierLinkId)>,
     /// Netlink mode: the handle our filters have now (it alternates, see `attach::to_front`).
     handle: TcHandle,
+    /// Moves to the front since `moves_since` (bounded by `defaults::FRONT_MOVES_MAX`).
+    moves: u32,
+    moves_since: Instant,
     owns_clsact: bool,
     foreign: Vec<String>,
 }
@@ -129,6 +133,8 @@ impl Ifaces {
                         mode: self.modes.of(role),
                         links: a.links,
                         handle: attach::NL_HANDLE,
+                        moves: 0,
+                        moves_since: Instant::now(),
                         owns_clsact: a.owns_clsact,
                         foreign: Vec::new(),
                     },
@@ -227,6 +233,22 @@ impl Ifaces {
             let Some(a) = self.attached.get_mut(&i) else {
                 continue;
             };
+            if a.moves_since.elapsed() > defaults::FRONT_MOVES_WINDOW {
+                a.moves = 0;
+                a.moves_since = Instant::now();
+            }
+            if a.moves >= defaults::FRONT_MOVES_MAX {
+                if a.moves == defaults::FRONT_MOVES_MAX {
+                    a.moves += 1;
+                    tracing::warn!(
+                        iface = a.name,
+                        index = i,
+                        "another agent keeps putting its filter ahead of ours; leaving it there for now: packets it ends are not seen"
+                    );
+                }
+                continue;
+            }
+            a.moves += 1;
             match attach::to_front(&mut self.ebpf, &a.name, role, &mut a.links, &mut a.handle) {
                 Ok(()) => {
                     tracing::info!(

@@ -514,3 +514,65 @@ fn a_later_filter_at_our_priority_does_not_hide_the_pods_traffic() {
             .any(|l| l.contains("ours is in front again"))
     );
 }
+
+/// An agent that also insists on running first (it re-adds its filter whenever ours got ahead)
+/// would make both re-add filters forever. The agent moves its filters to the front at most five
+/// times a minute per interface, then leaves them behind and says so.
+#[test]
+fn an_agent_that_insists_on_running_first_is_left_alone_after_five_moves() {
+    ports_from(19_250);
+    let n = Node::new(Layout::VpcCni);
+    let agent = start(&n, "pushy", &["--attach-mode", "netlink-pods"]);
+    let veth = n.pods[0].veth;
+    let ours_first = || first_filter(&n.node, veth, "egress").contains("observer_");
+    let push_ahead = || {
+        let _ = n.node.sh(&[
+            "sh",
+            "-c",
+            &format!("tc filter del dev {veth} egress prio 1 handle 1 bpf 2>/dev/null; true"),
+        ]);
+        n.node.sh(&[
+            "tc",
+            "filter",
+            "add",
+            "dev",
+            veth,
+            "egress",
+            "protocol",
+            "all",
+            "prio",
+            "1",
+            "handle",
+            "1",
+            "bpf",
+            "da",
+            "bytecode",
+            "1,6 0 0 0,",
+        ]);
+    };
+    for round in 1..=5 {
+        push_ahead();
+        wait_for(
+            &format!("ours in front again, round {round}"),
+            Duration::from_secs(5),
+            ours_first,
+        );
+    }
+    push_ahead();
+    wait_for("the agent giving up", Duration::from_secs(5), || {
+        agent
+            .log_lines()
+            .iter()
+            .any(|l| l.contains("keeps putting its filter ahead of ours"))
+    });
+    thread::sleep(Duration::from_millis(500));
+    assert!(!ours_first(), "the agent moved its filter a sixth time");
+    let moves = agent
+        .log_lines()
+        .iter()
+        .filter(|l| l.contains("ours is in front again"))
+        .count();
+    assert_eq!(moves, 5);
+    // Still attached and counted as such.
+    assert!(attached_names(&agent).contains(&veth.to_string()));
+}
