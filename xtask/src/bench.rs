@@ -84,7 +84,7 @@ fn datapath(bin: &Path) -> Result<(Value, String)> {
         for (k, v) in o {
             if let Some(m) = v.get("median_ns_above_floor") {
                 md.push_str(&format!("| {k} | {m} | {} | {} |\n", v["min"], v["max"]));
-            } else if let Some(m) = v.get("mean_ns_above_floor") {
+            } else if let Some(m) = v.get("mean_ns_above_floor").and_then(Value::as_f64) {
                 md.push_str(&format!("| {k} | {m:.0} (mean) | | |\n"));
             }
         }
