@@ -56,15 +56,15 @@ impl FlowKey {
     }
 }
 
-/// Words of `NODEPORTS`, a bitmap with one bit per (protocol, port): 1,024 `u64` words (65,536
-/// ports) for each of TCP, UDP and SCTP. An array, so the uplink's lookup is inlined by the
-/// verifier instead of hashing.
-pub const NODEPORT_WORDS: u32 = 3 * 1024;
+/// Words of a port bitmap (`NODEPORTS`, `POD_PORTS`), one bit per (protocol, port): 1,024 `u64`
+/// words (65,536 ports) for each of TCP, UDP and SCTP. Arrays, so the uplink's lookups are
+/// inlined by the verifier instead of hashing.
+pub const PORT_BITMAP_WORDS: u32 = 3 * 1024;
 
-/// The word index in `NODEPORTS` and the bit of a NodePort; `None` for a protocol without
-/// NodePorts.
+/// The word index in a port bitmap and the bit of a port; `None` for a protocol without ports
+/// there (ICMP, others).
 #[inline(always)]
-pub const fn nodeport_bit(port: u16, proto: u8) -> Option<(u32, u64)> {
+pub const fn port_bit(port: u16, proto: u8) -> Option<(u32, u64)> {
     let slot = match proto {
         IPPROTO_TCP => 0,
         IPPROTO_UDP => 1,

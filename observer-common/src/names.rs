@@ -16,8 +16,11 @@ pub const PROGRAMS: [&str; 3] = [PROG_UPLINK, PROG_TO_POD, PROG_FROM_POD];
 pub const MAP_IP_ROLES: &str = "IP_ROLES";
 /// CIDRs and their roles (LPM trie), consulted when the exact map misses.
 pub const MAP_CIDR_ROLES: &str = "CIDR_ROLES";
-/// NodePorts actually allocated, beside the range: a bitmap ([`crate::maps::nodeport_bit`]).
+/// NodePorts actually allocated, beside the range: a bitmap ([`crate::maps::port_bit`]).
 pub const MAP_NODEPORTS: &str = "NODEPORTS";
+/// Pod-side ports local pods opened flows from: a bitmap ([`crate::maps::port_bit`]) in front
+/// of `POD_FLOWS`. A bit is set before any entry with that port goes in, and never cleared.
+pub const MAP_POD_PORTS: &str = "POD_PORTS";
 /// Per-CPU direct-mapped cache of address roles ([`crate::maps::RoleCacheEntry`]).
 pub const MAP_ROLE_CACHE: &str = "ROLE_CACHE";
 /// One u64: bumped by the agent after every change to the role maps; 0 = cache unused.

@@ -9,6 +9,7 @@
     reason = "map keys and values are passed by reference: no copies on the 512-byte BPF stack"
 )]
 
+mod atomic;
 mod maps;
 mod pod;
 mod skb;

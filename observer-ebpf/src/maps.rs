@@ -9,6 +9,7 @@
 //! | `ROLE_CACHE` | per-CPU array | slot of an address → `RoleCacheEntry` | uplink | uplink |
 //! | `ROLES_GENERATION` | array | 0 → u64 bumped after each role change | agent | uplink |
 //! | `POD_FLOWS` | LRU hash | 5-tuple as the pod sent it → `PodFlow` | from-pod | uplink |
+//! | `POD_PORTS` | array | bitmap word of (protocol, pod-side port) → u64, set before a `POD_FLOWS` entry with that port, never cleared | from-pod | uplink (before `POD_FLOWS`) |
 //! | `FLOWS` | LRU hash | 5-tuple as the outsider sent it → `FlowStats` | uplink, pod veths | agent |
 //! | `FLAGGED` | array | 0 → 1 once any flagged flow exists (never reset) | uplink | pod veths |
 //! | `VERDICT_STATS` | per-CPU array | verdict × protocol class → `VerdictStats` | uplink | agent |
@@ -23,8 +24,8 @@ use aya_ebpf::{
 use observer_common::{
     addr::IpKey,
     maps::{
-        FlowKey, FlowStats, NODEPORT_WORDS, PodFlow, ROLE_CACHE_SLOTS, RoleCacheEntry,
-        STATS_ENTRIES, TraceRecord, VerdictStats, health, nodeport_bit, role_cache_slot,
+        FlowKey, FlowStats, PORT_BITMAP_WORDS, PodFlow, ROLE_CACHE_SLOTS, RoleCacheEntry,
+        STATS_ENTRIES, TraceRecord, VerdictStats, health, port_bit, role_cache_slot,
     },
     verdict::{Lookup, uncached_roles},
 };
@@ -39,7 +40,7 @@ pub static CIDR_ROLES: LpmTrie<IpKey, u32> = LpmTrie::with_max_entries(16_384, 0
 
 /// NodePorts allocated by Services, beside the range: one bit per (protocol, port).
 #[map]
-pub static NODEPORTS: Array<u64> = Array::with_max_entries(NODEPORT_WORDS, 0);
+pub static NODEPORTS: Array<u64> = Array::with_max_entries(PORT_BITMAP_WORDS, 0);
 
 /// Roles of recently seen addresses, per CPU, valid while `ROLES_GENERATION` is unchanged: the
 /// bulk of traffic is answered without hashing into `IP_ROLES` or walking `CIDR_ROLES`.
@@ -54,6 +55,12 @@ pub static ROLES_GENERATION: Array<u64> = Array::with_max_entries(1, 0);
 /// Flows local pods opened; LRU so a busy pod cannot fill it for good.
 #[map]
 pub static POD_FLOWS: LruHashMap<FlowKey, PodFlow> = LruHashMap::with_max_entries(131_072, 0);
+
+/// Pod-side ports (TCP, UDP, SCTP) local pods opened a flow from: a clear bit proves
+/// `POD_FLOWS` holds no flow with that port, so a packet to a pod's listening port skips the
+/// hash lookup. Bits are never cleared; ports of evicted flows only cost a lookup.
+#[map]
+pub static POD_PORTS: Array<u64> = Array::with_max_entries(PORT_BITMAP_WORDS, 0);
 
 /// Flagged flows; LRU so a flood evicts old flows instead of failing.
 #[map]
@@ -145,6 +152,22 @@ pub fn any_flagged() -> bool {
     FLAGGED.get(0).is_some_and(|v| *v != 0)
 }
 
+/// Marks a pod-side port in `POD_PORTS`, before a `POD_FLOWS` entry with it goes in.
+#[inline(always)]
+pub fn mark_pod_port(key: &FlowKey) {
+    if let Some((word, bit)) = port_bit(key.sport, key.proto)
+        && let Some(w) = POD_PORTS.get_ptr_mut(word)
+    {
+        // SAFETY: an aligned u64 in an array value; the bit is only ever set, atomically, and
+        // only when clear, so a busy port does not bounce the cache line between CPUs.
+        unsafe {
+            if *w & bit == 0 {
+                crate::atomic::or(w, bit);
+            }
+        }
+    }
+}
+
 /// Records that a flagged flow exists.
 #[inline(always)]
 pub fn set_flagged() {
@@ -180,12 +203,20 @@ impl Lookup for Maps {
 
     #[inline(always)]
     fn pod_flow(&self, key: &FlowKey) -> bool {
+        // The key is as the pod sent it: `sport` is the pod's port. from_pod sets its bit before
+        // inserting, so a clear bit means no entry (a lookup racing an insert may miss it
+        // either way).
+        if let Some((word, bit)) = port_bit(key.sport, key.proto)
+            && POD_PORTS.get(word).is_some_and(|w| *w & bit == 0)
+        {
+            return false;
+        }
         POD_FLOWS.get_ptr(key).is_some()
     }
 
     #[inline(always)]
     fn nodeport(&self, port: u16, proto: u8) -> bool {
-        let Some((word, bit)) = nodeport_bit(port, proto) else {
+        let Some((word, bit)) = port_bit(port, proto) else {
             return false;
         };
         NODEPORTS.get(word).is_some_and(|w| *w & bit != 0)

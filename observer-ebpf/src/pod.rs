@@ -8,7 +8,7 @@ use observer_common::{
 };
 
 use crate::{
-    maps::{FLOWS, POD_FLOWS, any_flagged, health},
+    maps::{FLOWS, POD_FLOWS, any_flagged, health, mark_pod_port},
     skb::{Skb, ifindex},
 };
 
@@ -64,6 +64,7 @@ pub fn from_pod(ctx: &TcContext) {
     if POD_FLOWS.get_ptr(&key).is_some() {
         return;
     }
+    mark_pod_port(&key);
     let flow = PodFlow {
         // SAFETY: a helper without preconditions.
         first_seen_ns: unsafe { bpf_ktime_get_coarse_ns() },

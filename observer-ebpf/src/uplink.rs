@@ -9,6 +9,7 @@ use observer_common::{
 };
 
 use crate::{
+    atomic,
     maps::{
         EVENTS, FLOWS, Maps, TRACE, VERDICT_STATS, health, nodeport_range, set_flagged,
         trace_enabled, track_mask,
@@ -75,30 +76,13 @@ fn trace(d: &Decision) {
     }
 }
 
-/// `*p += v` as one BPF atomic add (XADD), so no CPU's packet is lost.
-///
-/// # Safety
-/// `p` must point to an aligned u64 inside a map value.
-#[inline(always)]
-unsafe fn atomic_add(p: *mut u64, v: u64) {
-    // SAFETY: the caller's pointer is valid; the instruction only adds to it.
-    unsafe {
-        core::arch::asm!(
-            "lock *(u64 *)({p} + 0) += {v}",
-            p = in(reg) p,
-            v = in(reg) v,
-            options(nostack),
-        );
-    }
-}
-
 /// Updates a flow's counters from another packet.
 #[inline(always)]
 fn update(s: *mut FlowStats, len: u32, now: u64, tcp_flags: u8) {
     // SAFETY: `s` points into a map value.
     unsafe {
-        atomic_add(&raw mut (*s).packets, 1);
-        atomic_add(&raw mut (*s).bytes, u64::from(len));
+        atomic::add(&raw mut (*s).packets, 1);
+        atomic::add(&raw mut (*s).bytes, u64::from(len));
         if (*s).tcp_flags & tcp_flags != tcp_flags {
             (*s).tcp_flags |= tcp_flags;
         }

@@ -22,11 +22,11 @@ use observer_common::{
     addr::IpKey,
     maps::{
         FlowEvent, FlowKey, FlowStats, PodFlow, STATS_ENTRIES, TraceRecord, VerdictStats, health,
-        nodeport_bit, proto_class,
+        port_bit, proto_class,
     },
     names::{
         MAP_CIDR_ROLES, MAP_EVENTS, MAP_FLOWS, MAP_HEALTH, MAP_IP_ROLES, MAP_NODEPORTS,
-        MAP_POD_FLOWS, MAP_ROLES_GENERATION, MAP_TRACE, MAP_VERDICT_STATS,
+        MAP_POD_FLOWS, MAP_POD_PORTS, MAP_ROLES_GENERATION, MAP_TRACE, MAP_VERDICT_STATS,
     },
     user::{Cidr, Inventory},
     verdict::{Lookup, VERDICT_COUNT, Verdict},
@@ -90,6 +90,7 @@ pub struct Maps {
     ip_roles: Mutex<HashMap<MapData, IpKey, u32>>,
     cidr_roles: Mutex<LpmTrie<MapData, IpKey, u32>>,
     pod_flows: Mutex<HashMap<MapData, FlowKey, PodFlow>>,
+    pod_ports: Mutex<Array<MapData, u64>>,
     nodeports: Mutex<Array<MapData, u64>>,
     roles_generation: Mutex<Array<MapData, u64>>,
     /// Last value written to `ROLES_GENERATION`.
@@ -111,6 +112,7 @@ impl Maps {
             ip_roles: Mutex::new(take(ebpf, MAP_IP_ROLES)?),
             cidr_roles: Mutex::new(take(ebpf, MAP_CIDR_ROLES)?),
             pod_flows: Mutex::new(take(ebpf, MAP_POD_FLOWS)?),
+            pod_ports: Mutex::new(take(ebpf, MAP_POD_PORTS)?),
             nodeports: Mutex::new(take(ebpf, MAP_NODEPORTS)?),
             roles_generation: Mutex::new(take(ebpf, MAP_ROLES_GENERATION)?),
             generation: AtomicU64::new(0),
@@ -123,8 +125,10 @@ impl Maps {
         Ok((maps, take(ebpf, MAP_EVENTS)?))
     }
 
-    /// Writes all of an inventory (addresses, CIDRs, pod flows). Used by tests and the first
-    /// sync; the agent then applies changes through [`Maps::role_writer`].
+    /// Writes all of an inventory (addresses, CIDRs, pod flows). Used by tests and the bench,
+    /// before traffic: the agent applies role changes through [`Maps::role_writer`], and only the
+    /// from_pod program writes pod flows in production. (A pod port's bit here is set by a
+    /// read-modify-write, which must not race the program's atomic one.)
     pub fn write_inventory(&self, inv: &Inventory) -> Result<(), KmapError> {
         let mut w = self.role_writer();
         for (k, roles) in inv.ip_entries() {
@@ -138,7 +142,15 @@ impl Maps {
             self.set_nodeport(*port, *proto, true)?;
         }
         let mut flows = lock(&self.pod_flows);
+        let mut ports = lock(&self.pod_ports);
         for k in inv.pod_flow_entries() {
+            // The port's bit first, as from_pod does: a clear bit means no such flow.
+            if let Some((index, bit)) = port_bit(k.sport, k.proto) {
+                let word = ports.get(&index, 0).map_err(err(MAP_POD_PORTS))?;
+                ports
+                    .set(index, word | bit, 0)
+                    .map_err(err(MAP_POD_PORTS))?;
+            }
             flows
                 .insert(*k, PodFlow::default(), 0)
                 .map_err(err(MAP_POD_FLOWS))?;
@@ -185,7 +197,7 @@ impl Maps {
 
     /// Marks a NodePort allocated (or not). Protocols without NodePorts are ignored.
     pub fn set_nodeport(&self, port: u16, proto: u8, allocated: bool) -> Result<(), KmapError> {
-        let Some((index, bit)) = nodeport_bit(port, proto) else {
+        let Some((index, bit)) = port_bit(port, proto) else {
             return Ok(());
         };
         let mut m = lock(&self.nodeports);
@@ -360,7 +372,7 @@ impl Lookup for Maps {
     }
 
     fn nodeport(&self, port: u16, proto: u8) -> bool {
-        let Some((index, bit)) = nodeport_bit(port, proto) else {
+        let Some((index, bit)) = port_bit(port, proto) else {
             return false;
         };
         lock(&self.nodeports)
