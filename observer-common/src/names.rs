@@ -32,6 +32,9 @@ pub const MAP_FLOWS: &str = "FLOWS";
 /// One u32: 0 until the first flagged flow exists; the pod-veth programs skip their `FLOWS`
 /// lookups until then (the common case on a node nobody reaches directly).
 pub const MAP_FLAGGED: &str = "FLAGGED";
+/// Pod-side ports of flagged flows: a bitmap ([`crate::maps::port_bit`]) in front of `FLOWS`
+/// for the pod-veth programs. A bit is set before any flow with that port goes in.
+pub const MAP_FLAGGED_PORTS: &str = "FLAGGED_PORTS";
 /// Per-CPU packet/byte/flow-start counters per verdict and protocol class.
 pub const MAP_VERDICT_STATS: &str = "VERDICT_STATS";
 /// Per-CPU health counters ([`crate::maps::Health`]).

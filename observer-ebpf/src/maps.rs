@@ -12,6 +12,7 @@
 //! | `POD_PORTS` | array | bitmap word of (protocol, pod-side port) → u64, set before a `POD_FLOWS` entry with that port, never cleared | from-pod | uplink (before `POD_FLOWS`) |
 //! | `FLOWS` | LRU hash | 5-tuple as the outsider sent it → `FlowStats` | uplink, pod veths | agent |
 //! | `FLAGGED` | array | 0 → 1 once any flagged flow exists (never reset) | uplink | pod veths |
+//! | `FLAGGED_PORTS` | array | bitmap word of (protocol, pod-side port) → u64, set before a `FLOWS` entry with that port, never cleared | uplink | pod veths (before `FLOWS`) |
 //! | `VERDICT_STATS` | per-CPU array | verdict × protocol class → `VerdictStats` | uplink | agent |
 //! | `HEALTH` | per-CPU array | `health::*` → u64 | all | agent |
 //! | `EVENTS` | ring buffer | `FlowEvent` per new flagged flow | uplink | agent |
@@ -74,6 +75,11 @@ pub static VERDICT_STATS: PerCpuArray<VerdictStats> =
 /// no flagged flow to look up.
 #[map]
 pub static FLAGGED: Array<u32> = Array::with_max_entries(1, 0);
+
+/// Pod-side ports (TCP, UDP, SCTP) of flagged flows: a clear bit proves `FLOWS` holds no flow
+/// to that port, so the pod-veth programs skip the hash lookup for traffic of other ports.
+#[map]
+pub static FLAGGED_PORTS: Array<u64> = Array::with_max_entries(PORT_BITMAP_WORDS, 0);
 
 #[map]
 pub static HEALTH: PerCpuArray<u64> = PerCpuArray::with_max_entries(health::COUNT, 0);
@@ -152,11 +158,12 @@ pub fn any_flagged() -> bool {
     FLAGGED.get(0).is_some_and(|v| *v != 0)
 }
 
-/// Marks a pod-side port in `POD_PORTS`, before a `POD_FLOWS` entry with it goes in.
+/// Sets a port's bit in a port bitmap (`POD_PORTS`, `FLAGGED_PORTS`). Called before the map
+/// entry the bitmap stands for goes in, so a clear bit always means no entry.
 #[inline(always)]
-pub fn mark_pod_port(key: &FlowKey) {
-    if let Some((word, bit)) = port_bit(key.sport, key.proto)
-        && let Some(w) = POD_PORTS.get_ptr_mut(word)
+pub fn mark_port(bitmap: &Array<u64>, port: u16, proto: u8) {
+    if let Some((word, bit)) = port_bit(port, proto)
+        && let Some(w) = bitmap.get_ptr_mut(word)
     {
         // SAFETY: an aligned u64 in an array value; the bit is only ever set, atomically, and
         // only when clear, so a busy port does not bounce the cache line between CPUs.
@@ -165,6 +172,17 @@ pub fn mark_pod_port(key: &FlowKey) {
                 crate::atomic::or(w, bit);
             }
         }
+    }
+}
+
+/// Whether a port may have an entry behind a port bitmap: its bit is set, or its protocol has
+/// no bits (ICMP, others). False proves there is none (a lookup racing the insert could miss it
+/// either way).
+#[inline(always)]
+pub fn port_may_have_entry(bitmap: &Array<u64>, port: u16, proto: u8) -> bool {
+    match port_bit(port, proto) {
+        Some((word, bit)) => bitmap.get(word).is_none_or(|w| *w & bit != 0),
+        None => true,
     }
 }
 
@@ -203,15 +221,8 @@ impl Lookup for Maps {
 
     #[inline(always)]
     fn pod_flow(&self, key: &FlowKey) -> bool {
-        // The key is as the pod sent it: `sport` is the pod's port. from_pod sets its bit before
-        // inserting, so a clear bit means no entry (a lookup racing an insert may miss it
-        // either way).
-        if let Some((word, bit)) = port_bit(key.sport, key.proto)
-            && POD_PORTS.get(word).is_some_and(|w| *w & bit == 0)
-        {
-            return false;
-        }
-        POD_FLOWS.get_ptr(key).is_some()
+        // The key is as the pod sent it: `sport` is the pod's port.
+        port_may_have_entry(&POD_PORTS, key.sport, key.proto) && POD_FLOWS.get_ptr(key).is_some()
     }
 
     #[inline(always)]

@@ -8,7 +8,10 @@ use observer_common::{
 };
 
 use crate::{
-    maps::{FLOWS, POD_FLOWS, any_flagged, health, mark_pod_port},
+    maps::{
+        FLAGGED_PORTS, FLOWS, POD_FLOWS, POD_PORTS, any_flagged, health, mark_port,
+        port_may_have_entry,
+    },
     skb::{Skb, ifindex},
 };
 
@@ -22,6 +25,10 @@ pub fn to_pod(ctx: &TcContext) {
     }
     let mut p = Packet::EMPTY;
     if parse(&Skb(ctx), &mut p) != Status::Ip || p.fragment {
+        return;
+    }
+    // Only flows to a port with a flagged flow can be one.
+    if !port_may_have_entry(&FLAGGED_PORTS, p.dport, p.proto) {
         return;
     }
     if let Some(s) = FLOWS.get_ptr_mut(&p.key()) {
@@ -44,6 +51,7 @@ pub fn from_pod(ctx: &TcContext) {
     }
     if let Some(a) = answer_of(&p)
         && any_flagged()
+        && port_may_have_entry(&FLAGGED_PORTS, a.key.dport, a.key.proto)
         && let Some(s) = FLOWS.get_ptr_mut(&a.key)
     {
         // SAFETY: a single byte store into a map value.
@@ -64,7 +72,7 @@ pub fn from_pod(ctx: &TcContext) {
     if POD_FLOWS.get_ptr(&key).is_some() {
         return;
     }
-    mark_pod_port(&key);
+    mark_port(&POD_PORTS, key.sport, key.proto);
     let flow = PodFlow {
         // SAFETY: a helper without preconditions.
         first_seen_ns: unsafe { bpf_ktime_get_coarse_ns() },

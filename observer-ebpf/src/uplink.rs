@@ -11,8 +11,8 @@ use observer_common::{
 use crate::{
     atomic,
     maps::{
-        EVENTS, FLOWS, Maps, TRACE, VERDICT_STATS, health, nodeport_range, set_flagged,
-        trace_enabled, track_mask,
+        EVENTS, FLAGGED_PORTS, FLOWS, Maps, TRACE, VERDICT_STATS, health, mark_port,
+        nodeport_range, set_flagged, trace_enabled, track_mask,
     },
     skb::{Skb, ifindex},
 };
@@ -101,6 +101,8 @@ fn track(ctx: &TcContext, p: &Packet, d: &Decision, len: u32) {
     }
     let ifindex = ifindex(ctx);
     let origin = origin_of(p);
+    // The pod-veth programs look a flow up only if its pod-side port has its bit.
+    mark_port(&FLAGGED_PORTS, key.dport, key.proto);
     let stats = FlowStats {
         packets: 1,
         bytes: u64::from(len),

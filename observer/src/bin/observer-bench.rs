@@ -59,6 +59,9 @@ fn main() {
     let to_node = tcp(OUTSIDE, NODE_ETH0, 40000, 22, TCP_ACK);
     let reply = tcp(INTERNET, POD_A, 443, 40000, TCP_ACK | TCP_PSH);
     let answer = tcp(POD_A, PEER_NODE, 80, 40000, TCP_ACK | TCP_PSH);
+    // The same to and from another port of the pod, with no flagged flow.
+    let in_cluster_other = tcp(PEER_NODE, POD_A, 40000, 8080, TCP_ACK | TCP_PSH);
+    let answer_other = tcp(POD_A, PEER_NODE, 8080, 40000, TCP_ACK | TCP_PSH);
     // A flagged flow that already exists (established), and a pod-opened flow (replies).
     let est = tcp(OUTSIDE, POD_A, 52000, 80, TCP_ACK | TCP_PSH);
     bpf::test_run(&mut ebpf, PROG_UPLINK, &est, 1).expect("seed the flow");
@@ -88,13 +91,23 @@ fn main() {
         ),
         (
             "to_pod",
-            "in-cluster TCP, flagged flows exist",
+            "in-cluster TCP, a flagged flow to this port",
             in_cluster.clone(),
         ),
         (
+            "to_pod",
+            "in-cluster TCP, flagged flows to other ports",
+            in_cluster_other,
+        ),
+        (
             "from_pod",
-            "pod's answer, flagged flows exist",
+            "pod's answer, a flagged flow to this port",
             answer.clone(),
+        ),
+        (
+            "from_pod",
+            "pod's answer, flagged flows to other ports",
+            answer_other,
         ),
     ];
     let uncached_classes: Vec<(&str, &str, Vec<u8>)> = vec![
