@@ -574,5 +574,5 @@ fn an_agent_that_insists_on_running_first_is_left_alone_after_five_moves() {
         .count();
     assert_eq!(moves, 5);
     // Still attached and counted as such.
-    assert!(attached_names(&agent).contains(&veth.to_string()));
+    assert!(attached_names(&agent).contains(veth));
 }
