@@ -417,6 +417,29 @@ fn flapping_interfaces_stay_watched() {
     drop(servers);
 }
 
+/// Another agent's filter in aws-network-policy-agent's shape: priority 1, handle 1, direct
+/// action, a classic BPF "return 0" (TC_ACT_OK): an allow-all policy that ends classification.
+fn allow_all_filter(ns: &Netns, iface: &str, hook: &str) {
+    ns.sh(&[
+        "tc",
+        "filter",
+        "add",
+        "dev",
+        iface,
+        hook,
+        "protocol",
+        "all",
+        "prio",
+        "1",
+        "handle",
+        "1",
+        "bpf",
+        "da",
+        "bytecode",
+        "1,6 0 0 0,",
+    ]);
+}
+
 /// The first filter on a clsact hook, as `tc filter show` lists them (in the order they run).
 fn first_filter(ns: &Netns, iface: &str, hook: &str) -> String {
     ns.sh(&["tc", "filter", "show", "dev", iface, hook])
@@ -442,25 +465,7 @@ fn a_later_filter_at_our_priority_does_not_hide_the_pods_traffic() {
     let veth = n.pods[0].veth;
     for hook in ["egress", "ingress"] {
         assert!(first_filter(&n.node, veth, hook).contains("observer_"));
-        // A classic BPF "return 0" (TC_ACT_OK) in direct-action mode: an allow-all policy.
-        n.node.sh(&[
-            "tc",
-            "filter",
-            "add",
-            "dev",
-            veth,
-            hook,
-            "protocol",
-            "all",
-            "prio",
-            "1",
-            "handle",
-            "1",
-            "bpf",
-            "da",
-            "bytecode",
-            "1,6 0 0 0,",
-        ]);
+        allow_all_filter(&n.node, veth, hook);
     }
     wait_for("our filters in front again", Duration::from_secs(5), || {
         ["egress", "ingress"]
@@ -531,24 +536,7 @@ fn an_agent_that_insists_on_running_first_is_left_alone_after_five_moves() {
             "-c",
             &format!("tc filter del dev {veth} egress prio 1 handle 1 bpf 2>/dev/null; true"),
         ]);
-        n.node.sh(&[
-            "tc",
-            "filter",
-            "add",
-            "dev",
-            veth,
-            "egress",
-            "protocol",
-            "all",
-            "prio",
-            "1",
-            "handle",
-            "1",
-            "bpf",
-            "da",
-            "bytecode",
-            "1,6 0 0 0,",
-        ]);
+        allow_all_filter(&n.node, veth, "egress");
     };
     for round in 1..=5 {
         push_ahead();
