@@ -35,6 +35,9 @@ pub const MAP_FLAGGED: &str = "FLAGGED";
 /// Pod-side ports of flagged flows: a bitmap ([`crate::maps::port_bit`]) in front of `FLOWS`
 /// for the pod-veth programs. A bit is set before any flow with that port goes in.
 pub const MAP_FLAGGED_PORTS: &str = "FLAGGED_PORTS";
+/// One u64: the agent's reading of CLOCK_MONOTONIC_COARSE at its last flow refresh (every
+/// second); 0 until the first. Packets of known flagged flows take their `last_seen_ns` from it.
+pub const MAP_CLOCK: &str = "CLOCK";
 /// Per-CPU packet/byte/flow-start counters per verdict and protocol class.
 pub const MAP_VERDICT_STATS: &str = "VERDICT_STATS";
 /// Per-CPU health counters ([`crate::maps::Health`]).

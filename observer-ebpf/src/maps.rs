@@ -13,12 +13,14 @@
 //! | `FLOWS` | LRU hash | 5-tuple as the outsider sent it → `FlowStats` | uplink, pod veths | agent |
 //! | `FLAGGED` | array | 0 → 1 once any flagged flow exists (never reset) | uplink | pod veths |
 //! | `FLAGGED_PORTS` | array | bitmap word of (protocol, pod-side port) → u64, set before a `FLOWS` entry with that port, never cleared | uplink | pod veths (before `FLOWS`) |
+//! | `CLOCK` | array | 0 → CLOCK_MONOTONIC_COARSE ns at the agent's last flow refresh | agent | uplink (last seen of known flows) |
 //! | `VERDICT_STATS` | per-CPU array | verdict × protocol class → `VerdictStats` | uplink | agent |
 //! | `HEALTH` | per-CPU array | `health::*` → u64 | all | agent |
 //! | `EVENTS` | ring buffer | `FlowEvent` per new flagged flow | uplink | agent |
 //! | `TRACE` | per-CPU array | 0 → `TraceRecord`, only with `TRACE_ENABLED` | uplink | tests |
 
 use aya_ebpf::{
+    helpers::bpf_ktime_get_coarse_ns,
     macros::map,
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf, lpm_trie::Key},
 };
@@ -66,6 +68,11 @@ pub static POD_PORTS: Array<u64> = Array::with_max_entries(PORT_BITMAP_WORDS, 0)
 /// Flagged flows; LRU so a flood evicts old flows instead of failing.
 #[map]
 pub static FLOWS: LruHashMap<FlowKey, FlowStats> = LruHashMap::with_max_entries(65_536, 0);
+
+/// The agent's clock, written at each flow refresh (every second): a known flow's packets take
+/// their last-seen stamp from it instead of calling a clock helper (about 16 ns) per packet.
+#[map]
+pub static CLOCK: Array<u64> = Array::with_max_entries(1, 0);
 
 #[map]
 pub static VERDICT_STATS: PerCpuArray<VerdictStats> =
@@ -150,6 +157,17 @@ fn same_addr(a: &IpKey, b: &IpKey) -> bool {
         ])
     };
     w(a, 0) == w(b, 0) && w(a, 8) == w(b, 8)
+}
+
+/// Now, for the last-seen stamp of a known flow: the agent's clock (at most a refresh interval
+/// old), or the kernel's until the agent first wrote it.
+#[inline(always)]
+pub fn last_seen_clock() -> u64 {
+    match CLOCK.get(0) {
+        Some(&t) if t != 0 => t,
+        // SAFETY: a helper without preconditions.
+        _ => unsafe { bpf_ktime_get_coarse_ns() },
+    }
 }
 
 /// Whether any flagged flow was ever recorded (so `FLOWS` is worth a lookup).

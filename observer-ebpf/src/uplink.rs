@@ -11,8 +11,8 @@ use observer_common::{
 use crate::{
     atomic,
     maps::{
-        EVENTS, FLAGGED_PORTS, FLOWS, Maps, TRACE, VERDICT_STATS, health, mark_port,
-        nodeport_range, set_flagged, trace_enabled, track_mask,
+        EVENTS, FLAGGED_PORTS, FLOWS, Maps, TRACE, VERDICT_STATS, health, last_seen_clock,
+        mark_port, nodeport_range, set_flagged, trace_enabled, track_mask,
     },
     skb::{Skb, ifindex},
 };
@@ -76,7 +76,8 @@ fn trace(d: &Decision) {
     }
 }
 
-/// Updates a flow's counters from another packet.
+/// Updates a flow's counters from another packet. `now` may lag the insert's own stamp (the
+/// agent's clock), so last seen never goes back.
 #[inline(always)]
 fn update(s: *mut FlowStats, len: u32, now: u64, tcp_flags: u8) {
     // SAFETY: `s` points into a map value.
@@ -86,19 +87,22 @@ fn update(s: *mut FlowStats, len: u32, now: u64, tcp_flags: u8) {
         if (*s).tcp_flags & tcp_flags != tcp_flags {
             (*s).tcp_flags |= tcp_flags;
         }
-        (*s).last_seen_ns = now;
+        if (*s).last_seen_ns < now {
+            (*s).last_seen_ns = now;
+        }
     }
 }
 
 #[inline(always)]
 fn track(ctx: &TcContext, p: &Packet, d: &Decision, len: u32) {
     let key = p.key();
-    // SAFETY: a helper without preconditions.
-    let now = unsafe { bpf_ktime_get_coarse_ns() };
     if let Some(s) = FLOWS.get_ptr_mut(&key) {
-        update(s, len, now, p.tcp_flags);
+        update(s, len, last_seen_clock(), p.tcp_flags);
         return;
     }
+    // A new flow: its first-seen stamp (and its event's) from the kernel's clock.
+    // SAFETY: a helper without preconditions.
+    let now = unsafe { bpf_ktime_get_coarse_ns() };
     let ifindex = ifindex(ctx);
     let origin = origin_of(p);
     // The pod-veth programs look a flow up only if its pod-side port has its bit.

@@ -153,6 +153,8 @@ pub struct Tracker {
     gone_since: HashMap<(String, String), Instant>,
     updates: broadcast::Sender<FlowRow>,
     pusher: Option<Pusher>,
+    /// `clock::kernel_ns()` at the previous refresh.
+    last_refresh_ns: Option<u64>,
     /// Events seen, and events of an unexpected size.
     pub events: u64,
     pub bad_events: u64,
@@ -172,6 +174,7 @@ impl Tracker {
             gone_since: HashMap::new(),
             updates: broadcast::channel(1024).0,
             pusher: None,
+            last_refresh_ns: None,
             events: 0,
             bad_events: 0,
         }
@@ -284,7 +287,16 @@ impl Tracker {
     /// alert), idle expiry, pod series removal, alert folding windows.
     pub fn refresh(&mut self, maps: &Maps, dir: &Directory, metrics: &Metrics) {
         let now_ns = clock::kernel_ns();
-        let idle_ns = self.cfg.idle.as_nanos() as u64;
+        // Known flows' packets are stamped with this clock until the next refresh, so a last
+        // seen can lag by the time since the previous one (longer if the agent was stalled).
+        if let Err(e) = maps.set_clock(now_ns) {
+            tracing::warn!(error = %e, "setting the kernel's clock for flow stamps");
+        }
+        let lag_ns = self
+            .last_refresh_ns
+            .replace(now_ns)
+            .map_or(0, |prev| now_ns.saturating_sub(prev));
+        let idle_ns = self.cfg.idle.as_nanos() as u64 + lag_ns;
         let settle_ns = self.cfg.settle.as_nanos() as u64;
         let keys: Vec<FlowKey> = self.records.keys().copied().collect();
         let mut expired = Vec::new();

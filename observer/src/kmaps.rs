@@ -25,7 +25,7 @@ use observer_common::{
         port_bit, proto_class,
     },
     names::{
-        MAP_CIDR_ROLES, MAP_EVENTS, MAP_FLOWS, MAP_HEALTH, MAP_IP_ROLES, MAP_NODEPORTS,
+        MAP_CIDR_ROLES, MAP_CLOCK, MAP_EVENTS, MAP_FLOWS, MAP_HEALTH, MAP_IP_ROLES, MAP_NODEPORTS,
         MAP_POD_FLOWS, MAP_POD_PORTS, MAP_ROLES_GENERATION, MAP_TRACE, MAP_VERDICT_STATS,
     },
     user::{Cidr, Inventory},
@@ -93,6 +93,7 @@ pub struct Maps {
     pod_ports: Mutex<Array<MapData, u64>>,
     nodeports: Mutex<Array<MapData, u64>>,
     roles_generation: Mutex<Array<MapData, u64>>,
+    clock: Mutex<Array<MapData, u64>>,
     /// Last value written to `ROLES_GENERATION`.
     generation: AtomicU64,
     flows: Mutex<HashMap<MapData, FlowKey, FlowStats>>,
@@ -115,6 +116,7 @@ impl Maps {
             pod_ports: Mutex::new(take(ebpf, MAP_POD_PORTS)?),
             nodeports: Mutex::new(take(ebpf, MAP_NODEPORTS)?),
             roles_generation: Mutex::new(take(ebpf, MAP_ROLES_GENERATION)?),
+            clock: Mutex::new(take(ebpf, MAP_CLOCK)?),
             generation: AtomicU64::new(0),
             flows: Mutex::new(flows),
             verdict_stats: take(ebpf, MAP_VERDICT_STATS)?,
@@ -204,6 +206,11 @@ impl Maps {
         let word = m.get(&index, 0).map_err(err(MAP_NODEPORTS))?;
         let word = if allocated { word | bit } else { word & !bit };
         m.set(index, word, 0).map_err(err(MAP_NODEPORTS))
+    }
+
+    /// Sets `CLOCK`, the stamp the uplink gives known flows' packets (`clock::kernel_ns()`).
+    pub fn set_clock(&self, ns: u64) -> Result<(), KmapError> {
+        lock(&self.clock).set(0, ns, 0).map_err(err(MAP_CLOCK))
     }
 
     /// Bumps `ROLES_GENERATION`.

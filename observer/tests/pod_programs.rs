@@ -239,3 +239,39 @@ fn every_program_returns_unspec_on_garbage() {
         }
     }
 }
+
+/// Packets of a known flagged flow take their last-seen stamp from the agent's clock (`CLOCK`,
+/// written at each flow refresh), which never sets it back; a new flow takes the kernel's clock.
+#[test]
+fn known_flows_are_stamped_with_the_agents_clock() {
+    let (mut ebpf, maps, _events) = setup();
+    let k = key(OUTSIDE, POD_A, 51000, 80, 6);
+    let before = observer::clock::kernel_ns();
+    run(
+        &mut ebpf,
+        PROG_UPLINK,
+        &Frame::tcp(OUTSIDE, POD_A, 51000, 80, TCP_SYN),
+    );
+    let first = flow(&maps, &k).unwrap();
+    assert!(first.first_seen_ns >= before);
+    assert_eq!(first.last_seen_ns, first.first_seen_ns);
+    let ack = Frame::tcp(OUTSIDE, POD_A, 51000, 80, TCP_ACK);
+    // The agent's clock, ahead: taken.
+    let later = first.last_seen_ns + 5_000_000_000;
+    maps.set_clock(later).unwrap();
+    run(&mut ebpf, PROG_UPLINK, &ack);
+    assert_eq!(flow(&maps, &k).unwrap().last_seen_ns, later);
+    // Behind: last seen does not go back.
+    maps.set_clock(first.last_seen_ns).unwrap();
+    run(&mut ebpf, PROG_UPLINK, &ack);
+    let s = flow(&maps, &k).unwrap();
+    assert_eq!((s.last_seen_ns, s.packets), (later, 3));
+    // A new flow: the kernel's clock.
+    run(
+        &mut ebpf,
+        PROG_UPLINK,
+        &Frame::tcp(OUTSIDE, POD_A, 51001, 80, TCP_SYN),
+    );
+    let new = flow(&maps, &key(OUTSIDE, POD_A, 51001, 80, 6)).unwrap();
+    assert!(new.first_seen_ns >= before && new.first_seen_ns < later);
+}

@@ -36,6 +36,8 @@ fn node(opts: &LoadOptions) -> (Ebpf, Maps) {
     let (maps, _events) = Maps::take(&mut ebpf).expect("maps");
     maps.write_inventory(&vpc_cni().inventory)
         .expect("inventory");
+    // As the agent does at every flow refresh.
+    maps.set_clock(observer::clock::kernel_ns()).expect("clock");
     (ebpf, maps)
 }
 
