@@ -52,6 +52,12 @@ fn main() {
         role_cache: false,
         ..LoadOptions::default()
     });
+    // The same node keeping no flow (TRACK_MASK 0): what deciding a first SYN costs without
+    // the flow insert and the event.
+    let (mut untracked, _untracked_maps) = node(&LoadOptions {
+        track_mask: 0,
+        ..LoadOptions::default()
+    });
     let tcp = |src, dst, sport, dport, flags| {
         Frame::tcp(src, dst, sport, dport, flags)
             .payload(64)
@@ -166,12 +172,19 @@ fn main() {
     }
     // First SYN of a new direct flow: a new flow each run (repeat 1), minus the floor at repeat 1.
     let mut syn = Vec::new();
+    let mut syn_untracked = Vec::new();
     let mut syn_floor = Vec::new();
     for i in 0..20_000u32 {
         let sport = 10_000 + (i % 50_000) as u16;
         let f = Frame::tcp(OUTSIDE, POD_B, sport, 80 + (i / 50_000) as u16, TCP_SYN).build();
         syn.push(
             bpf::test_run(&mut ebpf, PROG_UPLINK, &f, 1)
+                .expect("syn")
+                .duration
+                .as_nanos() as f64,
+        );
+        syn_untracked.push(
+            bpf::test_run(&mut untracked, PROG_UPLINK, &f, 1)
                 .expect("syn")
                 .duration
                 .as_nanos() as f64,
@@ -190,8 +203,9 @@ fn main() {
             6,
         ));
     }
-    let syn_cost = syn.iter().sum::<f64>() / syn.len() as f64
-        - syn_floor.iter().sum::<f64>() / syn_floor.len() as f64;
+    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
+    let syn_cost = mean(&syn) - mean(&syn_floor);
+    let syn_untracked_cost = mean(&syn_untracked) - mean(&syn_floor);
     let stats = std::fs::read_to_string("/proc/sys/kernel/bpf_stats_enabled").unwrap_or_default();
     let mut out = serde_json::Map::new();
     let mut f = floor.clone();
@@ -209,6 +223,10 @@ fn main() {
     out.insert(
         "uplink: direct-to-pod first SYN (new flow + event)".into(),
         serde_json::json!({"mean_ns_above_floor": syn_cost, "samples": syn.len()}),
+    );
+    out.insert(
+        "uplink: direct-to-pod first SYN, decided but not kept (TRACK_MASK 0)".into(),
+        serde_json::json!({"mean_ns_above_floor": syn_untracked_cost, "samples": syn_untracked.len()}),
     );
     out.insert(
         "kernel.bpf_stats_enabled".into(),
