@@ -25,6 +25,7 @@ pub struct Metrics {
     pub attached: IntGaugeVec,
     pub attach_errors: IntCounter,
     events_lost: IntCounter,
+    datapath: IntCounterVec,
     flow_table_entries: IntGauge,
     flow_table_capacity: IntGauge,
     pub inventory_pods: IntGauge,
@@ -47,6 +48,7 @@ pub struct Metrics {
 struct Last {
     stats: std::collections::HashMap<(Verdict, &'static str), (u64, u64, u64)>,
     events_lost: u64,
+    health: [u64; health::COUNT as usize],
 }
 
 /// The label sets of the direct-access metrics.
@@ -144,6 +146,12 @@ impl Metrics {
                 &r,
                 "observer_events_lost_total",
                 "New-flow events the kernel could not queue (the flows are still counted and kept in the flow table).",
+            ),
+            datapath: counter_vec(
+                &r,
+                "observer_datapath_events_total",
+                "What the eBPF programs did besides judging packets, by event: flagged flows or pod-opened flows they could not record (flow_insert_failed, pod_flow_insert_failed), packets to and from pod veths, deliveries and answers marked, pod-opened flows recorded, a missing counter slot (stats_missing, a bug).",
+                &["event"],
             ),
             flow_table_entries: gauge(
                 &r,
@@ -267,6 +275,16 @@ impl Metrics {
             self.events_lost
                 .inc_by(lost.saturating_sub(last.events_lost));
             last.events_lost = lost;
+            for (i, name) in health::NAMES.iter().enumerate() {
+                // Lost events have their own metric.
+                if i as u32 == health::EVENTS_LOST {
+                    continue;
+                }
+                self.datapath
+                    .with_label_values(&[name])
+                    .inc_by(h[i].saturating_sub(last.health[i]));
+            }
+            last.health = h;
         }
         if let Ok((entries, capacity)) = maps.flow_table_use() {
             self.flow_table_entries.set(entries as i64);

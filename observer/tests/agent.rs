@@ -379,6 +379,25 @@ fn every_row(layout: Layout) {
         Some(n.pods.len() as f64)
     );
     assert!(m.contains("observer_events_lost_total 0"));
+    // The datapath's own account: nothing failed to be recorded, the pod side saw its traffic.
+    let datapath = |event: &str| {
+        sample(
+            &m,
+            "observer_datapath_events_total",
+            &format!("event=\"{event}\""),
+        )
+    };
+    assert_eq!(datapath("flow_insert_failed"), Some(0.0), "{m}");
+    assert_eq!(datapath("pod_flow_insert_failed"), Some(0.0), "{m}");
+    for event in [
+        "pod_flows_opened",
+        "to_pod_packets",
+        "from_pod_packets",
+        "delivered_marks",
+        "answer_marks",
+    ] {
+        assert!(datapath(event).is_some_and(|v| v > 0.0), "{event}: {m}");
+    }
     assert!(m.contains("observer_attach_errors_total 0"));
     assert!(m.contains("observer_build_info{version="));
     for ip in [

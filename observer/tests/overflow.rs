@@ -22,7 +22,7 @@ use observer_common::{
 };
 
 const TABLE: u32 = 1024;
-const FLOOD: u32 = 6000;
+const FLOOD: u32 = 20_000;
 
 fn source(i: u32) -> String {
     // 198.18.0.0/15 (benchmarking space): outside the cluster, one address per flow.
@@ -59,7 +59,7 @@ fn flood_past_the_flow_table_and_the_ring_buffer() {
     assert_eq!(direct.packets, u64::from(FLOOD));
     assert_eq!(direct.flow_starts, u64::from(FLOOD));
 
-    // The ring buffer (256 KiB) holds fewer events than the flood made: the rest are counted.
+    // The ring buffer (1 MiB) holds fewer events than the flood made: the rest are counted.
     let h = maps.health_counts().expect("health");
     let mut events = Vec::new();
     let bad = drain_events(&mut ring, &mut events);

@@ -347,7 +347,8 @@ const FLOOD_BATCH: usize = 64;
 
 /// Sends `template` out of `iface` in `ns` as fast as `threads` threads can for `secs` seconds,
 /// each frame with a different IPv4 source address (bytes 26..30 of an untagged frame; each
-/// thread counts up from its own 11.x.0.0/14 block, outside the cluster). Frames go in batches
+/// thread counts up from its own block of 4M addresses, block `first_block + thread` from
+/// 11.0.0.0 on, outside the cluster; runs that must not repeat sources use other blocks). Frames go in batches
 /// of [`FLOOD_BATCH`] per `sendmmsg` on an `AF_PACKET` socket that bypasses the qdisc, so the
 /// generator costs little more than the receive path it drives. Returns the frames the kernel
 /// took.
@@ -357,15 +358,22 @@ pub fn raw_flood(
     template: Vec<u8>,
     secs: f64,
     threads: usize,
+    first_block: u32,
 ) -> u64 {
     assert!((1..=64).contains(&threads), "1 to 64 sender threads");
+    assert!(
+        first_block as usize + threads <= 64,
+        "64 blocks of 4M addresses from 11.0.0.0"
+    );
     ns.run(move || {
         let start = std::time::Instant::now();
         let senders: Vec<_> = (0..threads)
             .map(|t| {
                 let template = template.clone();
                 // Threads started here inherit the namespace of this one.
-                thread::spawn(move || flood_thread(iface, &template, t as u32, start, secs))
+                thread::spawn(move || {
+                    flood_thread(iface, &template, first_block + t as u32, start, secs)
+                })
             })
             .collect();
         senders
@@ -378,7 +386,7 @@ pub fn raw_flood(
 fn flood_thread(
     iface: &str,
     template: &[u8],
-    thread: u32,
+    block: u32,
     start: std::time::Instant,
     secs: f64,
 ) -> u64 {
@@ -420,7 +428,8 @@ fn flood_thread(
             m
         })
         .collect();
-    let mut src: u32 = 0x0b00_0000 | (thread << 18);
+    // 4M addresses per block (11.0.0.0/10, 11.64.0.0/10, ...): no thread reaches another's.
+    let mut src: u32 = 0x0b00_0000 + (block << 22);
     let mut sent = 0u64;
     while start.elapsed().as_secs_f64() < secs {
         for v in &iov {

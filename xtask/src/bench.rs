@@ -513,6 +513,8 @@ struct FloodRun {
     seen: f64,
     events: f64,
     lost: f64,
+    /// New flows the kernel's LRU could not take under contention (no event; still counted).
+    insert_failed: f64,
     cpu: f64,
 }
 
@@ -561,6 +563,10 @@ fn flood(bin: &Path) -> Result<(Value, String)> {
                 "observer_flows_total{protocol=\"tcp\",verdict=\"direct_to_pod\"}",
             ),
             metric_sum(m, "observer_events_lost_total"),
+            metric_sum(
+                m,
+                "observer_datapath_events_total{event=\"flow_insert_failed\"}",
+            ),
         )
     };
     let rx = || -> u64 {
@@ -588,14 +594,23 @@ fn flood(bin: &Path) -> Result<(Value, String)> {
                 ", through the node"
             }
         );
-        let (seen0, events0, lost0) = figures(&metrics()?);
+        let (seen0, events0, lost0, failed0) = figures(&metrics()?);
         let rx0 = rx();
         let cpu0 = cpu_ticks(agent.pid());
-        let sent = raw_flood(&n.outside, "eth0", frame.clone(), SECS, threads);
+        // The second run's sources follow the first's, so none is a flow already in the table.
+        let first_block = if drop_after { threads as u32 } else { 0 };
+        let sent = raw_flood(
+            &n.outside,
+            "eth0",
+            frame.clone(),
+            SECS,
+            threads,
+            first_block,
+        );
         // Let the agent drain the ring buffer.
         std::thread::sleep(Duration::from_millis(3000));
         let cpu1 = cpu_ticks(agent.pid());
-        let (seen1, events1, lost1) = figures(&metrics()?);
+        let (seen1, events1, lost1, failed1) = figures(&metrics()?);
         // SAFETY: sysconf has no preconditions.
         let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
         runs.push((
@@ -606,6 +621,7 @@ fn flood(bin: &Path) -> Result<(Value, String)> {
                 seen: seen1 - seen0,
                 events: events1 - events0,
                 lost: lost1 - lost0,
+                insert_failed: failed1 - failed0,
                 cpu: (cpu1 - cpu0) as f64 / hz / SECS,
             },
         ));
@@ -631,6 +647,9 @@ fn flood(bin: &Path) -> Result<(Value, String)> {
     md.push_str(&row("new-flow events delivered / lost", &|r| {
         format!("{:.0} / {:.0}", r.events, r.lost)
     }));
+    md.push_str(&row("new flows the flow table could not take", &|r| {
+        format!("{:.0}", r.insert_failed)
+    }));
     md.push_str(&row("agent CPU (cores, over the flood)", &|r| {
         format!("{:.2}", r.cpu)
     }));
@@ -646,7 +665,8 @@ fn flood(bin: &Path) -> Result<(Value, String)> {
                 "dropped_after_the_observer": drop_after, "seconds": SECS, "sender_threads": threads,
                 "frames_sent": r.sent, "frames_at_the_uplink": r.arrived,
                 "syns_seen_by_the_uplink": r.seen, "new_flows_per_second_seen": r.seen / SECS,
-                "events_delivered": r.events, "events_lost": r.lost, "agent_cpu_cores": r.cpu,
+                "events_delivered": r.events, "events_lost": r.lost,
+                "flow_inserts_failed": r.insert_failed, "agent_cpu_cores": r.cpu,
             })
         })
         .collect();
