@@ -2,7 +2,9 @@
 
 mod bench;
 mod checks;
+mod churn;
 mod demo;
+mod flood;
 mod generated;
 mod throughput;
 mod toolchain;
