@@ -68,8 +68,9 @@ pub fn from_pod(ctx: &TcContext) {
     let Some(key) = opened_by(&p) else {
         return;
     };
-    // Look up first: an LRU insert on a present key could evict another flow.
-    if POD_FLOWS.get_ptr(&key).is_some() {
+    // Look up first: an LRU insert on a present key could evict another flow. A port without
+    // its bit has no entry to find.
+    if port_may_have_entry(&POD_PORTS, key.sport, key.proto) && POD_FLOWS.get_ptr(&key).is_some() {
         return;
     }
     mark_port(&POD_PORTS, key.sport, key.proto);
