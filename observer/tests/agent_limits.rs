@@ -10,7 +10,7 @@ use std::{
     time::Duration,
 };
 
-use observer_common::{packet::TCP_SYN, testing::frames::Frame};
+use observer_common::{maps::FlowEvent, packet::TCP_SYN, testing::frames::Frame};
 use support::*;
 use testbed::{
     topology::{Layout, Node},
@@ -104,6 +104,9 @@ fn bad_requests_on_the_socket_get_errors() {
     assert!(String::from_utf8_lossy(&e.stderr).contains("invalid destination"));
 }
 
+/// `BPF_MAP_TYPE_RINGBUF` in the kernel's fdinfo.
+const BPF_MAP_TYPE_RINGBUF: u32 = 27;
+
 /// A flood while the agent is stalled (SIGSTOP): far more new flows than the ring buffer and a
 /// 1,024-entry flow table hold. Once resumed, the agent runs on, counts exactly what arrived,
 /// reports the events it lost and a full table (`ObserverBlind`'s inputs), and still serves.
@@ -114,7 +117,7 @@ fn a_stalled_agent_under_a_flood_counts_what_it_lost() {
     let agent = start(&n, "stall", &["--flow-table-entries", "1024"]);
     let mut frame = Frame::tcp(n.outside_ip, n.pods[0].ip, 40000, 80, TCP_SYN).build();
     frame[..6].copy_from_slice(&mac_of(&n.node, "eth0"));
-    agent.send(libc::SIGSTOP);
+    agent.stop();
     let sent = raw_flood(&n.outside, "eth0", frame, 1.0, 1, 0);
     agent.send(libc::SIGCONT);
     assert!(sent > 40_000, "the generator sent only {sent} frames");
@@ -123,20 +126,49 @@ fn a_stalled_agent_under_a_flood_counts_what_it_lost() {
         m = metrics(&n, &agent);
         sample(&m, "observer_events_lost_total", "").is_some_and(|v| v > 0.0)
     });
+    // Events still in the ring when the agent resumed are read after the first scrape.
+    thread::sleep(Duration::from_millis(500));
+    m = metrics(&n, &agent);
     promtool_check(&m);
-    let seen = sample(
-        &m,
+    let count = |name: &str, labels: &str| sample(&m, name, labels).unwrap_or(0.0) as u64;
+    let seen = count(
         "observer_packets_total",
         "protocol=\"tcp\",verdict=\"direct_to_pod\"",
-    )
-    .unwrap_or(0.0);
-    assert_eq!(
-        seen as u64, sent,
-        "every flood packet counted in the kernel"
     );
-    let lost = sample(&m, "observer_events_lost_total", "").unwrap();
-    // The 1 MiB ring buffer holds 14,563 events (64 bytes and an 8-byte header each).
-    assert!(lost as u64 >= sent - 14_563, "{lost} events lost of {sent}");
+    assert_eq!(seen, sent, "every flood packet counted in the kernel");
+    // Every SYN is a new flow (disjoint sources): each one is an event read, an event lost,
+    // or a failed table insert, and nothing else.
+    let read = count(
+        "observer_flows_total",
+        "protocol=\"tcp\",verdict=\"direct_to_pod\"",
+    );
+    let lost = count("observer_events_lost_total", "");
+    let insert_failed = count(
+        "observer_datapath_events_total",
+        "event=\"flow_insert_failed\"",
+    );
+    assert_eq!(
+        read + lost + insert_failed,
+        sent,
+        "{read} read + {lost} lost + {insert_failed} not inserted"
+    );
+    // While the agent was stopped the ring could hold no more than its size, as the kernel
+    // reports it: records of a FlowEvent behind an 8-byte header, in 8-byte steps, with at
+    // most size - 1 bytes pending.
+    let rings = agent.map_sizes(BPF_MAP_TYPE_RINGBUF);
+    assert_eq!(rings.len(), 1, "the agent holds one ring buffer: {rings:?}");
+    let record = (std::mem::size_of::<FlowEvent>() as u64 + 8).next_multiple_of(8);
+    let capacity = (rings[0] - 1) / record;
+    assert!(
+        read <= capacity,
+        "{read} events read from a ring of {} bytes ({capacity} records)",
+        rings[0]
+    );
+    assert!(lost > 0 && read > 0, "{read} read, {lost} lost");
+    println!(
+        "{sent} sent: {read} read, {lost} lost, {insert_failed} not inserted; ring {} bytes, {capacity} records",
+        rings[0]
+    );
     let entries = sample(&m, "observer_flow_table_entries", "").unwrap();
     let capacity = sample(&m, "observer_flow_table_capacity", "").unwrap();
     assert_eq!(capacity, 1024.0);

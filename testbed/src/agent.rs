@@ -111,6 +111,55 @@ impl AgentProc {
         unsafe { libc::kill(self.child.id() as i32, sig) };
     }
 
+    /// Stops the agent (SIGSTOP) and waits until every one of its threads is stopped, so
+    /// nothing it does afterwards can come from before the stop.
+    pub fn stop(&self) {
+        self.send(libc::SIGSTOP);
+        let task = format!("/proc/{}/task", self.pid());
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let stopped = std::fs::read_dir(&task).is_ok_and(|d| {
+                d.flatten().all(|t| {
+                    std::fs::read_to_string(t.path().join("stat")).is_ok_and(|s| {
+                        // The state follows the parenthesised command name.
+                        s.rsplit_once(") ")
+                            .is_some_and(|(_, rest)| rest.starts_with('T') || rest.starts_with('t'))
+                    })
+                })
+            });
+            if stopped {
+                return;
+            }
+            assert!(Instant::now() < deadline, "the agent did not stop");
+            thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// `max_entries` of the agent's own maps of one BPF map type, as the kernel reports them
+    /// in `/proc/<pid>/fdinfo` (for a ring buffer: its size in bytes).
+    pub fn map_sizes(&self, map_type: u32) -> Vec<u64> {
+        let dir = format!("/proc/{}/fdinfo", self.pid());
+        let mut out = Vec::new();
+        for e in std::fs::read_dir(&dir)
+            .expect("the agent's fdinfo")
+            .flatten()
+        {
+            let Ok(info) = std::fs::read_to_string(e.path()) else {
+                continue;
+            };
+            let field = |name: &str| {
+                info.lines()
+                    .find_map(|l| l.strip_prefix(name)?.trim().parse::<u64>().ok())
+            };
+            if field("map_type:") == Some(u64::from(map_type))
+                && let Some(n) = field("max_entries:")
+            {
+                out.push(n);
+            }
+        }
+        out
+    }
+
     /// Sends a signal and waits (at most 10 s) for the exit.
     pub fn signal(&mut self, sig: i32) -> ExitStatus {
         self.send(sig);

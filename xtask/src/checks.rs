@@ -9,8 +9,11 @@ use crate::{run, toolchain};
 
 /// `cargo deny check licenses bans sources`, offline: licences from `deny.toml`'s allow list,
 /// crates.io only, no banned crate. Advisories need the network and are not checked here.
+/// cargo-deny resolves the graph for every target, so the crates of targets the build never
+/// downloaded (Windows, macOS) are fetched first: `cargo fetch` takes them all from the lock.
 pub fn deny() -> Result<()> {
     toolchain::cargo_tool(toolchain::CARGO_DENY)?;
+    run(Command::new("cargo").args(["fetch", "--locked"]))?;
     run(Command::new("cargo").args(["deny", "--offline", "check", "licenses", "bans", "sources"]))
 }
 
