@@ -150,22 +150,15 @@ fn every_row(layout: Layout) {
     long.read_exact(&mut buf).unwrap();
 
     // Expected direct flows: (dst, port, protocol, state, origin, pod, iface).
+    let up0 = n.uplinks[0];
     let mut want: BTreeSet<(String, u16, String, String, String, String, String)> = [
-        (pod_a, 80, "tcp", "answered", "seen_start", veth_a, "eth0"),
-        (pod_a, 0, "icmp", "answered", "seen_start", veth_a, "eth0"),
-        (pod_a, 5353, "udp", "answered", "datagram", veth_a, "eth0"),
-        (
-            late_ip,
-            80,
-            "tcp",
-            "answered",
-            "seen_start",
-            late_veth,
-            "eth0",
-        ),
-        (pod_a, 81, "tcp", "refused", "seen_start", veth_a, "eth0"),
-        (pod_a, 8080, "tcp", "answered", "unknown", veth_a, "eth0"),
-        (pod6, 80, "tcp", "answered", "seen_start", veth_a, "eth0"),
+        (pod_a, 80, "tcp", "answered", "seen_start", veth_a, up0),
+        (pod_a, 0, "icmp", "answered", "seen_start", veth_a, up0),
+        (pod_a, 5353, "udp", "answered", "datagram", veth_a, up0),
+        (late_ip, 80, "tcp", "answered", "seen_start", late_veth, up0),
+        (pod_a, 81, "tcp", "refused", "seen_start", veth_a, up0),
+        (pod_a, 8080, "tcp", "answered", "unknown", veth_a, up0),
+        (pod6, 80, "tcp", "answered", "seen_start", veth_a, up0),
     ]
     .iter()
     .map(|(d, p, pr, s, o, pod, i)| {
@@ -188,7 +181,7 @@ fn every_row(layout: Layout) {
             "answered".into(),
             "seen_start".into(),
             n.pods[1].veth.into(),
-            "eth1".into(),
+            n.uplinks[1].into(),
         ));
     }
     let mut got = BTreeSet::new();

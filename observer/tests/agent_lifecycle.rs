@@ -381,7 +381,18 @@ fn flapping_interfaces_stay_watched() {
             n.node.sh(&["ip", "link", "set", iface, "up"]);
         }
     }
-    // Link down removed the pod's host route; the CNI puts it back, the agent relearns it.
+    // Link down removed the node's default route and the pod's host route; the network
+    // manager and the CNI put them back, the agent relearns the pod.
+    n.node.sh(&[
+        "ip",
+        "route",
+        "replace",
+        "default",
+        "via",
+        testbed::topology::VPC_ROUTER,
+        "dev",
+        "eth0",
+    ]);
     n.node.sh(&[
         "ip",
         "route",

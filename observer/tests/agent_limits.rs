@@ -116,7 +116,7 @@ fn a_stalled_agent_under_a_flood_counts_what_it_lost() {
     let n = Node::new(Layout::VpcCni);
     let agent = start(&n, "stall", &["--flow-table-entries", "1024"]);
     let mut frame = Frame::tcp(n.outside_ip, n.pods[0].ip, 40000, 80, TCP_SYN).build();
-    frame[..6].copy_from_slice(&mac_of(&n.node, "eth0"));
+    frame[..6].copy_from_slice(&mac_of(&n.node, n.uplinks[0]));
     agent.stop();
     let sent = raw_flood(&n.outside, "eth0", frame, 1.0, 1, 0);
     agent.send(libc::SIGCONT);

@@ -546,7 +546,7 @@ fn every_row_with_the_kubernetes_inventory_vpc_cni() {
             "web-7854ff8877-z5nh5",
             "web",
             "medium",
-            "eth0",
+            n.uplinks[0],
         ),
         r(
             pod_a,
@@ -556,7 +556,7 @@ fn every_row_with_the_kubernetes_inventory_vpc_cni() {
             "web-7854ff8877-z5nh5",
             "web",
             "medium",
-            "eth0",
+            n.uplinks[0],
         ),
         r(
             pod_a,
@@ -566,7 +566,7 @@ fn every_row_with_the_kubernetes_inventory_vpc_cni() {
             "web-7854ff8877-z5nh5",
             "web",
             "medium",
-            "eth0",
+            n.uplinks[0],
         ),
         r(
             pod_a,
@@ -576,7 +576,7 @@ fn every_row_with_the_kubernetes_inventory_vpc_cni() {
             "web-7854ff8877-z5nh5",
             "web",
             "medium",
-            "eth0",
+            n.uplinks[0],
         ),
         r(
             n.pods[0].ip6.unwrap(),
@@ -586,7 +586,7 @@ fn every_row_with_the_kubernetes_inventory_vpc_cni() {
             "web-7854ff8877-z5nh5",
             "web",
             "medium",
-            "eth0",
+            n.uplinks[0],
         ),
         r(
             "10.0.4.11",
@@ -596,7 +596,7 @@ fn every_row_with_the_kubernetes_inventory_vpc_cni() {
             "late-7854ff8877-a1b2c",
             "late",
             "high",
-            "eth0",
+            n.uplinks[0],
         ),
         r(
             n.pods[1].ip,
@@ -606,7 +606,7 @@ fn every_row_with_the_kubernetes_inventory_vpc_cni() {
             "batch-7854ff8877-q2x9k",
             "batch",
             "high",
-            "eth1",
+            n.uplinks[1],
         ),
     ]
     .into_iter()

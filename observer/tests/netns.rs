@@ -217,14 +217,19 @@ fn run_layout(layout: Layout) {
             "NodePort/Service flow flagged"
         );
     }
-    // Row 14: the flow came in on eth1; row 1 on eth0, delivered through pod A's veth.
+    // Row 14: the flow came in on the secondary ENI; row 1 on the primary uplink, delivered
+    // through pod A's veth.
     let ifindex_of = |k: &FlowKey| flows.iter().find(|(fk, _)| fk == k).unwrap().1;
     let row1 = ifindex_of(&expected[0].0);
-    assert_eq!(row1.ifindex, n.node.ifindex("eth0"));
+    assert_eq!(row1.ifindex, n.node.ifindex(n.uplinks[0]));
     assert_eq!(row1.pod_ifindex, n.node.ifindex(n.pods[0].veth));
     if let Some(port) = row14 {
         let s = ifindex_of(&key(outside, pod_b, port, 80, 6));
-        assert_eq!(s.ifindex, n.node.ifindex("eth1"), "row 14 arrives on eth1");
+        assert_eq!(
+            s.ifindex,
+            n.node.ifindex(n.uplinks[1]),
+            "row 14 arrives on the secondary ENI"
+        );
         assert_eq!(s.pod_ifindex, n.node.ifindex(n.pods[1].veth));
     }
 

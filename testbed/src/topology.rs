@@ -2,7 +2,7 @@
 //!
 //! ```text
 //!   outside (10.0.6.245, 10.0.14.50) ─┐
-//!   peer node (+ a pod IP on lo)    ──┤ vpc: bridge br0 ├── node eth0 (+ eth1 for VPC CNI)
+//!   peer node (+ a pod IP on lo)    ──┤ vpc: bridge br0 ├── node ens5 + ens6 (VPC CNI) / eth0 (Calico)
 //!                                                          node ── eni…/cali… ── pod namespaces
 //! ```
 //!
@@ -30,7 +30,7 @@ pub struct Pod {
 pub struct Node {
     pub layout: Layout,
     pub node_ip: &'static str,
-    /// The node's uplinks (eth0, and eth1 for VPC CNI).
+    /// The node's uplinks: VPC CNI ens5 and ens6 (primary and secondary ENI), Calico eth0.
     pub uplinks: Vec<&'static str>,
     pub outside_ip: &'static str,
     pub allowed_ip: &'static str,
@@ -96,9 +96,10 @@ impl Node {
         }
         let (node_ip, uplinks, peer_ip, peer_pod_ip, service_ip, service_cidr, cluster_cidr) =
             match layout {
+                // EKS on Nitro (AL2023) names the primary and secondary ENI ens5 and ens6.
                 Layout::VpcCni => (
                     "10.0.7.223",
-                    vec!["eth0", "eth1"],
+                    vec!["ens5", "ens6"],
                     "10.0.12.177",
                     "10.0.10.231",
                     "172.20.0.10",
@@ -132,10 +133,23 @@ impl Node {
         // Two uplinks in one subnet: only the owner of an address answers ARP for it.
         node.sysctl("net.ipv4.conf.all.arp_ignore", "1");
         node.sysctl("net.ipv4.conf.all.arp_announce", "2");
-        node.sh(&["ip", "addr", "add", &format!("{node_ip}/20"), "dev", "eth0"]);
+        let primary = uplinks[0];
+        node.sh(&[
+            "ip",
+            "addr",
+            "add",
+            &format!("{node_ip}/20"),
+            "dev",
+            primary,
+        ]);
         if layout == Layout::VpcCni {
-            node.sh(&["ip", "addr", "add", "10.0.15.193/20", "dev", "eth1"]);
+            node.sh(&["ip", "addr", "add", "10.0.15.193/20", "dev", uplinks[1]]);
         }
+        // The subnet's router, as in the seed's `ip r` (no host answers for it here: what is
+        // routed to it goes nowhere).
+        node.sh(&[
+            "ip", "route", "add", "default", "via", VPC_ROUTER, "dev", primary,
+        ]);
         outside.sh(&["ip", "addr", "add", "10.0.6.245/20", "dev", "eth0"]);
         outside.sh(&["ip", "addr", "add", "10.0.14.50/20", "dev", "eth0"]);
         peer.sh(&["ip", "addr", "add", &format!("{peer_ip}/20"), "dev", "eth0"]);
@@ -160,7 +174,11 @@ impl Node {
         };
         let mut pods = Vec::new();
         for (ip, veth_name) in pod_defs {
-            pods.push(add_pod(&node, ip, veth_name));
+            pods.push(add_pod(&node, layout, ip, veth_name));
+        }
+        if layout == Layout::VpcCni {
+            // Pod B holds a secondary IP of the secondary ENI, and answers through it.
+            route_from_secondary_eni(&node, pods[1].ip, uplinks[1], "10.0.0.0/20", "2");
         }
         let (node_ip6, outside_ip6, peer_ip6, pod_ip6) = match layout {
             Layout::VpcCni => (
@@ -177,10 +195,10 @@ impl Node {
             ),
         };
         node.sysctl("net.ipv6.conf.all.forwarding", "1");
-        for (ns, ip) in [
-            (&node, node_ip6),
-            (&outside, outside_ip6),
-            (&peer, peer_ip6),
+        for (ns, ip, dev) in [
+            (&node, node_ip6, primary),
+            (&outside, outside_ip6, "eth0"),
+            (&peer, peer_ip6, "eth0"),
         ] {
             ns.sh(&[
                 "ip",
@@ -189,11 +207,11 @@ impl Node {
                 "add",
                 &format!("{ip}/64"),
                 "dev",
-                "eth0",
+                dev,
                 "nodad",
             ]);
         }
-        add_pod_ip6(&node, &mut pods[0], pod_ip6);
+        add_pod_ip6(&node, layout, &mut pods[0], pod_ip6);
         for ns in [&outside, &peer] {
             ns.sh(&[
                 "ip",
@@ -209,7 +227,7 @@ impl Node {
         match layout {
             Layout::VpcCni => {
                 // The VPC routes each secondary IP to the ENI that holds it: pod A through
-                // eth0, pod B through eth1 (the secondary ENI).
+                // ens5, pod B through ens6 (the secondary ENI).
                 outside.sh(&["ip", "route", "add", "10.0.3.240/32", "via", "10.0.7.223"]);
                 outside.sh(&["ip", "route", "add", "10.0.8.245/32", "via", "10.0.15.193"]);
                 peer.sh(&["ip", "route", "add", "10.0.3.240/32", "via", "10.0.7.223"]);
@@ -258,7 +276,7 @@ impl Node {
 impl Node {
     /// Adds a pod after the fact (SCENARIOS row 13), routed like the others from outside.
     pub fn add_pod(&mut self, ip: &'static str, veth_name: &'static str) -> &Pod {
-        let pod = add_pod(&self.node, ip, veth_name);
+        let pod = add_pod(&self.node, self.layout, ip, veth_name);
         let via = match self.layout {
             Layout::VpcCni => "10.0.7.223",
             Layout::Calico => self.node_ip,
@@ -294,11 +312,121 @@ fn dnat(node: &Netns, dst: &str, port: u16, to: &str) {
     ]);
 }
 
-/// A pod namespace behind a host-side veth, wired like VPC CNI and Calico do: a /32 host
-/// route to the pod, proxy ARP on the host side, and an on-link default route in the pod.
-fn add_pod(node: &Netns, ip: &'static str, veth_name: &'static str) -> Pod {
+/// The VPC subnet's router (the node's default route).
+pub const VPC_ROUTER: &str = "10.0.0.1";
+/// The VPC CNI's and Calico's dummy next hop in every pod: `default via 169.254.1.1`.
+pub const POD_GATEWAY: &str = "169.254.1.1";
+/// The MAC Calico gives every host-side veth.
+const CALICO_VETH_MAC: &str = "ee:ee:ee:ee:ee:ee";
+/// VPC CNI: the `ip rule` priorities of its route rules (`to <pod> lookup main`, and `from
+/// <pod> lookup <ENI table>` for pods on a secondary ENI).
+const TO_CONTAINER_RULE_PRIORITY: &str = "512";
+const FROM_POD_RULE_PRIORITY: &str = "1536";
+
+/// A pod namespace behind a host-side veth, wired as each CNI wires it.
+///
+/// VPC CNI (aws-vpc-cni `setupVeth`, `setupIPBasedContainerRouteRules`): the veth pair is made
+/// inside the pod's namespace and its host end moved out; the pod's default route goes via
+/// 169.254.1.1, pinned to the host veth's MAC by a permanent neighbour entry; the host has a
+/// /32 route `dev eni…`, a `to <pod> lookup main` rule, and for a pod on a secondary ENI a
+/// `from <pod> lookup <table>` rule whose table leaves through that ENI; proxy ARP on the host
+/// veth, IPv6 router advertisements and forwarding off on it.
+///
+/// Calico: every host veth has the MAC ee:ee:ee:ee:ee:ee and proxy ARP without delay; the
+/// pod's default route goes via 169.254.1.1, which the host veth answers by proxy ARP (the node
+/// routes it elsewhere, by its default route); a /32 route `dev cali…` on the host.
+fn add_pod(node: &Netns, layout: Layout, ip: &'static str, veth_name: &'static str) -> Pod {
     let ns = Netns::new("pod");
-    veth(node, veth_name, &ns, "eth0");
+    match layout {
+        Layout::VpcCni => {
+            ns.sh(&[
+                "ip", "link", "add", "eth0", "type", "veth", "peer", "name", veth_name,
+            ]);
+            ns.sh(&["ip", "link", "set", "eth0", "up"]);
+            let mac = crate::traffic::mac_of(&ns, veth_name);
+            let mac = mac.map(|b| format!("{b:02x}")).join(":");
+            ns.sh(&["ip", "addr", "add", &format!("{ip}/32"), "dev", "eth0"]);
+            ns.sh(&[
+                "ip",
+                "route",
+                "add",
+                POD_GATEWAY,
+                "dev",
+                "eth0",
+                "scope",
+                "link",
+            ]);
+            ns.sh(&[
+                "ip",
+                "route",
+                "add",
+                "default",
+                "via",
+                POD_GATEWAY,
+                "dev",
+                "eth0",
+            ]);
+            ns.sh(&[
+                "ip",
+                "neigh",
+                "add",
+                POD_GATEWAY,
+                "dev",
+                "eth0",
+                "lladdr",
+                &mac,
+                "nud",
+                "permanent",
+            ]);
+            ns.sh(&["ip", "link", "set", veth_name, "netns", &node.name]);
+            for (key, value) in [
+                ("accept_ra", "0"),
+                ("accept_redirects", "1"),
+                ("forwarding", "0"),
+            ] {
+                node.sysctl(&format!("net.ipv6.conf.{veth_name}.{key}"), value);
+            }
+            node.sh(&["ip", "link", "set", veth_name, "up"]);
+            node.sh(&[
+                "ip",
+                "rule",
+                "add",
+                "to",
+                ip,
+                "lookup",
+                "main",
+                "prio",
+                TO_CONTAINER_RULE_PRIORITY,
+            ]);
+        }
+        Layout::Calico => {
+            veth(node, veth_name, &ns, "eth0");
+            node.sh(&["ip", "link", "set", veth_name, "address", CALICO_VETH_MAC]);
+            // Felix answers the pod's ARP for 169.254.1.1 at once.
+            node.sysctl(&format!("net.ipv4.neigh.{veth_name}.proxy_delay"), "0");
+            ns.sh(&["ip", "addr", "add", &format!("{ip}/32"), "dev", "eth0"]);
+            ns.sh(&[
+                "ip",
+                "route",
+                "add",
+                POD_GATEWAY,
+                "dev",
+                "eth0",
+                "scope",
+                "link",
+            ]);
+            ns.sh(&[
+                "ip",
+                "route",
+                "add",
+                "default",
+                "via",
+                POD_GATEWAY,
+                "dev",
+                "eth0",
+            ]);
+        }
+    }
     node.sysctl(&format!("net.ipv4.conf.{veth_name}.proxy_arp"), "1");
     node.sh(&[
         "ip",
@@ -310,10 +438,6 @@ fn add_pod(node: &Netns, ip: &'static str, veth_name: &'static str) -> Pod {
         "scope",
         "link",
     ]);
-    ns.sh(&["ip", "addr", "add", &format!("{ip}/32"), "dev", "eth0"]);
-    ns.sh(&[
-        "ip", "route", "add", "default", "dev", "eth0", "scope", "link",
-    ]);
     Pod {
         ns,
         ip,
@@ -322,19 +446,42 @@ fn add_pod(node: &Netns, ip: &'static str, veth_name: &'static str) -> Pod {
     }
 }
 
-/// Gives a pod an IPv6 address: a /128 host route on the node, and a link-local gateway
-/// (fe80::1) on the host-side veth, as Calico does.
-fn add_pod_ip6(node: &Netns, pod: &mut Pod, ip6: &'static str) {
+/// VPC CNI: a pod on a secondary ENI answers through that ENI (`from <pod> lookup <table>`,
+/// the table's routes out of `uplink`).
+fn route_from_secondary_eni(node: &Netns, ip: &str, uplink: &str, subnet: &str, table: &str) {
+    node.sh(&[
+        "ip", "route", "replace", subnet, "dev", uplink, "scope", "link", "table", table,
+    ]);
     node.sh(&[
         "ip",
-        "-6",
-        "addr",
+        "rule",
         "add",
-        "fe80::1/64",
-        "dev",
-        pod.veth,
-        "nodad",
+        "from",
+        ip,
+        "lookup",
+        table,
+        "prio",
+        FROM_POD_RULE_PRIORITY,
     ]);
+}
+
+/// Gives a pod an IPv6 address and a /128 host route on the node. VPC CNI: the pod's default
+/// route goes via fe80::1, pinned to the host veth's MAC (no address on the host side).
+/// Calico: via a link-local address of the host-side veth.
+fn add_pod_ip6(node: &Netns, layout: Layout, pod: &mut Pod, ip6: &'static str) {
+    const GW6: &str = "fe80::1";
+    if layout == Layout::Calico {
+        node.sh(&[
+            "ip",
+            "-6",
+            "addr",
+            "add",
+            "fe80::1/64",
+            "dev",
+            pod.veth,
+            "nodad",
+        ]);
+    }
     node.sh(&[
         "ip",
         "-6",
@@ -354,8 +501,25 @@ fn add_pod_ip6(node: &Netns, pod: &mut Pod, ip6: &'static str) {
         "eth0",
         "nodad",
     ]);
+    if layout == Layout::VpcCni {
+        let mac = crate::traffic::mac_of(node, pod.veth);
+        let mac = mac.map(|b| format!("{b:02x}")).join(":");
+        pod.ns.sh(&[
+            "ip",
+            "-6",
+            "neigh",
+            "add",
+            GW6,
+            "dev",
+            "eth0",
+            "lladdr",
+            &mac,
+            "nud",
+            "permanent",
+        ]);
+    }
     pod.ns.sh(&[
-        "ip", "-6", "route", "add", "default", "via", "fe80::1", "dev", "eth0",
+        "ip", "-6", "route", "add", "default", "via", GW6, "dev", "eth0",
     ]);
     pod.ip6 = Some(ip6);
 }
