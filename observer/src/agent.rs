@@ -358,6 +358,14 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     ctl.sync();
     ctl.ifaces.update_foreign(&netlink).await;
     ctl.publish();
+    // The programs run now: connections pods opened from here on are recorded by them; the
+    // ones already open are learnt from conntrack, and any packet that slipped between is
+    // looked up again when its flow is judged.
+    let mut origins = observer::origins::Origins::open();
+    {
+        let dir = shared.dir.read().unwrap_or_else(|p| p.into_inner()).clone();
+        origins.seed(&dir, &shared.maps, &shared.metrics);
+    }
     let (up, pods) = ctl.ifaces.counts();
     tracing::info!(
         uplinks = up,
@@ -378,7 +386,20 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             loop {
                 tick.tick().await;
                 let dir = shared.dir.read().unwrap_or_else(|p| p.into_inner()).clone();
+                // Origins are looked up without holding the tracker: events keep flowing.
+                let pending = shared
+                    .tracker
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .pending_origins(observer::defaults::ORIGIN_LOOKUPS);
+                let resolved: Vec<_> = pending
+                    .iter()
+                    .map(|k| (*k, origins.lookup(k, &dir)))
+                    .collect();
                 let mut t = shared.tracker.lock().unwrap_or_else(|p| p.into_inner());
+                for (k, r) in &resolved {
+                    t.resolve(k, *r, &shared.maps, &shared.metrics);
+                }
                 t.refresh(&shared.maps, &dir, &shared.metrics);
             }
         });

@@ -89,15 +89,26 @@ fn alert_json(row: &FlowRow, now: SystemTime, window: Duration) -> serde_json::V
     } else {
         row.dst_port.to_string()
     };
+    // As the rules name them: a flow nobody can place is its own, lesser alert; the agent's
+    // severity (Kubernetes inventory) is kept, high without it.
+    let (alertname, severity) = if row.origin == crate::flows::ORIGIN_UNKNOWN {
+        ("ObserverDirectPodAccessUnknownOrigin", "warning")
+    } else if row.severity.is_empty() {
+        ("ObserverDirectPodAccess", "high")
+    } else {
+        ("ObserverDirectPodAccess", row.severity.as_str())
+    };
     json!({
         "labels": {
-            "alertname": "ObserverDirectPodAccess",
+            "alertname": alertname,
             "source": "observer-agent",
-            "severity": "high",
+            "severity": severity,
             "namespace": row.namespace,
+            "workload": row.workload,
             "pod": row.pod,
             "port": port,
             "protocol": row.protocol,
+            "origin": row.origin,
         },
         "annotations": {
             "summary": format!(

@@ -38,6 +38,10 @@ pub enum Command {
         /// Only flows of this verdict (e.g. direct_to_pod).
         #[arg(long, env = "OBSERVER_VERDICT")]
         verdict: Option<String>,
+        /// Only flows of this origin: seen_start, datagram, outsider (opened by the outsider
+        /// before the observer saw it, per conntrack), unknown (nothing tells who opened it).
+        #[arg(long, env = "OBSERVER_ORIGIN", value_parser = ["seen_start", "datagram", "outsider", "unknown"])]
+        origin: Option<String>,
         /// Keep printing new and updated flows.
         #[arg(long, env = "OBSERVER_FOLLOW")]
         follow: bool,
@@ -213,13 +217,18 @@ async fn client(socket: PathBuf, command: Command) -> anyhow::Result<()> {
         }
         Command::Flows {
             verdict,
+            origin,
             follow,
             json,
             ..
         } => {
             let req = Request::Flows { verdict, follow };
+            let wanted = |r: &FlowRow| origin.as_deref().is_none_or(|o| r.origin == o);
             if json || follow {
                 request(&socket, &req, |l| {
+                    if origin.is_some() && !parse_flow(l).is_ok_and(|r| wanted(&r)) {
+                        return;
+                    }
                     if json {
                         let _ = writeln!(stdout, "{l}");
                     } else if let Ok(r) = parse_flow(l) {
@@ -240,7 +249,8 @@ async fn client(socket: PathBuf, command: Command) -> anyhow::Result<()> {
                 let mut rows = Vec::new();
                 let mut bad = None;
                 request(&socket, &req, |l| match parse_flow(l) {
-                    Ok(r) => rows.push(r),
+                    Ok(r) if wanted(&r) => rows.push(r),
+                    Ok(_) => {}
                     Err(e) => bad = Some(e),
                 })
                 .await?;

@@ -41,3 +41,7 @@ pub const REFRESH_INTERVAL: Duration = Duration::from_secs(1);
 /// insists on running first would otherwise make both re-add filters forever).
 pub const FRONT_MOVES_MAX: u32 = 5;
 pub const FRONT_MOVES_WINDOW: Duration = Duration::from_secs(60);
+/// Flagged flows whose start was not seen looked up in conntrack per refresh, at most (a
+/// flood of mid-stream packets waits its turn; past a few seconds such a flow is judged with
+/// origin unknown).
+pub const ORIGIN_LOOKUPS: usize = 512;

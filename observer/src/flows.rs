@@ -73,19 +73,45 @@ struct Record {
     pod: Option<PodRef>,
     stats: FlowStats,
     first_seen_ns: u64,
+    /// How the flow began, as rows, metrics and alerts name it ([`origin_label`]).
+    origin_label: &'static str,
+    /// The start was not seen (TCP mid-stream, UDP): conntrack is asked who opened the flow
+    /// before it is counted or alerted on.
+    pending: bool,
     /// Labels under which the flow was counted, once settled.
-    labels: Option<[String; 7]>,
+    labels: Option<[String; 8]>,
     counted_packets: u64,
     counted_bytes: u64,
 }
 
-fn origin_name(o: u8) -> &'static str {
+/// The label of a flow's origin as the kernel saw it; a mid-stream flow becomes `outsider`
+/// once conntrack shows the outsider opened it.
+fn origin_label(o: u8) -> &'static str {
     match o {
         origin::START => "seen_start",
-        origin::MID_STREAM => "unknown",
+        origin::MID_STREAM => ORIGIN_UNKNOWN,
         _ => "datagram",
     }
 }
+
+/// A flow that began before the observer saw it, and nothing tells who opened it.
+pub const ORIGIN_UNKNOWN: &str = "unknown";
+/// A flow the observer did not see start that conntrack shows the outsider opened.
+pub const ORIGIN_OUTSIDER: &str = "outsider";
+
+/// What conntrack said about a flow whose start the observer did not see.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Resolution {
+    /// A local pod opened it: its packets are replies. The `POD_FLOWS` key to learn.
+    PodOpened(FlowKey),
+    /// The outsider opened it.
+    Outsider,
+    /// Conntrack does not know, or cannot tell.
+    Unknown,
+}
+
+/// How long a flow may wait for its origin before it is judged with what is known.
+const ORIGIN_WAIT: Duration = Duration::from_secs(10);
 
 fn state_of(s: &FlowStats) -> &'static str {
     if s.answered != 0 {
@@ -116,7 +142,7 @@ impl Record {
             bytes: self.stats.bytes,
             first_seen: clock::rfc3339(clock::wall_of(self.first_seen_ns)),
             last_seen: clock::rfc3339(clock::wall_of(self.stats.last_seen_ns)),
-            origin: origin_name(self.origin).to_string(),
+            origin: self.origin_label.to_string(),
             state: state_of(&self.stats).to_string(),
             reason: self.reason.describe().to_string(),
         }
@@ -149,7 +175,7 @@ pub struct Tracker {
     /// Port labels given out per (namespace, pod).
     ports: HashMap<(String, String), BTreeSet<String>>,
     /// Direct-access label sets per (namespace, pod), to remove when the pod is gone.
-    series: HashMap<(String, String), HashSet<[String; 7]>>,
+    series: HashMap<(String, String), HashSet<[String; 8]>>,
     gone_since: HashMap<(String, String), Instant>,
     updates: broadcast::Sender<FlowRow>,
     pusher: Option<Pusher>,
@@ -218,11 +244,14 @@ impl Tracker {
                 None => break,
             }
         }
+        let pending = verdict.alerts() && e.origin != origin::START;
         let rec = Record {
             key: e.key,
             verdict,
             reason,
             origin: e.origin,
+            origin_label: origin_label(e.origin),
+            pending,
             iface: dir.iface(e.ifindex),
             pod: dir.pod(&ip_of(&e.key.dst)).cloned(),
             stats: FlowStats {
@@ -243,7 +272,18 @@ impl Tracker {
             counted_bytes: 0,
         };
         // A row is text (addresses, times, names): build it only for someone who reads it.
-        let push = self.pusher.as_ref().filter(|_| verdict.alerts());
+        // A flow whose origin is still to be learnt is pushed once it is known.
+        self.announce(&rec, !pending, metrics);
+        self.order.push_back(e.key);
+        self.records.insert(e.key, rec);
+    }
+
+    /// Sends a record's row to `--follow` subscribers and, if `push`, to Alertmanager.
+    fn announce(&self, rec: &Record, push: bool, metrics: &Metrics) {
+        let push = self
+            .pusher
+            .as_ref()
+            .filter(|_| push && rec.verdict.alerts());
         if push.is_some() || self.updates.receiver_count() > 0 {
             let row = rec.row();
             if let Some(p) = push
@@ -253,8 +293,54 @@ impl Tracker {
             }
             let _ = self.updates.send(row);
         }
-        self.order.push_back(e.key);
-        self.records.insert(e.key, rec);
+    }
+
+    /// Flows whose origin is to be asked of conntrack, oldest first, at most `max`.
+    pub fn pending_origins(&self, max: usize) -> Vec<FlowKey> {
+        self.order
+            .iter()
+            .filter(|k| self.records.get(k).is_some_and(|r| r.pending))
+            .take(max)
+            .copied()
+            .collect()
+    }
+
+    /// Applies what conntrack said of a flow. A reply to a pod's own connection leaves the
+    /// view and the kernel table, and its flow is learnt so its next packets are replies.
+    pub fn resolve(&mut self, key: &FlowKey, res: Resolution, maps: &Maps, metrics: &Metrics) {
+        let Some(r) = self.records.get_mut(key) else {
+            return;
+        };
+        if !r.pending {
+            return;
+        }
+        r.pending = false;
+        let result = match res {
+            Resolution::PodOpened(pod_key) => {
+                if let Err(e) = maps.seed_pod_flow(&pod_key) {
+                    tracing::warn!(error = %e, "learning a pod's own connection");
+                }
+                let _ = maps.remove_flow(key);
+                self.records.remove(key);
+                self.order.retain(|k| k != key);
+                metrics
+                    .origin_lookups
+                    .with_label_values(&["pod_opened"])
+                    .inc();
+                return;
+            }
+            Resolution::Outsider => {
+                if r.origin == origin::MID_STREAM {
+                    r.origin_label = ORIGIN_OUTSIDER;
+                }
+                "outsider"
+            }
+            Resolution::Unknown => "unknown",
+        };
+        metrics.origin_lookups.with_label_values(&[result]).inc();
+        if let Some(r) = self.records.get(key) {
+            self.announce(r, true, metrics);
+        }
     }
 
     fn port_label(&mut self, pod_ref: &PodRef, key: &FlowKey) -> String {
@@ -309,7 +395,21 @@ impl Tracker {
             let Some(r) = self.records.get(&key) else {
                 continue;
             };
-            if r.labels.is_none() && now_ns.saturating_sub(r.first_seen_ns) >= settle_ns {
+            let age_ns = now_ns.saturating_sub(r.first_seen_ns);
+            if r.pending && age_ns >= ORIGIN_WAIT.as_nanos() as u64 {
+                // Not looked up in time (more at once than the lookups per refresh).
+                metrics.origin_lookups.with_label_values(&["skipped"]).inc();
+                if let Some(r) = self.records.get_mut(&key) {
+                    r.pending = false;
+                }
+                if let Some(r) = self.records.get(&key) {
+                    self.announce(r, true, metrics);
+                }
+            }
+            let Some(r) = self.records.get(&key) else {
+                continue;
+            };
+            if r.labels.is_none() && !r.pending && age_ns >= settle_ns {
                 self.settle(key, metrics);
             }
             if let Some(r) = self.records.get_mut(&key)
@@ -363,6 +463,7 @@ impl Tracker {
             protocol_label(key.proto).to_string(),
             state_of(&r.stats).to_string(),
             pod.severity(key.dport).to_string(),
+            r.origin_label.to_string(),
         ];
         let l: Vec<&str> = labels.iter().map(String::as_str).collect();
         metrics.direct_flows.with_label_values(&l).inc();
@@ -516,8 +617,31 @@ impl Tracker {
     }
 }
 
-/// One structured log event per direct access (target `observer::alert`).
+/// One structured log event per direct access (target `observer::alert`). A flow whose start
+/// was not seen and whose opener nothing tells is its own, lesser alert.
 fn log_alert(row: &FlowRow, count: u64) {
+    if row.origin == ORIGIN_UNKNOWN {
+        tracing::info!(
+            target: "observer::alert",
+            verdict = row.verdict,
+            src = row.src,
+            dst = row.dst,
+            src_port = row.src_port,
+            dst_port = row.dst_port,
+            protocol = row.protocol,
+            pod = row.pod,
+            namespace = row.namespace,
+            workload = row.workload,
+            severity = row.severity,
+            iface = row.iface,
+            origin = row.origin,
+            state = row.state,
+            reason = row.reason,
+            count,
+            "traffic from outside the cluster on a pod IP, in a flow whose start was not seen (origin unknown)"
+        );
+        return;
+    }
     tracing::warn!(
         target: "observer::alert",
         verdict = row.verdict,

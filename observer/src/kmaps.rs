@@ -160,6 +160,22 @@ impl Maps {
         Ok(())
     }
 
+    /// Records a flow a pod opened before the programs saw it (learnt from conntrack), so
+    /// that the uplink judges its packets replies. The programs run meanwhile: the port's
+    /// bitmap word is set whole (every bit, so no bit the from_pod program sets at the same
+    /// moment can be lost to this read-free write; a set bit only means "look it up"), then
+    /// the entry goes in.
+    pub fn seed_pod_flow(&self, key: &FlowKey) -> Result<(), KmapError> {
+        if let Some((index, _)) = port_bit(key.sport, key.proto) {
+            lock(&self.pod_ports)
+                .set(index, u64::MAX, 0)
+                .map_err(err(MAP_POD_PORTS))?;
+        }
+        lock(&self.pod_flows)
+            .insert(*key, PodFlow::default(), 0)
+            .map_err(err(MAP_POD_FLOWS))
+    }
+
     /// A writer of `IP_ROLES`/`CIDR_ROLES` changes that bumps `ROLES_GENERATION` once, after the
     /// last of them, so that no CPU answers from a role cached before them.
     pub fn role_writer(&self) -> RoleWriter<'_> {

@@ -37,6 +37,8 @@ pub struct Metrics {
     pub alerts_folded: IntCounter,
     pub am_pushes: IntCounterVec,
     pub am_dropped: IntCounter,
+    pub origin_lookups: IntCounterVec,
+    pub pod_flows_seeded: IntCounter,
     /// `flows_total` children for new flagged flows by `stats_index(verdict, class)`, resolved
     /// on first use: a flood of events must not hash label values per event.
     flow_children: [std::sync::OnceLock<IntCounter>; STATS_ENTRIES as usize],
@@ -52,7 +54,7 @@ struct Last {
 }
 
 /// The label sets of the direct-access metrics.
-pub const DIRECT_LABELS: [&str; 7] = [
+pub const DIRECT_LABELS: [&str; 8] = [
     "namespace",
     "workload",
     "pod",
@@ -60,6 +62,7 @@ pub const DIRECT_LABELS: [&str; 7] = [
     "protocol",
     "state",
     "severity",
+    "origin",
 ];
 
 fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -116,7 +119,7 @@ impl Metrics {
             direct_flows: counter_vec(
                 &r,
                 "observer_direct_pod_access_flows_total",
-                "Flows from outside the cluster straight to a pod IP, by pod, port and what the pod did (answered, refused, silent).",
+                "Flows from outside the cluster straight to a pod IP, by pod, port, what the pod did (answered, refused, silent) and how the flow began (seen_start, datagram, outsider: opened by the outsider before the observer saw it, unknown: the start was not seen and nothing tells who opened it).",
                 &DIRECT_LABELS,
             ),
             direct_packets: counter_vec(
@@ -219,6 +222,17 @@ impl Metrics {
                 &r,
                 "observer_alertmanager_dropped_total",
                 "Alerts not pushed to Alertmanager: the queue was full or Alertmanager stayed down too long.",
+            ),
+            origin_lookups: counter_vec(
+                &r,
+                "observer_origin_lookups_total",
+                "Flows whose start the observer did not see (TCP mid-stream, UDP), looked up in conntrack, by result: pod_opened (a reply to the pod's own connection: not a direct access), outsider (opened by the outsider), unknown (picked up mid-stream or not tracked), skipped (too many at once, or conntrack unavailable).",
+                &["result"],
+            ),
+            pod_flows_seeded: counter(
+                &r,
+                "observer_conntrack_pod_flows_seeded_total",
+                "Connections local pods had open when the agent started, learnt from conntrack, whose replies are judged replies.",
             ),
             flow_children: std::array::from_fn(|_| std::sync::OnceLock::new()),
             last: Mutex::new(Last::default()),

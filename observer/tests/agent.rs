@@ -157,7 +157,7 @@ fn every_row(layout: Layout) {
         (pod_a, 5353, "udp", "answered", "datagram", veth_a, up0),
         (late_ip, 80, "tcp", "answered", "seen_start", late_veth, up0),
         (pod_a, 81, "tcp", "refused", "seen_start", veth_a, up0),
-        (pod_a, 8080, "tcp", "answered", "unknown", veth_a, up0),
+        (pod_a, 8080, "tcp", "answered", "outsider", veth_a, up0),
         (pod6, 80, "tcp", "answered", "seen_start", veth_a, up0),
     ]
     .iter()
@@ -238,7 +238,7 @@ fn every_row(layout: Layout) {
     promtool_check(&m);
     let l = |port: &str, proto: &str, state: &str, pod: &str| {
         format!(
-            "namespace=\"\",pod=\"{pod}\",port=\"{port}\",protocol=\"{proto}\",severity=\"\",state=\"{state}\",workload=\"\""
+            "namespace=\"\",origin=\"seen_start\",pod=\"{pod}\",port=\"{port}\",protocol=\"{proto}\",severity=\"\",state=\"{state}\",workload=\"\""
         )
     };
     assert_eq!(

@@ -1,0 +1,90 @@
+//! Who opened the flows the observer did not see start, from conntrack: at start, the node's
+//! open connections that local pods opened are learnt into `POD_FLOWS` (their replies are
+//! replies, not direct accesses: a DaemonSet rollout restarts every agent mid-connection);
+//! afterwards, each flagged flow that began mid-stream or without a handshake is looked up
+//! once before it is counted or alerted on.
+
+use crate::{
+    conntrack::{Conntrack, CtTuple, Opener},
+    flows::Resolution,
+    inventory::Directory,
+    kmaps::Maps,
+    metrics::Metrics,
+};
+use observer_common::maps::FlowKey;
+
+/// Conntrack, if the node has it; without it every unseen start stays unknown.
+pub struct Origins {
+    ct: Option<Conntrack>,
+    warned: bool,
+}
+
+impl Origins {
+    pub fn open() -> Origins {
+        match Conntrack::open() {
+            Ok(ct) => Origins {
+                ct: Some(ct),
+                warned: false,
+            },
+            Err(e) => {
+                tracing::warn!(error = %e, "no conntrack: connections open before the start cannot be told from direct accesses; they are reported with origin unknown");
+                Origins {
+                    ct: None,
+                    warned: true,
+                }
+            }
+        }
+    }
+
+    /// Learns the connections local pods have open now. Returns how many.
+    pub fn seed(&mut self, dir: &Directory, maps: &Maps, metrics: &Metrics) -> usize {
+        let Some(ct) = self.ct.as_mut() else {
+            return 0;
+        };
+        let entries = match ct.dump() {
+            Ok(e) => e,
+            Err(e) => {
+                tracing::warn!(error = %e, "dumping conntrack failed; open connections are learnt one by one as they show");
+                return 0;
+            }
+        };
+        let mut n = 0;
+        for e in &entries {
+            if let Opener::Pod(key) = e.opener(|ip| dir.pods.contains_key(ip)) {
+                match maps.seed_pod_flow(&key) {
+                    Ok(()) => n += 1,
+                    Err(err) => tracing::warn!(error = %err, "learning a pod's open connection"),
+                }
+            }
+        }
+        metrics.pod_flows_seeded.inc_by(n as u64);
+        tracing::info!(
+            tracked = entries.len(),
+            pod_opened = n,
+            "learnt the connections local pods had open"
+        );
+        n
+    }
+
+    /// What conntrack says of a flagged flow (its key as the outsider's packets carry it).
+    pub fn lookup(&mut self, key: &FlowKey, dir: &Directory) -> Resolution {
+        let Some(ct) = self.ct.as_mut() else {
+            return Resolution::Unknown;
+        };
+        match ct.get(&CtTuple::of(key)) {
+            Ok(Some(e)) => match e.opener(|ip| dir.pods.contains_key(ip)) {
+                Opener::Pod(k) => Resolution::PodOpened(k),
+                Opener::Outsider => Resolution::Outsider,
+                Opener::Unknown => Resolution::Unknown,
+            },
+            Ok(None) => Resolution::Unknown,
+            Err(e) => {
+                if !self.warned {
+                    self.warned = true;
+                    tracing::warn!(error = %e, "a conntrack lookup failed; such flows are reported with origin unknown");
+                }
+                Resolution::Unknown
+            }
+        }
+    }
+}
