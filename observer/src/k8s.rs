@@ -404,6 +404,13 @@ fn apply(st: &mut State, o: &Obj, tx: &mpsc::UnboundedSender<KubeMsg>) -> Owner 
                 .flatten()
                 .filter_map(|ip| ip.ip.parse().ok())
                 .collect();
+            // A pod that ran to completion keeps its addresses in its status, but the CNI has
+            // released them and may have given them to a new pod: it asserts nothing.
+            let done = matches!(
+                p.status.as_ref().and_then(|s| s.phase.as_deref()),
+                Some("Succeeded" | "Failed")
+            );
+            let addrs = if done { Vec::new() } else { addrs };
             let local = !host_network
                 && spec.and_then(|s| s.node_name.as_deref()) == Some(st.node.as_str());
             let id = match &owner {

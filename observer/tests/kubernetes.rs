@@ -439,6 +439,29 @@ fn every_row_with_the_kubernetes_inventory_vpc_cni() {
             &[8080],
         ),
     );
+    // A Job's pod that ran to completion on this node: its status keeps the address the CNI
+    // released and gave to the batch pod (item 3 of issue 11). The address is batch's.
+    let mut done = pod(
+        "shop",
+        "migrate-7854ff8877-d0ne1",
+        "migrate",
+        ME,
+        n.pods[1].ip,
+        &[9999],
+    );
+    done["status"]["phase"] = json!("Succeeded");
+    api.apply(PODS, done);
+    // Another, failed, whose address the VPC has since given to a host outside the cluster.
+    let mut failed = pod(
+        "shop",
+        "migrate-7854ff8877-fa1l2",
+        "migrate",
+        ME,
+        "10.0.9.9",
+        &[9999],
+    );
+    failed["status"]["phase"] = json!("Failed");
+    api.apply(PODS, failed);
     api.apply(
         PODS,
         pod(
@@ -475,6 +498,13 @@ fn every_row_with_the_kubernetes_inventory_vpc_cni() {
     n.add_pod("10.0.4.11", "eni4b5e2a8c9d0");
     servers.tcp(&n.pods.last().unwrap().ns, 80);
     wait_verdict(&agent, n.outside_ip, "10.0.4.11:80", "direct_to_pod");
+    // A finished pod's address is nobody's in the cluster: traffic from it is from outside.
+    wait_verdict(
+        &agent,
+        "10.0.9.9",
+        &format!("{}:80", n.pods[0].ip),
+        "direct_to_pod",
+    );
     let pod_a = n.pods[0].ip;
     let ok = |r: (u16, Result<String, std::io::ErrorKind>)| r.1.is_ok();
     assert!(ok(tcp_get(&n.outside, None, pod_a, 80)), "row 1");
@@ -651,6 +681,9 @@ fn every_row_with_the_kubernetes_inventory_vpc_cni() {
     assert!(alerts.iter().all(|a| a["namespace"] == "shop"
         && !a["workload"].as_str().unwrap().is_empty()
         && !a["severity"].as_str().unwrap().is_empty()));
+    // The completed pod is no local pod: web, batch and late are.
+    assert_eq!(status(&agent)["inventory"]["pods"], 3);
+    assert!(!m.contains("migrate"), "the completed pod is never named");
     drop(servers);
 }
 
