@@ -90,25 +90,43 @@ impl Controller {
                 *p = k.clone();
             }
         }
+        let mut failures = 0;
         if self.nodeports_dirty {
             let want: std::collections::HashSet<(u16, u8)> =
                 self.nodeports.values().flatten().copied().collect();
-            for (port, proto) in want.difference(&self.nodeports_written) {
-                let _ = self.shared.maps.set_nodeport(*port, *proto, true);
+            let add: Vec<_> = want.difference(&self.nodeports_written).copied().collect();
+            let remove: Vec<_> = self.nodeports_written.difference(&want).copied().collect();
+            // A NodePort the kernel did not take stays to be written at the next sync.
+            for (set, ports) in [(true, add), (false, remove)] {
+                for (port, proto) in ports {
+                    match self.shared.maps.set_nodeport(port, proto, set) {
+                        Ok(()) if set => {
+                            self.nodeports_written.insert((port, proto));
+                        }
+                        Ok(()) => {
+                            self.nodeports_written.remove(&(port, proto));
+                        }
+                        Err(e) => {
+                            failures += 1;
+                            tracing::error!(error = %e, port, "writing a NodePort failed; will retry");
+                        }
+                    }
+                }
             }
-            for (port, proto) in self.nodeports_written.difference(&want) {
-                let _ = self.shared.maps.set_nodeport(*port, *proto, false);
-            }
-            self.nodeports_written = want;
-            self.nodeports_dirty = false;
+            self.nodeports_dirty = failures > 0;
         }
-        match self.inventory.sync(&self.shared.maps, &ips, &dir) {
-            Ok(n) if n > 0 => tracing::debug!(changes = n, "inventory synced to the maps"),
-            Ok(_) => {}
-            Err(e) => {
-                tracing::error!(error = %e, "writing the inventory to the maps failed; will retry")
-            }
+        let flushed = self.inventory.sync(&self.shared.maps, &ips, &dir);
+        if flushed.changes > 0 {
+            tracing::debug!(changes = flushed.changes, "inventory synced to the maps");
         }
+        if let Some(e) = &flushed.error {
+            tracing::error!(error = %e, failed = flushed.failures, pending = flushed.pending, "the kernel refused inventory changes; they are kept and retried");
+        }
+        failures += flushed.failures;
+        let m = &self.shared.metrics;
+        m.inventory_write_errors.inc_by(failures as u64);
+        m.inventory_unwritten
+            .set((flushed.pending + usize::from(self.nodeports_dirty)) as i64);
         *self.shared.dir.write().unwrap_or_else(|p| p.into_inner()) = dir;
         self.publish();
     }
@@ -278,6 +296,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         nodeport_min: cfg.nodeport_min,
         nodeport_max: cfg.nodeport_max,
         flow_table_entries: cfg.flow_table_entries,
+        address_table_entries: cfg.address_table_entries,
         ..LoadOptions::default()
     })?;
     let (maps, ring) = Maps::take(&mut ebpf)?;

@@ -100,6 +100,9 @@ pub struct InventoryOut {
     #[serde(default)]
     pub addresses: usize,
     pub cidrs: usize,
+    /// Changes the kernel refused (a full map), kept and retried.
+    #[serde(default)]
+    pub unwritten: usize,
     pub last_update_unix: f64,
 }
 
@@ -113,6 +116,7 @@ impl From<InventoryStatus> for InventoryOut {
             node_ips: s.node_ips,
             addresses: s.addresses,
             cidrs: s.cidrs,
+            unwritten: s.unwritten,
             last_update_unix: s.last_update_unix,
         }
     }

@@ -7,7 +7,7 @@ use aya::{
 use observer_common::{
     names::{
         GLOBAL_NODEPORT_MAX, GLOBAL_NODEPORT_MIN, GLOBAL_ROLE_CACHE, GLOBAL_TRACE,
-        GLOBAL_TRACK_MASK, MAP_FLOWS, PROGRAMS,
+        GLOBAL_TRACK_MASK, MAP_FLOWS, MAP_IP_ROLES, PROGRAMS,
     },
     verdict::Verdict,
 };
@@ -28,6 +28,8 @@ pub struct LoadOptions {
     pub role_cache: bool,
     /// Capacity of `FLOWS`.
     pub flow_table_entries: u32,
+    /// Capacity of `IP_ROLES`.
+    pub address_table_entries: u32,
 }
 
 impl Default for LoadOptions {
@@ -39,6 +41,7 @@ impl Default for LoadOptions {
             trace: false,
             role_cache: true,
             flow_table_entries: crate::defaults::FLOW_TABLE_ENTRIES,
+            address_table_entries: crate::defaults::ADDRESS_TABLE_ENTRIES,
         }
     }
 }
@@ -70,6 +73,7 @@ pub fn load(opts: &LoadOptions) -> Result<Ebpf, BpfError> {
         .override_global(GLOBAL_TRACE, &trace, true)
         .override_global(GLOBAL_ROLE_CACHE, &role_cache, true)
         .map_max_entries(MAP_FLOWS, opts.flow_table_entries)
+        .map_max_entries(MAP_IP_ROLES, opts.address_table_entries)
         .load(OBJECT)?;
     for name in PROGRAMS {
         classifier(&mut ebpf, name)?

@@ -94,6 +94,11 @@ pub struct RunArgs {
     /// seen flow is evicted, never a new one refused [default: 65536].
     #[arg(long = "flow-table-entries", env = "OBSERVER_FLOW_TABLE_ENTRIES")]
     pub flow_table_entries: Option<String>,
+    /// Capacity of the kernel's table of exact addresses (every node and pod of the cluster).
+    /// When the cluster outgrows it, the addresses that do not fit are kept, retried and
+    /// reported (observer_inventory_unwritten_changes) [default: 262144].
+    #[arg(long = "address-table-entries", env = "OBSERVER_ADDRESS_TABLE_ENTRIES")]
+    pub address_table_entries: Option<String>,
     /// How long metric series of a vanished pod are kept [default: 600s].
     #[arg(long = "pod-grace", env = "OBSERVER_POD_GRACE")]
     pub pod_grace: Option<String>,
@@ -126,6 +131,7 @@ struct FileConfig {
     alert_window: Option<String>,
     ports_per_pod: Option<u64>,
     flow_table_entries: Option<u64>,
+    address_table_entries: Option<u64>,
     pod_grace: Option<String>,
 }
 
@@ -184,6 +190,7 @@ pub struct Config {
     pub alert_window: Duration,
     pub ports_per_pod: usize,
     pub flow_table_entries: u32,
+    pub address_table_entries: u32,
     pub pod_grace: Duration,
     pub recent_flows: usize,
     pub settle: Duration,
@@ -443,6 +450,13 @@ impl Config {
             u64::from(defaults::FLOW_TABLE_ENTRIES),
             1024..=4_194_304,
         )?;
+        let address_table_entries = number(
+            "address-table-entries",
+            args.address_table_entries,
+            file.address_table_entries,
+            u64::from(defaults::ADDRESS_TABLE_ENTRIES),
+            1..=16_777_216,
+        )?;
         let uplinks = patterns("uplink", pick(args.uplink, file.uplink, defaults::UPLINKS))?;
         let pod_ifaces = patterns(
             "pod-iface",
@@ -496,6 +510,7 @@ impl Config {
             )?,
             ports_per_pod: ports_per_pod as usize,
             flow_table_entries: flow_table_entries as u32,
+            address_table_entries: address_table_entries as u32,
             pod_grace: dur(
                 "pod-grace",
                 args.pod_grace,

@@ -17,9 +17,9 @@ use observer_common::{
 use serde::Serialize;
 
 use crate::{
-    kmaps::{KmapError, Maps},
+    kmaps::Maps,
     netlink::NodeView,
-    roles::{Owner, Roles},
+    roles::{Flushed, Owner, Roles},
 };
 
 /// Who a local pod address belongs to. In standalone mode the pod is its interface and the
@@ -90,6 +90,8 @@ pub struct InventoryStatus {
     /// Addresses written to the kernel's exact map (every pod and node of the cluster).
     pub addresses: usize,
     pub cidrs: usize,
+    /// Changes the kernel refused so far (a full map): kept, and written when they fit.
+    pub unwritten: usize,
     pub last_update_unix: f64,
 }
 
@@ -161,18 +163,15 @@ impl Standalone {
         (ips, dir)
     }
 
-    /// Applies the node view and the settings, and writes what changed. Returns the number of
-    /// map changes.
-    pub fn sync(
-        &mut self,
-        maps: &Maps,
-        ips: &[(IpKey, u32)],
-        dir: &Directory,
-    ) -> Result<usize, KmapError> {
+    /// Applies the node view and the settings, and writes what changed (and what could not be
+    /// written before).
+    pub fn sync(&mut self, maps: &Maps, ips: &[(IpKey, u32)], dir: &Directory) -> Flushed {
         self.roles.set_ips(&Owner::Node, ips);
         let config = self.config.clone();
         self.roles.set_cidrs(&Owner::Config, &config);
-        let changes = self.roles.flush(maps)?;
+        let flushed = self.roles.flush(maps);
+        let changes = flushed.changes;
+        self.status.unwritten = flushed.pending;
         if changes > 0 || self.status.last_update_unix == 0.0 {
             self.status.last_update_unix = SystemTime::now()
                 .duration_since(SystemTime::UNIX_EPOCH)
@@ -189,7 +188,7 @@ impl Standalone {
         self.status.node_ips = self.roles.count_with(role::NODE);
         self.status.addresses = self.roles.address_count();
         self.status.cidrs = self.roles.cidr_count();
-        Ok(changes)
+        flushed
     }
 }
 

@@ -38,6 +38,8 @@ pub struct Metrics {
     pub am_pushes: IntCounterVec,
     pub am_dropped: IntCounter,
     pub origin_lookups: IntCounterVec,
+    pub inventory_write_errors: IntCounter,
+    pub inventory_unwritten: IntGauge,
     pub pod_flows_seeded: IntCounter,
     /// `flows_total` children for new flagged flows by `stats_index(verdict, class)`, resolved
     /// on first use: a flood of events must not hash label values per event.
@@ -228,6 +230,16 @@ impl Metrics {
                 "observer_origin_lookups_total",
                 "Flows whose start the observer did not see (TCP mid-stream, UDP), looked up in conntrack, by result: pod_opened (a reply to the pod's own connection: not a direct access), outsider (opened by the outsider), unknown (picked up mid-stream or not tracked), skipped (too many at once, or conntrack unavailable).",
                 &["result"],
+            ),
+            inventory_write_errors: counter(
+                &r,
+                "observer_inventory_write_errors_total",
+                "Inventory changes (addresses, CIDRs, NodePorts) the kernel refused, e.g. a full IP_ROLES. They are kept and retried at every sync.",
+            ),
+            inventory_unwritten: gauge(
+                &r,
+                "observer_inventory_unwritten_changes",
+                "Inventory changes not in the kernel's maps yet (refused, waiting to be retried): verdicts about those addresses may be wrong.",
             ),
             pod_flows_seeded: counter(
                 &r,

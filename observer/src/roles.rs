@@ -23,6 +23,27 @@ pub enum Owner {
     Object(&'static str, String),
 }
 
+/// What a [`Roles::flush`] did.
+#[derive(Debug, Default)]
+pub struct Flushed {
+    /// Map entries written or removed.
+    pub changes: usize,
+    /// Writes the kernel refused; they stay pending.
+    pub failures: usize,
+    /// Changes still to be written (addresses, and the CIDR set as one).
+    pub pending: usize,
+    /// The first refusal.
+    pub error: Option<KmapError>,
+}
+
+impl Flushed {
+    fn fail(&mut self, e: KmapError, flag: &mut bool) {
+        *flag = true;
+        self.failures += 1;
+        self.error.get_or_insert(e);
+    }
+}
+
 #[derive(Default)]
 pub struct Roles {
     ips: HashMap<IpKey, Vec<(Owner, u32)>>,
@@ -122,9 +143,10 @@ impl Roles {
         Some(own.iter().fold(0, |a, (_, r)| a | r) | self.covering(key))
     }
 
-    /// Writes what changed to the maps. Returns the number of map changes.
-    pub fn flush(&mut self, maps: &Maps) -> Result<usize, KmapError> {
-        let mut changes = 0;
+    /// Writes what changed to the maps. A change the kernel refuses (a full `IP_ROLES`, say)
+    /// stays pending and is tried again at the next flush; the others are written meanwhile.
+    pub fn flush(&mut self, maps: &Maps) -> Flushed {
+        let mut out = Flushed::default();
         let mut w = maps.role_writer();
         if self.cidrs_dirty {
             // Rare (a CIDR setting or a node's pod CIDR changed): every entry is re-derived.
@@ -138,42 +160,76 @@ impl Roles {
                     .fold(0, |a, r| a | r);
                 want.insert(*c, r);
             }
+            let mut failed = false;
             for (c, r) in &want {
                 if self.written_cidrs.get(c) != Some(r) {
-                    w.set_cidr(c, *r)?;
-                    changes += 1;
-                }
-            }
-            for c in self.written_cidrs.keys() {
-                if !want.contains_key(c) {
-                    w.remove_cidr(c)?;
-                    changes += 1;
-                }
-            }
-            self.written_cidrs = want;
-            self.dirty.extend(self.ips.keys().copied());
-            self.dirty.extend(self.written.keys().copied());
-            self.cidrs_dirty = false;
-        }
-        let dirty: Vec<IpKey> = self.dirty.drain().collect();
-        for k in dirty {
-            match self.roles_of(&k) {
-                Some(r) if self.written.get(&k) != Some(&r) => {
-                    w.set_ip(k, r)?;
-                    self.written.insert(k, r);
-                    changes += 1;
-                }
-                Some(_) => {}
-                None => {
-                    if self.written.remove(&k).is_some() {
-                        w.remove_ip(&k)?;
-                        changes += 1;
+                    match w.set_cidr(c, *r) {
+                        Ok(()) => {
+                            self.written_cidrs.insert(*c, *r);
+                            out.changes += 1;
+                        }
+                        Err(e) => out.fail(e, &mut failed),
                     }
                 }
             }
+            let gone: Vec<Cidr> = self
+                .written_cidrs
+                .keys()
+                .filter(|c| !want.contains_key(c))
+                .copied()
+                .collect();
+            for c in gone {
+                match w.remove_cidr(&c) {
+                    Ok(()) => {
+                        self.written_cidrs.remove(&c);
+                        out.changes += 1;
+                    }
+                    Err(e) => out.fail(e, &mut failed),
+                }
+            }
+            self.dirty.extend(self.ips.keys().copied());
+            self.dirty.extend(self.written.keys().copied());
+            self.cidrs_dirty = failed;
         }
-        w.finish()?;
-        Ok(changes)
+        let dirty: Vec<IpKey> = self.dirty.iter().copied().collect();
+        for k in dirty {
+            let done = match self.roles_of(&k) {
+                Some(r) if self.written.get(&k) != Some(&r) => match w.set_ip(k, r) {
+                    Ok(()) => {
+                        self.written.insert(k, r);
+                        out.changes += 1;
+                        true
+                    }
+                    Err(e) => {
+                        out.fail(e, &mut false);
+                        false
+                    }
+                },
+                Some(_) => true,
+                None => match self.written.get(&k) {
+                    None => true,
+                    Some(_) => match w.remove_ip(&k) {
+                        Ok(()) => {
+                            self.written.remove(&k);
+                            out.changes += 1;
+                            true
+                        }
+                        Err(e) => {
+                            out.fail(e, &mut false);
+                            false
+                        }
+                    },
+                },
+            };
+            if done {
+                self.dirty.remove(&k);
+            }
+        }
+        if let Err(e) = w.finish() {
+            out.fail(e, &mut false);
+        }
+        out.pending = self.dirty.len() + usize::from(self.cidrs_dirty);
+        out
     }
 
     /// Addresses written, and how many have a role bit.

@@ -182,3 +182,46 @@ fn a_stalled_agent_under_a_flood_counts_what_it_lost() {
     assert!(s["recent_flows"].as_u64().unwrap() <= observer::defaults::RECENT_FLOWS as u64);
     assert!(!flows(&agent).is_empty());
 }
+
+/// An address table too small for the node: the addresses that do not fit are not dropped but
+/// kept, counted (`ObserverBlind`'s input) and written as soon as room is made.
+#[test]
+fn inventory_changes_the_kernel_refuses_are_kept_and_retried() {
+    ports_from(19_280);
+    let n = Node::new(Layout::Calico);
+    let agent = start(&n, "small-table", &["--address-table-entries", "5"]);
+    let unwritten = |m: &str| sample(m, "observer_inventory_unwritten_changes", "").unwrap_or(0.0);
+    let mut m = String::new();
+    wait_for("refused writes reported", Duration::from_secs(10), || {
+        m = metrics(&n, &agent);
+        unwritten(&m) > 0.0
+    });
+    promtool_check(&m);
+    assert!(
+        sample(&m, "observer_inventory_write_errors_total", "").unwrap_or(0.0) > 0.0,
+        "{m}"
+    );
+    let pending = status(&agent)["inventory"]["unwritten"].as_u64().unwrap();
+    assert!(pending > 0 && pending <= 3, "{pending} unwritten");
+    // The pods go: their addresses leave the table, and what waited goes in.
+    for p in &n.pods {
+        n.node.sh(&["ip", "link", "del", p.veth]);
+    }
+    wait_for(
+        "the pending changes written",
+        Duration::from_secs(10),
+        || {
+            m = metrics(&n, &agent);
+            unwritten(&m) == 0.0
+        },
+    );
+    assert_eq!(status(&agent)["inventory"]["unwritten"], 0);
+    let errors = sample(&m, "observer_inventory_write_errors_total", "").unwrap();
+    thread::sleep(Duration::from_millis(1500));
+    m = metrics(&n, &agent);
+    assert_eq!(
+        sample(&m, "observer_inventory_write_errors_total", "").unwrap(),
+        errors,
+        "no refusals once everything fits"
+    );
+}
