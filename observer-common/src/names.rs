@@ -42,6 +42,8 @@ pub const MAP_CLOCK: &str = "CLOCK";
 pub const MAP_VERDICT_STATS: &str = "VERDICT_STATS";
 /// Per-CPU health counters ([`crate::maps::Health`]).
 pub const MAP_HEALTH: &str = "HEALTH";
+/// Per pod address, new flagged flows whose event or `FLOWS` entry was lost (u64).
+pub const MAP_POD_LOST: &str = "POD_LOST";
 /// Ring buffer of [`crate::maps::FlowEvent`], one per new flagged flow.
 pub const MAP_EVENTS: &str = "EVENTS";
 /// Per-CPU record of the last uplink decision, written only when [`GLOBAL_TRACE`] is set (tests).

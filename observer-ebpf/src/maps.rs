@@ -17,6 +17,7 @@
 //! | `VERDICT_STATS` | per-CPU array | verdict × protocol class → `VerdictStats` | uplink | agent |
 //! | `HEALTH` | per-CPU array | `health::*` → u64 | all | agent |
 //! | `EVENTS` | ring buffer | `FlowEvent` per new flagged flow | uplink | agent |
+//! | `POD_LOST` | hash | pod address → u64 flagged flows to it whose event (or table entry) was lost | uplink (only then) | agent |
 //! | `TRACE` | per-CPU array | 0 → `TraceRecord`, only with `TRACE_ENABLED` | uplink | tests |
 
 use aya_ebpf::{
@@ -96,6 +97,12 @@ pub static HEALTH: PerCpuArray<u64> = PerCpuArray::with_max_entries(health::COUN
 #[map]
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(1024 * 1024, 0);
 
+/// Per local pod address, the new flagged flows to it whose event could not be queued or whose
+/// `FLOWS` insert failed: a flood past the ring buffer cannot hide which pods were reached.
+/// Keys are destinations of flagged flows, so local pod addresses only.
+#[map]
+pub static POD_LOST: HashMap<IpKey, u64> = HashMap::with_max_entries(16_384, 0);
+
 #[map]
 pub static TRACE: PerCpuArray<TraceRecord> = PerCpuArray::with_max_entries(1, 0);
 
@@ -168,6 +175,25 @@ pub fn last_seen_clock() -> u64 {
         Some(&t) if t != 0 => t,
         // SAFETY: a helper without preconditions.
         _ => unsafe { bpf_ktime_get_coarse_ns() },
+    }
+}
+
+/// Counts a new flagged flow to `pod` that the agent will not hear of.
+#[inline(always)]
+pub fn pod_lost(pod: &IpKey) {
+    if let Some(v) = POD_LOST.get_ptr_mut(pod) {
+        // SAFETY: an aligned u64 map value.
+        unsafe { crate::atomic::add(v, 1) };
+        return;
+    }
+    if POD_LOST
+        .insert(pod, &1, u64::from(aya_ebpf::bindings::BPF_NOEXIST))
+        .is_err()
+        && let Some(v) = POD_LOST.get_ptr_mut(pod)
+    {
+        // Another CPU inserted it first.
+        // SAFETY: as above.
+        unsafe { crate::atomic::add(v, 1) };
     }
 }
 

@@ -12,7 +12,7 @@ use crate::{
     atomic,
     maps::{
         EVENTS, FLAGGED_PORTS, FLOWS, Maps, TRACE, VERDICT_STATS, health, last_seen_clock,
-        mark_port, nodeport_range, set_flagged, trace_enabled, track_mask,
+        mark_port, nodeport_range, pod_lost, set_flagged, trace_enabled, track_mask,
     },
     skb::{Skb, ifindex},
 };
@@ -127,7 +127,10 @@ fn track(ctx: &TcContext, p: &Packet, d: &Decision, len: u32) {
         // Another CPU inserted it first, or the insert failed.
         match FLOWS.get_ptr_mut(&key) {
             Some(s) => update(s, len, now, p.tcp_flags),
-            None => health(health::FLOW_INSERT_FAILED),
+            None => {
+                health(health::FLOW_INSERT_FAILED);
+                pod_lost(&key.dst);
+            }
         }
         return;
     }
@@ -147,6 +150,9 @@ fn track(ctx: &TcContext, p: &Packet, d: &Decision, len: u32) {
             });
             e.submit(0);
         }
-        None => health(health::EVENTS_LOST),
+        None => {
+            health(health::EVENTS_LOST);
+            pod_lost(&key.dst);
+        }
     }
 }

@@ -70,14 +70,14 @@ impl Controller {
                 .unwrap_or_else(|| meta.iface.clone());
             dir.pods.insert(
                 *ip,
-                PodRef {
+                Arc::new(PodRef {
                     iface,
                     ..meta.clone()
-                },
+                }),
             );
         }
         // Other addresses routed through a known pod's interface (its IPv6, say) are that pod.
-        let by_iface: HashMap<String, PodRef> = self
+        let by_iface: HashMap<String, Arc<PodRef>> = self
             .kube_pods
             .keys()
             .filter_map(|ip| dir.pods.get(ip))
@@ -242,7 +242,7 @@ async fn read_events(ring: RingBuf<MapData>, shared: Arc<Shared>) -> anyhow::Res
         let mut t = shared.tracker.lock().unwrap_or_else(|p| p.into_inner());
         t.bad_events += bad;
         for e in &events {
-            t.on_event(e, &dir, &shared.metrics);
+            t.on_event(e, &dir, &shared.maps, &shared.metrics);
         }
     }
 }
@@ -400,6 +400,8 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     {
         let shared = shared.clone();
         let every = cfg.refresh_interval;
+        let alert_window = cfg.alert_window;
+        let mut lost = observer::lost::Lost::default();
         tasks.spawn(async move {
             let mut tick = tokio::time::interval(every);
             loop {
@@ -420,6 +422,8 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
                     t.resolve(k, *r, &shared.maps, &shared.metrics);
                 }
                 t.refresh(&shared.maps, &dir, &shared.metrics);
+                drop(t);
+                lost.refresh(&shared.maps, &dir, &shared.metrics, alert_window);
             }
         });
     }

@@ -517,7 +517,9 @@ impl Config {
                 file.pod_grace,
                 defaults::POD_GRACE,
             )?,
-            recent_flows: defaults::RECENT_FLOWS,
+            // The view holds as many flows as the kernel's table: every flow in one is in the
+            // other until it is counted.
+            recent_flows: flow_table_entries as usize,
             settle: defaults::SETTLE,
             refresh_interval: defaults::REFRESH_INTERVAL,
         })

@@ -31,8 +31,6 @@ pub const POD_GRACE: Duration = Duration::from_secs(600);
 pub const FLOW_TABLE_ENTRIES: u32 = 65_536;
 /// Capacity of the kernel's exact-address table (`IP_ROLES`): nodes and pods of the cluster.
 pub const ADDRESS_TABLE_ENTRIES: u32 = 262_144;
-/// Flows kept in the recent-flows view of the debug API.
-pub const RECENT_FLOWS: usize = 4096;
 /// How long after its first packet a direct flow's state (answered/refused/silent) is settled
 /// for the metrics.
 pub const SETTLE: Duration = Duration::from_secs(2);

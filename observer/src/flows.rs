@@ -5,6 +5,7 @@
 use std::{
     collections::{BTreeSet, HashMap, HashSet, VecDeque},
     net::IpAddr,
+    sync::Arc,
     time::{Duration, Instant},
 };
 
@@ -25,7 +26,7 @@ use crate::{
 };
 
 /// One flow as `observer flows` shows it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FlowRow {
     pub verdict: String,
     pub src: String,
@@ -70,7 +71,7 @@ struct Record {
     reason: Reason,
     origin: u8,
     iface: String,
-    pod: Option<PodRef>,
+    pod: Option<Arc<PodRef>>,
     stats: FlowStats,
     first_seen_ns: u64,
     /// How the flow began, as rows, metrics and alerts name it ([`origin_label`]).
@@ -135,9 +136,9 @@ impl Record {
             protocol: protocol_label(self.key.proto).to_string(),
             iface: self.iface.clone(),
             severity: pod.severity(self.key.dport).to_string(),
-            workload: pod.workload,
-            pod: pod.name,
-            namespace: pod.namespace,
+            workload: pod.workload.clone(),
+            pod: pod.name.clone(),
+            namespace: pod.namespace.clone(),
             packets: self.stats.packets,
             bytes: self.stats.bytes,
             first_seen: clock::rfc3339(clock::wall_of(self.first_seen_ns)),
@@ -161,7 +162,28 @@ struct Scan {
     since: Instant,
     ports: usize,
     folded: u64,
-    last: FlowRow,
+    first: FlowRow,
+}
+
+/// Distinct sources that reached one pod port within the alert window: past
+/// [`SOURCES_PER_TARGET`], further sources are folded (a spoofed flood logs a bounded number
+/// of lines; every flow is still counted in the metrics).
+struct Target {
+    since: Instant,
+    sources: usize,
+    folded: u64,
+    first: FlowRow,
+}
+
+/// Alert lines per pod port and window from distinct sources before the rest is folded.
+const SOURCES_PER_TARGET: usize = 16;
+
+fn fold(first: FlowRow) -> Fold {
+    Fold {
+        since: Instant::now(),
+        repeats: 0,
+        first,
+    }
 }
 
 /// The recent flagged flows and what follows from them.
@@ -171,7 +193,9 @@ pub struct Tracker {
     order: VecDeque<FlowKey>,
     folds: HashMap<(IpAddr, String, u16), Fold>,
     scans: HashMap<(IpAddr, String), Scan>,
-    overflow_folds: u64,
+    targets: HashMap<(String, u16), Target>,
+    /// Per pod, once the fold tables are full.
+    overflow: HashMap<String, Fold>,
     /// Port labels given out per (namespace, pod).
     ports: HashMap<(String, String), BTreeSet<String>>,
     /// Direct-access label sets per (namespace, pod), to remove when the pod is gone.
@@ -194,7 +218,8 @@ impl Tracker {
             order: VecDeque::new(),
             folds: HashMap::new(),
             scans: HashMap::new(),
-            overflow_folds: 0,
+            targets: HashMap::new(),
+            overflow: HashMap::new(),
             ports: HashMap::new(),
             series: HashMap::new(),
             gone_since: HashMap::new(),
@@ -225,7 +250,7 @@ impl Tracker {
     }
 
     /// A new flagged flow from the kernel.
-    pub fn on_event(&mut self, e: &FlowEvent, dir: &Directory, metrics: &Metrics) {
+    pub fn on_event(&mut self, e: &FlowEvent, dir: &Directory, maps: &Maps, metrics: &Metrics) {
         self.events += 1;
         let Some(verdict) = Verdict::from_u8(e.verdict) else {
             self.bad_events += 1;
@@ -238,9 +263,7 @@ impl Tracker {
         }
         while self.records.len() >= self.cfg.capacity {
             match self.order.pop_front() {
-                Some(old) => {
-                    self.records.remove(&old);
-                }
+                Some(old) => self.evict(old, maps, metrics),
                 None => break,
             }
         }
@@ -253,7 +276,7 @@ impl Tracker {
             origin_label: origin_label(e.origin),
             pending,
             iface: dir.iface(e.ifindex),
-            pod: dir.pod(&ip_of(&e.key.dst)).cloned(),
+            pod: dir.pod_shared(&ip_of(&e.key.dst)),
             stats: FlowStats {
                 packets: 1,
                 bytes: u64::from(e.bytes),
@@ -276,6 +299,27 @@ impl Tracker {
         self.announce(&rec, !pending, metrics);
         self.order.push_back(e.key);
         self.records.insert(e.key, rec);
+    }
+
+    /// Makes room for a new flow: the oldest leaves the view. One that has not settled yet is
+    /// counted and alerted on first, with what the kernel knows of it now, so that a flood of
+    /// new flows cannot push a real access out uncounted.
+    fn evict(&mut self, key: FlowKey, maps: &Maps, metrics: &Metrics) {
+        let Some(r) = self.records.get_mut(&key) else {
+            return;
+        };
+        if r.labels.is_none() {
+            if let Ok(Some(s)) = maps.flow(&key) {
+                r.stats = s;
+            }
+            if r.pending {
+                r.pending = false;
+                metrics.origin_lookups.with_label_values(&["skipped"]).inc();
+            }
+            metrics.settled_early.inc();
+            self.settle(key, metrics);
+        }
+        self.records.remove(&key);
     }
 
     /// Sends a record's row to `--follow` subscribers and, if `push`, to Alertmanager.
@@ -445,11 +489,13 @@ impl Tracker {
         let Some(r) = self.records.get(&key) else {
             return;
         };
-        let pod = r.pod.clone().unwrap_or(PodRef {
-            namespace: String::new(),
-            name: "unknown".to_string(),
-            iface: String::new(),
-            ..PodRef::default()
+        let pod = r.pod.clone().unwrap_or_else(|| {
+            Arc::new(PodRef {
+                namespace: String::new(),
+                name: "unknown".to_string(),
+                iface: String::new(),
+                ..PodRef::default()
+            })
         });
         let port = self.port_label(&pod, &key);
         let Some(r) = self.records.get_mut(&key) else {
@@ -472,50 +518,91 @@ impl Tracker {
             .or_default()
             .insert(labels.clone());
         r.labels = Some(labels);
-        let row = r.row();
-        let _ = self.updates.send(row.clone());
+        if self.updates.receiver_count() > 0 {
+            let _ = self.updates.send(r.row());
+        }
         if r.verdict.alerts() {
-            self.alert(row, ip_of(&key.src), metrics);
+            let target = format!("{}/{}", pod.namespace, pod.name);
+            self.alert(key, target, metrics);
         }
     }
 
-    fn alert(&mut self, row: FlowRow, src: IpAddr, metrics: &Metrics) {
-        let pod = format!("{}/{}", row.namespace, row.pod);
-        let fold_key = (src, pod.clone(), row.dst_port);
+    /// The row of a record in the view (for an alert line being written).
+    fn row_of(&self, key: &FlowKey) -> FlowRow {
+        self.records.get(key).map(Record::row).unwrap_or_default()
+    }
+
+    /// The alert of a settled flow to `pod` (namespace/name): logged, or folded into a line
+    /// written when its window ends. Rows (text) are built only for lines that are written.
+    fn alert(&mut self, key: FlowKey, pod: String, metrics: &Metrics) {
+        let src = ip_of(&key.src);
+        let port = key.dport;
+        let fold_key = (src, pod.clone(), port);
         if let Some(f) = self.folds.get_mut(&fold_key) {
             f.repeats += 1;
             metrics.alerts_folded.inc();
             return;
         }
-        if self.folds.len() >= MAX_FOLDS || self.scans.len() >= MAX_FOLDS {
-            self.overflow_folds += 1;
+        let full = self.folds.len() >= MAX_FOLDS
+            || self.scans.len() >= MAX_FOLDS
+            || self.targets.len() >= MAX_FOLDS;
+        if full {
+            // A flood filled the fold tables: fold per pod (local pods are few), so the first
+            // access to every other pod is still logged, named.
+            match self.overflow.get_mut(&pod) {
+                Some(o) => {
+                    o.repeats += 1;
+                    metrics.alerts_folded.inc();
+                }
+                None => {
+                    let row = self.row_of(&key);
+                    log_alert(&row, 1);
+                    metrics.alerts.inc();
+                    self.overflow.insert(pod, fold(row));
+                }
+            }
+            return;
+        }
+        // Many sources on one pod port (a spoofed flood): a bounded number of lines, the
+        // rest folded into one.
+        if let Some(t) = self.targets.get_mut(&(pod.clone(), port))
+            && t.sources >= SOURCES_PER_TARGET
+        {
+            t.folded += 1;
             metrics.alerts_folded.inc();
             return;
         }
         let cap = self.cfg.ports_per_pod;
-        let scan = self.scans.entry((src, pod)).or_insert_with(|| Scan {
-            since: Instant::now(),
-            ports: 0,
-            folded: 0,
-            last: row.clone(),
-        });
-        if scan.ports >= cap {
+        if let Some(scan) = self.scans.get_mut(&(src, pod.clone()))
+            && scan.ports >= cap
+        {
             scan.folded += 1;
-            scan.last = row;
             metrics.alerts_folded.inc();
             return;
         }
-        scan.ports += 1;
+        let row = self.row_of(&key);
         log_alert(&row, 1);
         metrics.alerts.inc();
-        self.folds.insert(
-            fold_key,
-            Fold {
-                since: Instant::now(),
-                repeats: 0,
-                first: row,
-            },
-        );
+        let now = Instant::now();
+        self.targets
+            .entry((pod.clone(), port))
+            .or_insert_with(|| Target {
+                since: now,
+                sources: 0,
+                folded: 0,
+                first: row.clone(),
+            })
+            .sources += 1;
+        self.scans
+            .entry((src, pod))
+            .or_insert_with(|| Scan {
+                since: now,
+                ports: 0,
+                folded: 0,
+                first: row.clone(),
+            })
+            .ports += 1;
+        self.folds.insert(fold_key, fold(row));
     }
 
     fn flush_folds(&mut self, metrics: &Metrics) {
@@ -546,13 +633,13 @@ impl Tracker {
             {
                 tracing::warn!(
                     target: "observer::alert",
-                    verdict = s.last.verdict,
-                    src = s.last.src,
-                    dst = s.last.dst,
-                    protocol = s.last.protocol,
-                    pod = s.last.pod,
-                    namespace = s.last.namespace,
-                    iface = s.last.iface,
+                    verdict = s.first.verdict,
+                    src = s.first.src,
+                    dst = s.first.dst,
+                    protocol = s.first.protocol,
+                    pod = s.first.pod,
+                    namespace = s.first.namespace,
+                    iface = s.first.iface,
                     count = s.folded,
                     reason = "the same source reached more ports of this pod than the per-pod port cap (a port scan?)",
                     "direct access to more ports of a pod, folded"
@@ -560,13 +647,52 @@ impl Tracker {
                 metrics.alerts.inc();
             }
         }
-        if self.overflow_folds > 0 && self.folds.len() < MAX_FOLDS {
-            tracing::warn!(
-                target: "observer::alert",
-                folded = self.overflow_folds,
-                "direct pod access alerts folded: the fold table was full"
-            );
-            self.overflow_folds = 0;
+        let done: Vec<_> = self
+            .targets
+            .iter()
+            .filter(|(_, t)| t.since.elapsed() >= window)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for k in done {
+            if let Some(t) = self.targets.remove(&k)
+                && t.folded > 0
+            {
+                tracing::warn!(
+                    target: "observer::alert",
+                    verdict = t.first.verdict,
+                    dst = t.first.dst,
+                    dst_port = t.first.dst_port,
+                    protocol = t.first.protocol,
+                    pod = t.first.pod,
+                    namespace = t.first.namespace,
+                    workload = t.first.workload,
+                    count = t.folded,
+                    "more sources reached this pod port directly, folded (a flood?)"
+                );
+                metrics.alerts.inc();
+            }
+        }
+        let done: Vec<String> = self
+            .overflow
+            .iter()
+            .filter(|(_, f)| f.since.elapsed() >= window)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for k in done {
+            if let Some(f) = self.overflow.remove(&k)
+                && f.repeats > 0
+            {
+                tracing::warn!(
+                    target: "observer::alert",
+                    verdict = f.first.verdict,
+                    pod = f.first.pod,
+                    namespace = f.first.namespace,
+                    workload = f.first.workload,
+                    count = f.repeats,
+                    "more direct accesses to this pod, from many sources, folded: the fold table was full (a flood?)"
+                );
+                metrics.alerts.inc();
+            }
         }
     }
 

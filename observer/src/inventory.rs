@@ -6,6 +6,7 @@
 use std::{
     collections::{BTreeMap, HashMap},
     net::IpAddr,
+    sync::Arc,
     time::SystemTime,
 };
 
@@ -59,16 +60,22 @@ impl PodRef {
     }
 }
 
-/// Local pod addresses and interface names, for naming flows.
+/// Local pod addresses and interface names, for naming flows. Pods are shared with the flow
+/// records that name them (a flood of flows to one pod holds one copy of it).
 #[derive(Clone, Debug, Default)]
 pub struct Directory {
-    pub pods: HashMap<IpAddr, PodRef>,
+    pub pods: HashMap<IpAddr, Arc<PodRef>>,
     pub ifaces: BTreeMap<u32, String>,
 }
 
 impl Directory {
     pub fn pod(&self, ip: &IpAddr) -> Option<&PodRef> {
-        self.pods.get(ip)
+        self.pods.get(ip).map(|p| &**p)
+    }
+
+    /// The pod of an address, shared.
+    pub fn pod_shared(&self, ip: &IpAddr) -> Option<Arc<PodRef>> {
+        self.pods.get(ip).cloned()
     }
 
     pub fn iface(&self, index: u32) -> String {
@@ -153,11 +160,11 @@ impl Standalone {
             ips.push((key_of(r.dst), role::LOCAL_POD | role::CLUSTER));
             dir.pods.insert(
                 r.dst,
-                PodRef {
+                Arc::new(PodRef {
                     name: name.clone(),
                     iface: name.clone(),
                     ..PodRef::default()
-                },
+                }),
             );
         }
         (ips, dir)

@@ -6,7 +6,7 @@
 //! unreachable the last inventory stays in force and the inventory is marked stale.
 
 use std::{
-    collections::{BTreeMap, BTreeSet, HashMap, HashSet},
+    collections::{BTreeSet, HashMap, HashSet},
     net::IpAddr,
 };
 
@@ -569,11 +569,6 @@ pub async fn client() -> Result<Client, kube::Error> {
 pub fn configured() -> bool {
     std::env::var_os("KUBERNETES_SERVICE_HOST").is_some()
         || std::env::var_os("KUBECONFIG").is_some()
-}
-
-/// Labels as a sorted map (for the remediation hints).
-pub fn labels(p: &PodRef) -> BTreeMap<String, String> {
-    p.labels.clone()
 }
 
 #[cfg(test)]

@@ -26,7 +26,8 @@ use observer_common::{
     },
     names::{
         MAP_CIDR_ROLES, MAP_CLOCK, MAP_EVENTS, MAP_FLOWS, MAP_HEALTH, MAP_IP_ROLES, MAP_NODEPORTS,
-        MAP_POD_FLOWS, MAP_POD_PORTS, MAP_ROLES_GENERATION, MAP_TRACE, MAP_VERDICT_STATS,
+        MAP_POD_FLOWS, MAP_POD_LOST, MAP_POD_PORTS, MAP_ROLES_GENERATION, MAP_TRACE,
+        MAP_VERDICT_STATS,
     },
     user::{Cidr, Inventory},
     verdict::{Lookup, VERDICT_COUNT, Verdict},
@@ -97,6 +98,7 @@ pub struct Maps {
     /// Last value written to `ROLES_GENERATION`.
     generation: AtomicU64,
     flows: Mutex<HashMap<MapData, FlowKey, FlowStats>>,
+    pod_lost: Mutex<HashMap<MapData, IpKey, u64>>,
     verdict_stats: PerCpuArray<MapData, VerdictStats>,
     health: PerCpuArray<MapData, u64>,
     trace: PerCpuArray<MapData, TraceRecord>,
@@ -119,6 +121,7 @@ impl Maps {
             clock: Mutex::new(take(ebpf, MAP_CLOCK)?),
             generation: AtomicU64::new(0),
             flows: Mutex::new(flows),
+            pod_lost: Mutex::new(take(ebpf, MAP_POD_LOST)?),
             verdict_stats: take(ebpf, MAP_VERDICT_STATS)?,
             health: take(ebpf, MAP_HEALTH)?,
             trace: take(ebpf, MAP_TRACE)?,
@@ -300,6 +303,22 @@ impl Maps {
             n += 1;
         }
         Ok((n, self.flows_capacity))
+    }
+
+    /// `POD_LOST`: per pod address, the flagged flows whose event or table entry was lost.
+    pub fn pod_lost(&self) -> Result<Vec<(IpKey, u64)>, KmapError> {
+        lock(&self.pod_lost)
+            .iter()
+            .map(|r| r.map_err(err(MAP_POD_LOST)))
+            .collect()
+    }
+
+    /// Forgets a `POD_LOST` entry of an address that is no local pod any more.
+    pub fn forget_pod_lost(&self, key: &IpKey) -> Result<(), KmapError> {
+        match lock(&self.pod_lost).remove(key) {
+            Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
+            Err(e) => Err(err(MAP_POD_LOST)(e)),
+        }
     }
 
     /// Every pod-opened flow in `POD_FLOWS`.

@@ -39,6 +39,8 @@ pub struct Metrics {
     pub am_dropped: IntCounter,
     pub origin_lookups: IntCounterVec,
     pub inventory_write_errors: IntCounter,
+    pub settled_early: IntCounter,
+    pub direct_lost: IntCounterVec,
     pub inventory_unwritten: IntGauge,
     pub pod_flows_seeded: IntCounter,
     /// `flows_total` children for new flagged flows by `stats_index(verdict, class)`, resolved
@@ -235,6 +237,17 @@ impl Metrics {
                 &r,
                 "observer_inventory_write_errors_total",
                 "Inventory changes (addresses, CIDRs, NodePorts) the kernel refused, e.g. a full IP_ROLES. They are kept and retried at every sync.",
+            ),
+            direct_lost: counter_vec(
+                &r,
+                "observer_direct_pod_access_lost_flows_total",
+                "Flows from outside the cluster straight to a pod IP that the kernel counted but whose details (source, port, state) the agent never got: the event ring was full (a flood) or the flow table refused them.",
+                &["namespace", "workload", "pod", "severity"],
+            ),
+            settled_early: counter(
+                &r,
+                "observer_direct_flows_settled_early_total",
+                "Direct flows counted and alerted on before their state settled, because the agent's view of recent flows was full (a flood): their state is what the pod had done by then.",
             ),
             inventory_unwritten: gauge(
                 &r,

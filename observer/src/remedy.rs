@@ -25,6 +25,28 @@ pub struct Remedy {
     pub hint: String,
 }
 
+/// Labels a controller sets per revision or per pod: a selector with them would stop matching
+/// at the next rollout (or match one pod of a StatefulSet only).
+const PER_REVISION_LABELS: &[&str] = &[
+    "pod-template-hash",
+    "controller-revision-hash",
+    "pod-template-generation",
+    "statefulset.kubernetes.io/pod-name",
+    "apps.kubernetes.io/pod-index",
+    "batch.kubernetes.io/controller-uid",
+    "controller-uid",
+];
+
+/// The labels a policy for the pod's workload selects on: the pod's own (Kubernetes
+/// inventory), without the per-revision ones; empty when unknown (standalone).
+pub fn selector_labels(pod: &PodRef) -> BTreeMap<String, String> {
+    pod.labels
+        .iter()
+        .filter(|(k, _)| !PER_REVISION_LABELS.contains(&k.as_str()))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
+}
+
 /// Which CNI a pod interface name suggests.
 fn cni_of(iface: &str) -> &'static str {
     if iface.starts_with("cali") {
@@ -58,12 +80,12 @@ fn quote(s: &str) -> String {
 /// The remedy for direct access to `pod` on `port`/`protocol`.
 pub fn remedy(
     pod: &PodRef,
-    labels: &BTreeMap<String, String>,
     port: Option<u16>,
     protocol: &str,
     cluster: &[Cidr],
     allowed: &[Cidr],
 ) -> Remedy {
+    let labels = &selector_labels(pod);
     let namespace = if pod.namespace.is_empty() {
         "default"
     } else {
@@ -169,9 +191,12 @@ mod tests {
             ("tier".to_string(), "web: x".to_string()),
         ]
         .into();
+        let mut p = pod("eni9397facaed1");
+        p.labels = labels.clone();
+        p.labels
+            .insert("pod-template-hash".into(), "7d9f8c6b5".into());
         let r = remedy(
-            &pod("eni9397facaed1"),
-            &labels,
+            &p,
             Some(80),
             "tcp",
             &["172.16.0.0/16".parse().unwrap()],
@@ -184,7 +209,10 @@ mod tests {
         assert_eq!(v["metadata"]["name"], "observer-restrict-cart-7d9-80");
         let sel: BTreeMap<String, String> =
             serde_yaml::from_value(v["spec"]["podSelector"]["matchLabels"].clone()).unwrap();
-        assert_eq!(sel, labels, "the selector matches the pod's labels exactly");
+        assert_eq!(
+            sel, labels,
+            "the selector matches the pod's labels, without the per-revision ones"
+        );
         assert_eq!(v["spec"]["policyTypes"][0], "Ingress");
         let from = v["spec"]["ingress"][0]["from"].as_sequence().unwrap();
         assert!(
@@ -202,14 +230,7 @@ mod tests {
 
     #[test]
     fn unknown_labels_select_nothing_until_replaced() {
-        let r = remedy(
-            &pod("calibe254a7a7ea"),
-            &BTreeMap::new(),
-            None,
-            "icmp",
-            &[],
-            &[],
-        );
+        let r = remedy(&pod("calibe254a7a7ea"), None, "icmp", &[], &[]);
         let v: serde_yaml::Value = serde_yaml::from_str(&r.network_policy).unwrap();
         let sel = v["spec"]["podSelector"]["matchLabels"]
             .as_mapping()

@@ -96,7 +96,6 @@ impl Shared {
             };
             e.remedy = Some(remedy::remedy(
                 pod,
-                &Default::default(),
                 port,
                 &proto,
                 &self.cluster_cidrs,
@@ -134,7 +133,6 @@ impl Shared {
                 });
             out.push(remedy::remedy(
                 &pod,
-                &Default::default(),
                 port,
                 &r.protocol,
                 &self.cluster_cidrs,

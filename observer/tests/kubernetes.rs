@@ -681,6 +681,23 @@ fn every_row_with_the_kubernetes_inventory_vpc_cni() {
     assert!(alerts.iter().all(|a| a["namespace"] == "shop"
         && !a["workload"].as_str().unwrap().is_empty()
         && !a["severity"].as_str().unwrap().is_empty()));
+    // The suggested NetworkPolicy selects the workload by the pod's own labels (not the
+    // per-revision pod-template-hash, which the next rollout changes).
+    let out = agent.cli(&["flows", "--suggest-policy"]);
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    let policies: Vec<serde_yaml::Value> = serde_yaml::Deserializer::from_str(&text)
+        .map(|d| serde::Deserialize::deserialize(d).expect("valid YAML"))
+        .filter(|v: &serde_yaml::Value| v["kind"] == "NetworkPolicy")
+        .collect();
+    let web = policies
+        .iter()
+        .find(|v| v["metadata"]["name"] == "observer-restrict-web-7854ff8877-z5nh5-80")
+        .unwrap_or_else(|| panic!("no policy for web:80 in {text}"));
+    assert_eq!(web["metadata"]["namespace"], "shop");
+    let sel = &web["spec"]["podSelector"]["matchLabels"];
+    assert_eq!(sel["app"], "web", "{text}");
+    assert_eq!(sel.as_mapping().unwrap().len(), 1, "{text}");
     // The completed pod is no local pod: web, batch and late are.
     assert_eq!(status(&agent)["inventory"]["pods"], 3);
     assert!(!m.contains("migrate"), "the completed pod is never named");
