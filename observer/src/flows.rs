@@ -25,6 +25,9 @@ use crate::{
     metrics::{Metrics, protocol_label},
 };
 
+mod alerts;
+use alerts::{Fold, Scan, Target};
+
 /// One flow as `observer flows` shows it.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FlowRow {
@@ -61,9 +64,6 @@ pub struct TrackerConfig {
     pub ports_per_pod: usize,
     pub pod_grace: Duration,
 }
-
-/// Folded alerts kept at most; beyond, repeats are only counted.
-const MAX_FOLDS: usize = 10_000;
 
 struct Record {
     key: FlowKey,
@@ -147,42 +147,6 @@ impl Record {
             state: state_of(&self.stats).to_string(),
             reason: self.reason.describe().to_string(),
         }
-    }
-}
-
-struct Fold {
-    since: Instant,
-    repeats: u64,
-    first: FlowRow,
-}
-
-/// Distinct ports one source reached on one pod within the alert window: past the per-pod
-/// port cap, further ports are folded (a port scan logs a bounded number of lines).
-struct Scan {
-    since: Instant,
-    ports: usize,
-    folded: u64,
-    first: FlowRow,
-}
-
-/// Distinct sources that reached one pod port within the alert window: past
-/// [`SOURCES_PER_TARGET`], further sources are folded (a spoofed flood logs a bounded number
-/// of lines; every flow is still counted in the metrics).
-struct Target {
-    since: Instant,
-    sources: usize,
-    folded: u64,
-    first: FlowRow,
-}
-
-/// Alert lines per pod port and window from distinct sources before the rest is folded.
-const SOURCES_PER_TARGET: usize = 16;
-
-fn fold(first: FlowRow) -> Fold {
-    Fold {
-        since: Instant::now(),
-        repeats: 0,
-        first,
     }
 }
 
@@ -527,175 +491,6 @@ impl Tracker {
         }
     }
 
-    /// The row of a record in the view (for an alert line being written).
-    fn row_of(&self, key: &FlowKey) -> FlowRow {
-        self.records.get(key).map(Record::row).unwrap_or_default()
-    }
-
-    /// The alert of a settled flow to `pod` (namespace/name): logged, or folded into a line
-    /// written when its window ends. Rows (text) are built only for lines that are written.
-    fn alert(&mut self, key: FlowKey, pod: String, metrics: &Metrics) {
-        let src = ip_of(&key.src);
-        let port = key.dport;
-        let fold_key = (src, pod.clone(), port);
-        if let Some(f) = self.folds.get_mut(&fold_key) {
-            f.repeats += 1;
-            metrics.alerts_folded.inc();
-            return;
-        }
-        let full = self.folds.len() >= MAX_FOLDS
-            || self.scans.len() >= MAX_FOLDS
-            || self.targets.len() >= MAX_FOLDS;
-        if full {
-            // A flood filled the fold tables: fold per pod (local pods are few), so the first
-            // access to every other pod is still logged, named.
-            match self.overflow.get_mut(&pod) {
-                Some(o) => {
-                    o.repeats += 1;
-                    metrics.alerts_folded.inc();
-                }
-                None => {
-                    let row = self.row_of(&key);
-                    log_alert(&row, 1);
-                    metrics.alerts.inc();
-                    self.overflow.insert(pod, fold(row));
-                }
-            }
-            return;
-        }
-        // Many sources on one pod port (a spoofed flood): a bounded number of lines, the
-        // rest folded into one.
-        if let Some(t) = self.targets.get_mut(&(pod.clone(), port))
-            && t.sources >= SOURCES_PER_TARGET
-        {
-            t.folded += 1;
-            metrics.alerts_folded.inc();
-            return;
-        }
-        let cap = self.cfg.ports_per_pod;
-        if let Some(scan) = self.scans.get_mut(&(src, pod.clone()))
-            && scan.ports >= cap
-        {
-            scan.folded += 1;
-            metrics.alerts_folded.inc();
-            return;
-        }
-        let row = self.row_of(&key);
-        log_alert(&row, 1);
-        metrics.alerts.inc();
-        let now = Instant::now();
-        self.targets
-            .entry((pod.clone(), port))
-            .or_insert_with(|| Target {
-                since: now,
-                sources: 0,
-                folded: 0,
-                first: row.clone(),
-            })
-            .sources += 1;
-        self.scans
-            .entry((src, pod))
-            .or_insert_with(|| Scan {
-                since: now,
-                ports: 0,
-                folded: 0,
-                first: row.clone(),
-            })
-            .ports += 1;
-        self.folds.insert(fold_key, fold(row));
-    }
-
-    fn flush_folds(&mut self, metrics: &Metrics) {
-        let window = self.cfg.alert_window;
-        let done: Vec<_> = self
-            .folds
-            .iter()
-            .filter(|(_, f)| f.since.elapsed() >= window)
-            .map(|(k, _)| k.clone())
-            .collect();
-        for k in done {
-            if let Some(f) = self.folds.remove(&k)
-                && f.repeats > 0
-            {
-                log_alert(&f.first, f.repeats + 1);
-                metrics.alerts.inc();
-            }
-        }
-        let done: Vec<_> = self
-            .scans
-            .iter()
-            .filter(|(_, s)| s.since.elapsed() >= window)
-            .map(|(k, _)| k.clone())
-            .collect();
-        for k in done {
-            if let Some(s) = self.scans.remove(&k)
-                && s.folded > 0
-            {
-                tracing::warn!(
-                    target: "observer::alert",
-                    verdict = s.first.verdict,
-                    src = s.first.src,
-                    dst = s.first.dst,
-                    protocol = s.first.protocol,
-                    pod = s.first.pod,
-                    namespace = s.first.namespace,
-                    iface = s.first.iface,
-                    count = s.folded,
-                    reason = "the same source reached more ports of this pod than the per-pod port cap (a port scan?)",
-                    "direct access to more ports of a pod, folded"
-                );
-                metrics.alerts.inc();
-            }
-        }
-        let done: Vec<_> = self
-            .targets
-            .iter()
-            .filter(|(_, t)| t.since.elapsed() >= window)
-            .map(|(k, _)| k.clone())
-            .collect();
-        for k in done {
-            if let Some(t) = self.targets.remove(&k)
-                && t.folded > 0
-            {
-                tracing::warn!(
-                    target: "observer::alert",
-                    verdict = t.first.verdict,
-                    dst = t.first.dst,
-                    dst_port = t.first.dst_port,
-                    protocol = t.first.protocol,
-                    pod = t.first.pod,
-                    namespace = t.first.namespace,
-                    workload = t.first.workload,
-                    count = t.folded,
-                    "more sources reached this pod port directly, folded (a flood?)"
-                );
-                metrics.alerts.inc();
-            }
-        }
-        let done: Vec<String> = self
-            .overflow
-            .iter()
-            .filter(|(_, f)| f.since.elapsed() >= window)
-            .map(|(k, _)| k.clone())
-            .collect();
-        for k in done {
-            if let Some(f) = self.overflow.remove(&k)
-                && f.repeats > 0
-            {
-                tracing::warn!(
-                    target: "observer::alert",
-                    verdict = f.first.verdict,
-                    pod = f.first.pod,
-                    namespace = f.first.namespace,
-                    workload = f.first.workload,
-                    count = f.repeats,
-                    "more direct accesses to this pod, from many sources, folded: the fold table was full (a flood?)"
-                );
-                metrics.alerts.inc();
-            }
-        }
-    }
-
     /// Removes the metric series of pods that have been gone for the grace period.
     fn remove_gone_pods(&mut self, dir: &Directory, metrics: &Metrics) {
         let present: HashSet<(String, String)> = dir
@@ -741,50 +536,4 @@ impl Tracker {
             .map(Record::row)
             .collect()
     }
-}
-
-/// One structured log event per direct access (target `observer::alert`). A flow whose start
-/// was not seen and whose opener nothing tells is its own, lesser alert.
-fn log_alert(row: &FlowRow, count: u64) {
-    if row.origin == ORIGIN_UNKNOWN {
-        tracing::info!(
-            target: "observer::alert",
-            verdict = row.verdict,
-            src = row.src,
-            dst = row.dst,
-            src_port = row.src_port,
-            dst_port = row.dst_port,
-            protocol = row.protocol,
-            pod = row.pod,
-            namespace = row.namespace,
-            workload = row.workload,
-            severity = row.severity,
-            iface = row.iface,
-            origin = row.origin,
-            state = row.state,
-            reason = row.reason,
-            count,
-            "traffic from outside the cluster on a pod IP, in a flow whose start was not seen (origin unknown)"
-        );
-        return;
-    }
-    tracing::warn!(
-        target: "observer::alert",
-        verdict = row.verdict,
-        src = row.src,
-        dst = row.dst,
-        src_port = row.src_port,
-        dst_port = row.dst_port,
-        protocol = row.protocol,
-        pod = row.pod,
-        namespace = row.namespace,
-        workload = row.workload,
-        severity = row.severity,
-        iface = row.iface,
-        origin = row.origin,
-        state = row.state,
-        reason = row.reason,
-        count,
-        "direct access to a pod IP from outside the cluster"
-    );
 }
