@@ -40,6 +40,18 @@ pub(super) struct Target {
 /// Alert lines per pod port and window from distinct sources before the rest is folded.
 const SOURCES_PER_TARGET: usize = 16;
 
+/// The keys of folds whose window has ended.
+fn ended<K: Clone, V>(
+    m: &std::collections::HashMap<K, V>,
+    since: impl Fn(&V) -> Instant,
+    window: std::time::Duration,
+) -> Vec<K> {
+    m.iter()
+        .filter(|(_, v)| since(v).elapsed() >= window)
+        .map(|(k, _)| k.clone())
+        .collect()
+}
+
 fn fold(first: FlowRow) -> Fold {
     Fold {
         since: Instant::now(),
@@ -129,12 +141,7 @@ impl Tracker {
 
     pub(super) fn flush_folds(&mut self, metrics: &Metrics) {
         let window = self.cfg.alert_window;
-        let done: Vec<_> = self
-            .folds
-            .iter()
-            .filter(|(_, f)| f.since.elapsed() >= window)
-            .map(|(k, _)| k.clone())
-            .collect();
+        let done = ended(&self.folds, |v| v.since, window);
         for k in done {
             if let Some(f) = self.folds.remove(&k)
                 && f.repeats > 0
@@ -143,12 +150,7 @@ impl Tracker {
                 metrics.alerts.inc();
             }
         }
-        let done: Vec<_> = self
-            .scans
-            .iter()
-            .filter(|(_, s)| s.since.elapsed() >= window)
-            .map(|(k, _)| k.clone())
-            .collect();
+        let done = ended(&self.scans, |v| v.since, window);
         for k in done {
             if let Some(s) = self.scans.remove(&k)
                 && s.folded > 0
@@ -169,12 +171,7 @@ impl Tracker {
                 metrics.alerts.inc();
             }
         }
-        let done: Vec<_> = self
-            .targets
-            .iter()
-            .filter(|(_, t)| t.since.elapsed() >= window)
-            .map(|(k, _)| k.clone())
-            .collect();
+        let done = ended(&self.targets, |v| v.since, window);
         for k in done {
             if let Some(t) = self.targets.remove(&k)
                 && t.folded > 0
@@ -194,12 +191,7 @@ impl Tracker {
                 metrics.alerts.inc();
             }
         }
-        let done: Vec<String> = self
-            .overflow
-            .iter()
-            .filter(|(_, f)| f.since.elapsed() >= window)
-            .map(|(k, _)| k.clone())
-            .collect();
+        let done = ended(&self.overflow, |v| v.since, window);
         for k in done {
             if let Some(f) = self.overflow.remove(&k)
                 && f.repeats > 0
