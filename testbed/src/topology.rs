@@ -387,17 +387,7 @@ fn add_pod(node: &Netns, layout: Layout, ip: &'static str, veth_name: &'static s
                 node.sysctl(&format!("net.ipv6.conf.{veth_name}.{key}"), value);
             }
             node.sh(&["ip", "link", "set", veth_name, "up"]);
-            node.sh(&[
-                "ip",
-                "rule",
-                "add",
-                "to",
-                ip,
-                "lookup",
-                "main",
-                "prio",
-                TO_CONTAINER_RULE_PRIORITY,
-            ]);
+            ip_rule(node, "to", ip, "main", TO_CONTAINER_RULE_PRIORITY);
         }
         Layout::Calico => {
             veth(node, veth_name, &ns, "eth0");
@@ -452,16 +442,13 @@ fn route_from_secondary_eni(node: &Netns, ip: &str, uplink: &str, subnet: &str, 
     node.sh(&[
         "ip", "route", "replace", subnet, "dev", uplink, "scope", "link", "table", table,
     ]);
+    ip_rule(node, "from", ip, table, FROM_POD_RULE_PRIORITY);
+}
+
+/// `ip rule add {to|from} <ip> lookup <table> prio <prio>` in `node`.
+fn ip_rule(node: &Netns, selector: &str, ip: &str, table: &str, prio: &str) {
     node.sh(&[
-        "ip",
-        "rule",
-        "add",
-        "from",
-        ip,
-        "lookup",
-        table,
-        "prio",
-        FROM_POD_RULE_PRIORITY,
+        "ip", "rule", "add", selector, ip, "lookup", table, "prio", prio,
     ]);
 }
 
