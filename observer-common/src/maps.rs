@@ -241,6 +241,26 @@ pub struct FlowEvent {
     pub _pad: [u8; 4],
 }
 
+/// Key of `FRAGS`: an IP datagram's fragments, by the fields reassembly matches on
+/// (addresses, protocol, identification; the IPv4 identification is 16 bits).
+#[repr(C, align(8))]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct FragKey {
+    pub src: IpKey,
+    pub dst: IpKey,
+    pub id: u32,
+    pub proto: u8,
+    pub _pad: [u8; 3],
+}
+
+/// Value of `POD_UNJUDGED`: per local pod address, packets from outside the cluster to it whose
+/// flow the parser could not read, by [`crate::verdict::unjudged`] kind.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PodUnjudged {
+    pub counts: [u64; crate::verdict::unjudged::COUNT],
+}
+
 /// Value of `TRACE` (per CPU, one entry): the last uplink decision on that CPU (tests only).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -259,6 +279,8 @@ const _: () = {
     assert!(core::mem::size_of::<VerdictStats>() == 24);
     assert!(core::mem::size_of::<FlowEvent>() == 64);
     assert!(core::mem::size_of::<TraceRecord>() == 16);
+    assert!(core::mem::size_of::<FragKey>() == 40);
+    assert!(core::mem::size_of::<PodUnjudged>() == 16);
     assert!(core::mem::size_of::<RoleCacheEntry>() == 32);
     assert!(ROLE_CACHE_SLOTS.is_power_of_two());
 };
@@ -282,4 +304,8 @@ mod pod_impls {
     unsafe impl aya::Pod for TraceRecord {}
     // SAFETY: as above.
     unsafe impl aya::Pod for RoleCacheEntry {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for FragKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for PodUnjudged {}
 }

@@ -44,6 +44,10 @@ pub const MAP_VERDICT_STATS: &str = "VERDICT_STATS";
 pub const MAP_HEALTH: &str = "HEALTH";
 /// Per pod address, new flagged flows whose event or `FLOWS` entry was lost (u64).
 pub const MAP_POD_LOST: &str = "POD_LOST";
+/// Fragmented datagrams whose first fragment was judged.
+pub const MAP_FRAGS: &str = "FRAGS";
+/// Per pod, packets from outside whose flow could not be read.
+pub const MAP_POD_UNJUDGED: &str = "POD_UNJUDGED";
 /// Ring buffer of [`crate::maps::FlowEvent`], one per new flagged flow.
 pub const MAP_EVENTS: &str = "EVENTS";
 /// Per-CPU record of the last uplink decision, written only when [`GLOBAL_TRACE`] is set (tests).

@@ -7,8 +7,8 @@
 //! needs is [`Status::Malformed`] with the reason, never a panic.
 
 use crate::{
-    addr::{IpKey, v4_mapped},
-    maps::FlowKey,
+    addr::{IpKey, is_v4, v4_mapped},
+    maps::{FlowKey, FragKey},
     verdict::Reason,
 };
 
@@ -85,7 +85,9 @@ pub const ICMPV6_ECHO_REQUEST: u8 = 128;
 pub const ICMPV6_ECHO_REPLY: u8 = 129;
 const SCTP_CHUNK_INIT: u8 = 1;
 
-/// What the parser made of a frame. The fields are in the [`Packet`] it filled.
+/// What the parser made of a frame. The fields are in the [`Packet`] it filled; for a frame
+/// malformed past its IP header (see [`Reason::after_addresses`]) the addresses and the fragment
+/// fields are filled too.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Status {
     /// A well-formed frame that does not carry IPv4 or IPv6 (ARP, LLDP...).
@@ -117,6 +119,10 @@ pub struct Packet {
     pub icmp_code: u8,
     /// A non-first fragment: it has no upper-layer header, so ports are 0.
     pub fragment: bool,
+    /// A fragment that more fragments follow (a first fragment, or a middle one).
+    pub more_fragments: bool,
+    /// The fragment identification of a fragment (first or not), 0 otherwise.
+    pub frag_id: u32,
     /// The packet opens a flow: TCP SYN without ACK, SCTP INIT, ICMP echo request.
     pub flow_start: bool,
     /// `quoted` holds the flow an ICMP error quotes.
@@ -137,6 +143,8 @@ impl Packet {
         icmp_type: 0,
         icmp_code: 0,
         fragment: false,
+        more_fragments: false,
+        frag_id: 0,
         flow_start: false,
         has_quoted: false,
         quoted: FlowKey::new([0; 16], [0; 16], 0, 0, 0),
@@ -152,6 +160,19 @@ impl Packet {
     #[inline(always)]
     pub fn quoted(&self) -> Option<&FlowKey> {
         self.has_quoted.then_some(&self.quoted)
+    }
+
+    /// The key its datagram's fragments share. IPv6 reassembly does not match on the protocol
+    /// (a non-first fragment names only the header after the fragment header), so it is 0 there.
+    #[inline(always)]
+    pub fn frag_key(&self) -> FragKey {
+        FragKey {
+            src: self.src,
+            dst: self.dst,
+            id: self.frag_id,
+            proto: if is_v4(&self.src) { self.proto } else { 0 },
+            _pad: [0; 3],
+        }
     }
 
     /// Whether the protocol has ports (TCP, UDP, SCTP) and this packet carries them.
@@ -232,7 +253,12 @@ fn parse_ipv4<B: Bytes + ?Sized>(b: &B, off: usize, p: &mut Packet) -> Status {
     }
     p.dst = v4_mapped(a);
     p.proto = h[9];
-    if be16(h[6], h[7]) & 0x1fff != 0 {
+    let frag = be16(h[6], h[7]);
+    if frag & 0x3fff != 0 {
+        p.frag_id = u32::from(be16(h[4], h[5]));
+        p.more_fragments = frag & 0x2000 != 0;
+    }
+    if frag & 0x1fff != 0 {
         p.fragment = true;
         return Status::Ip;
     }
@@ -275,10 +301,12 @@ fn parse_ipv6<B: Bytes + ?Sized>(b: &B, off: usize, p: &mut Packet) -> Status {
                 }
             }
             IPV6_FRAGMENT => {
-                let Some(e) = b.read::<4>(l4) else {
+                let Some(e) = b.read::<8>(l4) else {
                     return Status::Malformed(Reason::TruncatedIpv6ExtHeader);
                 };
                 next = e[0];
+                p.frag_id = u32::from_be_bytes([e[4], e[5], e[6], e[7]]);
+                p.more_fragments = e[3] & 1 != 0;
                 if be16(e[2], e[3]) >> 3 != 0 {
                     p.proto = next;
                     p.fragment = true;

@@ -6,7 +6,7 @@
 
 use crate::{
     addr::IpKey,
-    maps::{FlowKey, origin, role},
+    maps::{FlowKey, FragKey, origin, role},
     packet::{
         IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_SCTP, IPPROTO_TCP, IPPROTO_UDP, Packet, Status,
     },
@@ -167,6 +167,18 @@ impl Reason {
         }
     }
 
+    /// Whether the parser read the IP addresses before it found the frame malformed (the
+    /// upper-layer header is cut short or hidden behind too many extension headers).
+    pub const fn after_addresses(self) -> bool {
+        matches!(
+            self,
+            Reason::TruncatedIpv6ExtHeader
+                | Reason::TooManyIpv6ExtHeaders
+                | Reason::TruncatedL4
+                | Reason::BadTcpHeader
+        )
+    }
+
     /// The reason in words, for alerts, `observer explain` and `observer flows`.
     pub const fn describe(self) -> &'static str {
         match self {
@@ -244,6 +256,9 @@ pub trait Lookup {
     fn pod_flow(&self, key: &FlowKey) -> bool;
     /// Whether this port is an allocated NodePort (`NODEPORTS`), in or out of the range.
     fn nodeport(&self, port: u16, proto: u8) -> bool;
+    /// Whether the first fragment of this datagram was judged a reply or a direct access
+    /// (`FRAGS`), so its other fragments need no judgement of their own.
+    fn fragment_judged(&self, key: &FragKey) -> bool;
     /// The roles of an address: the exact map first, the CIDR trie only on a miss. The kernel
     /// answers repeated addresses from a per-CPU cache in front of both.
     #[inline(always)]
@@ -347,6 +362,50 @@ fn direct_reason(p: &Packet) -> Reason {
         IPPROTO_ICMP | IPPROTO_ICMPV6 => Reason::DirectIcmp,
         _ => Reason::DirectOtherProtocol,
     }
+}
+
+/// Kinds of packets from outside the cluster to a local pod whose flow could not be read, so
+/// that a connection could hide in them: they are counted per pod (`POD_UNJUDGED`) and alerted
+/// on, whatever their verdict (`malformed` or `fragment`) says.
+pub mod unjudged {
+    /// The upper-layer header is cut short or out of reach: a tiny first fragment (RFC 1858),
+    /// an IPv6 first fragment without its upper-layer header, a header chain longer than the
+    /// parser follows.
+    pub const HEADER: usize = 0;
+    /// A non-first fragment whose first fragment was not judged (sent alone, before it, or
+    /// itself unreadable).
+    pub const FRAGMENT: usize = 1;
+    pub const COUNT: usize = 2;
+    pub const NAMES: [&str; COUNT] = ["header", "fragment"];
+}
+
+/// For a packet judged `malformed` or `fragment`: the [`unjudged`] kind when it was sent from
+/// outside the cluster (no cluster or allowed source) to a local pod, `None` otherwise.
+#[inline(always)]
+pub fn unjudged<L: Lookup + ?Sized>(status: Status, p: &Packet, l: &L) -> Option<usize> {
+    let kind = match status {
+        Status::Malformed(reason) if reason.after_addresses() => unjudged::HEADER,
+        Status::Ip if p.fragment => unjudged::FRAGMENT,
+        _ => return None,
+    };
+    if l.roles(&p.dst) & role::LOCAL_POD == 0
+        || l.roles(&p.src) & (role::CLUSTER | role::ALLOWED) != 0
+    {
+        return None;
+    }
+    if kind == unjudged::FRAGMENT && l.fragment_judged(&p.frag_key()) {
+        return None;
+    }
+    Some(kind)
+}
+
+/// Whether this packet is a first fragment whose verdict its other fragments inherit (`FRAGS`):
+/// a reply, or a direct access already flagged as such.
+#[inline(always)]
+pub fn remember_fragment(p: &Packet, d: &Decision) -> bool {
+    p.more_fragments
+        && !p.fragment
+        && matches!(d.verdict, Verdict::Reply | Verdict::DirectToPod)
 }
 
 /// How a flagged flow began, from its first packet seen ([`origin`]).

@@ -18,6 +18,8 @@
 //! | `HEALTH` | per-CPU array | `health::*` → u64 | all | agent |
 //! | `EVENTS` | ring buffer | `FlowEvent` per new flagged flow | uplink | agent |
 //! | `POD_LOST` | hash | pod address → u64 flagged flows to it whose event (or table entry) was lost | uplink (only then) | agent |
+//! | `FRAGS` | LRU hash | `FragKey` of a fragmented datagram → verdict of its first fragment (reply or direct only) | uplink | uplink (non-first fragments) |
+//! | `POD_UNJUDGED` | hash | pod address → `PodUnjudged` packets from outside to it whose flow could not be read (tiny fragments, header chains, unmatched fragments) | uplink (only then) | agent |
 //! | `TRACE` | per-CPU array | 0 → `TraceRecord`, only with `TRACE_ENABLED` | uplink | tests |
 
 use aya_ebpf::{
@@ -28,7 +30,7 @@ use aya_ebpf::{
 use observer_common::{
     addr::IpKey,
     maps::{
-        FlowKey, FlowStats, PORT_BITMAP_WORDS, PodFlow, ROLE_CACHE_SLOTS, RoleCacheEntry,
+        FlowKey, FlowStats, FragKey, PORT_BITMAP_WORDS, PodFlow, PodUnjudged, ROLE_CACHE_SLOTS, RoleCacheEntry,
         STATS_ENTRIES, TraceRecord, VerdictStats, health, port_bit, role_cache_slot,
     },
     verdict::{Lookup, uncached_roles},
@@ -102,6 +104,17 @@ pub static EVENTS: RingBuf = RingBuf::with_byte_size(1024 * 1024, 0);
 /// Keys are destinations of flagged flows, so local pod addresses only.
 #[map]
 pub static POD_LOST: HashMap<IpKey, u64> = HashMap::with_max_entries(16_384, 0);
+
+/// Fragmented datagrams from outside to a local pod whose first fragment was judged a reply or a
+/// direct access: their other fragments inherit that judgement instead of counting as unjudged.
+#[map]
+pub static FRAGS: LruHashMap<FragKey, u32> = LruHashMap::with_max_entries(8_192, 0);
+
+/// Per local pod address, packets from outside the cluster whose flow the parser could not read
+/// ([`observer_common::verdict::unjudged`]): a connection hidden in tiny fragments or behind a
+/// long header chain is still counted against the pod it reached.
+#[map]
+pub static POD_UNJUDGED: HashMap<IpKey, PodUnjudged> = HashMap::with_max_entries(16_384, 0);
 
 #[map]
 pub static TRACE: PerCpuArray<TraceRecord> = PerCpuArray::with_max_entries(1, 0);
@@ -197,6 +210,30 @@ pub fn pod_lost(pod: &IpKey) {
     }
 }
 
+/// Counts an unjudged packet of `kind` to `pod`.
+#[inline(always)]
+pub fn pod_unjudged(pod: &IpKey, kind: usize) {
+    for _ in 0..2 {
+        if let Some(v) = POD_UNJUDGED.get_ptr_mut(pod) {
+            // SAFETY: aligned u64s inside a map value.
+            unsafe {
+                let c = match kind {
+                    observer_common::verdict::unjudged::HEADER => &raw mut (*v).counts[0],
+                    _ => &raw mut (*v).counts[1],
+                };
+                crate::atomic::add(c, 1);
+            }
+            return;
+        }
+        // Absent: insert zeroes (another CPU may win the race), then add.
+        let _ = POD_UNJUDGED.insert(
+            pod,
+            &PodUnjudged::default(),
+            u64::from(aya_ebpf::bindings::BPF_NOEXIST),
+        );
+    }
+}
+
 /// Whether any flagged flow was ever recorded (so `FLOWS` is worth a lookup).
 #[inline(always)]
 pub fn any_flagged() -> bool {
@@ -276,6 +313,11 @@ impl Lookup for Maps {
             return false;
         };
         NODEPORTS.get(word).is_some_and(|w| *w & bit != 0)
+    }
+
+    #[inline(always)]
+    fn fragment_judged(&self, key: &FragKey) -> bool {
+        FRAGS.get_ptr(key).is_some()
     }
 
     #[inline(always)]

@@ -5,14 +5,15 @@ use aya_ebpf::{bindings::BPF_NOEXIST, helpers::bpf_ktime_get_coarse_ns, programs
 use observer_common::{
     maps::{FlowEvent, FlowStats, health, proto_class, proto_class_of, stats_index},
     packet::{Packet, Status, parse},
-    verdict::{Decision, Settings, decide, origin_of},
+    verdict::{Decision, Settings, Verdict, decide, origin_of, remember_fragment, unjudged},
 };
 
 use crate::{
     atomic,
     maps::{
-        EVENTS, FLAGGED_PORTS, FLOWS, Maps, TRACE, VERDICT_STATS, health, last_seen_clock,
-        mark_port, nodeport_range, pod_lost, set_flagged, trace_enabled, track_mask,
+        EVENTS, FLAGGED_PORTS, FLOWS, FRAGS, Maps, TRACE, VERDICT_STATS, health, last_seen_clock,
+        mark_port, nodeport_range, pod_lost, pod_unjudged, set_flagged, trace_enabled,
+        track_mask,
     },
     skb::{Skb, ifindex},
 };
@@ -33,8 +34,17 @@ pub fn observe(ctx: &TcContext) {
         if track_mask() & d.verdict.bit() != 0 {
             track(ctx, &p, &d, len);
         }
+        if remember_fragment(&p, &d) {
+            let _ = FRAGS.insert(&p.frag_key(), &(d.verdict as u32), 0);
+        }
     } else {
         count(&d, proto_class::OTHER, len, false);
+    }
+    // Only malformed and fragment packets pay for this.
+    if matches!(d.verdict, Verdict::Malformed | Verdict::Fragment)
+        && let Some(kind) = unjudged(status, &p, &Maps)
+    {
+        pod_unjudged(&p.dst, kind);
     }
     if trace_enabled() {
         trace(&d);

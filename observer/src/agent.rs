@@ -401,7 +401,9 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         let shared = shared.clone();
         let every = cfg.refresh_interval;
         let alert_window = cfg.alert_window;
-        let mut lost = observer::lost::Lost::default();
+        let mut lost = observer::podcounts::PodCounts::new(observer::podcounts::Family::Lost);
+        let mut unjudged =
+            observer::podcounts::PodCounts::new(observer::podcounts::Family::Unjudged);
         tasks.spawn(async move {
             let mut tick = tokio::time::interval(every);
             loop {
@@ -424,6 +426,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
                 t.refresh(&shared.maps, &dir, &shared.metrics);
                 drop(t);
                 lost.refresh(&shared.maps, &dir, &shared.metrics, alert_window);
+                unjudged.refresh(&shared.maps, &dir, &shared.metrics, alert_window);
             }
         });
     }

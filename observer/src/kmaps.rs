@@ -21,12 +21,12 @@ use aya::{
 use observer_common::{
     addr::IpKey,
     maps::{
-        FlowEvent, FlowKey, FlowStats, PodFlow, STATS_ENTRIES, TraceRecord, VerdictStats, health,
+        FlowEvent, FlowKey, FlowStats, FragKey, PodFlow, PodUnjudged, STATS_ENTRIES, TraceRecord, VerdictStats, health,
         port_bit, proto_class,
     },
     names::{
-        MAP_CIDR_ROLES, MAP_CLOCK, MAP_EVENTS, MAP_FLOWS, MAP_HEALTH, MAP_IP_ROLES, MAP_NODEPORTS,
-        MAP_POD_FLOWS, MAP_POD_LOST, MAP_POD_PORTS, MAP_ROLES_GENERATION, MAP_TRACE,
+        MAP_CIDR_ROLES, MAP_CLOCK, MAP_EVENTS, MAP_FLOWS, MAP_FRAGS, MAP_HEALTH, MAP_IP_ROLES, MAP_NODEPORTS,
+        MAP_POD_FLOWS, MAP_POD_LOST, MAP_POD_PORTS, MAP_POD_UNJUDGED, MAP_ROLES_GENERATION, MAP_TRACE,
         MAP_VERDICT_STATS,
     },
     user::{Cidr, Inventory},
@@ -99,6 +99,8 @@ pub struct Maps {
     generation: AtomicU64,
     flows: Mutex<HashMap<MapData, FlowKey, FlowStats>>,
     pod_lost: Mutex<HashMap<MapData, IpKey, u64>>,
+    pod_unjudged: Mutex<HashMap<MapData, IpKey, PodUnjudged>>,
+    frags: Mutex<HashMap<MapData, FragKey, u32>>,
     verdict_stats: PerCpuArray<MapData, VerdictStats>,
     health: PerCpuArray<MapData, u64>,
     trace: PerCpuArray<MapData, TraceRecord>,
@@ -122,6 +124,8 @@ impl Maps {
             generation: AtomicU64::new(0),
             flows: Mutex::new(flows),
             pod_lost: Mutex::new(take(ebpf, MAP_POD_LOST)?),
+            pod_unjudged: Mutex::new(take(ebpf, MAP_POD_UNJUDGED)?),
+            frags: Mutex::new(take(ebpf, MAP_FRAGS)?),
             verdict_stats: take(ebpf, MAP_VERDICT_STATS)?,
             health: take(ebpf, MAP_HEALTH)?,
             trace: take(ebpf, MAP_TRACE)?,
@@ -321,6 +325,23 @@ impl Maps {
         }
     }
 
+    /// `POD_UNJUDGED`: per pod address, packets from outside whose flow could not be read, by
+    /// kind ([`observer_common::verdict::unjudged`]).
+    pub fn pod_unjudged(&self) -> Result<Vec<(IpKey, PodUnjudged)>, KmapError> {
+        lock(&self.pod_unjudged)
+            .iter()
+            .map(|r| r.map_err(err(MAP_POD_UNJUDGED)))
+            .collect()
+    }
+
+    /// Forgets a `POD_UNJUDGED` entry of an address that is no local pod any more.
+    pub fn forget_pod_unjudged(&self, key: &IpKey) -> Result<(), KmapError> {
+        match lock(&self.pod_unjudged).remove(key) {
+            Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
+            Err(e) => Err(err(MAP_POD_UNJUDGED)(e)),
+        }
+    }
+
     /// Every pod-opened flow in `POD_FLOWS`.
     pub fn pod_flows(&self) -> Result<Vec<(FlowKey, PodFlow)>, KmapError> {
         lock(&self.pod_flows)
@@ -420,6 +441,10 @@ impl Lookup for Maps {
         lock(&self.nodeports)
             .get(&index, 0)
             .is_ok_and(|w| w & bit != 0)
+    }
+
+    fn fragment_judged(&self, key: &FragKey) -> bool {
+        lock(&self.frags).get(key, 0).is_ok()
     }
 }
 

@@ -15,7 +15,7 @@ pub mod ifaces;
 pub mod inventory;
 pub mod k8s;
 pub mod kmaps;
-pub mod lost;
+pub mod podcounts;
 pub mod metrics;
 pub mod netlink;
 pub mod origins;

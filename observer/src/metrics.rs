@@ -41,6 +41,7 @@ pub struct Metrics {
     pub inventory_write_errors: IntCounter,
     pub settled_early: IntCounter,
     pub direct_lost: IntCounterVec,
+    pub unjudged: IntCounterVec,
     pub inventory_unwritten: IntGauge,
     pub pod_flows_seeded: IntCounter,
     /// `flows_total` children for new flagged flows by `stats_index(verdict, class)`, resolved
@@ -243,6 +244,12 @@ impl Metrics {
                 "observer_direct_pod_access_lost_flows_total",
                 "Flows from outside the cluster straight to a pod IP that the kernel counted but whose details (source, port, state) the agent never got: the event ring was full (a flood) or the flow table refused them.",
                 &["namespace", "workload", "pod", "severity"],
+            ),
+            unjudged: counter_vec(
+                &r,
+                "observer_unjudged_pod_packets_total",
+                "Packets from outside the cluster to a pod IP whose flow the observer could not read, by kind: header (a tiny first fragment or a header chain too long to follow, which no normal stack sends) or fragment (a fragment whose first fragment was not judged). A connection can hide in them, so they count against the pod they reached.",
+                &["namespace", "workload", "pod", "kind"],
             ),
             settled_early: counter(
                 &r,

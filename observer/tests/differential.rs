@@ -1,11 +1,15 @@
 //! The kernel's verdict equals the host function's, frame by frame, through BPF_PROG_TEST_RUN:
 //! the SCENARIOS corpus with its variants (VLAN, IPv4 options, IPv6 extension headers,
-//! fragments) and over 1,000,000 random and mutated frames. Every program returns
-//! TC_ACT_UNSPEC, and the counters add up (no lost or doubled update).
+//! fragments) and over 1,000,000 random and mutated frames. Every program (the uplink's and the
+//! two pod-veth programs) returns TC_ACT_UNSPEC on every frame, the counters add up (no lost or
+//! doubled update), and the packets from outside to a pod that could not be judged are counted
+//! per pod exactly as the host function counts them.
 //!
 //! Needs root and a kernel that runs eBPF; without them it fails, it never skips.
 
 use std::collections::BTreeMap;
+
+use observer_common::{addr::IpKey, user::Inventory};
 
 use aya::Ebpf;
 use observer::{
@@ -13,13 +17,13 @@ use observer::{
     kmaps::Maps,
 };
 use observer_common::{
-    names::PROG_UPLINK,
+    names::{PROG_FROM_POD, PROG_TO_POD, PROG_UPLINK},
     packet::{ETH_HLEN, TCP_ACK, TCP_FIN, TCP_PSH, TCP_RST, TCP_SYN, parse_frame},
     testing::{
         frames::{Frame, L4},
         scenarios::{Case, Layout, SETTINGS, full_corpus},
     },
-    verdict::{Decision, Reason, Verdict, decide},
+    verdict::{Decision, Reason, Verdict, decide, remember_fragment, unjudged},
 };
 
 /// Random, structured and mutated frames per layout: over a million in all.
@@ -73,6 +77,50 @@ fn run_uplink(ebpf: &mut Ebpf, maps: &Maps, cpu: usize, frame: &[u8]) -> (u32, D
 fn host(layout: &Layout, frame: &[u8]) -> Decision {
     let (status, p) = parse_frame(frame);
     decide(status, &p, &SETTINGS, &layout.inventory)
+}
+
+/// Per pod address and kind, the unjudged packets the host counts for these frames, in order:
+/// `inv` learns each remembered first fragment as the kernel's `FRAGS` does.
+fn host_unjudged(
+    inv: &mut Inventory,
+    frame: &[u8],
+    counts: &mut BTreeMap<(IpKey, usize), u64>,
+) {
+    let (status, p) = parse_frame(frame);
+    let d = decide(status, &p, &SETTINGS, inv);
+    if status == observer_common::packet::Status::Ip && remember_fragment(&p, &d) {
+        inv.add_fragment(p.frag_key());
+    }
+    if matches!(d.verdict, Verdict::Malformed | Verdict::Fragment)
+        && let Some(kind) = unjudged(status, &p, inv)
+    {
+        *counts.entry((p.dst, kind)).or_default() += 1;
+    }
+}
+
+/// The kernel's `POD_UNJUDGED`, flattened like [`host_unjudged`]'s counts.
+fn kernel_unjudged(maps: &Maps) -> BTreeMap<(IpKey, usize), u64> {
+    let mut out = BTreeMap::new();
+    for (k, v) in maps.pod_unjudged().expect("POD_UNJUDGED") {
+        for (kind, n) in v.counts.iter().enumerate() {
+            if *n > 0 {
+                out.insert((k, kind), *n);
+            }
+        }
+    }
+    out
+}
+
+/// Runs a frame through both pod-veth programs: whatever it is, each returns TC_ACT_UNSPEC.
+fn run_pod_programs(ebpf: &mut Ebpf, frame: &[u8]) {
+    for prog in [PROG_TO_POD, PROG_FROM_POD] {
+        let r = bpf::test_run(ebpf, prog, frame, 1)
+            .unwrap_or_else(|e| panic!("test_run of {prog}: {e:?}"));
+        assert_eq!(
+            r.return_value, UNSPEC,
+            "{prog} must return TC_ACT_UNSPEC for {frame:02x?}"
+        );
+    }
 }
 
 /// A small deterministic PRNG (xorshift64*), so a failure reproduces.
@@ -230,8 +278,15 @@ fn kernel_and_host_agree_on_every_frame() {
     let mut total = 0u64;
     let mut corpus_total = 0u64;
     let mut disagreements = Vec::new();
+    let mut pod_runs = 0u64;
+    let mut unjudged_total = 0u64;
     for (layout, cases) in full_corpus() {
         let (mut ebpf, maps) = load(&layout);
+        // The pod-veth programs run in an object of their own: the flows they record must not
+        // change the uplink's verdicts, which the host computes without them.
+        let (mut pod_ebpf, _pod_maps) = load(&layout);
+        let mut inv = layout.inventory.clone();
+        let mut want_unjudged = BTreeMap::new();
         // The SCENARIOS corpus: the host must give the row's verdict, the kernel the host's.
         for c in &cases {
             let h = host(&layout, &c.bytes);
@@ -243,8 +298,11 @@ fn kernel_and_host_agree_on_every_frame() {
             if refused_by_test_run(&c.bytes) {
                 continue;
             }
+            host_unjudged(&mut inv, &c.bytes, &mut want_unjudged);
             let (rc, k) = run_uplink(&mut ebpf, &maps, cpu, &c.bytes);
             assert_eq!(rc, UNSPEC, "return code for {}", c.what);
+            run_pod_programs(&mut pod_ebpf, &c.bytes);
+            pod_runs += 2;
             if k != h {
                 disagreements.push(format!(
                     "{} row {} {}: kernel {k:?} host {h:?}",
@@ -286,8 +344,11 @@ fn kernel_and_host_agree_on_every_frame() {
             if refused_by_test_run(&frame) {
                 continue;
             }
+            host_unjudged(&mut inv, &frame, &mut want_unjudged);
             let (rc, k) = run_uplink(&mut ebpf, &maps, cpu, &frame);
             assert_eq!(rc, UNSPEC);
+            run_pod_programs(&mut pod_ebpf, &frame);
+            pod_runs += 2;
             if k != h && disagreements.len() < 20 {
                 disagreements.push(format!(
                     "{}: kernel {k:?} host {h:?} frame {frame:02x?}",
@@ -306,13 +367,27 @@ fn kernel_and_host_agree_on_every_frame() {
             .filter(|c| !refused_by_test_run(&c.bytes))
             .count() as u64;
         assert_eq!(counted, run + corpus_run, "every run counted once");
+        // Unjudged packets to pods: the kernel's per-pod counts are the host's, exactly.
+        let got_unjudged = kernel_unjudged(&maps);
+        assert_eq!(
+            got_unjudged, want_unjudged,
+            "{}: POD_UNJUDGED differs from the host's count",
+            layout.name
+        );
+        unjudged_total += got_unjudged.values().sum::<u64>();
         let health = maps.health_counts().expect("health");
         assert_eq!(
             health[observer_common::maps::health::STATS_MISSING as usize],
             0
         );
     }
-    println!("corpus frames: {corpus_total}, random/mutated frames: {total}, verdicts: {seen:?}");
+    println!(
+        "corpus frames: {corpus_total}, random/mutated frames: {total}, pod-veth program runs: {pod_runs}, unjudged to pods: {unjudged_total}, verdicts: {seen:?}"
+    );
+    assert!(
+        unjudged_total > 0,
+        "no frame was unjudged traffic to a pod"
+    );
     assert!(
         disagreements.is_empty(),
         "{} disagreements:\n{}",

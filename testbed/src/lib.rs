@@ -4,6 +4,7 @@
 
 pub mod agent;
 pub mod cpu;
+pub mod evasion;
 pub mod kubeapi;
 pub mod monitoring;
 pub mod netns;

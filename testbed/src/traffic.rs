@@ -98,7 +98,8 @@ impl Servers {
         rx.recv().expect("server started");
     }
 
-    /// A UDP server that echoes each datagram.
+    /// A UDP server that echoes each datagram (up to 64 KiB, so large ones come back
+    /// fragmented).
     pub fn udp(&mut self, ns: &Netns, port: u16) {
         let stop = self.stop.clone();
         let (tx, rx) = mpsc::channel();
@@ -107,7 +108,7 @@ impl Servers {
             s.set_read_timeout(Some(Duration::from_millis(50)))
                 .expect("timeout");
             tx.send(()).expect("ready");
-            let mut buf = [0u8; 1500];
+            let mut buf = vec![0u8; 65_536];
             while !stop.load(Ordering::Relaxed) {
                 if let Ok((n, from)) = s.recv_from(&mut buf) {
                     let _ = s.send_to(&buf[..n], from);

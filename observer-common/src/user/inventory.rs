@@ -5,7 +5,12 @@ use std::{
 };
 
 use super::Cidr;
-use crate::{addr::IpKey, addr::key_of, maps::FlowKey, verdict::Lookup};
+use crate::{
+    addr::IpKey,
+    addr::key_of,
+    maps::{FlowKey, FragKey},
+    verdict::Lookup,
+};
 
 /// The cluster as the uplink's verdict sees it: exact addresses and CIDRs with their
 /// [`crate::maps::role`] bits, and the flows local pods opened.
@@ -19,6 +24,7 @@ pub struct Inventory {
     cidrs: BTreeMap<Cidr, u32>,
     pod_flows: BTreeSet<FlowKey>,
     nodeports: BTreeSet<(u16, u8)>,
+    fragments: BTreeSet<FragKey>,
 }
 
 impl Inventory {
@@ -54,6 +60,11 @@ impl Inventory {
     /// Records a flow a local pod opened, keyed as the pod sent it.
     pub fn add_pod_flow(&mut self, key: FlowKey) {
         self.pod_flows.insert(key);
+    }
+
+    /// Records a datagram whose first fragment was judged (what `FRAGS` holds).
+    pub fn add_fragment(&mut self, key: FragKey) {
+        self.fragments.insert(key);
     }
 
     /// The roles of every CIDR containing the key.
@@ -110,6 +121,10 @@ impl Lookup for Inventory {
 
     fn nodeport(&self, port: u16, proto: u8) -> bool {
         self.nodeports.contains(&(port, proto))
+    }
+
+    fn fragment_judged(&self, key: &FragKey) -> bool {
+        self.fragments.contains(key)
     }
 }
 
