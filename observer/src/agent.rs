@@ -38,6 +38,8 @@ struct Controller {
     nodeports: HashMap<observer::roles::Owner, Vec<(u16, u8)>>,
     nodeports_written: std::collections::HashSet<(u16, u8)>,
     nodeports_dirty: bool,
+    /// The first full sync arrived and its flows are still to be released.
+    first_sync: bool,
     shared: Arc<Shared>,
 }
 
@@ -196,6 +198,7 @@ impl Controller {
             }
             KubeMsg::Synced => {
                 tracing::info!("Kubernetes inventory synced");
+                self.first_sync = !self.inventory.status.synced;
                 self.inventory.status.synced = true;
             }
         }
@@ -355,6 +358,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         nodeports: HashMap::new(),
         nodeports_written: Default::default(),
         nodeports_dirty: false,
+        first_sync: false,
         shared: shared.clone(),
     };
     let mut kube_rx = if cfg.kubernetes {
@@ -369,11 +373,21 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             tx,
         ));
         ctl.inventory.status.mode = "kubernetes";
+        // Until the first full sync, peer nodes and other nodes' pods may look outside.
+        shared
+            .tracker
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .hold_until_synced();
         tracing::info!(node = cfg.node_name, "inventory from the Kubernetes API");
         Some(rx)
     } else {
+        ctl.inventory.status.synced = true;
         None
     };
+    metrics
+        .inventory_synced
+        .set(i64::from(ctl.inventory.status.synced));
     ctl.sync();
     ctl.ifaces.update_foreign(&netlink).await;
     ctl.publish();
@@ -468,6 +482,18 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
                     }
                 }
                 ctl.sync_inventory();
+                if std::mem::take(&mut ctl.first_sync) {
+                    // The first full sync is in the maps: judge the held flows again.
+                    let dir = shared.dir.read().unwrap_or_else(|p| p.into_inner());
+                    let (confirmed, cleared) = shared
+                        .tracker
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .release_held(&*shared.maps, &shared.settings, &dir, &shared.maps, &shared.metrics);
+                    drop(dir);
+                    shared.metrics.inventory_synced.set(1);
+                    tracing::info!(confirmed, cleared, "flows held for the first sync judged");
+                }
             }
             _ = reconcile.tick() => match netlink.dump().await {
                 Ok(v) => {

@@ -63,6 +63,9 @@ pub struct Status {
     pub flow_table_entries: u64,
     pub flow_table_capacity: u32,
     pub recent_flows: usize,
+    /// Direct flows first seen before the inventory's first full sync, held unjudged.
+    #[serde(default)]
+    pub held_flows: usize,
 }
 
 /// [`IfaceStatus`] on the wire.

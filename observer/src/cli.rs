@@ -304,6 +304,12 @@ async fn client(socket: PathBuf, command: Command) -> anyhow::Result<()> {
                         + std::time::Duration::from_secs_f64(s.inventory.last_update_unix.max(0.0))
                 )
             );
+            if !s.inventory.synced {
+                println!(
+                    "  first full sync pending: {} direct flows held, judged again once it is in (no alert until then)",
+                    s.held_flows
+                );
+            }
             if s.inventory.unwritten > 0 {
                 println!(
                     "  {} inventory changes refused by the kernel (a full map, see --address-table-entries): kept and retried",

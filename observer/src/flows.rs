@@ -12,7 +12,8 @@ use std::{
 use observer_common::{
     addr::ip_of,
     maps::{FlowEvent, FlowKey, FlowStats, origin},
-    verdict::{Reason, Verdict},
+    packet::{Packet, Status},
+    verdict::{Lookup, Reason, Settings, Verdict, decide},
 };
 use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
@@ -79,6 +80,9 @@ struct Record {
     /// The start was not seen (TCP mid-stream, UDP): conntrack is asked who opened the flow
     /// before it is counted or alerted on.
     pending: bool,
+    /// First seen before the inventory's first full sync: judged again once it is in the maps,
+    /// neither counted nor alerted on until then.
+    held: bool,
     /// Labels under which the flow was counted, once settled.
     labels: Option<[String; 8]>,
     counted_packets: u64,
@@ -169,6 +173,8 @@ pub struct Tracker {
     pusher: Option<Pusher>,
     /// `clock::kernel_ns()` at the previous refresh.
     last_refresh_ns: Option<u64>,
+    /// The inventory has not had its first full sync: new flagged flows are held.
+    hold: bool,
     /// Events seen, and events of an unexpected size.
     pub events: u64,
     pub bad_events: u64,
@@ -190,9 +196,87 @@ impl Tracker {
             updates: broadcast::channel(1024).0,
             pusher: None,
             last_refresh_ns: None,
+            hold: false,
             events: 0,
             bad_events: 0,
         }
+    }
+
+    /// Holds new flagged flows until [`Tracker::release_held`]: set while the inventory has not
+    /// had its first full sync, when peers and pods of other nodes may still look outside.
+    pub fn hold_until_synced(&mut self) {
+        self.hold = true;
+    }
+
+    /// Flows held for the first sync.
+    pub fn held(&self) -> usize {
+        self.records.values().filter(|r| r.held).count()
+    }
+
+    /// The first full sync is in the maps: each held flow is judged again with the same
+    /// function the kernel runs, over the maps as they are now. A flow still direct is counted
+    /// and alerted on as usual; one that is not (a peer node, a pod of another node, an
+    /// allowed source) leaves the view and the kernel table. The pod is named from the synced
+    /// directory. Returns (confirmed, cleared).
+    pub fn release_held<L: Lookup + ?Sized>(
+        &mut self,
+        lookup: &L,
+        settings: &Settings,
+        dir: &Directory,
+        maps: &Maps,
+        metrics: &Metrics,
+    ) -> (usize, usize) {
+        self.hold = false;
+        let held: Vec<FlowKey> = self
+            .order
+            .iter()
+            .filter(|k| self.records.get(k).is_some_and(|r| r.held))
+            .copied()
+            .collect();
+        let (mut confirmed, mut cleared) = (0, 0);
+        for key in held {
+            let Some(r) = self.records.get_mut(&key) else {
+                continue;
+            };
+            let p = Packet {
+                src: key.src,
+                dst: key.dst,
+                proto: key.proto,
+                sport: key.sport,
+                dport: key.dport,
+                tcp_flags: r.stats.tcp_flags,
+                flow_start: r.origin == origin::START,
+                ..Packet::EMPTY
+            };
+            let d = decide(Status::Ip, &p, settings, lookup);
+            if d.verdict.alerts() {
+                r.held = false;
+                if let Some(pod) = dir.pod_shared(&ip_of(&key.dst)) {
+                    r.pod = Some(pod);
+                }
+                confirmed += 1;
+                metrics.presync.with_label_values(&["confirmed"]).inc();
+                if !r.pending
+                    && let Some(r) = self.records.get(&key)
+                {
+                    self.announce(r, true, metrics);
+                }
+            } else {
+                cleared += 1;
+                metrics.presync.with_label_values(&["cleared"]).inc();
+                tracing::info!(
+                    src = %ip_of(&key.src),
+                    dst = %ip_of(&key.dst),
+                    dst_port = key.dport,
+                    verdict = d.verdict.name(),
+                    "a flow first seen before the inventory synced is not a direct access"
+                );
+                let _ = maps.remove_flow(&key);
+                self.records.remove(&key);
+                self.order.retain(|k| *k != key);
+            }
+        }
+        (confirmed, cleared)
     }
 
     /// Pushes each new direct flow to Alertmanager as it is seen.
@@ -232,6 +316,7 @@ impl Tracker {
             }
         }
         let pending = verdict.alerts() && e.origin != origin::START;
+        let held = self.hold && verdict.alerts();
         let rec = Record {
             key: e.key,
             verdict,
@@ -254,13 +339,15 @@ impl Tracker {
                 ..FlowStats::default()
             },
             first_seen_ns: e.ts_ns,
+            held,
             labels: None,
             counted_packets: 0,
             counted_bytes: 0,
         };
         // A row is text (addresses, times, names): build it only for someone who reads it.
-        // A flow whose origin is still to be learnt is pushed once it is known.
-        self.announce(&rec, !pending, metrics);
+        // A flow whose origin is still to be learnt is pushed once it is known; a held one once
+        // the inventory has synced.
+        self.announce(&rec, !pending && !held, metrics);
         self.order.push_back(e.key);
         self.records.insert(e.key, rec);
     }
@@ -272,7 +359,10 @@ impl Tracker {
         let Some(r) = self.records.get_mut(&key) else {
             return;
         };
-        if r.labels.is_none() {
+        if r.held {
+            // Not judged yet, and no inventory to judge it by: counted, never alerted on.
+            metrics.presync.with_label_values(&["evicted"]).inc();
+        } else if r.labels.is_none() {
             if let Ok(Some(s)) = maps.flow(&key) {
                 r.stats = s;
             }
@@ -346,7 +436,9 @@ impl Tracker {
             Resolution::Unknown => "unknown",
         };
         metrics.origin_lookups.with_label_values(&[result]).inc();
-        if let Some(r) = self.records.get(key) {
+        if let Some(r) = self.records.get(key)
+            && !r.held
+        {
             self.announce(r, true, metrics);
         }
     }
@@ -410,14 +502,16 @@ impl Tracker {
                 if let Some(r) = self.records.get_mut(&key) {
                     r.pending = false;
                 }
-                if let Some(r) = self.records.get(&key) {
+                if let Some(r) = self.records.get(&key)
+                    && !r.held
+                {
                     self.announce(r, true, metrics);
                 }
             }
             let Some(r) = self.records.get(&key) else {
                 continue;
             };
-            if r.labels.is_none() && !r.pending && age_ns >= settle_ns {
+            if r.labels.is_none() && !r.pending && !r.held && age_ns >= settle_ns {
                 self.settle(key, metrics);
             }
             if let Some(r) = self.records.get_mut(&key)

@@ -42,6 +42,8 @@ pub struct Metrics {
     pub settled_early: IntCounter,
     pub direct_lost: IntCounterVec,
     pub unjudged: IntCounterVec,
+    pub presync: IntCounterVec,
+    pub inventory_synced: IntGauge,
     pub inventory_unwritten: IntGauge,
     pub pod_flows_seeded: IntCounter,
     /// `flows_total` children for new flagged flows by `stats_index(verdict, class)`, resolved
@@ -250,6 +252,17 @@ impl Metrics {
                 "observer_unjudged_pod_packets_total",
                 "Packets from outside the cluster to a pod IP whose flow the observer could not read, by kind: header (a tiny first fragment or a header chain too long to follow, which no normal stack sends) or fragment (a fragment whose first fragment was not judged). A connection can hide in them, so they count against the pod they reached.",
                 &["namespace", "workload", "pod", "kind"],
+            ),
+            presync: counter_vec(
+                &r,
+                "observer_presync_flows_total",
+                "Direct flows first seen before the Kubernetes inventory's first full sync, held unjudged and judged again once it synced, by result: confirmed (still direct: counted and alerted on then), cleared (a peer node, a pod of another node or an allowed source: not a direct access), evicted (pushed out of the view before the sync, by a flood).",
+                &["result"],
+            ),
+            inventory_synced: gauge(
+                &r,
+                "observer_inventory_synced",
+                "1 once the inventory had its first full sync (always 1 without Kubernetes); until then new direct flows are held, not alerted on.",
             ),
             settled_early: counter(
                 &r,

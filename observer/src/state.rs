@@ -58,7 +58,10 @@ impl Shared {
             .map(|h| h[health::EVENTS_LOST as usize])
             .unwrap_or(0);
         let (entries, capacity) = self.maps.flow_table_use().unwrap_or((0, 0));
-        let recent = self.tracker.lock().unwrap_or_else(|p| p.into_inner()).len();
+        let (recent, held) = {
+            let t = self.tracker.lock().unwrap_or_else(|p| p.into_inner());
+            (t.len(), t.held())
+        };
         api::Status {
             version: env!("CARGO_PKG_VERSION").to_string(),
             kernel: kernel_release(),
@@ -71,6 +74,7 @@ impl Shared {
             flow_table_entries: entries,
             flow_table_capacity: capacity,
             recent_flows: recent,
+            held_flows: held,
         }
     }
 

@@ -65,6 +65,8 @@ struct Store {
     objects: BTreeMap<&'static str, BTreeMap<String, serde_json::Value>>,
     /// Every change: (rv, path, type, object).
     history: Vec<(u64, &'static str, &'static str, serde_json::Value)>,
+    /// List requests wait while this is set (an API server slow to answer the first lists).
+    hold_lists: bool,
     /// Paths whose CRD is "not installed" (404).
     missing: Vec<&'static str>,
     /// Watch streams opened (to see restarts).
@@ -221,6 +223,13 @@ impl KubeApi {
         cv.notify_all();
     }
 
+    /// List requests wait (`true`) until released (`false`): a slow first sync.
+    pub fn hold_lists(&self, hold: bool) {
+        let (m, cv) = &*self.state;
+        m.lock().unwrap().hold_lists = hold;
+        cv.notify_all();
+    }
+
     /// A collection answers 404 (its CRD is not installed).
     pub fn set_missing(&self, kind: Kind) {
         self.state.0.lock().unwrap().missing.push(kind.path);
@@ -294,7 +303,10 @@ impl KubeApi {
         let kind = kind.expect("checked");
         if params.get("watch") != Some(&"true") && params.get("watch") != Some(&"1") {
             // Paginated like the real API server: `limit` and an opaque `continue` token.
-            let s = m.lock().unwrap();
+            let mut s = m.lock().unwrap();
+            while s.hold_lists {
+                s = cv.wait(s).unwrap();
+            }
             let all = s.objects.get(kind.path);
             let total = all.map_or(0, |c| c.len());
             let start: usize = params
