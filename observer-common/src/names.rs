@@ -11,6 +11,31 @@ pub const PROG_FROM_POD: &str = "observer_from_pod";
 pub const PROG_NOOP: &str = "tc_noop";
 /// The agent's programs, for loading and listing.
 pub const PROGRAMS: [&str; 3] = [PROG_UPLINK, PROG_TO_POD, PROG_FROM_POD];
+/// Second copies of the programs (same code, same maps). A TCX hook holds a program once, so
+/// to go back to the head of a hook after another program was put in front, the agent attaches
+/// the other copy there and then detaches the first: no moment without the observer. Loaded
+/// the first time they are needed. The kernel shows them under the same 15-byte names.
+pub const PROGRAMS_ALT: [&str; 3] = [
+    "observer_uplink_alt",
+    "observer_to_pod_alt",
+    "observer_from_pod_alt",
+];
+
+/// The other copy of one of [`PROGRAMS`] (or the first copy of one of [`PROGRAMS_ALT`]).
+pub fn other_copy(program: &str) -> Option<&'static str> {
+    PROGRAMS
+        .iter()
+        .zip(PROGRAMS_ALT.iter())
+        .find_map(|(a, b)| {
+            if *a == program {
+                Some(*b)
+            } else if *b == program {
+                Some(*a)
+            } else {
+                None
+            }
+        })
+}
 
 /// Exact addresses and their roles ([`crate::maps::IpRole`]).
 pub const MAP_IP_ROLES: &str = "IP_ROLES";

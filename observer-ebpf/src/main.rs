@@ -38,6 +38,26 @@ pub fn observer_from_pod(ctx: TcContext) -> i32 {
     TC_ACT_UNSPEC
 }
 
+/// Second copies of the three programs (`names::PROGRAMS_ALT`): the agent attaches one at the
+/// head of a TCX hook, then detaches the other, when another program was put in front of it.
+#[classifier]
+pub fn observer_uplink_alt(ctx: TcContext) -> i32 {
+    uplink::observe(&ctx);
+    TC_ACT_UNSPEC
+}
+
+#[classifier]
+pub fn observer_to_pod_alt(ctx: TcContext) -> i32 {
+    pod::to_pod(&ctx);
+    TC_ACT_UNSPEC
+}
+
+#[classifier]
+pub fn observer_from_pod_alt(ctx: TcContext) -> i32 {
+    pod::from_pod(&ctx);
+    TC_ACT_UNSPEC
+}
+
 /// Does nothing: the floor the benchmark measures the others against, and a stand-in for
 /// another agent's program in tests. Not attached by the agent.
 #[classifier]

@@ -141,6 +141,7 @@ impl Controller {
         let errors = self.ifaces.errors;
         m.attach_errors
             .inc_by(errors.saturating_sub(m.attach_errors.get()));
+        m.not_first.set(self.ifaces.not_first() as i64);
         m.inventory_pods.set(self.inventory.status.pods as i64);
         m.inventory_last_update
             .set(self.inventory.status.last_update_unix);
@@ -470,6 +471,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
                 }
                 Some(NetEvent::TcFilter { index }) => {
                     ctl.ifaces.keep_first(&netlink, Some(index)).await;
+                    ctl.publish();
                 }
                 Some(e) => ctl.on_event(&e),
             },

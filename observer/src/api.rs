@@ -76,6 +76,9 @@ pub struct IfaceStatusOut {
     pub role: String,
     pub mode: String,
     pub foreign: Vec<String>,
+    /// Another program runs before ours and ours could not be moved back in front.
+    #[serde(default)]
+    pub not_first: bool,
 }
 
 impl From<IfaceStatus> for IfaceStatusOut {
@@ -86,6 +89,7 @@ impl From<IfaceStatus> for IfaceStatusOut {
             role: s.role.to_string(),
             mode: s.mode.to_string(),
             foreign: s.foreign,
+            not_first: s.not_first,
         }
     }
 }

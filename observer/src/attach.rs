@@ -23,7 +23,7 @@ use aya::{
     },
     util::KernelVersion,
 };
-use observer_common::names::{PROG_FROM_POD, PROG_TO_POD, PROG_UPLINK};
+use observer_common::names::{PROG_FROM_POD, PROG_TO_POD, PROG_UPLINK, PROGRAMS_ALT, other_copy};
 
 use crate::bpf::{BpfError, classifier};
 
@@ -203,20 +203,35 @@ pub fn attach(
             owns_clsact = true;
         }
     }
-    let links = attach_programs(ebpf, iface, role, mode, NL_HANDLE)?;
+    let links = attach_programs(ebpf, iface, role, mode, NL_HANDLE, false)?;
     Ok(Attachment { links, owns_clsact })
 }
 
-/// Attaches each program of the role; on a failure detaches the ones attached before it.
+/// Attaches each program of the role (their second copies if `alt`, loading them the first
+/// time); on a failure detaches the ones attached before it.
 fn attach_programs(
     ebpf: &mut Ebpf,
     iface: &str,
     role: Role,
     mode: Mode,
     handle: TcHandle,
+    alt: bool,
 ) -> Result<Vec<(&'static str, SchedClassifierLinkId)>, AttachError> {
     let mut links = Vec::new();
-    for &(program, direction) in programs_of(role) {
+    for &(first, direction) in programs_of(role) {
+        let program = if alt {
+            let other = other_copy(first).unwrap_or(first);
+            let p = classifier(ebpf, other)?;
+            if p.fd().is_err() {
+                p.load().map_err(|source| BpfError::Program {
+                    name: other,
+                    source,
+                })?;
+            }
+            other
+        } else {
+            first
+        };
         let options = match mode {
             Mode::Tcx => TcAttachOptions::TcxOrder(LinkOrder::first()),
             Mode::Netlink => TcAttachOptions::Netlink(NlOptions {
@@ -241,22 +256,28 @@ fn attach_programs(
     Ok(links)
 }
 
-/// Puts the role's netlink filters back in front of the filters of others on `iface`: attaches
-/// them again under the other handle, then detaches the old ones, and updates `links` and
-/// `handle`. On failure the old filters stay.
+/// Puts the role's programs back in front of the programs of others on `iface`: attaches them
+/// again (TCX: the other copies of the programs, at the head of the list, as a hook holds a
+/// program once; netlink: under the other handle, as within one priority the newest filter runs
+/// first), then detaches the old ones, and updates `links` and `handle`. For a moment both
+/// copies run (a packet may be counted twice), never neither. On failure the old ones stay.
 pub fn to_front(
     ebpf: &mut Ebpf,
     iface: &str,
     role: Role,
+    mode: Mode,
     links: &mut Vec<(&'static str, SchedClassifierLinkId)>,
     handle: &mut TcHandle,
 ) -> Result<(), AttachError> {
-    let next = if *handle == NL_HANDLE {
-        NL_HANDLE_ALT
-    } else {
-        NL_HANDLE
+    let (next, alt) = match mode {
+        Mode::Tcx => (
+            *handle,
+            links.first().is_some_and(|(p, _)| !PROGRAMS_ALT.contains(p)),
+        ),
+        Mode::Netlink if *handle == NL_HANDLE => (NL_HANDLE_ALT, false),
+        Mode::Netlink => (NL_HANDLE, false),
     };
-    let new = attach_programs(ebpf, iface, role, Mode::Netlink, next)?;
+    let new = attach_programs(ebpf, iface, role, mode, next, alt)?;
     detach(ebpf, std::mem::replace(links, new));
     *handle = next;
     Ok(())

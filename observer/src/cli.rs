@@ -284,9 +284,14 @@ async fn client(socket: PathBuf, command: Command) -> anyhow::Result<()> {
                 } else {
                     format!("  foreign: {}", i.foreign.join(", "))
                 };
+                let behind = if i.not_first {
+                    "  NOT FIRST: another program runs before ours"
+                } else {
+                    ""
+                };
                 println!(
-                    "  {:<16} {:<6} {:<7} index {}{}",
-                    i.name, i.role, i.mode, i.index, foreign
+                    "  {:<16} {:<6} {:<7} index {}{}{}",
+                    i.name, i.role, i.mode, i.index, foreign, behind
                 );
             }
             for f in &s.failing {

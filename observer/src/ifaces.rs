@@ -35,6 +35,8 @@ pub struct IfaceStatus {
     pub mode: &'static str,
     /// Other TC programs on the interface (names), found with a TCX query.
     pub foreign: Vec<String>,
+    /// Another program runs before ours and stays there.
+    pub not_first: bool,
 }
 
 struct Attached {
@@ -49,6 +51,9 @@ struct Attached {
     moves_since: Instant,
     owns_clsact: bool,
     foreign: Vec<String>,
+    /// Another program runs before ours on one of its hooks, and ours could not be moved back
+    /// in front (the move budget is spent, or the kernel refused).
+    not_first: bool,
 }
 
 /// The attach state of the node's interfaces. Owns the loaded programs.
@@ -137,6 +142,7 @@ impl Ifaces {
                         moves_since: Instant::now(),
                         owns_clsact: a.owns_clsact,
                         foreign: Vec::new(),
+                        not_first: false,
                     },
                 );
                 true
@@ -199,45 +205,56 @@ impl Ifaces {
         }
     }
 
-    /// Keeps our netlink filters first on their hooks (all interfaces, or only `index`): another
-    /// agent's filter added later at our priority would run before ours, and a `TC_ACT_OK` of
-    /// it would end classification before we saw the packet. TCX links need nothing: they run
-    /// before every filter.
+    /// Keeps our programs first on their hooks (all interfaces, or only `index`): a program of
+    /// another agent attached later in front of ours (a TCX link at the head, `BPF_F_BEFORE`; a
+    /// netlink filter at our priority) runs before it, and a `TC_ACT_OK` of it would end the
+    /// packet's processing before we saw it. Ours goes back to the front, at most
+    /// `FRONT_MOVES_MAX` times a window per interface; past that, or when the kernel refuses,
+    /// the interface counts as not first (`observer_interfaces_not_first`, `ObserverBlind`).
     pub async fn keep_first(&mut self, nl: &Netlink, index: Option<u32>) {
         let candidates: Vec<u32> = self
             .attached
-            .iter()
-            .filter(|(i, a)| a.mode == Mode::Netlink && index.is_none_or(|x| x == **i))
-            .map(|(i, _)| *i)
+            .keys()
+            .filter(|i| index.is_none_or(|x| x == **i))
+            .copied()
             .collect();
         for i in candidates {
-            let Some(role) = self.attached.get(&i).map(|a| a.role) else {
+            let Some((role, mode, name)) = self
+                .attached
+                .get(&i)
+                .map(|a| (a.role, a.mode, a.name.clone()))
+            else {
                 continue;
             };
             let mut behind = false;
             for &(_, direction) in attach::programs_of(role) {
-                let ingress = direction == TcAttachType::Ingress;
-                if let Ok(filters) = nl.tc_filters(i, ingress).await
-                    && filters.first().is_some_and(|f| {
-                        !f.name
-                            .as_deref()
-                            .is_some_and(|n| n.starts_with("observer_"))
-                    })
-                {
-                    behind = true;
-                }
-            }
-            if !behind {
-                continue;
+                behind |= match mode {
+                    Mode::Tcx => tcx_first_is_foreign(&name, direction),
+                    Mode::Netlink => nl
+                        .tc_filters(i, direction == TcAttachType::Ingress)
+                        .await
+                        .is_ok_and(|filters| {
+                            filters.first().is_some_and(|f| {
+                                !f.name
+                                    .as_deref()
+                                    .is_some_and(|n| n.starts_with("observer_"))
+                            })
+                        }),
+                };
             }
             let Some(a) = self.attached.get_mut(&i) else {
                 continue;
             };
+            if !behind {
+                a.not_first = false;
+                continue;
+            }
             if a.moves_since.elapsed() > defaults::FRONT_MOVES_WINDOW {
                 a.moves = 0;
                 a.moves_since = Instant::now();
             }
             if a.moves >= defaults::FRONT_MOVES_MAX {
+                a.not_first = true;
                 if a.moves == defaults::FRONT_MOVES_MAX {
                     a.moves += 1;
                     tracing::warn!(
@@ -249,20 +266,35 @@ impl Ifaces {
                 continue;
             }
             a.moves += 1;
-            match attach::to_front(&mut self.ebpf, &a.name, role, &mut a.links, &mut a.handle) {
+            match attach::to_front(
+                &mut self.ebpf,
+                &a.name,
+                role,
+                mode,
+                &mut a.links,
+                &mut a.handle,
+            ) {
                 Ok(()) => {
+                    a.not_first = false;
                     tracing::info!(
                         iface = a.name,
                         index = i,
-                        "another filter was put ahead of ours; ours is in front again"
+                        mode = mode.name(),
+                        "another program was put ahead of ours; ours is in front again"
                     );
                 }
                 Err(e) => {
+                    a.not_first = true;
                     self.errors += 1;
-                    tracing::warn!(iface = a.name, index = i, error = %e, "could not move our filters to the front; will retry");
+                    tracing::warn!(iface = a.name, index = i, error = %e, "could not move our programs to the front; will retry");
                 }
             }
         }
+    }
+
+    /// Attached interfaces where another program runs before ours and stays there.
+    pub fn not_first(&self) -> usize {
+        self.attached.values().filter(|a| a.not_first).count()
     }
 
     /// Attached interfaces per role.
@@ -292,6 +324,7 @@ impl Ifaces {
                 role: role_name(a.role),
                 mode: a.mode.name(),
                 foreign: a.foreign.clone(),
+                not_first: a.not_first,
             })
             .collect()
     }
@@ -314,6 +347,16 @@ async fn foreign_netlink(nl: &Netlink, index: u32) -> Vec<String> {
         }
     }
     out
+}
+
+/// Whether the first program of the interface's TCX hook is not ours (false if the query fails:
+/// the next reconcile asks again).
+fn tcx_first_is_foreign(iface: &str, dir: TcAttachType) -> bool {
+    SchedClassifier::query_tcx(iface, dir).is_ok_and(|(_, progs)| {
+        progs
+            .first()
+            .is_some_and(|p| !is_ours(p.name_as_str().unwrap_or("?")))
+    })
 }
 
 /// Programs on the interface's TCX ingress and egress that are not ours.

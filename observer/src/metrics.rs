@@ -33,6 +33,7 @@ pub struct Metrics {
     pub inventory_stale: IntGauge,
     pub inventory_stale_since: Gauge,
     pub foreign: IntGaugeVec,
+    pub not_first: IntGauge,
     pub alerts: IntCounter,
     pub alerts_folded: IntCounter,
     pub am_pushes: IntCounterVec,
@@ -252,6 +253,11 @@ impl Metrics {
                 "observer_unjudged_pod_packets_total",
                 "Packets from outside the cluster to a pod IP whose flow the observer could not read, by kind: header (a tiny first fragment or a header chain too long to follow, which no normal stack sends) or fragment (a fragment whose first fragment was not judged). A connection can hide in them, so they count against the pod they reached.",
                 &["namespace", "workload", "pod", "kind"],
+            ),
+            not_first: gauge(
+                &r,
+                "observer_interfaces_not_first",
+                "Attached interfaces where another agent's program runs before the observer's and stays there (it re-adds itself in front more than 5 times a minute, or the move failed): packets it ends (TC_ACT_OK, TC_ACT_SHOT) are not seen.",
             ),
             presync: counter_vec(
                 &r,
