@@ -327,6 +327,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             url.clone(),
             cfg.alert_window,
             metrics.clone(),
+            cfg.node_name.clone(),
         ));
     }
     let shared = Arc::new(Shared {

@@ -1,11 +1,13 @@
 //! Optional push of direct-access alerts straight to Alertmanager's v2 API (`--alertmanager-url`),
-//! for teams that want them faster than a scrape and rule cycle. The datapath reader only
-//! offers to a bounded queue (never waits); a task folds repeats, batches, posts, and backs off
-//! on errors, with bounded memory while Alertmanager is down.
+//! for teams that want them faster than a scrape and rule cycle. The flow tracker offers each
+//! alert line it writes (its folding is the only one: `flows/alerts.rs`) to a bounded queue
+//! (never waits); a task batches, posts, and backs off on errors, with bounded memory while
+//! Alertmanager is down. Alerts carry the labels of the Prometheus rule they stand for (the
+//! agent's severity, node, workload, port, state, origin) so Alertmanager routes them alike.
 
 use std::{
-    collections::{HashMap, VecDeque},
-    time::{Duration, Instant, SystemTime},
+    collections::VecDeque,
+    time::{Duration, SystemTime},
 };
 
 use serde_json::json;
@@ -21,8 +23,6 @@ use crate::{clock, flows::FlowRow, metrics::Metrics};
 const QUEUE: usize = 1024;
 /// Alerts kept while Alertmanager is unreachable (the oldest are dropped beyond).
 const PENDING: usize = 256;
-/// Fold keys remembered.
-const FOLDS: usize = 10_000;
 const BACKOFF_MIN: Duration = Duration::from_secs(1);
 const BACKOFF_MAX: Duration = Duration::from_secs(60);
 
@@ -63,27 +63,47 @@ impl std::str::FromStr for AmUrl {
     }
 }
 
+/// An alert line, as pushed: the flow's row and how many accesses it stands for.
+struct Alert {
+    row: FlowRow,
+    count: u64,
+}
+
 /// The handle the flow tracker offers alerts to.
 #[derive(Clone)]
 pub struct Pusher {
-    tx: mpsc::Sender<FlowRow>,
+    tx: mpsc::Sender<Alert>,
+    metrics: std::sync::Arc<Metrics>,
 }
 
 impl Pusher {
-    /// Starts the push task.
-    pub fn spawn(url: AmUrl, window: Duration, metrics: std::sync::Arc<Metrics>) -> Pusher {
+    /// Starts the push task; alerts name `node`.
+    pub fn spawn(
+        url: AmUrl,
+        window: Duration,
+        metrics: std::sync::Arc<Metrics>,
+        node: String,
+    ) -> Pusher {
         let (tx, rx) = mpsc::channel(QUEUE);
-        tokio::spawn(run(url, window, rx, metrics));
-        Pusher { tx }
+        tokio::spawn(run(url, window, rx, metrics.clone(), node));
+        Pusher { tx, metrics }
     }
 
-    /// Offers an alert; never waits. False if the queue is full (counted by the caller).
-    pub fn offer(&self, row: &FlowRow) -> bool {
-        self.tx.try_send(row.clone()).is_ok()
+    /// Offers an alert line standing for `count` accesses; never waits. A full queue drops it,
+    /// counted in `observer_alertmanager_dropped_total`.
+    pub fn offer(&self, row: &FlowRow, count: u64) {
+        let alert = Alert {
+            row: row.clone(),
+            count,
+        };
+        if self.tx.try_send(alert).is_err() {
+            self.metrics.am_dropped.inc();
+        }
     }
 }
 
-fn alert_json(row: &FlowRow, now: SystemTime, window: Duration) -> serde_json::Value {
+fn alert_json(a: &Alert, node: &str, now: SystemTime, window: Duration) -> serde_json::Value {
+    let row = &a.row;
     let port = if row.protocol == "icmp" {
         "none".to_string()
     } else {
@@ -103,21 +123,24 @@ fn alert_json(row: &FlowRow, now: SystemTime, window: Duration) -> serde_json::V
             "alertname": alertname,
             "source": "observer-agent",
             "severity": severity,
+            "team": "platform",
+            "node": node,
             "namespace": row.namespace,
             "workload": row.workload,
             "pod": row.pod,
             "port": port,
             "protocol": row.protocol,
+            "state": row.state,
             "origin": row.origin,
         },
         "annotations": {
             "summary": format!(
-                "Pod {}/{} was reached directly on its pod IP, port {}/{}, from outside the cluster.",
-                row.namespace, row.pod, port, row.protocol
+                "Pod {}/{} was reached directly on its pod IP, port {}/{}, from outside the cluster ({}).",
+                row.namespace, row.pod, port, row.protocol, row.state
             ),
             "description": format!(
-                "{}:{} -> {}:{} on {} ({}, origin {}). The pod's answer is settled a moment later: see `observer flows` or the metrics.",
-                row.src, row.src_port, row.dst, row.dst_port, row.iface, row.reason, row.origin
+                "{} access(es) on node {node}, the first {}:{} -> {}:{} on {} ({}, origin {}). See `observer flows` on that node.",
+                a.count, row.src, row.src_port, row.dst, row.dst_port, row.iface, row.reason, row.origin
             ),
             "runbook_url": "https://github.com/observer-project/observer/blob/main/docs/runbooks/observer-direct-pod-access.md",
         },
@@ -159,66 +182,41 @@ async fn post(url: &AmUrl, body: &str) -> Result<(), String> {
 async fn run(
     url: AmUrl,
     window: Duration,
-    mut rx: mpsc::Receiver<FlowRow>,
+    mut rx: mpsc::Receiver<Alert>,
     metrics: std::sync::Arc<Metrics>,
+    node: String,
 ) {
-    let mut pending: VecDeque<FlowRow> = VecDeque::new();
-    let mut seen: HashMap<(String, String, u16), Instant> = HashMap::new();
+    let mut pending: VecDeque<Alert> = VecDeque::new();
     let mut backoff = BACKOFF_MIN;
     loop {
         // Wait for work (or retry what is pending after the backoff).
         if pending.is_empty() {
             match rx.recv().await {
-                Some(r) => pending.push_back(r),
+                Some(a) => pending.push_back(a),
                 None => return,
             }
         }
-        while let Ok(r) = rx.try_recv() {
-            pending.push_back(r);
-        }
-        // Fold repeats of one (source, pod, port) within the window.
-        let now = Instant::now();
-        seen.retain(|_, t| now.duration_since(*t) < window);
-        let mut batch = Vec::new();
-        for r in pending.drain(..) {
-            let key = (
-                r.src.clone(),
-                format!("{}/{}", r.namespace, r.pod),
-                r.dst_port,
-            );
-            if seen.contains_key(&key) {
-                metrics.alerts_folded.inc();
-                continue;
-            }
-            if seen.len() < FOLDS {
-                seen.insert(key, now);
-            }
-            batch.push(r);
-        }
-        if batch.is_empty() {
-            continue;
+        while let Ok(a) = rx.try_recv() {
+            pending.push_back(a);
         }
         let wall = SystemTime::now();
-        let body =
-            serde_json::Value::Array(batch.iter().map(|r| alert_json(r, wall, window)).collect())
-                .to_string();
+        let body = serde_json::Value::Array(
+            pending
+                .iter()
+                .map(|a| alert_json(a, &node, wall, window))
+                .collect(),
+        )
+        .to_string();
         match post(&url, &body).await {
             Ok(()) => {
                 metrics.am_pushes.with_label_values(&["ok"]).inc();
+                pending.clear();
                 backoff = BACKOFF_MIN;
             }
             Err(e) => {
                 metrics.am_pushes.with_label_values(&["error"]).inc();
                 tracing::warn!(error = e, retry_in = ?backoff, "pushing alerts to Alertmanager failed");
-                // Keep them for the retry (forget the fold keys so they are sent then).
-                for r in &batch {
-                    seen.remove(&(
-                        r.src.clone(),
-                        format!("{}/{}", r.namespace, r.pod),
-                        r.dst_port,
-                    ));
-                }
-                pending.extend(batch);
+                // Kept for the retry, the oldest dropped beyond the bound.
                 while pending.len() > PENDING {
                     pending.pop_front();
                     metrics.am_dropped.inc();

@@ -259,7 +259,7 @@ impl Tracker {
                 if !r.pending
                     && let Some(r) = self.records.get(&key)
                 {
-                    self.announce(r, true, metrics);
+                    self.announce(r);
                 }
             } else {
                 cleared += 1;
@@ -345,9 +345,7 @@ impl Tracker {
             counted_bytes: 0,
         };
         // A row is text (addresses, times, names): build it only for someone who reads it.
-        // A flow whose origin is still to be learnt is pushed once it is known; a held one once
-        // the inventory has synced.
-        self.announce(&rec, !pending && !held, metrics);
+        self.announce(&rec);
         self.order.push_back(e.key);
         self.records.insert(e.key, rec);
     }
@@ -376,20 +374,11 @@ impl Tracker {
         self.records.remove(&key);
     }
 
-    /// Sends a record's row to `--follow` subscribers and, if `push`, to Alertmanager.
-    fn announce(&self, rec: &Record, push: bool, metrics: &Metrics) {
-        let push = self
-            .pusher
-            .as_ref()
-            .filter(|_| push && rec.verdict.alerts());
-        if push.is_some() || self.updates.receiver_count() > 0 {
-            let row = rec.row();
-            if let Some(p) = push
-                && !p.offer(&row)
-            {
-                metrics.am_dropped.inc();
-            }
-            let _ = self.updates.send(row);
+    /// Sends a record's row to `--follow` subscribers. (Alertmanager gets what the alert lines
+    /// say, when they are written: see `alerts.rs`.)
+    fn announce(&self, rec: &Record) {
+        if self.updates.receiver_count() > 0 {
+            let _ = self.updates.send(rec.row());
         }
     }
 
@@ -436,10 +425,8 @@ impl Tracker {
             Resolution::Unknown => "unknown",
         };
         metrics.origin_lookups.with_label_values(&[result]).inc();
-        if let Some(r) = self.records.get(key)
-            && !r.held
-        {
-            self.announce(r, true, metrics);
+        if let Some(r) = self.records.get(key) {
+            self.announce(r);
         }
     }
 
@@ -505,7 +492,7 @@ impl Tracker {
                 if let Some(r) = self.records.get(&key)
                     && !r.held
                 {
-                    self.announce(r, true, metrics);
+                    self.announce(r);
                 }
             }
             let Some(r) = self.records.get(&key) else {

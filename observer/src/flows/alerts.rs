@@ -1,6 +1,8 @@
 //! Alert lines of the flow tracker: one per new direct access, repeats folded per (source,
 //! pod, port), a port scan per (source, pod), a spoofed flood per (pod, port), and once the
 //! fold tables are full, per pod; each fold ends in one summary line after the alert window.
+//! This is the one folding path: every line written is also what the Alertmanager push sends
+//! (`--alertmanager-url`), and a folded repeat is counted once, here.
 
 use std::time::Instant;
 
@@ -61,6 +63,20 @@ fn fold(first: FlowRow) -> Fold {
 }
 
 impl Tracker {
+    /// Writes an alert line and pushes it to Alertmanager (if configured).
+    fn emit(&self, row: &FlowRow, count: u64, metrics: &Metrics) {
+        log_alert(row, count);
+        metrics.alerts.inc();
+        self.push(row, count);
+    }
+
+    /// Offers an alert to the Alertmanager push, if configured (never waits).
+    fn push(&self, row: &FlowRow, count: u64) {
+        if let Some(p) = &self.pusher {
+            p.offer(row, count);
+        }
+    }
+
     /// The row of a record in the view (for an alert line being written).
     fn row_of(&self, key: &FlowKey) -> FlowRow {
         self.records.get(key).map(Record::row).unwrap_or_default()
@@ -90,8 +106,7 @@ impl Tracker {
                 }
                 None => {
                     let row = self.row_of(&key);
-                    log_alert(&row, 1);
-                    metrics.alerts.inc();
+                    self.emit(&row, 1, metrics);
                     self.overflow.insert(pod, fold(row));
                 }
             }
@@ -115,8 +130,7 @@ impl Tracker {
             return;
         }
         let row = self.row_of(&key);
-        log_alert(&row, 1);
-        metrics.alerts.inc();
+        self.emit(&row, 1, metrics);
         let now = Instant::now();
         self.targets
             .entry((pod.clone(), port))
@@ -146,8 +160,7 @@ impl Tracker {
             if let Some(f) = self.folds.remove(&k)
                 && f.repeats > 0
             {
-                log_alert(&f.first, f.repeats + 1);
-                metrics.alerts.inc();
+                self.emit(&f.first, f.repeats + 1, metrics);
             }
         }
         let done = ended(&self.scans, |v| v.since, window);
@@ -168,6 +181,7 @@ impl Tracker {
                     reason = "the same source reached more ports of this pod than the per-pod port cap (a port scan?)",
                     "direct access to more ports of a pod, folded"
                 );
+                self.push(&s.first, s.folded + 1);
                 metrics.alerts.inc();
             }
         }
@@ -188,6 +202,7 @@ impl Tracker {
                     count = t.folded,
                     "more sources reached this pod port directly, folded (a flood?)"
                 );
+                self.push(&t.first, t.folded + 1);
                 metrics.alerts.inc();
             }
         }
@@ -205,6 +220,7 @@ impl Tracker {
                     count = f.repeats,
                     "more direct accesses to this pod, from many sources, folded: the fold table was full (a flood?)"
                 );
+                self.push(&f.first, f.repeats + 1);
                 metrics.alerts.inc();
             }
         }
