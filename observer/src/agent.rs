@@ -118,6 +118,7 @@ impl Controller {
             self.nodeports_dirty = failures > 0;
         }
         let flushed = self.inventory.sync(&self.shared.maps, &ips, &dir);
+        self.inventory.status.syncs += 1;
         if flushed.changes > 0 {
             tracing::debug!(changes = flushed.changes, "inventory synced to the maps");
         }

@@ -66,6 +66,9 @@ pub struct Status {
     /// Direct flows first seen before the inventory's first full sync, held unjudged.
     #[serde(default)]
     pub held_flows: usize,
+    /// Flow refreshes (every `--refresh-interval`) since the agent started.
+    #[serde(default)]
+    pub flow_refreshes: u64,
 }
 
 /// [`IfaceStatus`] on the wire.
@@ -111,6 +114,9 @@ pub struct InventoryOut {
     #[serde(default)]
     pub unwritten: usize,
     pub last_update_unix: f64,
+    /// Syncs of the inventory to the maps so far.
+    #[serde(default)]
+    pub syncs: u64,
 }
 
 impl From<InventoryStatus> for InventoryOut {
@@ -125,6 +131,7 @@ impl From<InventoryStatus> for InventoryOut {
             cidrs: s.cidrs,
             unwritten: s.unwritten,
             last_update_unix: s.last_update_unix,
+            syncs: s.syncs,
         }
     }
 }

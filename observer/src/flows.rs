@@ -175,6 +175,8 @@ pub struct Tracker {
     last_refresh_ns: Option<u64>,
     /// The inventory has not had its first full sync: new flagged flows are held.
     hold: bool,
+    /// Refreshes from the kernel table so far (`status`: a stalled agent shows).
+    pub refreshes: u64,
     /// Events seen, and events of an unexpected size.
     pub events: u64,
     pub bad_events: u64,
@@ -197,6 +199,7 @@ impl Tracker {
             pusher: None,
             last_refresh_ns: None,
             hold: false,
+            refreshes: 0,
             events: 0,
             bad_events: 0,
         }
@@ -459,6 +462,7 @@ impl Tracker {
     /// Refreshes the view from the kernel table: counters and state, settling (metrics and
     /// alert), idle expiry, pod series removal, alert folding windows.
     pub fn refresh(&mut self, maps: &Maps, dir: &Directory, metrics: &Metrics) {
+        self.refreshes += 1;
         let now_ns = clock::kernel_ns();
         // Known flows' packets are stamped with this clock until the next refresh, so a last
         // seen can lag by the time since the previous one (longer if the agent was stalled).

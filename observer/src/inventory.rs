@@ -100,6 +100,8 @@ pub struct InventoryStatus {
     /// Changes the kernel refused so far (a full map): kept, and written when they fit.
     pub unwritten: usize,
     pub last_update_unix: f64,
+    /// Syncs of the inventory to the maps so far (each retries what was refused).
+    pub syncs: u64,
 }
 
 /// The inventory from the node itself and the settings, written through [`Roles`]; other

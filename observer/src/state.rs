@@ -58,9 +58,9 @@ impl Shared {
             .map(|h| h[health::EVENTS_LOST as usize])
             .unwrap_or(0);
         let (entries, capacity) = self.maps.flow_table_use().unwrap_or((0, 0));
-        let (recent, held) = {
+        let (recent, held, refreshes) = {
             let t = self.tracker.lock().unwrap_or_else(|p| p.into_inner());
-            (t.len(), t.held())
+            (t.len(), t.held(), t.refreshes)
         };
         api::Status {
             version: env!("CARGO_PKG_VERSION").to_string(),
@@ -75,6 +75,7 @@ impl Shared {
             flow_table_capacity: capacity,
             recent_flows: recent,
             held_flows: held,
+            flow_refreshes: refreshes,
         }
     }
 

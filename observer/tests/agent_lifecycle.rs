@@ -29,12 +29,18 @@ fn interface_churn_sigterm_and_sigkill() {
         let stop = stop.clone();
         let ns = n.outside.name.clone();
         let pod = n.pods[0].ip;
+        // Each ping is one echo request with its own identifier (the process id): one flow.
         thread::spawn(move || {
+            let (mut runs, mut answered) = (0u64, 0u64);
             while !stop.load(Ordering::Relaxed) {
-                let _ = Command::new("ip")
+                let ok = Command::new("ip")
                     .args(["netns", "exec", &ns, "ping", "-c", "1", "-W", "1", pod])
-                    .output();
+                    .output()
+                    .is_ok_and(|o| o.status.success());
+                runs += 1;
+                answered += u64::from(ok);
             }
+            (runs, answered)
         })
     };
     let names: Vec<String> = (0..50).map(|i| format!("veth{i:02}churn")).collect();
@@ -63,8 +69,35 @@ fn interface_churn_sigterm_and_sigkill() {
         !names.iter().any(|n| a.contains(n))
     });
     stop.store(true, Ordering::Relaxed);
-    pinger.join().unwrap();
+    let (runs, answered) = pinger.join().unwrap();
     assert_eq!(status(&agent)["attach_errors"], 0);
+    // The traffic during the churn was seen as it was: each answered ping a direct ICMP flow
+    // to pod A that the pod answered, and nothing else flagged.
+    assert!(answered > 0, "no ping was answered in {runs} tries");
+    wait_refreshes(&agent, 3);
+    let rows = flows(&agent);
+    assert!(
+        rows.iter()
+            .all(|f| f.protocol == "icmp" && f.dst == n.pods[0].ip && f.verdict == "direct_to_pod"),
+        "{rows:#?}"
+    );
+    let seen_answered = rows.iter().filter(|f| f.state == "answered").count() as u64;
+    assert!(
+        seen_answered >= answered && rows.len() as u64 <= runs,
+        "{answered} answered pings of {runs}, {seen_answered} answered flows of {}",
+        rows.len()
+    );
+    let m = metrics(&n, &agent);
+    let flagged = sample(
+        &m,
+        "observer_flows_total",
+        "protocol=\"icmp\",verdict=\"direct_to_pod\"",
+    )
+    .unwrap_or(0.0);
+    assert!(
+        flagged >= answered as f64 && flagged <= runs as f64,
+        "{flagged} flagged ICMP flows for {answered} answered pings of {runs}"
+    );
 
     // SIGKILL: TCX links die with the process; a restart attaches exactly one copy.
     agent.signal(libc::SIGKILL);

@@ -25,7 +25,7 @@ fn a_port_scan_keeps_series_and_alerts_bounded() {
     servers.udp(&n.pods[0].ns, 5353);
     let agent = start(&n, "scan", &["--ports-per-pod", "8"]);
     udp_scan(&n.outside, n.pods[0].ip, 1..=65535);
-    thread::sleep(Duration::from_millis(3500));
+    wait_refreshes(&agent, 3);
     let m = metrics(&n, &agent);
     promtool_check(&m);
     let veth = n.pods[0].veth;
@@ -210,7 +210,11 @@ fn a_stalled_agent_under_a_flood_counts_what_it_lost() {
 fn inventory_changes_the_kernel_refuses_are_kept_and_retried() {
     ports_from(19_280);
     let n = Node::new(Layout::Calico);
-    let agent = start(&n, "small-table", &["--address-table-entries", "5"]);
+    let agent = start(
+        &n,
+        "small-table",
+        &["--address-table-entries", "5", "--reconcile-interval", "1s"],
+    );
     let unwritten = |m: &str| sample(m, "observer_inventory_unwritten_changes", "").unwrap_or(0.0);
     let mut m = String::new();
     wait_for("refused writes reported", Duration::from_secs(10), || {
@@ -238,7 +242,12 @@ fn inventory_changes_the_kernel_refuses_are_kept_and_retried() {
     );
     assert_eq!(status(&agent)["inventory"]["unwritten"], 0);
     let errors = sample(&m, "observer_inventory_write_errors_total", "").unwrap();
-    thread::sleep(Duration::from_millis(1500));
+    // Two more syncs (each reconcile syncs, and retries what was refused): no refusal.
+    let syncs = || status(&agent)["inventory"]["syncs"].as_u64().unwrap();
+    let before = syncs();
+    wait_for("two more inventory syncs", Duration::from_secs(10), || {
+        syncs() >= before + 2
+    });
     m = metrics(&n, &agent);
     assert_eq!(
         sample(&m, "observer_inventory_write_errors_total", "").unwrap(),

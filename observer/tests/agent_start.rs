@@ -99,7 +99,8 @@ fn connections_open_before_the_start_are_judged_by_who_opened_them() {
             rows.len() >= 3 && alert_lines(&agent).len() >= 3
         },
     );
-    thread::sleep(Duration::from_millis(2500));
+    // Nothing more comes: three more refreshes would have settled any other flow.
+    wait_refreshes(&agent, 3);
     rows = flows(&agent);
     let mut got: Vec<(u16, String)> = rows
         .iter()

@@ -107,6 +107,36 @@ fn direct_alerts(ns: &Netns, am_port: u16) -> Vec<serde_json::Value> {
         .collect()
 }
 
+/// Waits until Prometheus has evaluated rule group `group` `n` more times (its
+/// `lastEvaluation` changed `n` times): what was scraped before the call has been judged.
+fn wait_rule_evaluations(ns: &Netns, prom_port: u16, group: &str, n: usize) {
+    let last = || -> String {
+        let (_, body) = http_get(ns, prom_port, "/api/v1/rules").expect("rules API");
+        let v: serde_json::Value = serde_json::from_str(&body).expect("rules JSON");
+        v["data"]["groups"]
+            .as_array()
+            .expect("groups")
+            .iter()
+            .find(|g| g["name"] == group)
+            .unwrap_or_else(|| panic!("no rule group {group}: {body}"))["lastEvaluation"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    };
+    let mut seen = last();
+    let mut changes = 0;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while changes < n {
+        assert!(Instant::now() < deadline, "{group} was not evaluated {n} times");
+        thread::sleep(Duration::from_millis(100));
+        let now = last();
+        if now != seen {
+            changes += 1;
+            seen = now;
+        }
+    }
+}
+
 fn args(n: &Node) -> Vec<String> {
     let mut a = vec![
         "--service-cidr".into(),
@@ -178,13 +208,15 @@ fn a_direct_access_alert_reaches_alertmanager_and_nodeport_traffic_does_not() {
         );
         thread::sleep(Duration::from_millis(500));
     }
-    thread::sleep(Duration::from_secs(6));
+    // The rules (with `for: 0s`) are evaluated over those samples: two evaluations of the
+    // direct-access group that began after the samples were there would have fired.
+    wait_rule_evaluations(&n.node, prom.port, "observer.direct-pod-access", 2);
+    let (_, rules) = http_get(&n.node, prom.port, "/api/v1/alerts").unwrap();
+    assert!(!rules.contains("ObserverDirectPodAccess"), "{rules}");
     assert!(
         direct_alerts(&n.node, am.port).is_empty(),
         "NodePort/in-cluster traffic fired an alert"
     );
-    let (_, rules) = http_get(&n.node, prom.port, "/api/v1/alerts").unwrap();
-    assert!(!rules.contains("ObserverDirectPodAccess"), "{rules}");
 
     // A direct access: the alert reaches Alertmanager with the pod, port and state.
     let started = Instant::now();
@@ -372,8 +404,16 @@ fn the_dashboard_and_rules_only_use_exported_metrics() {
         tcp_get(&n.outside, None, n.pods[0].ip, 80).1.as_deref(),
         Ok("hello\n")
     );
-    thread::sleep(Duration::from_millis(3500));
-    let (_, m) = http_get(&n.node, agent.metrics_port, "/metrics").unwrap();
+    // Once the access settled, every labelled family has its samples.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let m = loop {
+        let (_, m) = http_get(&n.node, agent.metrics_port, "/metrics").unwrap();
+        if m.contains("observer_direct_pod_access_bytes_total{") {
+            break m;
+        }
+        assert!(Instant::now() < deadline, "the access never settled:\n{m}");
+        thread::sleep(Duration::from_millis(100));
+    };
     let exported: BTreeSet<String> = m
         .lines()
         .filter_map(|l| l.strip_prefix("# TYPE "))

@@ -82,8 +82,9 @@ fn flows_before_the_first_sync_are_held_and_judged_again() {
     wait_for("two held flows", Duration::from_secs(5), || {
         status(&agent)["held_flows"] == 2
     });
-    // Past the settle time (1 s) and two flow refreshes: still nothing counted or alerted on.
-    std::thread::sleep(Duration::from_millis(2500));
+    // Past the settle time (1 s) and three flow refreshes, which would have counted and
+    // alerted on them: still nothing.
+    support::wait_refreshes(&agent, 3);
     assert_eq!(status(&agent)["held_flows"], 2);
     let m = scrape(&n, &agent);
     assert!(
@@ -135,7 +136,7 @@ fn flows_before_the_first_sync_are_held_and_judged_again() {
         tcp_get(&n.peer, None, pod_a, 80).1.as_deref(),
         Ok("hello\n")
     );
-    std::thread::sleep(Duration::from_millis(1500));
+    support::wait_refreshes(&agent, 3);
     assert_eq!(status(&agent)["held_flows"], 0);
     assert_eq!(flows(&agent).len(), 1);
     assert_eq!(alert_lines(&agent).len(), 1);

@@ -104,6 +104,19 @@ pub fn wait_for(what: &str, timeout: Duration, mut ok: impl FnMut() -> bool) {
     }
 }
 
+/// Waits until the agent has refreshed its flows from the kernel `n` more times: every flow
+/// seen before the call has then had the chance to settle, be counted and alerted on (with the
+/// default 1 s settle time and refresh interval, 3 refreshes are enough).
+pub fn wait_refreshes(agent: &AgentProc, n: u64) {
+    let count = || status(agent)["flow_refreshes"].as_u64().expect("flow_refreshes");
+    let want = count() + n;
+    wait_for(
+        &format!("{n} flow refreshes"),
+        Duration::from_secs(5 + 2 * n),
+        || count() >= want,
+    );
+}
+
 pub fn metrics(n: &Node, agent: &AgentProc) -> String {
     let (code, body) = http_get(&n.node, agent.metrics_port, "/metrics").expect("scrape");
     assert_eq!(code, 200);
