@@ -23,18 +23,15 @@ pub const PROGRAMS_ALT: [&str; 3] = [
 
 /// The other copy of one of [`PROGRAMS`] (or the first copy of one of [`PROGRAMS_ALT`]).
 pub fn other_copy(program: &str) -> Option<&'static str> {
-    PROGRAMS
-        .iter()
-        .zip(PROGRAMS_ALT.iter())
-        .find_map(|(a, b)| {
-            if *a == program {
-                Some(*b)
-            } else if *b == program {
-                Some(*a)
-            } else {
-                None
-            }
-        })
+    PROGRAMS.iter().zip(PROGRAMS_ALT.iter()).find_map(|(a, b)| {
+        if *a == program {
+            Some(*b)
+        } else if *b == program {
+            Some(*a)
+        } else {
+            None
+        }
+    })
 }
 
 /// Exact addresses and their roles ([`crate::maps::IpRole`]).

@@ -403,9 +403,7 @@ pub fn unjudged<L: Lookup + ?Sized>(status: Status, p: &Packet, l: &L) -> Option
 /// a reply, or a direct access already flagged as such.
 #[inline(always)]
 pub fn remember_fragment(p: &Packet, d: &Decision) -> bool {
-    p.more_fragments
-        && !p.fragment
-        && matches!(d.verdict, Verdict::Reply | Verdict::DirectToPod)
+    p.more_fragments && !p.fragment && matches!(d.verdict, Verdict::Reply | Verdict::DirectToPod)
 }
 
 /// How a flagged flow began, from its first packet seen ([`origin`]).

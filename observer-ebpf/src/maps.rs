@@ -30,8 +30,9 @@ use aya_ebpf::{
 use observer_common::{
     addr::IpKey,
     maps::{
-        FlowKey, FlowStats, FragKey, PORT_BITMAP_WORDS, PodFlow, PodUnjudged, ROLE_CACHE_SLOTS, RoleCacheEntry,
-        STATS_ENTRIES, TraceRecord, VerdictStats, health, port_bit, role_cache_slot,
+        FlowKey, FlowStats, FragKey, PORT_BITMAP_WORDS, PodFlow, PodUnjudged, ROLE_CACHE_SLOTS,
+        RoleCacheEntry, STATS_ENTRIES, TraceRecord, VerdictStats, health, port_bit,
+        role_cache_slot,
     },
     verdict::{Lookup, uncached_roles},
 };

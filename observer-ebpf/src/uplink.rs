@@ -12,8 +12,7 @@ use crate::{
     atomic,
     maps::{
         EVENTS, FLAGGED_PORTS, FLOWS, FRAGS, Maps, TRACE, VERDICT_STATS, health, last_seen_clock,
-        mark_port, nodeport_range, pod_lost, pod_unjudged, set_flagged, trace_enabled,
-        track_mask,
+        mark_port, nodeport_range, pod_lost, pod_unjudged, set_flagged, trace_enabled, track_mask,
     },
     skb::{Skb, ifindex},
 };

@@ -272,7 +272,9 @@ pub fn to_front(
     let (next, alt) = match mode {
         Mode::Tcx => (
             *handle,
-            links.first().is_some_and(|(p, _)| !PROGRAMS_ALT.contains(p)),
+            links
+                .first()
+                .is_some_and(|(p, _)| !PROGRAMS_ALT.contains(p)),
         ),
         Mode::Netlink if *handle == NL_HANDLE => (NL_HANDLE_ALT, false),
         Mode::Netlink => (NL_HANDLE, false),

@@ -21,13 +21,13 @@ use aya::{
 use observer_common::{
     addr::IpKey,
     maps::{
-        FlowEvent, FlowKey, FlowStats, FragKey, PodFlow, PodUnjudged, STATS_ENTRIES, TraceRecord, VerdictStats, health,
-        port_bit, proto_class,
+        FlowEvent, FlowKey, FlowStats, FragKey, PodFlow, PodUnjudged, STATS_ENTRIES, TraceRecord,
+        VerdictStats, health, port_bit, proto_class,
     },
     names::{
-        MAP_CIDR_ROLES, MAP_CLOCK, MAP_EVENTS, MAP_FLOWS, MAP_FRAGS, MAP_HEALTH, MAP_IP_ROLES, MAP_NODEPORTS,
-        MAP_POD_FLOWS, MAP_POD_LOST, MAP_POD_PORTS, MAP_POD_UNJUDGED, MAP_ROLES_GENERATION, MAP_TRACE,
-        MAP_VERDICT_STATS,
+        MAP_CIDR_ROLES, MAP_CLOCK, MAP_EVENTS, MAP_FLOWS, MAP_FRAGS, MAP_HEALTH, MAP_IP_ROLES,
+        MAP_NODEPORTS, MAP_POD_FLOWS, MAP_POD_LOST, MAP_POD_PORTS, MAP_POD_UNJUDGED,
+        MAP_ROLES_GENERATION, MAP_TRACE, MAP_VERDICT_STATS,
     },
     user::{Cidr, Inventory},
     verdict::{Lookup, VERDICT_COUNT, Verdict},

@@ -127,7 +127,10 @@ fn wait_rule_evaluations(ns: &Netns, prom_port: u16, group: &str, n: usize) {
     let mut changes = 0;
     let deadline = Instant::now() + Duration::from_secs(30);
     while changes < n {
-        assert!(Instant::now() < deadline, "{group} was not evaluated {n} times");
+        assert!(
+            Instant::now() < deadline,
+            "{group} was not evaluated {n} times"
+        );
         thread::sleep(Duration::from_millis(100));
         let now = last();
         if now != seen {

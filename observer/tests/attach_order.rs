@@ -34,8 +34,7 @@ fn tcx_order(ns: &Netns, iface: &'static str) -> Vec<String> {
 /// attached while the returned link lives.
 fn attach_in_front(ns: &Netns, iface: &'static str) -> SchedClassifierLink {
     ns.run(move || {
-        let mut other =
-            observer::bpf::load(&observer::bpf::LoadOptions::default()).expect("load");
+        let mut other = observer::bpf::load(&observer::bpf::LoadOptions::default()).expect("load");
         observer::bpf::load_noop(&mut other).expect("load tc_noop");
         let p = observer::bpf::classifier(&mut other, observer_common::names::PROG_NOOP)
             .expect("tc_noop");
@@ -90,9 +89,11 @@ fn a_tcx_program_put_in_front_of_ours_is_moved_behind_it_or_reported() {
         );
     }
     others.push(attach_in_front(&n.node, up));
-    wait_for("the interface reported not first", Duration::from_secs(5), || {
-        not_first(&agent, up)
-    });
+    wait_for(
+        "the interface reported not first",
+        Duration::from_secs(5),
+        || not_first(&agent, up),
+    );
     assert_eq!(
         tcx_order(&n.node, up).first().map(String::as_str),
         Some("tc_noop"),
@@ -112,7 +113,9 @@ fn a_tcx_program_put_in_front_of_ours_is_moved_behind_it_or_reported() {
     );
     // The other agent goes away: ours is first again, and no longer reported.
     others.clear();
-    wait_for("first again", Duration::from_secs(5), || !not_first(&agent, up));
+    wait_for("first again", Duration::from_secs(5), || {
+        !not_first(&agent, up)
+    });
     assert_eq!(tcx_order(&n.node, up), ["observer_uplink"]);
     let m = metrics(&n, &agent);
     assert_eq!(sample(&m, "observer_interfaces_not_first", ""), Some(0.0));

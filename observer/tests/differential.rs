@@ -81,11 +81,7 @@ fn host(layout: &Layout, frame: &[u8]) -> Decision {
 
 /// Per pod address and kind, the unjudged packets the host counts for these frames, in order:
 /// `inv` learns each remembered first fragment as the kernel's `FRAGS` does.
-fn host_unjudged(
-    inv: &mut Inventory,
-    frame: &[u8],
-    counts: &mut BTreeMap<(IpKey, usize), u64>,
-) {
+fn host_unjudged(inv: &mut Inventory, frame: &[u8], counts: &mut BTreeMap<(IpKey, usize), u64>) {
     let (status, p) = parse_frame(frame);
     let d = decide(status, &p, &SETTINGS, inv);
     if status == observer_common::packet::Status::Ip && remember_fragment(&p, &d) {
@@ -384,10 +380,7 @@ fn kernel_and_host_agree_on_every_frame() {
     println!(
         "corpus frames: {corpus_total}, random/mutated frames: {total}, pod-veth program runs: {pod_runs}, unjudged to pods: {unjudged_total}, verdicts: {seen:?}"
     );
-    assert!(
-        unjudged_total > 0,
-        "no frame was unjudged traffic to a pod"
-    );
+    assert!(unjudged_total > 0, "no frame was unjudged traffic to a pod");
     assert!(
         disagreements.is_empty(),
         "{} disagreements:\n{}",

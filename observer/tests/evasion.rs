@@ -15,9 +15,7 @@ use std::{
 
 use support::*;
 use testbed::{
-    evasion::{
-        ethernet, ipv4_fragments, ipv6_header_in_second_fragment, ipv6_long_chain, tcp_syn,
-    },
+    evasion::{ethernet, ipv4_fragments, ipv6_header_in_second_fragment, ipv6_long_chain, tcp_syn},
     netns::Netns,
     topology::{Layout, Node},
     traffic::{Servers, mac_of, raw_frames},
@@ -88,23 +86,32 @@ fn evasions_to_a_pod_are_counted_against_it_and_alerted() {
     let before = out_segs(&pod.ns);
     let syn = tcp_syn(IpAddr::V4(src4), IpAddr::V4(dst4), 41_001, 80);
     send(ipv4_fragments(src4, dst4, 0x4242, 6, &syn, &[8]));
-    wait_for("the pod answered the reassembled SYN", Duration::from_secs(5), || {
-        out_segs(&pod.ns) > before
-    });
+    wait_for(
+        "the pod answered the reassembled SYN",
+        Duration::from_secs(5),
+        || out_segs(&pod.ns) > before,
+    );
 
     // 2. An IPv6 SYN behind nine destination-options headers (the parser follows six; Linux
     //    delivers any number). The pod answers.
     let before = out_segs(&pod.ns);
     let syn6 = tcp_syn(IpAddr::V6(src6), IpAddr::V6(dst6), 41_002, 80);
     send(vec![ipv6_long_chain(src6, dst6, 9, &syn6)]);
-    wait_for("the pod answered the SYN behind nine headers", Duration::from_secs(5), || {
-        out_segs(&pod.ns) > before
-    });
+    wait_for(
+        "the pod answered the SYN behind nine headers",
+        Duration::from_secs(5),
+        || out_segs(&pod.ns) > before,
+    );
 
     // 3. An IPv6 SYN whose TCP header is all in the second fragment. Linux drops such a first
     //    fragment (RFC 8200 §4.5), but it is counted all the same.
     let syn6b = tcp_syn(IpAddr::V6(src6), IpAddr::V6(dst6), 41_003, 80);
-    send(ipv6_header_in_second_fragment(src6, dst6, 0x0bad_cafe, &syn6b));
+    send(ipv6_header_in_second_fragment(
+        src6,
+        dst6,
+        0x0bad_cafe,
+        &syn6b,
+    ));
 
     // 4. A non-first IPv4 fragment alone.
     let lone = ipv4_fragments(src4, dst4, 0x4343, 17, &[9u8; 64], &[16]);

@@ -94,7 +94,8 @@ fn flows_before_the_first_sync_are_held_and_judged_again() {
     assert!(alert_lines(&agent).is_empty(), "{:?}", alert_lines(&agent));
     let out = agent.cli(&["status"]);
     assert!(
-        String::from_utf8_lossy(&out.stdout).contains("first full sync pending: 2 direct flows held"),
+        String::from_utf8_lossy(&out.stdout)
+            .contains("first full sync pending: 2 direct flows held"),
         "{}",
         String::from_utf8_lossy(&out.stdout)
     );
@@ -124,13 +125,17 @@ fn flows_before_the_first_sync_are_held_and_judged_again() {
         sample(&m, "observer_presync_flows_total", "result=\"confirmed\""),
         Some(1.0)
     );
-    wait_for("the outsider's flow counted", Duration::from_secs(5), || {
-        scrape(&n, &agent)
-            .lines()
-            .filter(|l| l.starts_with("observer_direct_pod_access_flows_total{"))
-            .count()
-            == 1
-    });
+    wait_for(
+        "the outsider's flow counted",
+        Duration::from_secs(5),
+        || {
+            scrape(&n, &agent)
+                .lines()
+                .filter(|l| l.starts_with("observer_direct_pod_access_flows_total{"))
+                .count()
+                == 1
+        },
+    );
     // From now on the peer's new flows are in cluster, never held.
     assert_eq!(
         tcp_get(&n.peer, None, pod_a, 80).1.as_deref(),

@@ -37,21 +37,12 @@ pub fn tcp_syn(src: IpAddr, dst: IpAddr, sport: u16, dport: u16) -> Vec<u8> {
     t.extend([0, 0, 0, 0]); // checksum, urgent pointer
     let len = (t.len() as u16).to_be_bytes();
     let sum = match (src, dst) {
-        (IpAddr::V4(s), IpAddr::V4(d)) => checksum(&[
-            &s.octets(),
-            &d.octets(),
-            &[0, TCP],
-            &len,
-            &t,
-        ]),
-        (IpAddr::V6(s), IpAddr::V6(d)) => checksum(&[
-            &s.octets(),
-            &d.octets(),
-            &[0, 0],
-            &len,
-            &[0, 0, 0, TCP],
-            &t,
-        ]),
+        (IpAddr::V4(s), IpAddr::V4(d)) => {
+            checksum(&[&s.octets(), &d.octets(), &[0, TCP], &len, &t])
+        }
+        (IpAddr::V6(s), IpAddr::V6(d)) => {
+            checksum(&[&s.octets(), &d.octets(), &[0, 0], &len, &[0, 0, 0, TCP], &t])
+        }
         _ => panic!("mixed families"),
     };
     t[16..18].copy_from_slice(&sum.to_be_bytes());
@@ -75,7 +66,10 @@ pub fn ipv4_fragments(
         .windows(2)
         .map(|w| {
             let (from, to) = (w[0], w[1]);
-            assert!(from % 8 == 0 && from < to, "fragments start at multiples of 8");
+            assert!(
+                from % 8 == 0 && from < to,
+                "fragments start at multiples of 8"
+            );
             let more = to < upper.len();
             let frag = (from / 8) as u16 | if more { 0x2000 } else { 0 };
             let mut h = vec![0x45, 0];
@@ -150,7 +144,11 @@ pub fn ethernet(dst_mac: [u8; 6], src_mac: [u8; 6], ip: &[u8]) -> Vec<u8> {
     let mut f = Vec::with_capacity(14 + ip.len());
     f.extend(dst_mac);
     f.extend(src_mac);
-    f.extend(if ip[0] >> 4 == 4 { [0x08, 0x00] } else { [0x86, 0xdd] });
+    f.extend(if ip[0] >> 4 == 4 {
+        [0x08, 0x00]
+    } else {
+        [0x86, 0xdd]
+    });
     f.extend(ip);
     f
 }

@@ -108,7 +108,11 @@ pub fn wait_for(what: &str, timeout: Duration, mut ok: impl FnMut() -> bool) {
 /// seen before the call has then had the chance to settle, be counted and alerted on (with the
 /// default 1 s settle time and refresh interval, 3 refreshes are enough).
 pub fn wait_refreshes(agent: &AgentProc, n: u64) {
-    let count = || status(agent)["flow_refreshes"].as_u64().expect("flow_refreshes");
+    let count = || {
+        status(agent)["flow_refreshes"]
+            .as_u64()
+            .expect("flow_refreshes")
+    };
     let want = count() + n;
     wait_for(
         &format!("{n} flow refreshes"),
