@@ -102,6 +102,16 @@ impl Pusher {
     }
 }
 
+/// The agent's severity (high, medium, low; empty without the Kubernetes inventory) in the
+/// vocabulary of the rules and of Alertmanager routes.
+pub fn alert_severity(agent: &str) -> &'static str {
+    match agent {
+        "medium" => "warning",
+        "low" => "info",
+        _ => "critical",
+    }
+}
+
 fn alert_json(a: &Alert, node: &str, now: SystemTime, window: Duration) -> serde_json::Value {
     let row = &a.row;
     let port = if row.protocol == "icmp" {
@@ -110,13 +120,11 @@ fn alert_json(a: &Alert, node: &str, now: SystemTime, window: Duration) -> serde
         row.dst_port.to_string()
     };
     // As the rules name them: a flow nobody can place is its own, lesser alert; the agent's
-    // severity (Kubernetes inventory) is kept, high without it.
+    // severity (Kubernetes inventory) maps to the rules' vocabulary, critical without it.
     let (alertname, severity) = if row.origin == crate::flows::ORIGIN_UNKNOWN {
         ("ObserverDirectPodAccessUnknownOrigin", "warning")
-    } else if row.severity.is_empty() {
-        ("ObserverDirectPodAccess", "high")
     } else {
-        ("ObserverDirectPodAccess", row.severity.as_str())
+        ("ObserverDirectPodAccess", alert_severity(&row.severity))
     };
     json!({
         "labels": {
@@ -125,9 +133,9 @@ fn alert_json(a: &Alert, node: &str, now: SystemTime, window: Duration) -> serde
             "severity": severity,
             "team": "platform",
             "node": node,
-            "namespace": row.namespace,
-            "workload": row.workload,
-            "pod": row.pod,
+            "pod_namespace": row.namespace,
+            "pod_workload": row.workload,
+            "pod_name": row.pod,
             "port": port,
             "protocol": row.protocol,
             "state": row.state,

@@ -48,7 +48,7 @@ pub struct RunArgs {
     /// NodePort range, `MIN-MAX` [default: 30000-32767].
     #[arg(long = "nodeport-range", env = "OBSERVER_NODEPORT_RANGE")]
     pub nodeport_range: Option<String>,
-    /// Prometheus endpoint address [default: 0.0.0.0:9962].
+    /// Prometheus endpoint address [default: 0.0.0.0:19962].
     #[arg(long = "metrics-addr", env = "OBSERVER_METRICS_ADDR")]
     pub metrics_addr: Option<String>,
     /// How to attach: auto (TCX on Linux >= 6.6, else netlink), tcx, netlink, or netlink-pods
@@ -376,7 +376,7 @@ impl Config {
             invalid(
                 "metrics-addr",
                 &metrics,
-                "an address:port such as 0.0.0.0:9962 or [::]:9962",
+                "an address:port such as 0.0.0.0:19962 or [::]:19962",
             )
         })?;
         let log_format = match one(args.log_format, file.log_format, defaults::LOG_FORMAT).as_str()
@@ -538,7 +538,7 @@ mod tests {
     fn defaults_apply() {
         let c = cfg(RunArgs::default()).unwrap();
         assert_eq!((c.nodeport_min, c.nodeport_max), (30000, 32767));
-        assert_eq!(c.metrics_addr.to_string(), "0.0.0.0:9962");
+        assert_eq!(c.metrics_addr.to_string(), "0.0.0.0:19962");
         assert_eq!(c.uplinks.len(), 5);
         assert!(c.pod_ifaces.iter().any(|p| p.matches("eni9397facaed1")));
         assert!(c.uplinks.iter().any(|p| p.matches("eth1")));
@@ -586,10 +586,10 @@ mod tests {
             ),
             (
                 RunArgs {
-                    metrics_addr: Some("9962".into()),
+                    metrics_addr: Some("19962".into()),
                     ..Default::default()
                 },
-                "metrics-addr \"9962\"",
+                "metrics-addr \"19962\"",
             ),
             (
                 RunArgs {

@@ -8,7 +8,7 @@ pub const UPLINKS: &[&str] = &["eth*", "ens*", "enp*", "eno*", "bond*"];
 /// (vlan*) and generic CNIs (veth*).
 pub const POD_IFACES: &[&str] = &["eni*", "cali*", "vlan*", "veth*"];
 pub const NODEPORT_RANGE: &str = "30000-32767";
-pub const METRICS_ADDR: &str = "0.0.0.0:9962";
+pub const METRICS_ADDR: &str = "0.0.0.0:19962";
 /// The debug API's unix socket (mode 0600, never on the network).
 pub const SOCKET: &str = "/run/observer/observer.sock";
 /// auto: TCX on Linux >= 6.6, clsact/netlink before.

@@ -62,10 +62,13 @@ struct Last {
 }
 
 /// The label sets of the direct-access metrics.
+/// The pod is named by `pod_namespace`, `pod_workload` and `pod_name`, never `namespace`/`pod`:
+/// the Prometheus Operator gives every target the `namespace` and `pod` of the agent's own pod,
+/// and with `honorLabels: false` those would win (the agent's would become `exported_*`).
 pub const DIRECT_LABELS: [&str; 8] = [
-    "namespace",
-    "workload",
-    "pod",
+    "pod_namespace",
+    "pod_workload",
+    "pod_name",
     "port",
     "protocol",
     "state",
@@ -246,13 +249,13 @@ impl Metrics {
                 &r,
                 "observer_direct_pod_access_lost_flows_total",
                 "Flows from outside the cluster straight to a pod IP that the kernel counted but whose details (source, port, state) the agent never got: the event ring was full (a flood) or the flow table refused them.",
-                &["namespace", "workload", "pod", "severity"],
+                &["pod_namespace", "pod_workload", "pod_name", "severity"],
             ),
             unjudged: counter_vec(
                 &r,
                 "observer_unjudged_pod_packets_total",
                 "Packets from outside the cluster to a pod IP whose flow the observer could not read, by kind: header (a tiny first fragment or a header chain too long to follow, which no normal stack sends) or fragment (a fragment whose first fragment was not judged). A connection can hide in them, so they count against the pod they reached.",
-                &["namespace", "workload", "pod", "kind"],
+                &["pod_namespace", "pod_workload", "pod_name", "kind"],
             ),
             not_first: gauge(
                 &r,

@@ -238,7 +238,7 @@ fn every_row(layout: Layout) {
     promtool_check(&m);
     let l = |port: &str, proto: &str, state: &str, pod: &str| {
         format!(
-            "namespace=\"\",origin=\"seen_start\",pod=\"{pod}\",port=\"{port}\",protocol=\"{proto}\",severity=\"\",state=\"{state}\",workload=\"\""
+            "origin=\"seen_start\",pod_name=\"{pod}\",pod_namespace=\"\",pod_workload=\"\",port=\"{port}\",protocol=\"{proto}\",severity=\"\",state=\"{state}\""
         )
     };
     assert_eq!(

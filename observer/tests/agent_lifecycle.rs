@@ -388,14 +388,14 @@ fn idle_flows_expire_repeats_fold_and_gone_pods_lose_their_series() {
     });
     // Pod B goes away: its series go after the grace period; pod A's stay.
     let m = metrics(&n, &agent);
-    assert!(m.contains(&format!("pod=\"{}\"", n.pods[1].veth)));
+    assert!(m.contains(&format!("pod_name=\"{}\"", n.pods[1].veth)));
     n.node.sh(&["ip", "link", "del", n.pods[1].veth]);
     wait_for(
         "the gone pod's series removed",
         Duration::from_secs(10),
-        || !metrics(&n, &agent).contains(&format!("pod=\"{}\"", n.pods[1].veth)),
+        || !metrics(&n, &agent).contains(&format!("pod_name=\"{}\"", n.pods[1].veth)),
     );
-    assert!(metrics(&n, &agent).contains(&format!("pod=\"{}\"", n.pods[0].veth)));
+    assert!(metrics(&n, &agent).contains(&format!("pod_name=\"{}\"", n.pods[0].veth)));
     drop(servers);
 }
 

@@ -33,7 +33,7 @@ fn a_port_scan_keeps_series_and_alerts_bounded() {
         .lines()
         .filter(|l| {
             l.starts_with("observer_direct_pod_access_flows_total{")
-                && l.contains(&format!("pod=\"{veth}\""))
+                && l.contains(&format!("pod_name=\"{veth}\""))
         })
         .collect();
     // At most 8 ports + "other", for each state (answered, refused, silent).
@@ -283,7 +283,7 @@ fn a_flood_to_one_pod_does_not_hide_an_access_to_another() {
     let of_b = |m: &str, name: &str| -> f64 {
         m.lines()
             .filter(|l| {
-                l.starts_with(&format!("{name}{{")) && l.contains(&format!("pod=\"{veth_b}\""))
+                l.starts_with(&format!("{name}{{")) && l.contains(&format!("pod_name=\"{veth_b}\""))
             })
             .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
             .sum()
@@ -306,7 +306,7 @@ fn a_flood_to_one_pod_does_not_hide_an_access_to_another() {
     if of_b(&m, "observer_direct_pod_access_flows_total") == 1.0 {
         assert!(
             m.contains(&format!(
-                "pod=\"{veth_b}\",port=\"80\",protocol=\"tcp\",severity=\"\",state=\"answered\""
+                "pod_name=\"{veth_b}\",pod_namespace=\"\",pod_workload=\"\",port=\"80\",protocol=\"tcp\",severity=\"\",state=\"answered\""
             )),
             "pod B's access counted as answered: {m}"
         );
@@ -333,7 +333,7 @@ fn a_flood_to_one_pod_does_not_hide_an_access_to_another() {
     // agent's next refresh; pod B's flow may be the one other lost event).
     let lost_a = |m: &str| {
         let labels = format!(
-            "namespace=\"\",pod=\"{}\",severity=\"\",workload=\"\"",
+            "pod_name=\"{}\",pod_namespace=\"\",pod_workload=\"\",severity=\"\"",
             n.pods[0].veth
         );
         sample(m, "observer_direct_pod_access_lost_flows_total", &labels).unwrap_or(0.0)

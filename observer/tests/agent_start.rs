@@ -183,7 +183,7 @@ fn connections_open_before_the_start_are_judged_by_who_opened_them() {
         ("8081", "unknown"),
     ] {
         let labels = format!(
-            "observer_direct_pod_access_flows_total{{namespace=\"\",origin=\"{origin}\",pod=\"{veth}\",port=\"{port}\","
+            "observer_direct_pod_access_flows_total{{origin=\"{origin}\",pod_name=\"{veth}\",pod_namespace=\"\",pod_workload=\"\",port=\"{port}\","
         );
         let n: f64 = m
             .lines()

@@ -240,11 +240,11 @@ fn a_direct_access_alert_reaches_alertmanager_and_nodeport_traffic_does_not() {
         started.elapsed()
     );
     let l = &alert["labels"];
-    assert_eq!(l["pod"], n.pods[0].veth);
+    assert_eq!(l["pod_name"], n.pods[0].veth);
     assert_eq!(l["port"], "80");
     assert_eq!(l["protocol"], "tcp");
     assert_eq!(l["state"], "answered");
-    assert_eq!(l["severity"], "high");
+    assert_eq!(l["severity"], "critical");
     assert!(
         alert["annotations"]["summary"]
             .as_str()
@@ -315,7 +315,7 @@ fn the_agent_pushes_to_alertmanager_folds_repeats_and_survives_it_being_down() {
     let pod_b: Vec<serde_json::Value> = loop {
         let v: Vec<_> = direct_alerts(&n.node, am.port)
             .into_iter()
-            .filter(|a| a["labels"]["pod"] == n.pods[1].veth)
+            .filter(|a| a["labels"]["pod_name"] == n.pods[1].veth)
             .collect();
         if !v.is_empty() {
             break v;
@@ -328,7 +328,7 @@ fn the_agent_pushes_to_alertmanager_folds_repeats_and_survives_it_being_down() {
         started.elapsed()
     );
     assert_eq!(pod_b.len(), 1, "{pod_b:#?}");
-    // The labels of the rule it stands for: the agent's severity (high without Kubernetes),
+    // The labels of the rule it stands for: the agent's severity (critical without Kubernetes),
     // the node, the state the pod's answer settled to, the origin, the team.
     let labels = &pod_b[0]["labels"];
     let node = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
@@ -337,7 +337,7 @@ fn the_agent_pushes_to_alertmanager_folds_repeats_and_survives_it_being_down() {
         ("source", "observer-agent"),
         ("port", "80"),
         ("protocol", "tcp"),
-        ("severity", "high"),
+        ("severity", "critical"),
         ("state", "answered"),
         ("origin", "seen_start"),
         ("team", "platform"),

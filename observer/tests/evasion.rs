@@ -39,7 +39,7 @@ fn unjudged(text: &str, veth: &str, kind: &str) -> f64 {
     text.lines()
         .filter(|l| {
             l.starts_with("observer_unjudged_pod_packets_total{")
-                && l.contains(&format!("pod=\"{veth}\""))
+                && l.contains(&format!("pod_name=\"{veth}\""))
                 && l.contains(&format!("kind=\"{kind}\""))
         })
         .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())

@@ -207,8 +207,8 @@ fn the_kubernetes_inventory_follows_the_api() {
         &n,
         &agent,
         &[
-            r#"observer_direct_pod_access_flows_total{namespace="shop",origin="seen_start",pod="batch-7854ff8877-q2x9k",port="undeclared",protocol="tcp",severity="high",state="answered",workload="batch"} 1"#,
-            r#"observer_direct_pod_access_flows_total{namespace="shop",origin="seen_start",pod="web-7854ff8877-z5nh5",port="80",protocol="tcp",severity="medium",state="answered",workload="web"} 1"#,
+            r#"observer_direct_pod_access_flows_total{origin="seen_start",pod_name="batch-7854ff8877-q2x9k",pod_namespace="shop",pod_workload="batch",port="undeclared",protocol="tcp",severity="high",state="answered"} 1"#,
+            r#"observer_direct_pod_access_flows_total{origin="seen_start",pod_name="web-7854ff8877-z5nh5",pod_namespace="shop",pod_workload="web",port="80",protocol="tcp",severity="medium",state="answered"} 1"#,
         ],
     );
 
@@ -596,9 +596,9 @@ fn every_row_with_the_kubernetes_inventory_vpc_cni() {
         &n,
         &agent,
         &[
-            r#"observer_direct_pod_access_flows_total{namespace="shop",origin="seen_start",pod="web-7854ff8877-z5nh5",port="80",protocol="tcp",severity="medium",state="answered",workload="web"} 2"#,
-            r#"observer_direct_pod_access_flows_total{namespace="shop",origin="seen_start",pod="web-7854ff8877-z5nh5",port="undeclared",protocol="tcp",severity="medium",state="refused",workload="web"} 1"#,
-            r#"observer_direct_pod_access_flows_total{namespace="shop",origin="seen_start",pod="batch-7854ff8877-q2x9k",port="undeclared",protocol="tcp",severity="high",state="answered",workload="batch"} 1"#,
+            r#"observer_direct_pod_access_flows_total{origin="seen_start",pod_name="web-7854ff8877-z5nh5",pod_namespace="shop",pod_workload="web",port="80",protocol="tcp",severity="medium",state="answered"} 2"#,
+            r#"observer_direct_pod_access_flows_total{origin="seen_start",pod_name="web-7854ff8877-z5nh5",pod_namespace="shop",pod_workload="web",port="undeclared",protocol="tcp",severity="medium",state="refused"} 1"#,
+            r#"observer_direct_pod_access_flows_total{origin="seen_start",pod_name="batch-7854ff8877-q2x9k",pod_namespace="shop",pod_workload="batch",port="undeclared",protocol="tcp",severity="high",state="answered"} 1"#,
         ],
     );
     for ip in [n.outside_ip, n.peer_ip, n.allowed_ip] {

@@ -108,15 +108,31 @@ pub fn prometheus(
     rules: &Path,
     am_port: u16,
 ) -> Server {
+    let targets: Vec<String> = targets.iter().map(|p| format!("'127.0.0.1:{p}'")).collect();
+    let scrape = format!(
+        "  - job_name: observer\n    static_configs:\n      - targets: [{}]\n",
+        targets.join(", ")
+    );
+    prometheus_with(ns, dir, port, &scrape, rules, am_port)
+}
+
+/// Prometheus with the given `scrape_configs` entries (YAML, indented as list items under
+/// `scrape_configs:`), scraping and evaluating every second.
+pub fn prometheus_with(
+    ns: &Netns,
+    dir: &Path,
+    port: u16,
+    scrape_configs: &str,
+    rules: &Path,
+    am_port: u16,
+) -> Server {
     std::fs::create_dir_all(dir.join("prom-data")).expect("prom dir");
     let cfg = dir.join("prometheus.yml");
-    let targets: Vec<String> = targets.iter().map(|p| format!("'127.0.0.1:{p}'")).collect();
     std::fs::write(
         &cfg,
         format!(
-            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nrule_files:\n  - {}\nalerting:\n  alertmanagers:\n    - static_configs:\n        - targets: ['127.0.0.1:{am_port}']\nscrape_configs:\n  - job_name: observer\n    static_configs:\n      - targets: [{}]\n",
+            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nrule_files:\n  - {}\nalerting:\n  alertmanagers:\n    - static_configs:\n        - targets: ['127.0.0.1:{am_port}']\nscrape_configs:\n{scrape_configs}",
             rules.display(),
-            targets.join(", ")
         ),
     )
     .expect("prom config");
