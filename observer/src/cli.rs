@@ -6,6 +6,7 @@ use clap::{Parser, Subcommand};
 
 use std::path::Path;
 
+use crate::flows_cli::{self, Filters, Output};
 use observer::{
     api::{self, Request},
     config::{Config, LogFormat, RunArgs},
@@ -34,28 +35,32 @@ pub enum Command {
     /// Run the agent: attach, follow the node, serve metrics and the debug API.
     Run(Box<RunArgs>),
     /// Flagged flows the agent has seen recently.
+    ///
+    /// Exit status: 0 ok (with --fail-if-any: no flow matched), 1 the agent answered an error,
+    /// 2 usage, 3 no agent reachable, 4 --fail-if-any and some flow matched.
     Flows {
-        /// Only flows of this verdict (e.g. direct_to_pod).
-        #[arg(long, env = "OBSERVER_VERDICT")]
-        verdict: Option<String>,
-        /// Only flows of this origin: seen_start, datagram, outsider (opened by the outsider
-        /// before the observer saw it, per conntrack), unknown (nothing tells who opened it).
-        #[arg(long, env = "OBSERVER_ORIGIN", value_parser = ["seen_start", "datagram", "outsider", "unknown"])]
-        origin: Option<String>,
-        /// Keep printing new and updated flows.
-        #[arg(long, env = "OBSERVER_FOLLOW")]
-        follow: bool,
-        /// JSON lines instead of a table.
-        #[arg(long, env = "OBSERVER_JSON")]
+        #[command(flatten)]
+        filters: Filters,
+        /// Output format.
+        #[arg(short = 'o', long, value_enum, default_value_t = Output::Table)]
+        output: Output,
+        /// The same as `-o json`.
+        #[arg(long)]
         json: bool,
+        /// Keep printing new and updated flows (a header, then aligned rows).
+        #[arg(long, conflicts_with_all = ["fail_if_any", "last"])]
+        follow: bool,
+        /// Exit 4 when any flow passes the filters, 0 when none does (for scripts).
+        #[arg(long)]
+        fail_if_any: bool,
         /// Print a NetworkPolicy (and the network change) for every direct path seen.
-        #[arg(long, env = "OBSERVER_SUGGEST_POLICY", conflicts_with_all = ["follow", "verdict"])]
+        #[arg(long, conflicts_with_all = ["follow", "verdict"])]
         suggest_policy: bool,
     },
     /// Attached interfaces, foreign programs, inventory, lost events, flow-table use.
     Status {
         /// JSON instead of text.
-        #[arg(long, env = "OBSERVER_JSON")]
+        #[arg(long)]
         json: bool,
     },
     /// The verdict a new flow from SRC to DST[:PORT] would get now, and why.
@@ -65,13 +70,30 @@ pub enum Command {
         /// Destination: ADDRESS, ADDRESS:PORT or [IPv6]:PORT.
         dst: String,
         /// tcp, udp or icmp [default: tcp].
-        #[arg(long, env = "OBSERVER_PROTOCOL")]
+        #[arg(long)]
         protocol: Option<String>,
         /// JSON instead of text.
-        #[arg(long, env = "OBSERVER_JSON")]
+        #[arg(long)]
         json: bool,
     },
+    /// A shell completion script for the command line (bash, zsh, fish, elvish, powershell).
+    Completion { shell: clap_complete::Shell },
 }
+
+/// No agent serves the socket (exit status 3).
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "no observer agent is serving {socket} ({error}); is `observer run` running (kubectl exec into the observer pod), and is --socket / OBSERVER_SOCKET the same?"
+)]
+struct Unreachable {
+    socket: String,
+    error: std::io::Error,
+}
+
+/// Exit status of `flows --fail-if-any` when a flow matched.
+const EXIT_MATCHED: u8 = 4;
+/// Exit status when no agent is reachable.
+const EXIT_UNREACHABLE: u8 = 3;
 
 fn init_logs(cfg: &Config) {
     let filter = tracing_subscriber::EnvFilter::try_new(&cfg.log_level)
@@ -89,72 +111,6 @@ fn init_logs(cfg: &Config) {
             .init(),
         LogFormat::Text => builder.init(),
     }
-}
-
-fn table(rows: &[FlowRow]) -> String {
-    let head = [
-        "VERDICT",
-        "SOURCE",
-        "DESTINATION",
-        "PROTO",
-        "NAMESPACE/POD",
-        "IFACE",
-        "STATE",
-        "ORIGIN",
-        "PACKETS",
-        "BYTES",
-        "FIRST SEEN",
-    ];
-    let cells: Vec<[String; 11]> = rows
-        .iter()
-        .map(|r| {
-            let port = |p: u16| {
-                if r.protocol == "icmp" {
-                    String::new()
-                } else {
-                    format!(":{p}")
-                }
-            };
-            [
-                r.verdict.clone(),
-                format!("{}{}", r.src, port(r.src_port)),
-                format!("{}{}", r.dst, port(r.dst_port)),
-                r.protocol.clone(),
-                if r.namespace.is_empty() {
-                    r.pod.clone()
-                } else {
-                    format!("{}/{}", r.namespace, r.pod)
-                },
-                r.iface.clone(),
-                r.state.clone(),
-                r.origin.clone(),
-                r.packets.to_string(),
-                r.bytes.to_string(),
-                r.first_seen.clone(),
-            ]
-        })
-        .collect();
-    let mut width: Vec<usize> = head.iter().map(|h| h.len()).collect();
-    for c in &cells {
-        for (i, v) in c.iter().enumerate() {
-            width[i] = width[i].max(v.len());
-        }
-    }
-    let mut out = String::new();
-    let fmt_row = |vals: Vec<&str>, out: &mut String| {
-        let line: Vec<String> = vals
-            .iter()
-            .enumerate()
-            .map(|(i, v)| format!("{v:<w$}", w = width[i]))
-            .collect();
-        out.push_str(line.join("  ").trim_end());
-        out.push('\n');
-    };
-    fmt_row(head.to_vec(), &mut out);
-    for c in &cells {
-        fmt_row(c.iter().map(String::as_str).collect(), &mut out);
-    }
-    out
 }
 
 /// Splits text into lines of at most `width` characters, at spaces.
@@ -176,15 +132,17 @@ fn textwrap(text: &str, width: usize) -> Vec<String> {
     lines
 }
 
-async fn client(socket: PathBuf, command: Command) -> anyhow::Result<()> {
+async fn client(socket: PathBuf, command: Command) -> anyhow::Result<u8> {
     let mut stdout = std::io::stdout();
     match command {
-        Command::Run(_) => unreachable!("handled by main"),
+        Command::Run(_) | Command::Completion { .. } => unreachable!("handled by main"),
         Command::Flows {
             suggest_policy: true,
+            output,
             json,
             ..
         } => {
+            let json = json || output == Output::Json;
             let mut remedies = Vec::new();
             let mut bad = None;
             request(
@@ -213,64 +171,76 @@ async fn client(socket: PathBuf, command: Command) -> anyhow::Result<()> {
                 }
                 print!("{}", r.network_policy);
             }
-            Ok(())
+            Ok(0)
         }
         Command::Flows {
-            verdict,
-            origin,
-            follow,
+            filters,
+            output,
             json,
+            follow,
+            fail_if_any,
             ..
         } => {
-            let req = Request::Flows { verdict, follow };
-            let wanted = |r: &FlowRow| origin.as_deref().is_none_or(|o| r.origin == o);
-            if json || follow {
+            let output = if json { Output::Json } else { output };
+            let wide = output == Output::Wide;
+            let req = Request::Flows {
+                verdict: filters.verdict.clone(),
+                follow,
+            };
+            if follow {
+                if output != Output::Json {
+                    let _ = write!(stdout, "{}", flows_cli::follow_header(wide));
+                    let _ = stdout.flush();
+                }
                 request(&socket, &req, |l| {
-                    if origin.is_some() && !parse_flow(l).is_ok_and(|r| wanted(&r)) {
+                    let Ok(r) = parse_flow(l) else {
+                        return;
+                    };
+                    if !filters.matches(&r, jiff::Timestamp::now()) {
                         return;
                     }
-                    if json {
+                    if output == Output::Json {
                         let _ = writeln!(stdout, "{l}");
-                    } else if let Ok(r) = parse_flow(l) {
-                        let _ = write!(
-                            stdout,
-                            "{}",
-                            table(&[r])
-                                .lines()
-                                .nth(1)
-                                .map(|s| format!("{s}\n"))
-                                .unwrap_or_default()
-                        );
+                    } else {
+                        let _ = write!(stdout, "{}", flows_cli::follow_row(&r, wide));
                     }
                     let _ = stdout.flush();
                 })
-                .await
-            } else {
-                let mut rows = Vec::new();
-                let mut bad = None;
-                request(&socket, &req, |l| match parse_flow(l) {
-                    Ok(r) if wanted(&r) => rows.push(r),
-                    Ok(_) => {}
-                    Err(e) => bad = Some(e),
-                })
                 .await?;
-                if let Some(e) = bad {
-                    anyhow::bail!("the agent sent a line that is not a flow: {e}");
-                }
-                if rows.is_empty() {
-                    println!("no flagged flows");
-                } else {
-                    print!("{}", table(&rows));
-                }
-                Ok(())
+                return Ok(0);
             }
+            let mut rows = Vec::new();
+            let mut bad = None;
+            request(&socket, &req, |l| match parse_flow(l) {
+                Ok(r) => rows.push(r),
+                Err(e) => bad = Some(e),
+            })
+            .await?;
+            if let Some(e) = bad {
+                anyhow::bail!("the agent sent a line that is not a flow: {e}");
+            }
+            let rows = filters.apply(rows);
+            match output {
+                Output::Json => {
+                    for r in &rows {
+                        println!("{}", serde_json::to_string(r)?);
+                    }
+                }
+                _ if rows.is_empty() => eprintln!("no flagged flows"),
+                _ => print!("{}", flows_cli::table(&rows, wide)),
+            }
+            Ok(if fail_if_any && !rows.is_empty() {
+                EXIT_MATCHED
+            } else {
+                0
+            })
         }
         Command::Status { json } => {
             let mut answer = String::new();
             request(&socket, &Request::Status {}, |l| answer = l.to_string()).await?;
             if json {
                 println!("{answer}");
-                return Ok(());
+                return Ok(0);
             }
             let s: api::Status = serde_json::from_str(&answer)?;
             println!(
@@ -325,7 +295,7 @@ async fn client(socket: PathBuf, command: Command) -> anyhow::Result<()> {
                 "flow table: {}/{} entries, {} recent flows, {} events lost",
                 s.flow_table_entries, s.flow_table_capacity, s.recent_flows, s.events_lost
             );
-            Ok(())
+            Ok(0)
         }
         Command::Explain {
             src,
@@ -340,7 +310,7 @@ async fn client(socket: PathBuf, command: Command) -> anyhow::Result<()> {
             .await?;
             if json {
                 println!("{answer}");
-                return Ok(());
+                return Ok(0);
             }
             let e: Explanation = serde_json::from_str(&answer)?;
             println!("{}", e.packet);
@@ -387,7 +357,7 @@ async fn client(socket: PathBuf, command: Command) -> anyhow::Result<()> {
                     p.iface
                 );
             }
-            Ok(())
+            Ok(0)
         }
     }
 }
@@ -430,11 +400,20 @@ pub fn main() -> ExitCode {
                 }
             }
         }
+        Command::Completion { shell } => {
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut cmd, "observer", &mut std::io::stdout());
+            ExitCode::SUCCESS
+        }
         command => match runtime.block_on(client(cli.socket, command)) {
-            Ok(()) => ExitCode::SUCCESS,
+            Ok(code) => ExitCode::from(code),
             Err(e) => {
                 eprintln!("observer: {e:#}");
-                ExitCode::FAILURE
+                if e.downcast_ref::<Unreachable>().is_some() {
+                    ExitCode::from(EXIT_UNREACHABLE)
+                } else {
+                    ExitCode::FAILURE
+                }
             }
         },
     }
@@ -446,12 +425,12 @@ async fn request(
     req: &Request,
     mut on_line: impl FnMut(&str),
 ) -> anyhow::Result<()> {
-    let stream = UnixStream::connect(socket).await.map_err(|e| {
-        anyhow::anyhow!(
-            "no observer agent is serving {} ({e}); is `observer run` running (kubectl exec into the observer pod), and is --socket / OBSERVER_SOCKET the same?",
-            socket.display()
-        )
-    })?;
+    let stream = UnixStream::connect(socket)
+        .await
+        .map_err(|error| Unreachable {
+            socket: socket.display().to_string(),
+            error,
+        })?;
     let (read, mut write) = stream.into_split();
     write.write_all(api::line(req).as_bytes()).await?;
     let mut lines = BufReader::new(read).lines();

@@ -2,6 +2,7 @@
 
 mod agent;
 mod cli;
+mod flows_cli;
 
 fn main() -> std::process::ExitCode {
     cli::main()

@@ -1,5 +1,5 @@
 //! Bad flags, bad config files and a missing agent give clear errors and the documented exit
-//! codes: 2 for unusable settings, 1 when no agent answers.
+//! codes: 2 for unusable settings and usage, 3 when no agent answers.
 
 use std::process::{Command, Output};
 
@@ -103,7 +103,7 @@ fn bad_config_files_exit_2() {
 }
 
 #[test]
-fn clients_without_an_agent_say_so_and_exit_1() {
+fn clients_without_an_agent_say_so_and_exit_3() {
     let socket = std::env::temp_dir().join(format!("observer-none-{}.sock", std::process::id()));
     let s = socket.to_string_lossy();
     for args in [
@@ -112,11 +112,39 @@ fn clients_without_an_agent_say_so_and_exit_1() {
         vec!["--socket", &s, "explain", "10.0.6.245", "10.0.3.240:80"],
     ] {
         let o = observer(&args);
-        assert_eq!(o.status.code(), Some(1), "{args:?}");
+        assert_eq!(o.status.code(), Some(3), "{args:?}");
         assert!(
             stderr(&o).contains("no observer agent is serving"),
             "{}",
             stderr(&o)
         );
     }
+}
+
+#[test]
+fn usage_errors_exit_2_and_completions_are_printed() {
+    for args in [
+        vec!["flows", "--state", "sleeping"],
+        vec!["flows", "--verdict", "evil"],
+        vec!["flows", "--from", "10.0.0.0/99"],
+        vec!["flows", "--since", "yesterday"],
+        vec!["flows", "-o", "yaml"],
+        vec!["flows", "--follow", "--fail-if-any"],
+    ] {
+        let o = observer(&args);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {}", stderr(&o));
+    }
+    // The verdicts are listed in --help.
+    let help = String::from_utf8_lossy(&observer(&["flows", "--help"]).stdout).to_string();
+    assert!(
+        help.contains("direct_to_pod") && help.contains("nodeport"),
+        "{help}"
+    );
+    let o = observer(&["completion", "bash"]);
+    assert!(o.status.success());
+    let script = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        script.contains("_observer") && script.contains("--fail-if-any"),
+        "{script}"
+    );
 }

@@ -34,7 +34,10 @@ const ME: &str = "ip-10-0-7-223.ec2.internal";
 const AGENT_POD: &str = "observer-x7k2p";
 
 fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().into()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .into()
 }
 
 /// The shipped rules with `for:` cut to 0 s, for a test that cannot wait minutes.
@@ -193,7 +196,10 @@ fn the_alert_names_the_attacked_pod_and_node_under_the_operators_labels() {
         assert!(Instant::now() < deadline, "no alert: {v}");
         thread::sleep(Duration::from_millis(250));
     };
-    println!("alert labels under the Operator's semantics: {}", alert["labels"]);
+    println!(
+        "alert labels under the Operator's semantics: {}",
+        alert["labels"]
+    );
     // The scraped series carry the Operator's labels (the agent's own pod) beside the
     // attacked pod's, and none was renamed `exported_*`.
     let series = query(
@@ -220,7 +226,10 @@ fn the_alert_names_the_attacked_pod_and_node_under_the_operators_labels() {
     ] {
         assert_eq!(l[k], v, "{k}: {l}");
     }
-    assert!(l.get("pod").is_none() && l.get("namespace").is_none(), "{l}");
+    assert!(
+        l.get("pod").is_none() && l.get("namespace").is_none(),
+        "{l}"
+    );
     let summary = alert["annotations"]["summary"].as_str().unwrap();
     assert!(
         summary.contains("Pod shop/web-7854ff8877-z5nh5 ") && summary.contains(ME),
