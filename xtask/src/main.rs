@@ -6,6 +6,7 @@ mod churn;
 mod demo;
 mod flood;
 mod generated;
+mod image;
 mod throughput;
 mod toolchain;
 
@@ -46,6 +47,8 @@ enum Task {
         #[arg(long, default_value_t = 600)]
         seconds: u64,
     },
+    /// The agent's container image (static binary, OCI layout under target/image), checked.
+    Image,
     /// Only check for the toolchain and install what is missing.
     Setup,
     /// Regenerate generated files (the PrometheusRule from the rules file).
@@ -142,6 +145,18 @@ fn real_main() -> Result<()> {
     std::env::set_current_dir(&root)?;
     match cli.task {
         Task::Setup => timed("toolchain check", || toolchain::ensure(&[])),
+        Task::Image => {
+            timed("toolchain check", || toolchain::ensure(&[]))?;
+            let mut built = None;
+            timed("container image", || {
+                built = Some(image::build(&root)?);
+                Ok(())
+            })?;
+            timed("run the image's binary in its own root", || match &built {
+                Some(i) => image::check(i),
+                None => bail!("no image was built"),
+            })
+        }
         Task::Gen => generated::write_all(&root),
         Task::Fuzz { seconds } => {
             timed("toolchain check", || toolchain::ensure(&[]))?;
@@ -176,6 +191,13 @@ fn real_main() -> Result<()> {
                     result = timed(
                         &format!("fuzz the parser (cargo fuzz, {FUZZ_SECONDS} s)"),
                         || checks::fuzz(&root, FUZZ_SECONDS),
+                    );
+                    totals.0 += u64::from(result.is_ok());
+                }
+                if result.is_ok() {
+                    result = timed(
+                        "container image (static build, umoci, run in the image's root)",
+                        || image::build(&root).and_then(|i| image::check(&i)),
                     );
                     totals.0 += u64::from(result.is_ok());
                 }

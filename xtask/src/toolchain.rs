@@ -22,6 +22,8 @@ pub const PACKAGES: &[&str] = &[
     "prometheus-alertmanager",
     // libFuzzer's C++ sources, for the fuzz target.
     "g++",
+    // The container image: assembled from scratch (cargo xtask image).
+    "umoci",
 ];
 
 /// A cargo-installed tool, pinned: (binary, crate, version).
