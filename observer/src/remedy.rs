@@ -2,8 +2,18 @@
 //! the allowed CIDRs to the pod's port, and what to tighten in the network (the node security
 //! group under VPC CNI, the pod CIDR routing under Calico).
 
-use std::{collections::BTreeMap, fmt::Write as _};
+use std::collections::BTreeMap;
 
+use k8s_openapi::{
+    api::networking::v1::{
+        IPBlock, NetworkPolicy, NetworkPolicyIngressRule, NetworkPolicyPeer, NetworkPolicyPort,
+        NetworkPolicySpec,
+    },
+    apimachinery::pkg::{
+        apis::meta::v1::{LabelSelector, ObjectMeta},
+        util::intstr::IntOrString,
+    },
+};
 use observer_common::user::Cidr;
 use serde::{Deserialize, Serialize};
 
@@ -73,8 +83,70 @@ fn dns_label(s: &str) -> String {
     out.trim_matches('-').to_string()
 }
 
-fn quote(s: &str) -> String {
-    serde_json::to_string(s).unwrap_or_else(|_| "\"\"".into())
+/// The NetworkPolicy admitting only the cluster's pods, the cluster CIDRs and the allowed
+/// sources to the pod (on `port`, for TCP/UDP/SCTP), built from the Kubernetes API types, so it
+/// is valid by construction.
+fn network_policy(
+    pod: &PodRef,
+    namespace: &str,
+    port: Option<u16>,
+    protocol: &str,
+    cluster: &[Cidr],
+    allowed: &[Cidr],
+) -> NetworkPolicy {
+    let labels = selector_labels(pod);
+    let match_labels = if labels.is_empty() {
+        BTreeMap::from([(PLACEHOLDER_LABEL.to_string(), pod.name.clone())])
+    } else {
+        labels
+    };
+    let name = match port {
+        Some(p) => format!("observer-restrict-{}-{p}", dns_label(&pod.name)),
+        None => format!("observer-restrict-{}", dns_label(&pod.name)),
+    };
+    // Every pod of the cluster, then the cluster CIDRs and the allowed sources.
+    let mut from = vec![NetworkPolicyPeer {
+        namespace_selector: Some(LabelSelector::default()),
+        ..NetworkPolicyPeer::default()
+    }];
+    from.extend(cluster.iter().chain(allowed).map(|c| NetworkPolicyPeer {
+        ip_block: Some(IPBlock {
+            cidr: c.to_string(),
+            except: None,
+        }),
+        ..NetworkPolicyPeer::default()
+    }));
+    let ports = match (port, protocol) {
+        (Some(p), "tcp" | "udp" | "sctp") => Some(vec![NetworkPolicyPort {
+            protocol: Some(protocol.to_ascii_uppercase()),
+            port: Some(IntOrString::Int(i32::from(p))),
+            end_port: None,
+        }]),
+        _ => None,
+    };
+    NetworkPolicy {
+        metadata: ObjectMeta {
+            name: Some(name),
+            namespace: Some(namespace.to_string()),
+            labels: Some(BTreeMap::from([(
+                "app.kubernetes.io/managed-by".to_string(),
+                "observer-suggestion".to_string(),
+            )])),
+            ..ObjectMeta::default()
+        },
+        spec: Some(NetworkPolicySpec {
+            pod_selector: Some(LabelSelector {
+                match_labels: Some(match_labels),
+                match_expressions: None,
+            }),
+            policy_types: Some(vec!["Ingress".to_string()]),
+            ingress: Some(vec![NetworkPolicyIngressRule {
+                from: Some(from),
+                ports,
+            }]),
+            egress: None,
+        }),
+    }
 }
 
 /// The remedy for direct access to `pod` on `port`/`protocol`.
@@ -85,61 +157,18 @@ pub fn remedy(
     cluster: &[Cidr],
     allowed: &[Cidr],
 ) -> Remedy {
-    let labels = &selector_labels(pod);
     let namespace = if pod.namespace.is_empty() {
         "default"
     } else {
         &pod.namespace
     };
-    let name = match port {
-        Some(p) => format!("observer-restrict-{}-{p}", dns_label(&pod.name)),
-        None => format!("observer-restrict-{}", dns_label(&pod.name)),
-    };
-    let mut y = String::new();
-    let _ = writeln!(y, "apiVersion: networking.k8s.io/v1");
-    let _ = writeln!(y, "kind: NetworkPolicy");
-    let _ = writeln!(y, "metadata:");
-    let _ = writeln!(y, "  name: {name}");
-    let _ = writeln!(y, "  namespace: {}", quote(namespace));
-    let _ = writeln!(y, "spec:");
-    let _ = writeln!(
-        y,
-        "  # Selecting the pod for ingress denies whatever no policy admits: add a rule for every"
+    let policy = network_policy(pod, namespace, port, protocol, cluster, allowed);
+    let mut y = String::from(
+        "# Selecting the pod for ingress denies whatever no policy admits: add a rule for every\n# other port the pod serves before applying.\n",
     );
-    let _ = writeln!(y, "  # other port the pod serves before applying.");
-    let _ = writeln!(y, "  podSelector:");
-    let _ = writeln!(y, "    matchLabels:");
-    if labels.is_empty() {
-        let _ = writeln!(y, "      {PLACEHOLDER_LABEL}: {}", quote(&pod.name));
-    } else {
-        for (k, v) in labels {
-            let _ = writeln!(y, "      {}: {}", quote(k), quote(v));
-        }
-    }
-    let _ = writeln!(y, "  policyTypes: [Ingress]");
-    let _ = writeln!(y, "  ingress:");
-    let _ = writeln!(y, "    - from:");
-    let _ = writeln!(y, "        # every pod of the cluster");
-    let _ = writeln!(y, "        - namespaceSelector: {{}}");
-    for c in cluster {
-        let _ = writeln!(
-            y,
-            "        - ipBlock: {{cidr: {}}}  # cluster",
-            quote(&c.to_string())
-        );
-    }
-    for c in allowed {
-        let _ = writeln!(
-            y,
-            "        - ipBlock: {{cidr: {}}}  # allowed source",
-            quote(&c.to_string())
-        );
-    }
-    if let (Some(p), "tcp" | "udp" | "sctp") = (port, protocol) {
-        let _ = writeln!(y, "      ports:");
-        let _ = writeln!(y, "        - protocol: {}", protocol.to_ascii_uppercase());
-        let _ = writeln!(y, "          port: {p}");
-    }
+    y.push_str(
+        &serde_yaml::to_string(&policy).unwrap_or_else(|e| format!("# cannot render: {e}\n")),
+    );
     let target = match port {
         Some(p) => format!("port {p}/{protocol}"),
         None => protocol.to_string(),
@@ -203,6 +232,13 @@ mod tests {
             &["10.0.14.0/26".parse().unwrap()],
         );
         let v: serde_yaml::Value = serde_yaml::from_str(&r.network_policy).expect("valid YAML");
+        // It reads back as the API type, as `kubectl apply` would parse it.
+        let typed: NetworkPolicy =
+            serde_yaml::from_str(&r.network_policy).expect("a NetworkPolicy");
+        assert_eq!(
+            typed.metadata.name.as_deref(),
+            Some("observer-restrict-cart-7d9-80")
+        );
         assert_eq!(v["apiVersion"], "networking.k8s.io/v1");
         assert_eq!(v["kind"], "NetworkPolicy");
         assert_eq!(v["metadata"]["namespace"], "shop");
