@@ -234,7 +234,9 @@ fn load_file(path: &Path) -> Result<FileConfig, ConfigError> {
         problem,
     };
     match path.extension().and_then(|e| e.to_str()) {
-        Some("yaml" | "yml") => serde_yaml::from_str(&text).map_err(|e| parse_err(e.to_string())),
+        Some("yaml" | "yml") => {
+            serde_yaml_ng::from_str(&text).map_err(|e| parse_err(e.to_string()))
+        }
         Some("toml") => toml::from_str(&text).map_err(|e| parse_err(e.to_string())),
         _ => Err(parse_err(
             "unknown extension: use .yaml, .yml or .toml".to_string(),

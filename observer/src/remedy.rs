@@ -167,7 +167,7 @@ pub fn remedy(
         "# Selecting the pod for ingress denies whatever no policy admits: add a rule for every\n# other port the pod serves before applying.\n",
     );
     y.push_str(
-        &serde_yaml::to_string(&policy).unwrap_or_else(|e| format!("# cannot render: {e}\n")),
+        &serde_yaml_ng::to_string(&policy).unwrap_or_else(|e| format!("# cannot render: {e}\n")),
     );
     let target = match port {
         Some(p) => format!("port {p}/{protocol}"),
@@ -231,10 +231,11 @@ mod tests {
             &["172.16.0.0/16".parse().unwrap()],
             &["10.0.14.0/26".parse().unwrap()],
         );
-        let v: serde_yaml::Value = serde_yaml::from_str(&r.network_policy).expect("valid YAML");
+        let v: serde_yaml_ng::Value =
+            serde_yaml_ng::from_str(&r.network_policy).expect("valid YAML");
         // It reads back as the API type, as `kubectl apply` would parse it.
         let typed: NetworkPolicy =
-            serde_yaml::from_str(&r.network_policy).expect("a NetworkPolicy");
+            serde_yaml_ng::from_str(&r.network_policy).expect("a NetworkPolicy");
         assert_eq!(
             typed.metadata.name.as_deref(),
             Some("observer-restrict-cart-7d9-80")
@@ -244,7 +245,7 @@ mod tests {
         assert_eq!(v["metadata"]["namespace"], "shop");
         assert_eq!(v["metadata"]["name"], "observer-restrict-cart-7d9-80");
         let sel: BTreeMap<String, String> =
-            serde_yaml::from_value(v["spec"]["podSelector"]["matchLabels"].clone()).unwrap();
+            serde_yaml_ng::from_value(v["spec"]["podSelector"]["matchLabels"].clone()).unwrap();
         assert_eq!(
             sel, labels,
             "the selector matches the pod's labels, without the per-revision ones"
@@ -267,7 +268,7 @@ mod tests {
     #[test]
     fn unknown_labels_select_nothing_until_replaced() {
         let r = remedy(&pod("calibe254a7a7ea"), None, "icmp", &[], &[]);
-        let v: serde_yaml::Value = serde_yaml::from_str(&r.network_policy).unwrap();
+        let v: serde_yaml_ng::Value = serde_yaml_ng::from_str(&r.network_policy).unwrap();
         let sel = v["spec"]["podSelector"]["matchLabels"]
             .as_mapping()
             .unwrap();

@@ -439,7 +439,7 @@ fn every_row(layout: Layout) {
         String::from_utf8_lossy(&out.stderr)
     );
     let text = String::from_utf8_lossy(&out.stdout).to_string();
-    let docs: Vec<serde_yaml::Value> = serde_yaml::Deserializer::from_str(&text)
+    let docs: Vec<serde_yaml_ng::Value> = serde_yaml_ng::Deserializer::from_str(&text)
         .map(|d| serde::Deserialize::deserialize(d).expect("valid YAML"))
         .collect();
     let paths: BTreeSet<(String, u16, String)> = rows
@@ -463,8 +463,8 @@ fn every_row(layout: Layout) {
     );
     let e = agent.cli(&["explain", n.outside_ip, &format!("{pod_a}:80"), "--json"]);
     let v: serde_json::Value = serde_json::from_slice(&e.stdout).unwrap();
-    let policy: serde_yaml::Value =
-        serde_yaml::from_str(v["remedy"]["network_policy"].as_str().unwrap()).unwrap();
+    let policy: serde_yaml_ng::Value =
+        serde_yaml_ng::from_str(v["remedy"]["network_policy"].as_str().unwrap()).unwrap();
     assert_eq!(policy["spec"]["ingress"][0]["ports"][0]["port"], 80);
 
     // The table view reads.

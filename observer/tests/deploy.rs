@@ -3,7 +3,7 @@
 
 use std::{path::PathBuf, process::Command};
 
-use serde_yaml::Value;
+use serde_yaml_ng::Value;
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -14,7 +14,7 @@ fn root() -> PathBuf {
 
 fn docs(file: &str) -> Vec<Value> {
     let text = std::fs::read_to_string(root().join("deploy/kubernetes").join(file)).unwrap();
-    serde_yaml::Deserializer::from_str(&text)
+    serde_yaml_ng::Deserializer::from_str(&text)
         .map(|d| serde::Deserialize::deserialize(d).unwrap_or_else(|e| panic!("{file}: {e}")))
         .collect()
 }

@@ -619,9 +619,9 @@ fn every_row_with_the_kubernetes_inventory_vpc_cni() {
     let out = agent.cli(&["flows", "--suggest-policy"]);
     assert!(out.status.success());
     let text = String::from_utf8_lossy(&out.stdout);
-    let policies: Vec<serde_yaml::Value> = serde_yaml::Deserializer::from_str(&text)
+    let policies: Vec<serde_yaml_ng::Value> = serde_yaml_ng::Deserializer::from_str(&text)
         .map(|d| serde::Deserialize::deserialize(d).expect("valid YAML"))
-        .filter(|v: &serde_yaml::Value| v["kind"] == "NetworkPolicy")
+        .filter(|v: &serde_yaml_ng::Value| v["kind"] == "NetworkPolicy")
         .collect();
     let web = policies
         .iter()

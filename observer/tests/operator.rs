@@ -64,7 +64,7 @@ fn fast_rules(dir: &Path) -> PathBuf {
 /// carries the same `__meta_kubernetes_*` labels.
 fn operator_scrape_config(agent_port: u16) -> String {
     let text = std::fs::read_to_string(root().join("deploy/kubernetes/service.yaml")).unwrap();
-    let docs: Vec<serde_yaml::Value> = serde_yaml::Deserializer::from_str(&text)
+    let docs: Vec<serde_yaml_ng::Value> = serde_yaml_ng::Deserializer::from_str(&text)
         .map(|d| serde::Deserialize::deserialize(d).expect("YAML"))
         .collect();
     let kind = |k: &str| {

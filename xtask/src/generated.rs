@@ -62,8 +62,8 @@ mod tests {
             "stale: run `cargo xtask gen`"
         );
         // Same groups once parsed.
-        let plain: serde_yaml::Value = serde_yaml::from_str(&rules).unwrap();
-        let cr: serde_yaml::Value = serde_yaml::from_str(&committed).unwrap();
+        let plain: serde_yaml_ng::Value = serde_yaml_ng::from_str(&rules).unwrap();
+        let cr: serde_yaml_ng::Value = serde_yaml_ng::from_str(&committed).unwrap();
         assert_eq!(cr["spec"]["groups"], plain["groups"]);
         assert_eq!(cr["kind"], "PrometheusRule");
     }
