@@ -318,14 +318,16 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         ports_per_pod: cfg.ports_per_pod,
         pod_grace: cfg.pod_grace,
     });
-    if let Some(url) = &cfg.alertmanager_url {
+    if let Some(target) = &cfg.alertmanager {
         tracing::info!(
-            host = url.host,
-            port = url.port,
+            url = target.url.join(""),
+            tls = target.url.https,
             "pushing direct-access alerts to Alertmanager"
         );
+        let client = observer::alertmanager::AmClient::new(target.clone())
+            .context("the Alertmanager client")?;
         tracker.set_pusher(Pusher::spawn(
-            url.clone(),
+            client,
             cfg.alert_window,
             metrics.clone(),
             cfg.node_name.clone(),

@@ -4,18 +4,31 @@
 //! (never waits); a task batches, posts, and backs off on errors, with bounded memory while
 //! Alertmanager is down. Alerts carry the labels of the Prometheus rule they stand for (the
 //! agent's severity, node, workload, port, state, origin) so Alertmanager routes them alike.
+//!
+//! HTTP goes through hyper-util's client with rustls (the stack kube uses): `http://` or
+//! `https://` with the system's roots or a CA file, and an optional bearer token or basic auth
+//! read from files at each push (so rotated secrets are picked up).
 
 use std::{
     collections::VecDeque,
+    path::{Path, PathBuf},
     time::{Duration, SystemTime},
 };
 
-use serde_json::json;
-use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt},
-    net::TcpStream,
-    sync::mpsc,
+use bytes::Bytes;
+use http_body_util::{BodyExt as _, Full};
+use hyper::{
+    Method, Request,
+    header::{AUTHORIZATION, CONTENT_TYPE},
 };
+use hyper_rustls::HttpsConnector;
+use hyper_util::{
+    client::legacy::{Client, connect::HttpConnector},
+    rt::TokioExecutor,
+};
+use rustls::pki_types::{CertificateDer, pem::PemObject as _};
+use serde_json::json;
+use tokio::sync::mpsc;
 
 use crate::{clock, flows::FlowRow, metrics::Metrics};
 
@@ -26,21 +39,200 @@ const PENDING: usize = 256;
 const BACKOFF_MIN: Duration = Duration::from_secs(1);
 const BACKOFF_MAX: Duration = Duration::from_secs(60);
 
-/// An Alertmanager base address: `http://host:port[/prefix]`.
+/// An Alertmanager base address: `http[s]://host[:port][/prefix]`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AmUrl {
+    pub https: bool,
     pub host: String,
     pub port: u16,
     pub prefix: String,
+}
+
+impl AmUrl {
+    /// The URL of an API path.
+    pub fn join(&self, path: &str) -> String {
+        let host = if self.host.contains(':') {
+            format!("[{}]", self.host)
+        } else {
+            self.host.clone()
+        };
+        let scheme = if self.https { "https" } else { "http" };
+        format!("{scheme}://{host}:{}{}{path}", self.port, self.prefix)
+    }
+}
+
+/// How the agent authenticates to Alertmanager.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AmAuth {
+    None,
+    /// `Authorization: Bearer <token>`, the token read from this file.
+    Bearer(PathBuf),
+    /// Basic auth with this user, the password read from this file.
+    Basic {
+        user: String,
+        password_file: PathBuf,
+    },
+}
+
+/// Where and how to push.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AmTarget {
+    pub url: AmUrl,
+    /// PEM CA certificates to trust for https (instead of the system's roots).
+    pub ca_file: Option<PathBuf>,
+    pub auth: AmAuth,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AmError {
+    #[error("reading {path}: {source}")]
+    Read {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: no PEM certificate in it ({detail})")]
+    Ca { path: String, detail: String },
+    #[error("TLS setup: {0}")]
+    Tls(#[from] rustls::Error),
+    #[error("{0}")]
+    Request(String),
+}
+
+/// An HTTP(S) client for Alertmanager's API.
+#[derive(Clone)]
+pub struct AmClient {
+    target: AmTarget,
+    client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
+}
+
+impl AmClient {
+    /// The client; fails on an unreadable or empty CA file (checked at configuration too).
+    pub fn new(target: AmTarget) -> Result<AmClient, AmError> {
+        let mut roots = rustls::RootCertStore::empty();
+        match &target.ca_file {
+            Some(path) => {
+                let p = path.display().to_string();
+                let certs = CertificateDer::pem_file_iter(path)
+                    .map_err(|e| AmError::Ca {
+                        path: p.clone(),
+                        detail: e.to_string(),
+                    })?
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|e| AmError::Ca {
+                        path: p.clone(),
+                        detail: e.to_string(),
+                    })?;
+                if certs.is_empty() {
+                    return Err(AmError::Ca {
+                        path: p,
+                        detail: "empty".into(),
+                    });
+                }
+                for c in certs {
+                    roots.add(c)?;
+                }
+            }
+            None => {
+                for c in rustls_native_certs::load_native_certs().certs {
+                    let _ = roots.add(c);
+                }
+            }
+        }
+        let tls = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_http1()
+            .build();
+        Ok(AmClient {
+            target,
+            client: Client::builder(TokioExecutor::new()).build(connector),
+        })
+    }
+
+    fn read(path: &Path) -> Result<String, AmError> {
+        std::fs::read_to_string(path)
+            .map(|s| s.trim().to_string())
+            .map_err(|source| AmError::Read {
+                path: path.display().to_string(),
+                source,
+            })
+    }
+
+    /// Sends a request to an API path; returns the status and at most 64 KiB of the body.
+    pub async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<String>,
+    ) -> Result<(u16, String), AmError> {
+        let mut req = Request::builder()
+            .method(method)
+            .uri(self.target.url.join(path));
+        if body.is_some() {
+            req = req.header(CONTENT_TYPE, "application/json");
+        }
+        match &self.target.auth {
+            AmAuth::None => {}
+            AmAuth::Bearer(file) => {
+                req = req.header(AUTHORIZATION, format!("Bearer {}", Self::read(file)?));
+            }
+            AmAuth::Basic {
+                user,
+                password_file,
+            } => {
+                use base64::Engine as _;
+                let pair = format!("{user}:{}", Self::read(password_file)?);
+                let b64 = base64::engine::general_purpose::STANDARD.encode(pair);
+                req = req.header(AUTHORIZATION, format!("Basic {b64}"));
+            }
+        }
+        let req = req
+            .body(Full::new(Bytes::from(body.unwrap_or_default())))
+            .map_err(|e| AmError::Request(e.to_string()))?;
+        let resp = tokio::time::timeout(Duration::from_secs(10), self.client.request(req))
+            .await
+            .map_err(|_| AmError::Request("no answer within 10 s".into()))?
+            .map_err(|e| AmError::Request(format!("{e:#}: {}", source_chain(&e))))?;
+        let status = resp.status().as_u16();
+        let body = tokio::time::timeout(
+            Duration::from_secs(10),
+            http_body_util::Limited::new(resp.into_body(), 64 * 1024).collect(),
+        )
+        .await
+        .map_err(|_| AmError::Request("the answer's body did not come within 10 s".into()))?
+        .map(|b| String::from_utf8_lossy(&b.to_bytes()).into_owned())
+        .unwrap_or_default();
+        Ok((status, body))
+    }
+}
+
+/// The causes of an error, for a log line that says why a connection failed (TLS, refused).
+fn source_chain(e: &dyn std::error::Error) -> String {
+    let mut out = Vec::new();
+    let mut cur = e.source();
+    while let Some(s) = cur {
+        out.push(s.to_string());
+        cur = s.source();
+    }
+    out.join(": ")
 }
 
 impl std::str::FromStr for AmUrl {
     type Err = &'static str;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let rest = s
-            .strip_prefix("http://")
-            .ok_or("an http:// URL (https is not supported: use a plain in-cluster Service)")?;
+        let (https, rest) = match (s.strip_prefix("http://"), s.strip_prefix("https://")) {
+            (Some(r), _) => (false, r),
+            (_, Some(r)) => (true, r),
+            _ => return Err("an http:// or https:// URL"),
+        };
         let (hostport, prefix) = match rest.find('/') {
             Some(i) => (&rest[..i], rest[i..].trim_end_matches('/')),
             None => (rest, ""),
@@ -49,13 +241,14 @@ impl std::str::FromStr for AmUrl {
             Some((h, p)) if !h.ends_with(']') || h.starts_with('[') => {
                 (h, p.parse::<u16>().map_err(|_| "a port from 1 to 65535")?)
             }
-            _ => (hostport, 80),
+            _ => (hostport, if https { 443 } else { 80 }),
         };
         let host = host.trim_start_matches('[').trim_end_matches(']');
         if host.is_empty() || host.contains(|c: char| c.is_whitespace() || c == '@') {
             return Err("a host name or address");
         }
         Ok(AmUrl {
+            https,
             host: host.to_string(),
             port,
             prefix: prefix.to_string(),
@@ -79,13 +272,13 @@ pub struct Pusher {
 impl Pusher {
     /// Starts the push task; alerts name `node`.
     pub fn spawn(
-        url: AmUrl,
+        client: AmClient,
         window: Duration,
         metrics: std::sync::Arc<Metrics>,
         node: String,
     ) -> Pusher {
         let (tx, rx) = mpsc::channel(QUEUE);
-        tokio::spawn(run(url, window, rx, metrics.clone(), node));
+        tokio::spawn(run(client, window, rx, metrics.clone(), node));
         Pusher { tx, metrics }
     }
 
@@ -157,38 +350,23 @@ fn alert_json(a: &Alert, node: &str, now: SystemTime, window: Duration) -> serde
     })
 }
 
-async fn post(url: &AmUrl, body: &str) -> Result<(), String> {
-    let addr = (url.host.as_str(), url.port);
-    let mut s = tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(addr))
+/// Posts alerts to the v2 API: Ok on a 2xx answer.
+async fn post(client: &AmClient, body: String) -> Result<(), String> {
+    match client
+        .send(Method::POST, "/api/v2/alerts", Some(body))
         .await
-        .map_err(|_| "connect timed out".to_string())?
-        .map_err(|e| format!("connect: {e}"))?;
-    let req = format!(
-        "POST {}/api/v2/alerts HTTP/1.1\r\nHost: {}:{}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{}",
-        url.prefix,
-        url.host,
-        url.port,
-        body.len(),
-        body
-    );
-    s.write_all(req.as_bytes())
-        .await
-        .map_err(|e| format!("send: {e}"))?;
-    let mut head = vec![0u8; 64];
-    let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut head))
-        .await
-        .map_err(|_| "no answer".to_string())?
-        .map_err(|e| format!("read: {e}"))?;
-    let status = String::from_utf8_lossy(&head[..n]);
-    match status.split_whitespace().nth(1) {
-        Some(code) if code.starts_with('2') => Ok(()),
-        Some(code) => Err(format!("HTTP {code}")),
-        None => Err("not an HTTP answer".to_string()),
+    {
+        Ok((code, _)) if (200..300).contains(&code) => Ok(()),
+        Ok((code, body)) => Err(format!(
+            "HTTP {code}: {}",
+            body.chars().take(200).collect::<String>()
+        )),
+        Err(e) => Err(e.to_string()),
     }
 }
 
 async fn run(
-    url: AmUrl,
+    client: AmClient,
     window: Duration,
     mut rx: mpsc::Receiver<Alert>,
     metrics: std::sync::Arc<Metrics>,
@@ -215,7 +393,7 @@ async fn run(
                 .collect(),
         )
         .to_string();
-        match post(&url, &body).await {
+        match post(&client, body).await {
             Ok(()) => {
                 metrics.am_pushes.with_label_values(&["ok"]).inc();
                 pending.clear();
@@ -251,7 +429,13 @@ mod tests {
         assert_eq!((u.port, u.prefix.as_str()), (9093, "/am"));
         let u: AmUrl = "http://[::1]:9093".parse().unwrap();
         assert_eq!((u.host.as_str(), u.port), ("::1", 9093));
-        assert!("https://am:9093".parse::<AmUrl>().is_err());
+        let u: AmUrl = "https://am.monitoring".parse().unwrap();
+        assert_eq!((u.https, u.port), (true, 443));
+        assert_eq!(
+            u.join("/api/v2/alerts"),
+            "https://am.monitoring:443/api/v2/alerts"
+        );
+        assert!("ftp://am:9093".parse::<AmUrl>().is_err());
         assert!("am:9093".parse::<AmUrl>().is_err());
         assert!("http://am:99999".parse::<AmUrl>().is_err());
         assert!("http://:9093".parse::<AmUrl>().is_err());

@@ -55,10 +55,28 @@ pub struct RunArgs {
     /// (uplinks as auto, pod veths netlink: cheaper pod churn) [default: auto].
     #[arg(long = "attach-mode", env = "OBSERVER_ATTACH_MODE")]
     pub attach_mode: Option<String>,
-    /// Also push direct-access alerts to this Alertmanager (http://host:port), within a
-    /// second of the first packet [default: off].
+    /// Also push each alert line to this Alertmanager (http[s]://host[:port][/prefix])
+    /// [default: off].
     #[arg(long = "alertmanager-url", env = "OBSERVER_ALERTMANAGER_URL")]
     pub alertmanager_url: Option<String>,
+    /// PEM CA certificates to trust for an https Alertmanager [default: the system's roots].
+    #[arg(long = "alertmanager-ca-file", env = "OBSERVER_ALERTMANAGER_CA_FILE")]
+    pub alertmanager_ca_file: Option<PathBuf>,
+    /// A file holding a bearer token for Alertmanager (read at each push) [default: none].
+    #[arg(
+        long = "alertmanager-bearer-token-file",
+        env = "OBSERVER_ALERTMANAGER_BEARER_TOKEN_FILE"
+    )]
+    pub alertmanager_bearer_token_file: Option<PathBuf>,
+    /// A basic-auth user for Alertmanager, with --alertmanager-password-file [default: none].
+    #[arg(long = "alertmanager-user", env = "OBSERVER_ALERTMANAGER_USER")]
+    pub alertmanager_user: Option<String>,
+    /// A file holding the basic-auth password (read at each push) [default: none].
+    #[arg(
+        long = "alertmanager-password-file",
+        env = "OBSERVER_ALERTMANAGER_PASSWORD_FILE"
+    )]
+    pub alertmanager_password_file: Option<PathBuf>,
     /// Use the Kubernetes API for the inventory: auto (when in-cluster config or KUBECONFIG is
     /// found), on, or off [default: auto].
     #[arg(long = "kubernetes", env = "OBSERVER_KUBERNETES")]
@@ -122,6 +140,10 @@ struct FileConfig {
     metrics_addr: Option<String>,
     attach_mode: Option<String>,
     alertmanager_url: Option<String>,
+    alertmanager_ca_file: Option<PathBuf>,
+    alertmanager_bearer_token_file: Option<PathBuf>,
+    alertmanager_user: Option<String>,
+    alertmanager_password_file: Option<PathBuf>,
     kubernetes: Option<String>,
     node_name: Option<String>,
     log_format: Option<String>,
@@ -178,7 +200,8 @@ pub struct Config {
     pub nodeport_max: u16,
     pub metrics_addr: SocketAddr,
     pub attach_mode: crate::attach::Modes,
-    pub alertmanager_url: Option<crate::alertmanager::AmUrl>,
+    /// Where and how to push alerts (`--alertmanager-*`).
+    pub alertmanager: Option<crate::alertmanager::AmTarget>,
     /// Use the Kubernetes API (resolved from auto).
     pub kubernetes: bool,
     pub node_name: String,
@@ -222,6 +245,109 @@ fn invalid(key: &'static str, value: &str, problem: impl Into<String>) -> Config
         value: value.to_string(),
         problem: problem.into(),
     }
+}
+
+/// The Alertmanager settings, checked: a URL, a CA file only for https and holding
+/// certificates, one kind of auth, and readable secret files.
+fn alertmanager_target(
+    url: Option<String>,
+    ca_file: Option<PathBuf>,
+    token_file: Option<PathBuf>,
+    user: Option<String>,
+    password_file: Option<PathBuf>,
+) -> Result<Option<crate::alertmanager::AmTarget>, ConfigError> {
+    use crate::alertmanager::{AmAuth, AmClient, AmTarget, AmUrl};
+    let url = match url {
+        Some(u) if !u.trim().is_empty() => u,
+        _ => {
+            for (key, set) in [
+                ("alertmanager-ca-file", ca_file.is_some()),
+                ("alertmanager-bearer-token-file", token_file.is_some()),
+                ("alertmanager-user", user.is_some()),
+                ("alertmanager-password-file", password_file.is_some()),
+            ] {
+                if set {
+                    return Err(invalid(key, "set", "only with --alertmanager-url"));
+                }
+            }
+            return Ok(None);
+        }
+    };
+    let parsed: AmUrl = url
+        .trim()
+        .parse()
+        .map_err(|problem: &str| invalid("alertmanager-url", &url, problem))?;
+    let readable = |key: &'static str, p: &PathBuf| {
+        std::fs::read(p).map(|_| ()).map_err(|e| {
+            invalid(
+                key,
+                &p.display().to_string(),
+                format!("a readable file ({e})"),
+            )
+        })
+    };
+    let auth = match (token_file, user, password_file) {
+        (None, None, None) => AmAuth::None,
+        (Some(t), None, None) => {
+            readable("alertmanager-bearer-token-file", &t)?;
+            AmAuth::Bearer(t)
+        }
+        (None, Some(user), Some(password_file)) => {
+            readable("alertmanager-password-file", &password_file)?;
+            AmAuth::Basic {
+                user,
+                password_file,
+            }
+        }
+        (Some(_), _, _) => {
+            return Err(invalid(
+                "alertmanager-bearer-token-file",
+                "set",
+                "either a bearer token or basic auth, not both",
+            ));
+        }
+        (None, Some(u), None) => {
+            return Err(invalid(
+                "alertmanager-user",
+                &u,
+                "with --alertmanager-password-file",
+            ));
+        }
+        (None, None, Some(p)) => {
+            return Err(invalid(
+                "alertmanager-password-file",
+                &p.display().to_string(),
+                "with --alertmanager-user",
+            ));
+        }
+    };
+    if let Some(ca) = &ca_file
+        && !parsed.https
+    {
+        return Err(invalid(
+            "alertmanager-ca-file",
+            &ca.display().to_string(),
+            "only with an https:// --alertmanager-url",
+        ));
+    }
+    let target = AmTarget {
+        url: parsed,
+        ca_file,
+        auth,
+    };
+    // The CA file is read once here, so a bad one stops the start, not the first push.
+    AmClient::new(target.clone()).map_err(|e| {
+        invalid(
+            "alertmanager-ca-file",
+            &target
+                .ca_file
+                .as_ref()
+                .map(|p| p.display().to_string())
+                .unwrap_or_default(),
+            e.to_string(),
+        )
+    })?;
+    Ok(Some(target))
 }
 
 fn load_file(path: &Path) -> Result<FileConfig, ConfigError> {
@@ -401,14 +527,15 @@ impl Config {
                     ));
                 }
             };
-        let alertmanager_url = match args.alertmanager_url.or(file.alertmanager_url) {
-            Some(u) if !u.trim().is_empty() => Some(
-                u.trim()
-                    .parse()
-                    .map_err(|problem: &str| invalid("alertmanager-url", &u, problem))?,
-            ),
-            _ => None,
-        };
+        let alertmanager = alertmanager_target(
+            args.alertmanager_url.or(file.alertmanager_url),
+            args.alertmanager_ca_file.or(file.alertmanager_ca_file),
+            args.alertmanager_bearer_token_file
+                .or(file.alertmanager_bearer_token_file),
+            args.alertmanager_user.or(file.alertmanager_user),
+            args.alertmanager_password_file
+                .or(file.alertmanager_password_file),
+        )?;
         let kubernetes = match one(args.kubernetes, file.kubernetes, defaults::KUBERNETES).as_str()
         {
             "auto" => crate::k8s::configured(),
@@ -486,7 +613,7 @@ impl Config {
             nodeport_max,
             metrics_addr,
             attach_mode,
-            alertmanager_url,
+            alertmanager,
             kubernetes,
             node_name,
             socket,
@@ -626,6 +753,81 @@ mod tests {
             let e = cfg(args).unwrap_err().to_string();
             assert!(e.contains(want), "{e:?} should contain {want:?}");
         }
+    }
+
+    #[test]
+    fn alertmanager_settings_are_checked() {
+        let dir = std::env::temp_dir().join(format!("observer-am-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let not_pem = dir.join("not.pem");
+        std::fs::write(&not_pem, "hello\n").unwrap();
+        let secret = dir.join("secret");
+        std::fs::write(&secret, "s3cret\n").unwrap();
+        let missing = dir.join("missing");
+        let am = |url: &str| RunArgs {
+            alertmanager_url: Some(url.into()),
+            ..Default::default()
+        };
+        let cases: Vec<(RunArgs, &str)> = vec![
+            (
+                RunArgs {
+                    alertmanager_ca_file: Some(not_pem.clone()),
+                    ..Default::default()
+                },
+                "alertmanager-ca-file \"set\": only with --alertmanager-url",
+            ),
+            (am("ftp://am:9093"), "an http:// or https:// URL"),
+            (
+                RunArgs {
+                    alertmanager_ca_file: Some(not_pem.clone()),
+                    ..am("http://am:9093")
+                },
+                "only with an https://",
+            ),
+            (
+                RunArgs {
+                    alertmanager_ca_file: Some(not_pem.clone()),
+                    ..am("https://am:9093")
+                },
+                "no PEM certificate",
+            ),
+            (
+                RunArgs {
+                    alertmanager_bearer_token_file: Some(secret.clone()),
+                    alertmanager_user: Some("observer".into()),
+                    alertmanager_password_file: Some(secret.clone()),
+                    ..am("https://am:9093")
+                },
+                "either a bearer token or basic auth",
+            ),
+            (
+                RunArgs {
+                    alertmanager_user: Some("observer".into()),
+                    ..am("https://am:9093")
+                },
+                "with --alertmanager-password-file",
+            ),
+            (
+                RunArgs {
+                    alertmanager_bearer_token_file: Some(missing.clone()),
+                    ..am("https://am:9093")
+                },
+                "a readable file",
+            ),
+        ];
+        for (args, want) in cases {
+            let e = cfg(args).unwrap_err().to_string();
+            assert!(e.contains(want), "{e:?} should contain {want:?}");
+        }
+        let ok = cfg(RunArgs {
+            alertmanager_bearer_token_file: Some(secret.clone()),
+            ..am("https://am.monitoring:9093/am")
+        })
+        .unwrap();
+        let t = ok.alertmanager.unwrap();
+        assert!(t.url.https);
+        assert_eq!(t.auth, crate::alertmanager::AmAuth::Bearer(secret));
+        std::fs::remove_dir_all(&dir).ok();
     }
 
     #[test]

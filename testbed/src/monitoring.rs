@@ -74,6 +74,14 @@ impl Drop for Server {
 
 /// Alertmanager with one do-nothing receiver and second-scale grouping.
 pub fn alertmanager(ns: &Netns, dir: &Path, port: u16) -> Server {
+    let mut s = alertmanager_with(ns, dir, port, &[]);
+    s.wait_ready(ns, "/-/ready");
+    s
+}
+
+/// As [`alertmanager`], with more arguments (a `--web.config.file` for TLS and basic auth),
+/// not waited for: the caller checks readiness in the way its web config allows.
+pub fn alertmanager_with(ns: &Netns, dir: &Path, port: u16, extra: &[String]) -> Server {
     std::fs::create_dir_all(dir.join("am-data")).expect("am dir");
     let cfg = dir.join("alertmanager.yml");
     std::fs::write(
@@ -81,21 +89,21 @@ pub fn alertmanager(ns: &Netns, dir: &Path, port: u16) -> Server {
         "route:\n  receiver: blackhole\n  group_wait: 1s\n  group_interval: 1s\n  repeat_interval: 1h\nreceivers:\n  - name: blackhole\n",
     )
     .expect("am config");
-    let mut s = Server::spawn(
+    let mut args = vec![
+        "/usr/bin/prometheus-alertmanager".into(),
+        format!("--config.file={}", cfg.display()),
+        format!("--storage.path={}", dir.join("am-data").display()),
+        format!("--web.listen-address=127.0.0.1:{port}"),
+        "--cluster.listen-address=".into(),
+    ];
+    args.extend_from_slice(extra);
+    Server::spawn(
         ns,
         "alertmanager",
         port,
         &dir.join("alertmanager.log"),
-        &[
-            "/usr/bin/prometheus-alertmanager".into(),
-            format!("--config.file={}", cfg.display()),
-            format!("--storage.path={}", dir.join("am-data").display()),
-            format!("--web.listen-address=127.0.0.1:{port}"),
-            "--cluster.listen-address=".into(),
-        ],
-    );
-    s.wait_ready(ns, "/-/ready");
-    s
+        &args,
+    )
 }
 
 /// Prometheus scraping `targets` (job "observer") every second, evaluating `rules` every
