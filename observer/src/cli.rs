@@ -76,6 +76,9 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// The kubectl plugin (installed as `kubectl-observer`): run a command on the agent of a
+    /// node (`--node`, `--pod`), or `flows` on every node's agent (`-A`).
+    Kubectl(crate::plugin::PluginArgs),
     /// A shell completion script for the command line (bash, zsh, fish, elvish, powershell).
     Completion { shell: clap_complete::Shell },
 }
@@ -136,6 +139,7 @@ async fn client(socket: PathBuf, command: Command) -> anyhow::Result<u8> {
     let mut stdout = std::io::stdout();
     match command {
         Command::Run(_) | Command::Completion { .. } => unreachable!("handled by main"),
+        Command::Kubectl(args) => crate::plugin::run(args).await,
         Command::Flows {
             suggest_policy: true,
             output,
@@ -364,7 +368,16 @@ async fn client(socket: PathBuf, command: Command) -> anyhow::Result<u8> {
 
 /// Runs the command line; returns the process exit code.
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
+    // Installed as `kubectl-observer`, the binary is the kubectl plugin.
+    let mut argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if argv
+        .first()
+        .and_then(|a| Path::new(a).file_name())
+        .is_some_and(|n| n == "kubectl-observer")
+    {
+        argv.insert(1, "kubectl".into());
+    }
+    let cli = Cli::parse_from(argv);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

@@ -3,6 +3,7 @@
 mod agent;
 mod cli;
 mod flows_cli;
+mod plugin;
 
 fn main() -> std::process::ExitCode {
     cli::main()

@@ -271,6 +271,9 @@ impl KubeApi {
             );
             return;
         }
+        // `/api/v1/namespaces/<ns>/pods[/<name>]` is the namespaced form of `/api/v1/pods`.
+        let (path, namespace, name) = namespaced(path);
+        let path = path.as_str();
         let kind = [
             NODES,
             PODS,
@@ -301,13 +304,47 @@ impl KubeApi {
             }
         }
         let kind = kind.expect("checked");
+        if let (Some(ns), Some(name)) = (&namespace, &name) {
+            let s = m.lock().unwrap();
+            let obj = s
+                .objects
+                .get(kind.path)
+                .and_then(|c| c.get(&format!("{ns}/{name}")))
+                .cloned();
+            drop(s);
+            let _ = match obj {
+                Some(o) => respond(&mut out, 200, &o.to_string()),
+                None => respond(
+                    &mut out,
+                    404,
+                    r#"{"kind":"Status","apiVersion":"v1","status":"Failure","reason":"NotFound","code":404}"#,
+                ),
+            };
+            return;
+        }
         if params.get("watch") != Some(&"true") && params.get("watch") != Some(&"1") {
             // Paginated like the real API server: `limit` and an opaque `continue` token.
             let mut s = m.lock().unwrap();
             while s.hold_lists {
                 s = cv.wait(s).unwrap();
             }
-            let all = s.objects.get(kind.path);
+            // A namespace and an equality label selector narrow the list, as on a real server.
+            let selector = params.get("labelSelector").map(|v| unescape(v));
+            let filtered: Option<BTreeMap<String, serde_json::Value>> =
+                s.objects.get(kind.path).map(|c| {
+                    c.iter()
+                        .filter(|(_, o)| {
+                            namespace
+                                .as_deref()
+                                .is_none_or(|ns| o["metadata"]["namespace"] == ns)
+                                && selector
+                                    .as_deref()
+                                    .is_none_or(|sel| matches_selector(o, sel))
+                        })
+                        .map(|(k, v)| (k.clone(), v.clone()))
+                        .collect()
+                });
+            let all = filtered.as_ref();
             let total = all.map_or(0, |c| c.len());
             let start: usize = params
                 .get("continue")
@@ -392,6 +429,54 @@ impl KubeApi {
             s = g;
         }
     }
+}
+
+/// Splits a namespaced resource path into the cluster-wide one, the namespace and the name.
+fn namespaced(path: &str) -> (String, Option<String>, Option<String>) {
+    let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    match parts.as_slice() {
+        ["api", v, "namespaces", ns, res] => {
+            (format!("/api/{v}/{res}"), Some(ns.to_string()), None)
+        }
+        ["api", v, "namespaces", ns, res, name] => (
+            format!("/api/{v}/{res}"),
+            Some(ns.to_string()),
+            Some(name.to_string()),
+        ),
+        _ => (path.to_string(), None, None),
+    }
+}
+
+/// Percent-decoding of a query value (`%3D` and friends, `+`).
+fn unescape(v: &str) -> String {
+    let b = v.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'%' if i + 2 < b.len() => {
+                if let Ok(x) = u8::from_str_radix(&v[i + 1..i + 3], 16) {
+                    out.push(x);
+                    i += 3;
+                    continue;
+                }
+                out.push(b'%');
+            }
+            b'+' => out.push(b' '),
+            c => out.push(c),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Whether an object's labels match an equality selector (`k=v,k2=v2`).
+fn matches_selector(o: &serde_json::Value, selector: &str) -> bool {
+    selector.split(',').filter(|t| !t.is_empty()).all(|term| {
+        let (k, v) = term.split_once('=').unwrap_or((term, ""));
+        let v = v.trim_start_matches('=');
+        o["metadata"]["labels"][k.trim()] == v.trim()
+    })
 }
 
 fn respond(out: &mut TcpStream, code: u16, body: &str) -> std::io::Result<()> {
