@@ -117,22 +117,11 @@ fn init_logs(cfg: &Config) {
 }
 
 /// Splits text into lines of at most `width` characters, at spaces.
-fn textwrap(text: &str, width: usize) -> Vec<String> {
-    let mut lines = Vec::new();
-    let mut cur = String::new();
-    for w in text.split_whitespace() {
-        if !cur.is_empty() && cur.len() + 1 + w.len() > width {
-            lines.push(std::mem::take(&mut cur));
-        }
-        if !cur.is_empty() {
-            cur.push(' ');
-        }
-        cur.push_str(w);
-    }
-    if !cur.is_empty() {
-        lines.push(cur);
-    }
-    lines
+fn wrap(text: &str, width: usize) -> Vec<String> {
+    textwrap::wrap(text, width)
+        .into_iter()
+        .map(|l| l.into_owned())
+        .collect()
 }
 
 async fn client(socket: PathBuf, command: Command) -> anyhow::Result<u8> {
@@ -170,7 +159,7 @@ async fn client(socket: PathBuf, command: Command) -> anyhow::Result<u8> {
                     continue;
                 }
                 println!("---");
-                for l in textwrap(&r.hint, 96) {
+                for l in wrap(&r.hint, 96) {
                     println!("# {l}");
                 }
                 print!("{}", r.network_policy);
@@ -342,7 +331,7 @@ async fn client(socket: PathBuf, command: Command) -> anyhow::Result<u8> {
             );
             if let Some(r) = &e.remedy {
                 println!("  fix:");
-                for l in textwrap(&r.hint, 92) {
+                for l in wrap(&r.hint, 92) {
                     println!("    {l}");
                 }
                 println!("  NetworkPolicy:");

@@ -188,22 +188,23 @@ fn line(vals: &[&str], width: &[usize]) -> String {
     format!("{}\n", cols.join("  ").trim_end())
 }
 
-/// The rows as an aligned table with its header.
+/// The rows as an aligned table with its header (comfy-table, borderless like kubectl's).
 pub fn table(rows: &[FlowRow], wide: bool) -> String {
-    let head = head(wide);
-    let cells: Vec<Vec<String>> = rows.iter().map(|r| cells(r, wide)).collect();
-    let mut width: Vec<usize> = head.iter().map(|h| h.len()).collect();
-    for c in &cells {
-        for (i, v) in c.iter().enumerate() {
-            width[i] = width[i].max(v.len());
-        }
+    let mut t = comfy_table::Table::new();
+    t.load_preset(comfy_table::presets::NOTHING)
+        .set_content_arrangement(comfy_table::ContentArrangement::Disabled)
+        .set_header(head(wide));
+    for r in rows {
+        t.add_row(cells(r, wide));
     }
-    let mut out = line(&head, &width);
-    for c in &cells {
-        out.push_str(&line(
-            &c.iter().map(String::as_str).collect::<Vec<_>>(),
-            &width,
-        ));
+    // Two spaces between columns, none before the first: kubectl's layout.
+    for c in t.column_iter_mut() {
+        c.set_padding((0, 2));
+    }
+    let mut out = String::new();
+    for l in t.lines() {
+        out.push_str(l.trim_end());
+        out.push('\n');
     }
     out
 }
