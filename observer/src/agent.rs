@@ -438,12 +438,18 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
                     .iter()
                     .map(|k| (*k, origins.lookup(k, &dir)))
                     .collect();
+                // The kernel table is read and expired flows deleted outside the tracker's lock:
+                // events keep flowing meanwhile.
+                let (flows, now_ns) = observer::flows::read_flows(&shared.maps);
                 let mut t = shared.tracker.lock().unwrap_or_else(|p| p.into_inner());
                 for (k, r) in &resolved {
                     t.resolve(k, *r, &shared.maps, &shared.metrics);
                 }
-                t.refresh(&shared.maps, &dir, &shared.metrics);
+                let expired = t.refresh(&flows, now_ns, &dir, &shared.metrics);
                 drop(t);
+                for key in &expired {
+                    let _ = shared.maps.remove_flow(key);
+                }
                 lost.refresh(&shared.maps, &dir, &shared.metrics, alert_window);
                 unjudged.refresh(&shared.maps, &dir, &shared.metrics, alert_window);
             }

@@ -129,6 +129,23 @@ fn state_of(s: &FlowStats) -> &'static str {
 }
 
 impl Record {
+    /// Adds what the flow's counters moved since the last refresh to its direct-access metrics
+    /// (a settled flow only). Flows that did not move pay for no label hashing.
+    fn count_moved(&mut self, metrics: &Metrics) {
+        let Some(labels) = &self.labels else {
+            return;
+        };
+        let packets = self.stats.packets.saturating_sub(self.counted_packets);
+        let bytes = self.stats.bytes.saturating_sub(self.counted_bytes);
+        if packets > 0 || bytes > 0 {
+            let l: Vec<&str> = labels.iter().map(String::as_str).collect();
+            metrics.direct_packets.with_label_values(&l).inc_by(packets);
+            metrics.direct_bytes.with_label_values(&l).inc_by(bytes);
+        }
+        self.counted_packets = self.counted_packets.max(self.stats.packets);
+        self.counted_bytes = self.counted_bytes.max(self.stats.bytes);
+    }
+
     fn row(&self) -> FlowRow {
         let pod = self.pod.clone().unwrap_or_default();
         FlowRow {
@@ -152,6 +169,26 @@ impl Record {
             reason: self.reason.describe().to_string(),
         }
     }
+}
+
+/// Sets the kernel's flow clock to now and reads the whole flow table in batches, without the
+/// tracker's lock: the input of [`Tracker::refresh`]. A failed read gives an empty table (the
+/// view keeps its last counters) and a warning.
+pub fn read_flows(maps: &Maps) -> (HashMap<FlowKey, FlowStats>, u64) {
+    let now_ns = clock::kernel_ns();
+    // Known flows' packets are stamped with this clock until the next refresh, so a last seen
+    // can lag by the time since the previous one (longer if the agent was stalled).
+    if let Err(e) = maps.set_clock(now_ns) {
+        tracing::warn!(error = %e, "setting the kernel's clock for flow stamps");
+    }
+    let flows = match maps.flows_batch() {
+        Ok(v) => v.into_iter().collect(),
+        Err(e) => {
+            tracing::warn!(error = %e, "reading the flow table");
+            HashMap::new()
+        }
+    };
+    (flows, now_ns)
 }
 
 /// The recent flagged flows and what follows from them.
@@ -459,78 +496,79 @@ impl Tracker {
         }
     }
 
-    /// Refreshes the view from the kernel table: counters and state, settling (metrics and
-    /// alert), idle expiry, pod series removal, alert folding windows.
-    pub fn refresh(&mut self, maps: &Maps, dir: &Directory, metrics: &Metrics) {
+    /// Refreshes the view from a read of the kernel table taken at `now_ns` (the agent's
+    /// clock, written to `CLOCK` just before; see [`read_flows`]): counters and state, settling
+    /// (metrics and alert), idle expiry, pod series removal, alert folding windows. No syscall:
+    /// the caller holds the tracker's lock. Returns the expired flows, for the caller to delete
+    /// from the kernel table once the lock is released.
+    pub fn refresh(
+        &mut self,
+        flows: &HashMap<FlowKey, FlowStats>,
+        now_ns: u64,
+        dir: &Directory,
+        metrics: &Metrics,
+    ) -> Vec<FlowKey> {
         self.refreshes += 1;
-        let now_ns = clock::kernel_ns();
-        // Known flows' packets are stamped with this clock until the next refresh, so a last
-        // seen can lag by the time since the previous one (longer if the agent was stalled).
-        if let Err(e) = maps.set_clock(now_ns) {
-            tracing::warn!(error = %e, "setting the kernel's clock for flow stamps");
-        }
         let lag_ns = self
             .last_refresh_ns
             .replace(now_ns)
             .map_or(0, |prev| now_ns.saturating_sub(prev));
         let idle_ns = self.cfg.idle.as_nanos() as u64 + lag_ns;
         let settle_ns = self.cfg.settle.as_nanos() as u64;
-        let keys: Vec<FlowKey> = self.records.keys().copied().collect();
-        let mut expired = Vec::new();
-        for key in keys {
-            if let Ok(Some(s)) = maps.flow(&key)
-                && let Some(r) = self.records.get_mut(&key)
-            {
-                r.stats = s;
+        let wait_ns = ORIGIN_WAIT.as_nanos() as u64;
+        let (mut timed_out, mut to_settle, mut expired) = (Vec::new(), Vec::new(), Vec::new());
+        // One pass over the records: counters, and what needs more than that.
+        for (key, r) in self.records.iter_mut() {
+            if let Some(s) = flows.get(key) {
+                r.stats = *s;
             }
-            let Some(r) = self.records.get(&key) else {
-                continue;
-            };
             let age_ns = now_ns.saturating_sub(r.first_seen_ns);
-            if r.pending && age_ns >= ORIGIN_WAIT.as_nanos() as u64 {
+            if r.pending && age_ns >= wait_ns {
                 // Not looked up in time (more at once than the lookups per refresh).
-                metrics.origin_lookups.with_label_values(&["skipped"]).inc();
-                if let Some(r) = self.records.get_mut(&key) {
-                    r.pending = false;
-                }
-                if let Some(r) = self.records.get(&key)
-                    && !r.held
-                {
-                    self.announce(r);
-                }
+                r.pending = false;
+                timed_out.push(*key);
             }
-            let Some(r) = self.records.get(&key) else {
+            if r.labels.is_none() {
+                if !r.pending && !r.held && age_ns >= settle_ns {
+                    to_settle.push(*key);
+                }
                 continue;
-            };
-            if r.labels.is_none() && !r.pending && !r.held && age_ns >= settle_ns {
-                self.settle(key, metrics);
             }
-            if let Some(r) = self.records.get_mut(&key)
-                && let Some(labels) = &r.labels
+            r.count_moved(metrics);
+            if now_ns.saturating_sub(r.stats.last_seen_ns) > idle_ns {
+                expired.push(*key);
+            }
+        }
+        for key in &timed_out {
+            metrics.origin_lookups.with_label_values(&["skipped"]).inc();
+            if let Some(r) = self.records.get(key)
+                && !r.held
             {
-                let l: Vec<&str> = labels.iter().map(String::as_str).collect();
-                metrics
-                    .direct_packets
-                    .with_label_values(&l)
-                    .inc_by(r.stats.packets.saturating_sub(r.counted_packets));
-                metrics
-                    .direct_bytes
-                    .with_label_values(&l)
-                    .inc_by(r.stats.bytes.saturating_sub(r.counted_bytes));
-                r.counted_packets = r.counted_packets.max(r.stats.packets);
-                r.counted_bytes = r.counted_bytes.max(r.stats.bytes);
+                self.announce(r);
+            }
+        }
+        for key in to_settle {
+            self.settle(key, metrics);
+            if let Some(r) = self.records.get_mut(&key)
+                && r.labels.is_some()
+            {
+                r.count_moved(metrics);
                 if now_ns.saturating_sub(r.stats.last_seen_ns) > idle_ns {
                     expired.push(key);
                 }
             }
         }
-        for key in expired {
-            self.records.remove(&key);
-            self.order.retain(|k| *k != key);
-            let _ = maps.remove_flow(&key);
+        // One pass over the order, however many expired.
+        if !expired.is_empty() {
+            let gone: HashSet<FlowKey> = expired.iter().copied().collect();
+            for key in &expired {
+                self.records.remove(key);
+            }
+            self.order.retain(|k| !gone.contains(k));
         }
         self.flush_folds(metrics);
         self.remove_gone_pods(dir, metrics);
+        expired
     }
 
     /// The flow's state is taken as settled: count it and raise its alert.

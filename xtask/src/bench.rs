@@ -92,6 +92,18 @@ fn datapath(bin: &Path) -> Result<(Value, String)> {
             "\nFloor (empty program): {} ns median. kernel.bpf_stats_enabled = {} (when 1, every run costs about 45 ns more).\n\n",
             dp["floor_ns"]["median"], dp["kernel.bpf_stats_enabled"]
         ));
+        let r = &dp["refresh"];
+        let ms = |k: &str| r[k].as_f64().map_or("?".to_string(), |v| format!("{v:.1}"));
+        md.push_str(&format!(
+            "## Flow refresh and scrape, full table ({} flows; ms, least of 3)\n\n| step | ms |\n|---|---|\n| kernel table read per key (the refresh before, under the tracker's lock) | {} |\n| kernel table read by iteration (the scrape's count before) | {} |\n| kernel table read in batches (BPF_MAP_LOOKUP_BATCH; refresh and scrape now, outside the lock) | {} |\n| tracker refresh, every flow settled (under the lock, no syscall) | {} |\n| tracker refresh, every flow expiring at once (one pass) | {} |\n| the expiry before: one retain over the order per expired flow | {} |\n\n",
+            r["flows"],
+            ms("kernel_read_per_key_ms"),
+            ms("kernel_read_iterate_ms"),
+            ms("kernel_read_batch_ms"),
+            ms("tracker_refresh_ms"),
+            ms("tracker_refresh_all_expiring_ms"),
+            ms("expiry_one_retain_per_flow_ms"),
+        ));
     }
     Ok((dp, md))
 }
