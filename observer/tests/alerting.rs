@@ -15,7 +15,7 @@ use std::{
 
 use testbed::{
     agent::AgentProc,
-    monitoring::{alertmanager, prometheus},
+    monitoring::{alertmanager, fast_rules, prometheus},
     netns::Netns,
     topology::{Layout, Node},
     traffic::{Servers, http_get, tcp_get},
@@ -72,26 +72,6 @@ fn rules_pass_promtool_check_and_unit_tests() {
         let file = url.rsplit_once("/blob/main/").unwrap().1;
         assert!(root().join(file).exists(), "runbook {file} is missing");
     }
-}
-
-/// The rules with `for:` cut to 0 s, for a test that cannot wait minutes.
-fn fast_rules(dir: &Path) -> PathBuf {
-    let rules =
-        std::fs::read_to_string(root().join("deploy/prometheus/observer-rules.yml")).unwrap();
-    let fast: String = rules
-        .lines()
-        .map(|l| {
-            if l.trim().starts_with("for:") {
-                "        for: 0s".to_string()
-            } else {
-                l.to_string()
-            }
-        })
-        .collect::<Vec<_>>()
-        .join("\n");
-    let p = dir.join("rules.yml");
-    std::fs::write(&p, fast).unwrap();
-    p
 }
 
 fn am_alerts(ns: &Netns, am_port: u16) -> Vec<serde_json::Value> {
@@ -168,7 +148,7 @@ fn a_direct_access_alert_reaches_alertmanager_and_nodeport_traffic_does_not() {
         &d,
         port(),
         &[agent.metrics_port],
-        &fast_rules(&d),
+        &fast_rules(&root().join("deploy/prometheus/observer-rules.yml"), &d),
         am.port,
     );
 

@@ -8,16 +8,17 @@ mod support;
 
 use std::time::Duration;
 
-use serde_json::json;
 use support::{alert_lines, flows, sample, status, wait_for};
 use testbed::{
     agent::AgentProc,
-    kubeapi::{KubeApi, NODES, PODS, fixtures::node, fixtures::pod},
+    kubeapi::{
+        KubeApi, NODES, PODS,
+        fixtures::{vpc_node, web_pod},
+    },
     topology::{Layout, Node},
     traffic::{Servers, http_get, tcp_get},
 };
 
-const BIN: &str = env!("CARGO_BIN_EXE_observer");
 const ME: &str = "ip-10-0-7-223.ec2.internal";
 const PEER: &str = "ip-10-0-12-177.ec2.internal";
 
@@ -27,40 +28,17 @@ fn scrape(n: &Node, agent: &AgentProc) -> String {
 
 #[test]
 fn flows_before_the_first_sync_are_held_and_judged_again() {
+    support::ports_from(19_600);
     let n = Node::new(Layout::VpcCni);
-    let api = KubeApi::start(&n.node, 19_600);
-    for (name, ip) in [(ME, n.node_ip), (PEER, n.peer_ip)] {
-        let mut o = node(name, ip, "10.0.0.0/32");
-        o["spec"] = json!({});
-        api.apply(NODES, o);
-    }
-    api.apply(
-        PODS,
-        pod(
-            "shop",
-            "web-7854ff8877-z5nh5",
-            "web",
-            ME,
-            n.pods[0].ip,
-            &[80],
-        ),
-    );
+    let api = KubeApi::start(&n.node, support::next_port());
+    api.apply(NODES, vpc_node(ME, n.node_ip));
+    api.apply(NODES, vpc_node(PEER, n.peer_ip));
+    api.apply(PODS, web_pod(ME, n.pods[0].ip));
     let mut servers = Servers::new();
     servers.tcp(&n.pods[0].ns, 80);
     // The API answers no list until released: the agent starts, attaches, and waits.
     api.hold_lists(true);
-    let dir = std::env::temp_dir().join(format!("observer-kstart-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let kubeconfig = dir.join("kubeconfig");
-    api.kubeconfig(&kubeconfig);
-    let agent = AgentProc::start_env(
-        BIN.as_ref(),
-        &n.node,
-        &dir.join("agent"),
-        19_601,
-        &["--kubernetes", "on", "--node-name", ME],
-        &[("KUBECONFIG", kubeconfig.to_str().unwrap())],
-    );
+    let agent = support::start_with_kubeconfig(&n, &api, "kstart", ME, &[]);
     let s = status(&agent);
     assert_eq!(s["inventory"]["synced"], false, "{s}");
     assert_eq!(

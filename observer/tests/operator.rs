@@ -20,15 +20,16 @@ use std::{
 use serde_json::{Value, json};
 use support::{status, wait_for};
 use testbed::{
-    agent::AgentProc,
-    kubeapi::{KubeApi, NODES, PODS, fixtures::node, fixtures::pod},
-    monitoring::prometheus_with,
+    kubeapi::{
+        KubeApi, NODES, PODS,
+        fixtures::{vpc_node, web_pod},
+    },
+    monitoring::{fast_rules, prometheus_with},
     netns::Netns,
     topology::{Layout, Node},
     traffic::{Servers, http_get, tcp_get},
 };
 
-const BIN: &str = env!("CARGO_BIN_EXE_observer");
 const ME: &str = "ip-10-0-7-223.ec2.internal";
 /// The agent's own pod, as the Operator's service discovery would name it.
 const AGENT_POD: &str = "observer-x7k2p";
@@ -38,25 +39,6 @@ fn root() -> PathBuf {
         .parent()
         .unwrap()
         .into()
-}
-
-/// The shipped rules with `for:` cut to 0 s, for a test that cannot wait minutes.
-fn fast_rules(dir: &Path) -> PathBuf {
-    let rules =
-        std::fs::read_to_string(root().join("deploy/prometheus/observer-rules.yml")).unwrap();
-    let fast: Vec<String> = rules
-        .lines()
-        .map(|l| {
-            if l.trim().starts_with("for:") {
-                "        for: 0s".to_string()
-            } else {
-                l.to_string()
-            }
-        })
-        .collect();
-    let p = dir.join("rules.yml");
-    std::fs::write(&p, fast.join("\n")).unwrap();
-    p
 }
 
 /// The scrape config the Prometheus Operator generates for the shipped ServiceMonitor's
@@ -139,41 +121,21 @@ fn the_alert_names_the_attacked_pod_and_node_under_the_operators_labels() {
     let d = std::env::temp_dir().join(format!("observer-operator-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&d);
     std::fs::create_dir_all(&d).unwrap();
-    let api = KubeApi::start(&n.node, 19_800);
-    let mut me = node(ME, n.node_ip, "10.0.0.0/32");
-    me["spec"] = json!({});
-    api.apply(NODES, me);
-    api.apply(
-        PODS,
-        pod(
-            "shop",
-            "web-7854ff8877-z5nh5",
-            "web",
-            ME,
-            n.pods[0].ip,
-            &[80],
-        ),
-    );
-    let kubeconfig = d.join("kubeconfig");
-    api.kubeconfig(&kubeconfig);
-    let agent = AgentProc::start_env(
-        BIN.as_ref(),
-        &n.node,
-        &d.join("agent"),
-        19_801,
-        &["--kubernetes", "on", "--node-name", ME],
-        &[("KUBECONFIG", kubeconfig.to_str().unwrap())],
-    );
+    support::ports_from(19_800);
+    let api = KubeApi::start(&n.node, support::next_port());
+    api.apply(NODES, vpc_node(ME, n.node_ip));
+    api.apply(PODS, web_pod(ME, n.pods[0].ip));
+    let agent = support::start_with_kubeconfig(&n, &api, "operator", ME, &[]);
     wait_for("the first sync", Duration::from_secs(20), || {
         status(&agent)["inventory"]["synced"] == true
     });
     let prom = prometheus_with(
         &n.node,
         &d,
-        19_802,
+        support::next_port(),
         &operator_scrape_config(agent.metrics_port),
-        &fast_rules(&d),
-        19_803,
+        &fast_rules(&root().join("deploy/prometheus/observer-rules.yml"), &d),
+        support::next_port(),
     );
     let mut servers = Servers::new();
     servers.tcp(&n.pods[0].ns, 80);

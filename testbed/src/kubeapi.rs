@@ -521,6 +521,18 @@ pub mod fixtures {
         })
     }
 
+    /// A node of a VPC CNI cluster: its addresses, no pod CIDR (pods hold VPC addresses).
+    pub fn vpc_node(name: &str, ip: &str) -> Value {
+        let mut n = node(name, ip, "10.0.0.0/32");
+        n["spec"] = json!({});
+        n
+    }
+
+    /// The `web` Deployment's pod `shop/web-7854ff8877-z5nh5` (port 80) on `node`.
+    pub fn web_pod(node: &str, ip: &str) -> Value {
+        pod("shop", "web-7854ff8877-z5nh5", "web", node, ip, &[80])
+    }
+
     /// A pod of a Deployment (owner: ReplicaSet `<deploy>-<hash>`).
     pub fn pod(ns: &str, name: &str, deploy: &str, node: &str, ip: &str, ports: &[u16]) -> Value {
         let hash = "7854ff8877";

@@ -159,3 +159,22 @@ pub fn prometheus_with(
     s.wait_ready(ns, "/-/ready");
     s
 }
+
+/// The rules file `rules` with every `for:` cut to 0 s (for a test that cannot wait minutes),
+/// written into `dir`; returns its path.
+pub fn fast_rules(rules: &Path, dir: &Path) -> std::path::PathBuf {
+    let text = std::fs::read_to_string(rules).expect("the rules file");
+    let fast: Vec<String> = text
+        .lines()
+        .map(|l| {
+            if l.trim().starts_with("for:") {
+                "        for: 0s".to_string()
+            } else {
+                l.to_string()
+            }
+        })
+        .collect();
+    let p = dir.join("rules.yml");
+    std::fs::write(&p, fast.join("\n")).expect("the fast rules");
+    p
+}

@@ -64,6 +64,32 @@ pub fn start(n: &Node, name: &str, extra: &[&str]) -> AgentProc {
     AgentProc::start(BIN.as_ref(), &n.node, &dir(name), next_port(), &a)
 }
 
+/// Starts the agent on `n` with the Kubernetes inventory from `api` (`--kubernetes on
+/// --node-name node_name`, a kubeconfig pointing at the fixture server). Does not wait for the
+/// first sync.
+pub fn start_with_kubeconfig(
+    n: &Node,
+    api: &testbed::kubeapi::KubeApi,
+    name: &str,
+    node_name: &str,
+    extra: &[&str],
+) -> AgentProc {
+    let d = dir(name);
+    std::fs::create_dir_all(&d).unwrap();
+    let kubeconfig = d.join("kubeconfig");
+    api.kubeconfig(&kubeconfig);
+    let mut args = vec!["--kubernetes", "on", "--node-name", node_name];
+    args.extend_from_slice(extra);
+    AgentProc::start_env(
+        BIN.as_ref(),
+        &n.node,
+        &d.join("agent"),
+        next_port(),
+        &args,
+        &[("KUBECONFIG", kubeconfig.to_str().unwrap())],
+    )
+}
+
 pub fn flows(agent: &AgentProc) -> Vec<FlowRow> {
     let out = agent.cli(&["flows", "--json"]);
     assert!(
