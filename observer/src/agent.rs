@@ -119,6 +119,7 @@ impl Controller {
         }
         let flushed = self.inventory.sync(&self.shared.maps, &ips, &dir);
         self.inventory.status.syncs += 1;
+        self.inventory.status.writes += flushed.changes as u64;
         if flushed.changes > 0 {
             tracing::debug!(changes = flushed.changes, "inventory synced to the maps");
         }

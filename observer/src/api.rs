@@ -117,6 +117,9 @@ pub struct InventoryOut {
     /// Syncs of the inventory to the maps so far.
     #[serde(default)]
     pub syncs: u64,
+    /// Entries written to or removed from the address maps so far.
+    #[serde(default)]
+    pub writes: u64,
 }
 
 impl From<InventoryStatus> for InventoryOut {
@@ -132,6 +135,7 @@ impl From<InventoryStatus> for InventoryOut {
             unwritten: s.unwritten,
             last_update_unix: s.last_update_unix,
             syncs: s.syncs,
+            writes: s.writes,
         }
     }
 }

@@ -102,6 +102,8 @@ pub struct InventoryStatus {
     pub last_update_unix: f64,
     /// Syncs of the inventory to the maps so far (each retries what was refused).
     pub syncs: u64,
+    /// Entries written to or removed from the address maps so far.
+    pub writes: u64,
 }
 
 /// The inventory from the node itself and the settings, written through [`Roles`]; other

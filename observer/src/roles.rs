@@ -6,7 +6,10 @@
 //! contains it (so an exact hit needs no LPM lookup); a CIDR entry carries the roles of every
 //! shorter CIDR containing it.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::{
+    collections::{BTreeMap, HashMap, HashSet},
+    sync::OnceLock,
+};
 
 use observer_common::{addr::IpKey, user::Cidr};
 
@@ -44,6 +47,54 @@ impl Flushed {
     }
 }
 
+/// The roles of a set of CIDRs by prefix length and network address: the roles of every CIDR
+/// containing an address (or a shorter prefix) are one hash lookup per distinct prefix length,
+/// not a scan of every CIDR (a 5,000-node cluster has 5,000 pod CIDRs, all of one length).
+#[derive(Debug, Default)]
+struct PrefixIndex {
+    /// (prefix length in the 128-bit key space, network address → OR of roles), shortest first.
+    lens: Vec<(u32, HashMap<u128, u32>)>,
+}
+
+fn masked(key: u128, len: u32) -> u128 {
+    if len == 0 {
+        0
+    } else {
+        key & (u128::MAX << (128 - len))
+    }
+}
+
+impl PrefixIndex {
+    fn build<'a>(cidrs: impl Iterator<Item = (&'a Cidr, u32)>) -> Self {
+        let mut by_len: BTreeMap<u32, HashMap<u128, u32>> = BTreeMap::new();
+        for (c, r) in cidrs {
+            *by_len
+                .entry(c.key_prefix_len())
+                .or_default()
+                .entry(u128::from_be_bytes(c.key()))
+                .or_default() |= r;
+        }
+        PrefixIndex {
+            lens: by_len.into_iter().collect(),
+        }
+    }
+
+    /// The OR of the roles of every prefix of at most `max_len` bits that contains `key`.
+    fn roles(&self, key: &IpKey, max_len: u32) -> u32 {
+        let k = u128::from_be_bytes(*key);
+        let mut acc = 0;
+        for (len, m) in &self.lens {
+            if *len > max_len {
+                break;
+            }
+            if let Some(r) = m.get(&masked(k, *len)) {
+                acc |= r;
+            }
+        }
+        acc
+    }
+}
+
 #[derive(Default)]
 pub struct Roles {
     ips: HashMap<IpKey, Vec<(Owner, u32)>>,
@@ -54,6 +105,10 @@ pub struct Roles {
     written_cidrs: HashMap<Cidr, u32>,
     dirty: HashSet<IpKey>,
     cidrs_dirty: bool,
+    /// CIDRs added or removed since the last flush: only the addresses inside them change.
+    changed_cidrs: Vec<Cidr>,
+    /// [`PrefixIndex`] of `cidrs`, built when first needed after a change.
+    index: OnceLock<PrefixIndex>,
 }
 
 impl Roles {
@@ -110,10 +165,13 @@ impl Roles {
                     self.cidrs.remove(&c);
                 }
             }
+            self.changed_cidrs.push(c);
         }
         for (c, r) in cidrs {
             self.cidrs.entry(*c).or_default().push((owner.clone(), *r));
+            self.changed_cidrs.push(*c);
         }
+        self.index = OnceLock::new();
         if !cidrs.is_empty() {
             self.cidrs_by_owner
                 .insert(owner.clone(), cidrs.iter().map(|(c, _)| *c).collect());
@@ -129,12 +187,19 @@ impl Roles {
         }
     }
 
+    fn index(&self) -> &PrefixIndex {
+        self.index.get_or_init(|| {
+            PrefixIndex::build(
+                self.cidrs
+                    .iter()
+                    .map(|(c, v)| (c, v.iter().fold(0, |a, (_, r)| a | r))),
+            )
+        })
+    }
+
+    /// The roles of every CIDR containing the address.
     fn covering(&self, key: &IpKey) -> u32 {
-        self.cidrs
-            .iter()
-            .filter(|(c, _)| c.contains_key(key))
-            .flat_map(|(_, v)| v.iter().map(|(_, r)| *r))
-            .fold(0, |a, r| a | r)
+        self.index().roles(key, 128)
     }
 
     /// The roles an address should have now.
@@ -149,17 +214,15 @@ impl Roles {
         let mut out = Flushed::default();
         let mut w = maps.role_writer();
         if self.cidrs_dirty {
-            // Rare (a CIDR setting or a node's pod CIDR changed): every entry is re-derived.
-            let mut want: HashMap<Cidr, u32> = HashMap::new();
-            for c in self.cidrs.keys() {
-                let r = self
-                    .cidrs
-                    .iter()
-                    .filter(|(outer, _)| outer.covers(c))
-                    .flat_map(|(_, v)| v.iter().map(|(_, r)| *r))
-                    .fold(0, |a, r| a | r);
-                want.insert(*c, r);
-            }
+            // A CIDR setting or a node's pod CIDR changed. Each CIDR entry carries the roles of
+            // the CIDRs containing it (one index lookup per prefix length); the addresses inside
+            // a changed CIDR are re-derived, the others keep their roles.
+            let index = self.index();
+            let want: HashMap<Cidr, u32> = self
+                .cidrs
+                .keys()
+                .map(|c| (*c, index.roles(&c.key(), c.key_prefix_len())))
+                .collect();
             let mut failed = false;
             for (c, r) in &want {
                 if self.written_cidrs.get(c) != Some(r) {
@@ -187,8 +250,19 @@ impl Roles {
                     Err(e) => out.fail(e, &mut failed),
                 }
             }
-            self.dirty.extend(self.ips.keys().copied());
-            self.dirty.extend(self.written.keys().copied());
+            let changed = PrefixIndex::build(self.changed_cidrs.iter().map(|c| (c, 1)));
+            let inside = |k: &&IpKey| changed.roles(k, 128) != 0;
+            let touched: Vec<IpKey> = self
+                .ips
+                .keys()
+                .chain(self.written.keys())
+                .filter(inside)
+                .copied()
+                .collect();
+            self.dirty.extend(touched);
+            if !failed {
+                self.changed_cidrs.clear();
+            }
             self.cidrs_dirty = failed;
         }
         let dirty: Vec<IpKey> = self.dirty.iter().copied().collect();
@@ -278,5 +352,79 @@ mod tests {
         r.set_ips(&Owner::Node, &[]);
         assert_eq!(r.roles_of(&k("10.0.3.240")), None);
         assert!(r.dirty.contains(&k("10.0.3.240")));
+    }
+
+    /// The linear definition the index replaces: the OR of every CIDR containing the key.
+    fn linear(cidrs: &[(Cidr, u32)], key: &IpKey) -> u32 {
+        cidrs
+            .iter()
+            .filter(|(c, _)| c.contains_key(key))
+            .fold(0, |a, (_, r)| a | r)
+    }
+
+    fn cidr_of(v6: bool, a: u128, len: u8) -> Cidr {
+        let ip: std::net::IpAddr = if v6 {
+            std::net::Ipv6Addr::from(a).into()
+        } else {
+            std::net::Ipv4Addr::from(a as u32).into()
+        };
+        Cidr::new(ip, if v6 { len } else { len.min(32) }).unwrap()
+    }
+
+    proptest::proptest! {
+        /// Roles by the prefix index equal the linear scan, for addresses and for CIDRs
+        /// (nested prefixes of both families, /0 included), and after CIDRs come and go the
+        /// re-derived addresses are exactly right.
+        #[test]
+        fn the_prefix_index_agrees_with_a_linear_scan(
+            cidrs in proptest::collection::vec((proptest::bool::ANY, 0u128..16, 0u8..=40, 0u32..32), 0..24),
+            keys in proptest::collection::vec((proptest::bool::ANY, 0u128..16), 1..24),
+            drop_owner in 0usize..8,
+        ) {
+            // Few distinct bits at the top of the address, so prefixes nest and collide often.
+            let spread = |v6: bool, x: u128| if v6 { x << 124 } else { x << 28 };
+            let list: Vec<(Cidr, u32)> = cidrs
+                .iter()
+                .map(|(v6, a, len, r)| (cidr_of(*v6, spread(*v6, *a), *len), 1 << (r % 5)))
+                .collect();
+            let keys: Vec<IpKey> = keys
+                .iter()
+                .map(|(v6, a)| {
+                    let c = cidr_of(*v6, spread(*v6, *a) | 0x1234, if *v6 { 128 } else { 32 });
+                    c.key()
+                })
+                .collect();
+            let mut r = Roles::new();
+            // One owner per CIDR, so one can leave later.
+            for (i, (c, roles)) in list.iter().enumerate() {
+                r.set_cidrs(&Owner::Object("Node", i.to_string()), &[(*c, *roles)]);
+            }
+            let ips: Vec<(IpKey, u32)> = keys.iter().map(|k| (*k, role::CLUSTER)).collect();
+            r.set_ips(&Owner::Node, &ips);
+            for k in &keys {
+                proptest::prop_assert_eq!(r.covering(k), linear(&list, k));
+            }
+            let index = r.index();
+            for (c, _) in &list {
+                let want = list
+                    .iter()
+                    .filter(|(outer, _)| outer.covers(c))
+                    .fold(0, |a, (_, x)| a | x);
+                proptest::prop_assert_eq!(index.roles(&c.key(), c.key_prefix_len()), want);
+            }
+            // An owner leaves: the index follows.
+            if drop_owner < list.len() {
+                r.set_cidrs(&Owner::Object("Node", drop_owner.to_string()), &[]);
+                let rest: Vec<(Cidr, u32)> = list
+                    .iter()
+                    .enumerate()
+                    .filter(|(i, _)| *i != drop_owner)
+                    .map(|(_, x)| *x)
+                    .collect();
+                for k in &keys {
+                    proptest::prop_assert_eq!(r.covering(k), linear(&rest, k));
+                }
+            }
+        }
     }
 }

@@ -257,7 +257,49 @@ fn inventory(bin: &Path) -> Result<(Value, String)> {
         std::thread::sleep(Duration::from_millis(5));
     }
     let change_ms = change.elapsed().as_secs_f64() * 1000.0;
+    // A node joins, then leaves: its pod CIDR comes and goes. Timed until a source inside it
+    // is judged in cluster (then outside again), with the agent's CPU and its map writes.
+    let joiner = node(NODES_N);
+    let joiner_name = joiner["metadata"]["name"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let src = format!("100.{}.{}.7", 64 + NODES_N / 256, NODES_N % 256);
+    let node_change = |what: &str, want: &str, act: &dyn Fn()| -> Result<Value> {
+        let writes = |s: &Option<Value>| {
+            s.as_ref()
+                .and_then(|s| s["inventory"]["writes"].as_u64())
+                .unwrap_or(0)
+        };
+        let w0 = writes(&status(&agent));
+        let cpu0 = cpu_ticks(agent.pid());
+        let t = Instant::now();
+        act();
+        loop {
+            let o = agent.cli(&["explain", &src, "100.64.0.250:8080", "--json"]);
+            let v: Value = serde_json::from_slice(&o.stdout).unwrap_or_default();
+            if v["verdict"] == want {
+                break;
+            }
+            if t.elapsed() > Duration::from_secs(120) {
+                bail!("a node {what} did not reach the maps in 120 s");
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let ms = t.elapsed().as_secs_f64() * 1000.0;
+        // Let the sync finish writing before counting.
+        std::thread::sleep(Duration::from_millis(300));
+        let cpu_ms = (cpu_ticks(agent.pid()) - cpu0) as f64 * 10.0;
+        let w = writes(&status(&agent)) - w0;
+        Ok(json!({"ms": ms, "agent_cpu_ms": cpu_ms, "map_writes": w}))
+    };
+    let join = node_change("join", "in_cluster", &|| api.apply(NODES, joiner.clone()))?;
+    let leave = node_change("leave", "direct_to_pod", &|| {
+        api.delete(NODES, "", &joiner_name)
+    })?;
     let value = json!({
+        "node_join": join,
+        "node_leave": leave,
         "nodes": NODES_N,
         "pods": total_pods,
         "local_pods": LOCAL_PODS,
@@ -270,12 +312,18 @@ fn inventory(bin: &Path) -> Result<(Value, String)> {
         "note": "includes polling `observer status` every 100 ms and `observer explain` every 5 ms (process start each time)"
     });
     let md = format!(
-        "## Kubernetes inventory at scale\n\n| figure | value |\n|---|---|\n| nodes / pods (local) | {NODES_N} / {total_pods} ({LOCAL_PODS}) |\n| addresses in the kernel map | {addresses} |\n| start to synced | {:.2} s |\n| start to every address in the maps | {:.2} s |\n| agent RSS after sync / peak | {:.1} MiB / {:.1} MiB |\n| one pod change to the maps | {:.1} ms |\n\n",
+        "## Kubernetes inventory at scale\n\n| figure | value |\n|---|---|\n| nodes / pods (local) | {NODES_N} / {total_pods} ({LOCAL_PODS}) |\n| addresses in the kernel map | {addresses} |\n| start to synced | {:.2} s |\n| start to every address in the maps | {:.2} s |\n| agent RSS after sync / peak | {:.1} MiB / {:.1} MiB |\n| one pod change to the maps | {:.1} ms |\n| a node joins (its pod CIDR): to the maps / agent CPU / map writes | {:.0} ms / {:.0} ms / {} |\n| the node leaves | {:.0} ms / {:.0} ms / {} |\n\n",
         synced_at.map_or(f64::NAN, |d| d.as_secs_f64()),
         full.as_secs_f64(),
         rss as f64 / 1024.0,
         hwm as f64 / 1024.0,
-        change_ms
+        change_ms,
+        join["ms"].as_f64().unwrap_or(f64::NAN),
+        join["agent_cpu_ms"].as_f64().unwrap_or(f64::NAN),
+        join["map_writes"],
+        leave["ms"].as_f64().unwrap_or(f64::NAN),
+        leave["agent_cpu_ms"].as_f64().unwrap_or(f64::NAN),
+        leave["map_writes"],
     );
     Ok((value, md))
 }
