@@ -329,23 +329,16 @@ impl KubeApi {
                 s = cv.wait(s).unwrap();
             }
             // A namespace and an equality label selector narrow the list, as on a real server.
+            // Nothing is copied: a page borrows its objects (lists of 150k pods come in pages).
             let selector = params.get("labelSelector").map(|v| unescape(v));
-            let filtered: Option<BTreeMap<String, serde_json::Value>> =
-                s.objects.get(kind.path).map(|c| {
-                    c.iter()
-                        .filter(|(_, o)| {
-                            namespace
-                                .as_deref()
-                                .is_none_or(|ns| o["metadata"]["namespace"] == ns)
-                                && selector
-                                    .as_deref()
-                                    .is_none_or(|sel| matches_selector(o, sel))
-                        })
-                        .map(|(k, v)| (k.clone(), v.clone()))
-                        .collect()
-                });
-            let all = filtered.as_ref();
-            let total = all.map_or(0, |c| c.len());
+            let wanted = |o: &serde_json::Value| {
+                namespace
+                    .as_deref()
+                    .is_none_or(|ns| o["metadata"]["namespace"] == ns)
+                    && selector
+                        .as_deref()
+                        .is_none_or(|sel| matches_selector(o, sel))
+            };
             let start: usize = params
                 .get("continue")
                 .and_then(|c| c.parse().ok())
@@ -355,9 +348,16 @@ impl KubeApi {
                 .and_then(|l| l.parse().ok())
                 .filter(|l| *l > 0)
                 .unwrap_or(usize::MAX);
-            let items: Vec<&serde_json::Value> = all
-                .map(|c| c.values().skip(start).take(limit).collect())
-                .unwrap_or_default();
+            let (total, items): (usize, Vec<&serde_json::Value>) = match s.objects.get(kind.path) {
+                None => (0, Vec::new()),
+                Some(c) if namespace.is_none() && selector.is_none() => {
+                    (c.len(), c.values().skip(start).take(limit).collect())
+                }
+                Some(c) => {
+                    let all: Vec<&serde_json::Value> = c.values().filter(|o| wanted(o)).collect();
+                    (all.len(), all.into_iter().skip(start).take(limit).collect())
+                }
+            };
             let next = start.saturating_add(items.len());
             let mut meta = serde_json::json!({"resourceVersion": s.rv.to_string()});
             if next < total {
