@@ -497,7 +497,9 @@ fn lookup_batch<K: Pod + Default, V: Pod + Default>(
         flags: u64,
     }
     const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
-    let mut chunk = capacity.clamp(64, 65_536);
+    // Small buffers (a few hundred KiB), grown only if one bucket does not fit: a read of an
+    // empty or small table (every status and scrape) allocates little.
+    let mut chunk = capacity.clamp(64, 4096);
     let mut out = Vec::new();
     // The hash map's batch token: a bucket index.
     let mut token: u64 = 0;
