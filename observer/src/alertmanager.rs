@@ -83,6 +83,128 @@ pub struct AmTarget {
     pub auth: AmAuth,
 }
 
+/// An `--alertmanager-*` setting that cannot be used.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid {key} {value:?}: {problem}")]
+pub struct SettingError {
+    pub key: &'static str,
+    pub value: String,
+    pub problem: String,
+}
+
+fn invalid(key: &'static str, value: &str, problem: impl Into<String>) -> SettingError {
+    SettingError {
+        key,
+        value: value.to_string(),
+        problem: problem.into(),
+    }
+}
+
+impl AmTarget {
+    /// The target from the `--alertmanager-*` settings, checked: a URL, a CA file only for
+    /// https and holding certificates, one kind of auth, and readable secret files. `None`
+    /// without a URL.
+    pub fn from_settings(
+        url: Option<String>,
+        ca_file: Option<PathBuf>,
+        token_file: Option<PathBuf>,
+        user: Option<String>,
+        password_file: Option<PathBuf>,
+    ) -> Result<Option<AmTarget>, SettingError> {
+        let url = match url {
+            Some(u) if !u.trim().is_empty() => u,
+            _ => {
+                for (key, set) in [
+                    ("alertmanager-ca-file", ca_file.is_some()),
+                    ("alertmanager-bearer-token-file", token_file.is_some()),
+                    ("alertmanager-user", user.is_some()),
+                    ("alertmanager-password-file", password_file.is_some()),
+                ] {
+                    if set {
+                        return Err(invalid(key, "set", "only with --alertmanager-url"));
+                    }
+                }
+                return Ok(None);
+            }
+        };
+        let parsed: AmUrl = url
+            .trim()
+            .parse()
+            .map_err(|problem: &str| invalid("alertmanager-url", &url, problem))?;
+        let readable = |key: &'static str, p: &PathBuf| {
+            std::fs::read(p).map(|_| ()).map_err(|e| {
+                invalid(
+                    key,
+                    &p.display().to_string(),
+                    format!("a readable file ({e})"),
+                )
+            })
+        };
+        let auth = match (token_file, user, password_file) {
+            (None, None, None) => AmAuth::None,
+            (Some(t), None, None) => {
+                readable("alertmanager-bearer-token-file", &t)?;
+                AmAuth::Bearer(t)
+            }
+            (None, Some(user), Some(password_file)) => {
+                readable("alertmanager-password-file", &password_file)?;
+                AmAuth::Basic {
+                    user,
+                    password_file,
+                }
+            }
+            (Some(_), _, _) => {
+                return Err(invalid(
+                    "alertmanager-bearer-token-file",
+                    "set",
+                    "either a bearer token or basic auth, not both",
+                ));
+            }
+            (None, Some(u), None) => {
+                return Err(invalid(
+                    "alertmanager-user",
+                    &u,
+                    "with --alertmanager-password-file",
+                ));
+            }
+            (None, None, Some(p)) => {
+                return Err(invalid(
+                    "alertmanager-password-file",
+                    &p.display().to_string(),
+                    "with --alertmanager-user",
+                ));
+            }
+        };
+        if let Some(ca) = &ca_file
+            && !parsed.https
+        {
+            return Err(invalid(
+                "alertmanager-ca-file",
+                &ca.display().to_string(),
+                "only with an https:// --alertmanager-url",
+            ));
+        }
+        let target = AmTarget {
+            url: parsed,
+            ca_file,
+            auth,
+        };
+        // The CA file is read once here, so a bad one stops the start, not the first push.
+        AmClient::new(target.clone()).map_err(|e| {
+            invalid(
+                "alertmanager-ca-file",
+                &target
+                    .ca_file
+                    .as_ref()
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_default(),
+                e.to_string(),
+            )
+        })?;
+        Ok(Some(target))
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum AmError {
     #[error("reading {path}: {source}")]
@@ -439,5 +561,103 @@ mod tests {
         assert!("am:9093".parse::<AmUrl>().is_err());
         assert!("http://am:99999".parse::<AmUrl>().is_err());
         assert!("http://:9093".parse::<AmUrl>().is_err());
+    }
+
+    #[test]
+    fn alertmanager_settings_are_checked() {
+        let dir = std::env::temp_dir().join(format!("observer-am-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let not_pem = dir.join("not.pem");
+        std::fs::write(&not_pem, "hello\n").unwrap();
+        let secret = dir.join("secret");
+        std::fs::write(&secret, "s3cret\n").unwrap();
+        let missing = dir.join("missing");
+        // (url, ca file, bearer token file, user, password file)
+        type Settings = (
+            Option<&'static str>,
+            Option<PathBuf>,
+            Option<PathBuf>,
+            Option<&'static str>,
+            Option<PathBuf>,
+        );
+        let check = |(url, ca, token, user, password): Settings| {
+            AmTarget::from_settings(
+                url.map(String::from),
+                ca,
+                token,
+                user.map(String::from),
+                password,
+            )
+        };
+        let cases: Vec<(Settings, &str)> = vec![
+            (
+                (None, Some(not_pem.clone()), None, None, None),
+                "alertmanager-ca-file \"set\": only with --alertmanager-url",
+            ),
+            (
+                (Some("ftp://am:9093"), None, None, None, None),
+                "an http:// or https:// URL",
+            ),
+            (
+                (
+                    Some("http://am:9093"),
+                    Some(not_pem.clone()),
+                    None,
+                    None,
+                    None,
+                ),
+                "only with an https://",
+            ),
+            (
+                (
+                    Some("https://am:9093"),
+                    Some(not_pem.clone()),
+                    None,
+                    None,
+                    None,
+                ),
+                "no PEM certificate",
+            ),
+            (
+                (
+                    Some("https://am:9093"),
+                    None,
+                    Some(secret.clone()),
+                    Some("observer"),
+                    Some(secret.clone()),
+                ),
+                "either a bearer token or basic auth",
+            ),
+            (
+                (Some("https://am:9093"), None, None, Some("observer"), None),
+                "with --alertmanager-password-file",
+            ),
+            (
+                (
+                    Some("https://am:9093"),
+                    None,
+                    Some(missing.clone()),
+                    None,
+                    None,
+                ),
+                "a readable file",
+            ),
+        ];
+        for (settings, want) in cases {
+            let e = check(settings).unwrap_err().to_string();
+            assert!(e.contains(want), "{e:?} should contain {want:?}");
+        }
+        let t = check((
+            Some("https://am.monitoring:9093/am"),
+            None,
+            Some(secret.clone()),
+            None,
+            None,
+        ))
+        .unwrap()
+        .unwrap();
+        assert!(t.url.https);
+        assert_eq!(t.auth, AmAuth::Bearer(secret));
+        std::fs::remove_dir_all(&dir).ok();
     }
 }

@@ -247,109 +247,6 @@ fn invalid(key: &'static str, value: &str, problem: impl Into<String>) -> Config
     }
 }
 
-/// The Alertmanager settings, checked: a URL, a CA file only for https and holding
-/// certificates, one kind of auth, and readable secret files.
-fn alertmanager_target(
-    url: Option<String>,
-    ca_file: Option<PathBuf>,
-    token_file: Option<PathBuf>,
-    user: Option<String>,
-    password_file: Option<PathBuf>,
-) -> Result<Option<crate::alertmanager::AmTarget>, ConfigError> {
-    use crate::alertmanager::{AmAuth, AmClient, AmTarget, AmUrl};
-    let url = match url {
-        Some(u) if !u.trim().is_empty() => u,
-        _ => {
-            for (key, set) in [
-                ("alertmanager-ca-file", ca_file.is_some()),
-                ("alertmanager-bearer-token-file", token_file.is_some()),
-                ("alertmanager-user", user.is_some()),
-                ("alertmanager-password-file", password_file.is_some()),
-            ] {
-                if set {
-                    return Err(invalid(key, "set", "only with --alertmanager-url"));
-                }
-            }
-            return Ok(None);
-        }
-    };
-    let parsed: AmUrl = url
-        .trim()
-        .parse()
-        .map_err(|problem: &str| invalid("alertmanager-url", &url, problem))?;
-    let readable = |key: &'static str, p: &PathBuf| {
-        std::fs::read(p).map(|_| ()).map_err(|e| {
-            invalid(
-                key,
-                &p.display().to_string(),
-                format!("a readable file ({e})"),
-            )
-        })
-    };
-    let auth = match (token_file, user, password_file) {
-        (None, None, None) => AmAuth::None,
-        (Some(t), None, None) => {
-            readable("alertmanager-bearer-token-file", &t)?;
-            AmAuth::Bearer(t)
-        }
-        (None, Some(user), Some(password_file)) => {
-            readable("alertmanager-password-file", &password_file)?;
-            AmAuth::Basic {
-                user,
-                password_file,
-            }
-        }
-        (Some(_), _, _) => {
-            return Err(invalid(
-                "alertmanager-bearer-token-file",
-                "set",
-                "either a bearer token or basic auth, not both",
-            ));
-        }
-        (None, Some(u), None) => {
-            return Err(invalid(
-                "alertmanager-user",
-                &u,
-                "with --alertmanager-password-file",
-            ));
-        }
-        (None, None, Some(p)) => {
-            return Err(invalid(
-                "alertmanager-password-file",
-                &p.display().to_string(),
-                "with --alertmanager-user",
-            ));
-        }
-    };
-    if let Some(ca) = &ca_file
-        && !parsed.https
-    {
-        return Err(invalid(
-            "alertmanager-ca-file",
-            &ca.display().to_string(),
-            "only with an https:// --alertmanager-url",
-        ));
-    }
-    let target = AmTarget {
-        url: parsed,
-        ca_file,
-        auth,
-    };
-    // The CA file is read once here, so a bad one stops the start, not the first push.
-    AmClient::new(target.clone()).map_err(|e| {
-        invalid(
-            "alertmanager-ca-file",
-            &target
-                .ca_file
-                .as_ref()
-                .map(|p| p.display().to_string())
-                .unwrap_or_default(),
-            e.to_string(),
-        )
-    })?;
-    Ok(Some(target))
-}
-
 fn load_file(path: &Path) -> Result<FileConfig, ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
         path: path.to_path_buf(),
@@ -527,7 +424,7 @@ impl Config {
                     ));
                 }
             };
-        let alertmanager = alertmanager_target(
+        let alertmanager = crate::alertmanager::AmTarget::from_settings(
             args.alertmanager_url.or(file.alertmanager_url),
             args.alertmanager_ca_file.or(file.alertmanager_ca_file),
             args.alertmanager_bearer_token_file
@@ -535,7 +432,8 @@ impl Config {
             args.alertmanager_user.or(file.alertmanager_user),
             args.alertmanager_password_file
                 .or(file.alertmanager_password_file),
-        )?;
+        )
+        .map_err(|e| invalid(e.key, &e.value, e.problem))?;
         let kubernetes = match one(args.kubernetes, file.kubernetes, defaults::KUBERNETES).as_str()
         {
             "auto" => crate::k8s::configured(),
@@ -753,81 +651,6 @@ mod tests {
             let e = cfg(args).unwrap_err().to_string();
             assert!(e.contains(want), "{e:?} should contain {want:?}");
         }
-    }
-
-    #[test]
-    fn alertmanager_settings_are_checked() {
-        let dir = std::env::temp_dir().join(format!("observer-am-config-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let not_pem = dir.join("not.pem");
-        std::fs::write(&not_pem, "hello\n").unwrap();
-        let secret = dir.join("secret");
-        std::fs::write(&secret, "s3cret\n").unwrap();
-        let missing = dir.join("missing");
-        let am = |url: &str| RunArgs {
-            alertmanager_url: Some(url.into()),
-            ..Default::default()
-        };
-        let cases: Vec<(RunArgs, &str)> = vec![
-            (
-                RunArgs {
-                    alertmanager_ca_file: Some(not_pem.clone()),
-                    ..Default::default()
-                },
-                "alertmanager-ca-file \"set\": only with --alertmanager-url",
-            ),
-            (am("ftp://am:9093"), "an http:// or https:// URL"),
-            (
-                RunArgs {
-                    alertmanager_ca_file: Some(not_pem.clone()),
-                    ..am("http://am:9093")
-                },
-                "only with an https://",
-            ),
-            (
-                RunArgs {
-                    alertmanager_ca_file: Some(not_pem.clone()),
-                    ..am("https://am:9093")
-                },
-                "no PEM certificate",
-            ),
-            (
-                RunArgs {
-                    alertmanager_bearer_token_file: Some(secret.clone()),
-                    alertmanager_user: Some("observer".into()),
-                    alertmanager_password_file: Some(secret.clone()),
-                    ..am("https://am:9093")
-                },
-                "either a bearer token or basic auth",
-            ),
-            (
-                RunArgs {
-                    alertmanager_user: Some("observer".into()),
-                    ..am("https://am:9093")
-                },
-                "with --alertmanager-password-file",
-            ),
-            (
-                RunArgs {
-                    alertmanager_bearer_token_file: Some(missing.clone()),
-                    ..am("https://am:9093")
-                },
-                "a readable file",
-            ),
-        ];
-        for (args, want) in cases {
-            let e = cfg(args).unwrap_err().to_string();
-            assert!(e.contains(want), "{e:?} should contain {want:?}");
-        }
-        let ok = cfg(RunArgs {
-            alertmanager_bearer_token_file: Some(secret.clone()),
-            ..am("https://am.monitoring:9093/am")
-        })
-        .unwrap();
-        let t = ok.alertmanager.unwrap();
-        assert!(t.url.https);
-        assert_eq!(t.auth, crate::alertmanager::AmAuth::Bearer(secret));
-        std::fs::remove_dir_all(&dir).ok();
     }
 
     #[test]

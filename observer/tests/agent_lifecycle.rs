@@ -599,12 +599,7 @@ fn an_agent_that_insists_on_running_first_is_left_alone_after_five_moves() {
     });
     thread::sleep(Duration::from_millis(500));
     assert!(!ours_first(), "the agent moved its filter a sixth time");
-    let moves = agent
-        .log_lines()
-        .iter()
-        .filter(|l| l.contains("ours is in front again"))
-        .count();
-    assert_eq!(moves, 5);
+    assert_eq!(log_count(&agent, "ours is in front again"), 5);
     // Still attached and counted as such.
     assert!(attached_names(&agent).contains(veth));
 }

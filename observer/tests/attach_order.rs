@@ -101,12 +101,7 @@ fn a_tcx_program_put_in_front_of_ours_is_moved_behind_it_or_reported() {
     );
     let m = metrics(&n, &agent);
     assert_eq!(sample(&m, "observer_interfaces_not_first", ""), Some(1.0));
-    let moves = agent
-        .log_lines()
-        .iter()
-        .filter(|l| l.contains("ours is in front again"))
-        .count();
-    assert_eq!(moves, 5);
+    assert_eq!(log_count(&agent, "ours is in front again"), 5);
     assert!(
         String::from_utf8_lossy(&agent.cli(&["status"]).stdout).contains("NOT FIRST"),
         "status says so"

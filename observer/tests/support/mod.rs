@@ -202,6 +202,15 @@ pub fn tcx_count(ns: &Netns, iface: &'static str, dir: TcAttachType, prog: &'sta
     })
 }
 
+/// How many of the agent's log lines contain `needle`.
+pub fn log_count(agent: &AgentProc, needle: &str) -> usize {
+    agent
+        .log_lines()
+        .iter()
+        .filter(|l| l.contains(needle))
+        .count()
+}
+
 pub fn alert_lines(agent: &AgentProc) -> Vec<serde_json::Value> {
     agent
         .log_lines()
