@@ -298,6 +298,23 @@ async fn metrics_server(addr: std::net::SocketAddr, shared: Arc<Shared>) -> anyh
 
 /// Runs the agent until SIGTERM or SIGINT.
 pub async fn run(cfg: Config) -> anyhow::Result<()> {
+    // The Kubernetes lists start first: a large cluster's take seconds, and loading the
+    // programs (the verifier) takes about one; the objects wait in the channel meanwhile.
+    let kube_rx = if cfg.kubernetes {
+        let client = observer::k8s::client()
+            .await
+            .context("connecting to the Kubernetes API (--kubernetes)")?;
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(observer::k8s::run(
+            client,
+            cfg.node_name.clone(),
+            "eni".into(),
+            tx,
+        ));
+        Some(rx)
+    } else {
+        None
+    };
     let mut ebpf = bpf::load(&LoadOptions {
         nodeport_min: cfg.nodeport_min,
         nodeport_max: cfg.nodeport_max,
@@ -367,17 +384,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         first_sync: false,
         shared: shared.clone(),
     };
-    let mut kube_rx = if cfg.kubernetes {
-        let client = observer::k8s::client()
-            .await
-            .context("connecting to the Kubernetes API (--kubernetes)")?;
-        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-        tokio::spawn(observer::k8s::run(
-            client,
-            cfg.node_name.clone(),
-            "eni".into(),
-            tx,
-        ));
+    let mut kube_rx = if let Some(rx) = kube_rx {
         ctl.inventory.status.mode = "kubernetes";
         // Until the first full sync, peer nodes and other nodes' pods may look outside.
         shared

@@ -196,7 +196,7 @@ impl Standalone {
             .map(|p| (&p.namespace, &p.name))
             .collect::<std::collections::HashSet<_>>()
             .len();
-        self.status.node_ips = self.roles.count_with(role::NODE);
+        self.status.node_ips = self.roles.node_count();
         self.status.addresses = self.roles.address_count();
         self.status.cidrs = self.roles.cidr_count();
         flushed

@@ -11,20 +11,95 @@ use std::{
     sync::OnceLock,
 };
 
-use observer_common::{addr::IpKey, user::Cidr};
+use observer_common::{addr::IpKey, maps::role, user::Cidr};
+use smallvec::SmallVec;
 
 use crate::kmaps::{KmapError, Maps};
 
-/// Who asserts a role for an address or CIDR.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+/// Who asserts a role for an address or CIDR. Small and `Copy`: in a 150k-pod cluster each
+/// address has its owner stored twice (by address and by owner), so an owner is 17 bytes,
+/// not a kind string and a uid string on the heap.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Owner {
     /// The node's own interfaces and routes (netlink).
     Node,
     /// The settings (`--cluster-cidr`, `--allow-source`, `--service-cidr`).
     Config,
-    /// A Kubernetes object, by kind and uid (or name).
-    Object(&'static str, String),
+    /// A Kubernetes object, by kind and uid.
+    Object(Kind, ObjectId),
 }
+
+/// The kinds of Kubernetes objects that assert roles.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Kind {
+    Node,
+    Pod,
+    Service,
+    EndpointSlice,
+    ServiceCidr,
+    TargetGroupBinding,
+}
+
+impl Kind {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Kind::Node => "Node",
+            Kind::Pod => "Pod",
+            Kind::Service => "Service",
+            Kind::EndpointSlice => "EndpointSlice",
+            Kind::ServiceCidr => "ServiceCIDR",
+            Kind::TargetGroupBinding => "TargetGroupBinding",
+        }
+    }
+}
+
+/// An object's identity in 16 bytes: the UUID the API server gives every object (its
+/// `metadata.uid`), parsed; any other id (an object without a uid: namespace/name) is its
+/// SHA-1, cut to 16 bytes (a collision among a cluster's objects is beyond reach: 2^-90
+/// for a million objects).
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ObjectId([u8; 16]);
+
+impl ObjectId {
+    pub fn new(id: &str) -> ObjectId {
+        parse_uuid(id).unwrap_or_else(|| {
+            let d = sha1_smol::Sha1::from(id).digest().bytes();
+            let mut b = [0; 16];
+            b.copy_from_slice(&d[..16]);
+            ObjectId(b)
+        })
+    }
+}
+
+impl std::fmt::Debug for ObjectId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for b in self.0 {
+            write!(f, "{b:02x}")?;
+        }
+        Ok(())
+    }
+}
+
+/// `8-4-4-4-12` hex digits, as Kubernetes writes uids.
+fn parse_uuid(s: &str) -> Option<ObjectId> {
+    let b = s.as_bytes();
+    if b.len() != 36 || [8, 13, 18, 23].iter().any(|&i| b[i] != b'-') {
+        return None;
+    }
+    let mut out = [0u8; 16];
+    let mut digits = b.iter().filter(|c| **c != b'-');
+    for o in &mut out {
+        let hi = (*digits.next()? as char).to_digit(16)?;
+        let lo = (*digits.next()? as char).to_digit(16)?;
+        *o = (hi << 4 | lo) as u8;
+    }
+    Some(ObjectId(out))
+}
+
+/// Owners of one address: nearly always one, kept inline.
+type Owners = SmallVec<[(Owner, u32); 1]>;
+/// Addresses of one owner: a pod has one, or two with dual-stack.
+type Keys = SmallVec<[IpKey; 1]>;
 
 /// What a [`Roles::flush`] did.
 #[derive(Debug, Default)]
@@ -97,8 +172,8 @@ impl PrefixIndex {
 
 #[derive(Default)]
 pub struct Roles {
-    ips: HashMap<IpKey, Vec<(Owner, u32)>>,
-    by_owner: HashMap<Owner, Vec<IpKey>>,
+    ips: HashMap<IpKey, Owners>,
+    by_owner: HashMap<Owner, Keys>,
     cidrs: BTreeMap<Cidr, Vec<(Owner, u32)>>,
     cidrs_by_owner: HashMap<Owner, Vec<Cidr>>,
     written: HashMap<IpKey, u32>,
@@ -109,6 +184,8 @@ pub struct Roles {
     changed_cidrs: Vec<Cidr>,
     /// [`PrefixIndex`] of `cidrs`, built when first needed after a change.
     index: OnceLock<PrefixIndex>,
+    /// Entries of `written` with the node role.
+    node_written: usize,
 }
 
 impl Roles {
@@ -132,30 +209,28 @@ impl Roles {
         if ips.is_empty() {
             return;
         }
-        let mut keys = Vec::with_capacity(ips.len());
+        let mut keys = Keys::with_capacity(ips.len());
         for (k, r) in ips {
             let v = self.ips.entry(*k).or_default();
             match v.iter_mut().find(|(o, _)| o == owner) {
                 Some(e) => e.1 |= r,
-                None => v.push((owner.clone(), *r)),
+                None => v.push((*owner, *r)),
             }
             self.dirty.insert(*k);
             keys.push(*k);
         }
-        self.by_owner.insert(owner.clone(), keys);
+        self.by_owner.insert(*owner, keys);
     }
 
     /// Sets everything `owner` asserts about CIDRs.
     pub fn set_cidrs(&mut self, owner: &Owner, cidrs: &[(Cidr, u32)]) {
         let old = self.cidrs_by_owner.remove(owner).unwrap_or_default();
         let same = old.len() == cidrs.len()
-            && cidrs.iter().all(|(c, r)| {
-                self.cidrs
-                    .get(c)
-                    .is_some_and(|v| v.contains(&(owner.clone(), *r)))
-            });
+            && cidrs
+                .iter()
+                .all(|(c, r)| self.cidrs.get(c).is_some_and(|v| v.contains(&(*owner, *r))));
         if same {
-            self.cidrs_by_owner.insert(owner.clone(), old);
+            self.cidrs_by_owner.insert(*owner, old);
             return;
         }
         for c in old {
@@ -168,13 +243,13 @@ impl Roles {
             self.changed_cidrs.push(c);
         }
         for (c, r) in cidrs {
-            self.cidrs.entry(*c).or_default().push((owner.clone(), *r));
+            self.cidrs.entry(*c).or_default().push((*owner, *r));
             self.changed_cidrs.push(*c);
         }
         self.index = OnceLock::new();
         if !cidrs.is_empty() {
             self.cidrs_by_owner
-                .insert(owner.clone(), cidrs.iter().map(|(c, _)| *c).collect());
+                .insert(*owner, cidrs.iter().map(|(c, _)| *c).collect());
         }
         self.cidrs_dirty = true;
     }
@@ -270,7 +345,9 @@ impl Roles {
             let done = match self.roles_of(&k) {
                 Some(r) if self.written.get(&k) != Some(&r) => match w.set_ip(k, r) {
                     Ok(()) => {
-                        self.written.insert(k, r);
+                        let old = self.written.insert(k, r);
+                        self.count_node(old, -1);
+                        self.count_node(Some(r), 1);
                         out.changes += 1;
                         true
                     }
@@ -284,7 +361,8 @@ impl Roles {
                     None => true,
                     Some(_) => match w.remove_ip(&k) {
                         Ok(()) => {
-                            self.written.remove(&k);
+                            let old = self.written.remove(&k);
+                            self.count_node(old, -1);
                             out.changes += 1;
                             true
                         }
@@ -303,12 +381,23 @@ impl Roles {
             out.fail(e, &mut false);
         }
         out.pending = self.dirty.len() + usize::from(self.cidrs_dirty);
+        // A full sync leaves a large, empty set behind: give the memory back.
+        if self.dirty.is_empty() && self.dirty.capacity() > 4096 {
+            self.dirty = HashSet::new();
+        }
         out
     }
 
-    /// Addresses written, and how many have a role bit.
-    pub fn count_with(&self, bit: u32) -> usize {
-        self.written.values().filter(|r| *r & bit != 0).count()
+    fn count_node(&mut self, roles: Option<u32>, by: isize) {
+        if roles.is_some_and(|r| r & role::NODE != 0) {
+            self.node_written = self.node_written.saturating_add_signed(by);
+        }
+    }
+
+    /// Addresses written with the node role (kept as they are written: the status asks for
+    /// it at every sync, and a scan of 150k addresses each time is not free).
+    pub fn node_count(&self) -> usize {
+        self.node_written
     }
 
     pub fn address_count(&self) -> usize {
@@ -322,7 +411,7 @@ impl Roles {
 
 #[cfg(test)]
 mod tests {
-    use observer_common::{addr::key_of, maps::role};
+    use observer_common::addr::key_of;
 
     use super::*;
 
@@ -333,7 +422,7 @@ mod tests {
     #[test]
     fn owners_combine_and_leave() {
         let mut r = Roles::new();
-        let pod = Owner::Object("Pod", "uid-1".into());
+        let pod = Owner::Object(Kind::Pod, ObjectId::new("uid-1"));
         r.set_ips(&pod, &[(k("10.0.3.240"), role::CLUSTER | role::LOCAL_POD)]);
         r.set_ips(&Owner::Node, &[(k("10.0.3.240"), role::LOCAL_POD)]);
         r.set_cidrs(
@@ -352,6 +441,30 @@ mod tests {
         r.set_ips(&Owner::Node, &[]);
         assert_eq!(r.roles_of(&k("10.0.3.240")), None);
         assert!(r.dirty.contains(&k("10.0.3.240")));
+    }
+
+    fn node(i: usize) -> Owner {
+        Owner::Object(Kind::Node, ObjectId::new(&i.to_string()))
+    }
+
+    #[test]
+    fn uids_are_parsed_and_other_ids_hashed() {
+        let a = ObjectId::new("0b6d3f1e-2c4a-4e8f-9a1b-3c5d7e9f0a2b");
+        assert_eq!(format!("{a:?}"), "0b6d3f1e2c4a4e8f9a1b3c5d7e9f0a2b");
+        assert_eq!(a, ObjectId::new("0B6D3F1E-2C4A-4E8F-9A1B-3C5D7E9F0A2B"));
+        // Not a UUID (a wrong length, a misplaced dash, a non-hex digit): hashed, distinct.
+        let others = [
+            "shop/web",
+            "0b6d3f1e-2c4a-4e8f-9a1b-3c5d7e9f0a2",
+            "0b6d3f1e2-c4a-4e8f-9a1b-3c5d7e9f0a2b",
+            "0b6d3f1e-2c4a-4e8f-9a1b-3c5d7e9f0a2g",
+        ];
+        for o in others {
+            assert_ne!(ObjectId::new(o), a, "{o}");
+            assert_eq!(ObjectId::new(o), ObjectId::new(o));
+        }
+        assert_ne!(ObjectId::new("shop/web"), ObjectId::new("shop/api"));
+        assert_eq!(std::mem::size_of::<Owner>(), 17);
     }
 
     /// The linear definition the index replaces: the OR of every CIDR containing the key.
@@ -397,7 +510,7 @@ mod tests {
             let mut r = Roles::new();
             // One owner per CIDR, so one can leave later.
             for (i, (c, roles)) in list.iter().enumerate() {
-                r.set_cidrs(&Owner::Object("Node", i.to_string()), &[(*c, *roles)]);
+                r.set_cidrs(&node(i), &[(*c, *roles)]);
             }
             let ips: Vec<(IpKey, u32)> = keys.iter().map(|k| (*k, role::CLUSTER)).collect();
             r.set_ips(&Owner::Node, &ips);
@@ -414,7 +527,7 @@ mod tests {
             }
             // An owner leaves: the index follows.
             if drop_owner < list.len() {
-                r.set_cidrs(&Owner::Object("Node", drop_owner.to_string()), &[]);
+                r.set_cidrs(&node(drop_owner), &[]);
                 let rest: Vec<(Cidr, u32)> = list
                     .iter()
                     .enumerate()

@@ -8,6 +8,7 @@ use std::{
     collections::BTreeMap,
     io::{BufRead, BufReader, Write},
     net::{TcpListener, TcpStream},
+    ops::Bound,
     path::Path,
     sync::{Arc, Condvar, Mutex},
     thread,
@@ -55,6 +56,22 @@ pub const TARGET_GROUP_BINDINGS: Kind = Kind {
     api_version: "elbv2.k8s.aws/v1beta1",
 };
 
+/// An object with its wire form, serialized once when it changes: a list page is a
+/// concatenation, so serving a 150k-pod list costs the fixture little next to the client.
+struct Stored {
+    value: serde_json::Value,
+    json: String,
+}
+
+impl Stored {
+    fn new(value: serde_json::Value) -> Stored {
+        Stored {
+            json: value.to_string(),
+            value,
+        }
+    }
+}
+
 #[derive(Default)]
 struct Store {
     rv: u64,
@@ -62,7 +79,7 @@ struct Store {
     compacted: u64,
     down: bool,
     /// Objects by collection path, then by namespace/name.
-    objects: BTreeMap<&'static str, BTreeMap<String, serde_json::Value>>,
+    objects: BTreeMap<&'static str, BTreeMap<String, Stored>>,
     /// Every change: (rv, path, type, object).
     history: Vec<(u64, &'static str, &'static str, serde_json::Value)>,
     /// List requests wait while this is set (an API server slow to answer the first lists).
@@ -73,6 +90,9 @@ struct Store {
     pub watches: u64,
     /// Requests answered 410.
     pub gone: u64,
+    /// List pages served, and their bytes.
+    pub pages: u64,
+    pub page_bytes: u64,
 }
 
 /// The running fixture server; shuts down with the namespace.
@@ -87,6 +107,25 @@ fn key_of(o: &serde_json::Value) -> String {
         "{}/{}",
         o["metadata"]["namespace"].as_str().unwrap_or(""),
         o["metadata"]["name"].as_str().unwrap_or("")
+    )
+}
+
+/// A uid as the API server writes them (a UUID), the same for the same object.
+fn uid_of(kind: Kind, key: &str) -> String {
+    use std::hash::{Hash, Hasher};
+    let half = |salt: u8| {
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        (salt, kind.path, key).hash(&mut h);
+        h.finish()
+    };
+    let (a, b) = (half(1), half(2));
+    format!(
+        "{:08x}-{:04x}-4{:03x}-a{:03x}-{:012x}",
+        a >> 32,
+        (a >> 16) & 0xffff,
+        a & 0xfff,
+        b >> 52,
+        b & 0xffff_ffff_ffff
     )
 }
 
@@ -149,15 +188,14 @@ impl KubeApi {
         let rv = s.rv;
         obj["metadata"]["resourceVersion"] = serde_json::Value::String(rv.to_string());
         if obj["metadata"]["uid"].is_null() {
-            obj["metadata"]["uid"] =
-                serde_json::Value::String(format!("uid-{}", key_of(&obj).replace('/', "-")));
+            obj["metadata"]["uid"] = serde_json::Value::String(uid_of(kind, &key_of(&obj)));
         }
         obj["apiVersion"] = serde_json::Value::String(kind.api_version.into());
         let coll = s.objects.entry(kind.path).or_default();
         if ty == "DELETED" {
             coll.remove(&key_of(&obj));
         } else {
-            coll.insert(key_of(&obj), obj.clone());
+            coll.insert(key_of(&obj), Stored::new(obj.clone()));
         }
         s.history.push((rv, kind.path, ty, obj));
         cv.notify_all();
@@ -185,10 +223,9 @@ impl KubeApi {
             o["metadata"]["resourceVersion"] = serde_json::Value::String(rv.clone());
             o["apiVersion"] = serde_json::Value::String(kind.api_version.into());
             if o["metadata"]["uid"].is_null() {
-                let uid = format!("uid-{}", key_of(&o).replace('/', "-"));
-                o["metadata"]["uid"] = serde_json::Value::String(uid);
+                o["metadata"]["uid"] = serde_json::Value::String(uid_of(kind, &key_of(&o)));
             }
-            coll.insert(key_of(&o), o);
+            coll.insert(key_of(&o), Stored::new(o));
         }
     }
 
@@ -198,7 +235,8 @@ impl KubeApi {
             let s = self.state.0.lock().unwrap();
             s.objects
                 .get(kind.path)
-                .and_then(|c| c.get(&format!("{namespace}/{name}")).cloned())
+                .and_then(|c| c.get(&format!("{namespace}/{name}")))
+                .map(|o| o.value.clone())
         };
         if let Some(o) = obj {
             self.change(kind, "DELETED", o);
@@ -233,6 +271,12 @@ impl KubeApi {
     /// A collection answers 404 (its CRD is not installed).
     pub fn set_missing(&self, kind: Kind) {
         self.state.0.lock().unwrap().missing.push(kind.path);
+    }
+
+    /// (list pages served, their bytes) so far: the load a client puts on the API server.
+    pub fn list_load(&self) -> (u64, u64) {
+        let s = self.state.0.lock().unwrap();
+        (s.pages, s.page_bytes)
     }
 
     /// (watch streams opened, 410 answers) so far.
@@ -310,10 +354,10 @@ impl KubeApi {
                 .objects
                 .get(kind.path)
                 .and_then(|c| c.get(&format!("{ns}/{name}")))
-                .cloned();
+                .map(|o| o.json.clone());
             drop(s);
             let _ = match obj {
-                Some(o) => respond(&mut out, 200, &o.to_string()),
+                Some(o) => respond(&mut out, 200, &o),
                 None => respond(
                     &mut out,
                     404,
@@ -329,7 +373,8 @@ impl KubeApi {
                 s = cv.wait(s).unwrap();
             }
             // A namespace and an equality label selector narrow the list, as on a real server.
-            // Nothing is copied: a page borrows its objects (lists of 150k pods come in pages).
+            // The continue token is the last key served (hex), so a page starts with a tree
+            // lookup, as the real server's does, and the items are their stored wire form.
             let selector = params.get("labelSelector").map(|v| unescape(v));
             let wanted = |o: &serde_json::Value| {
                 namespace
@@ -339,39 +384,48 @@ impl KubeApi {
                         .as_deref()
                         .is_none_or(|sel| matches_selector(o, sel))
             };
-            let start: usize = params
-                .get("continue")
-                .and_then(|c| c.parse().ok())
-                .unwrap_or(0);
+            let after = params.get("continue").and_then(|c| unhex(c));
             let limit: usize = params
                 .get("limit")
                 .and_then(|l| l.parse().ok())
                 .filter(|l| *l > 0)
                 .unwrap_or(usize::MAX);
-            let (total, items): (usize, Vec<&serde_json::Value>) = match s.objects.get(kind.path) {
-                None => (0, Vec::new()),
-                Some(c) if namespace.is_none() && selector.is_none() => {
-                    (c.len(), c.values().skip(start).take(limit).collect())
+            let mut items = String::new();
+            let mut last: Option<&str> = None;
+            let mut more = false;
+            if let Some(c) = s.objects.get(kind.path) {
+                let from = match &after {
+                    Some(k) => Bound::Excluded(k.as_str()),
+                    None => Bound::Unbounded,
+                };
+                for (n, (k, o)) in c
+                    .range::<str, _>((from, Bound::Unbounded))
+                    .filter(|(_, o)| wanted(&o.value))
+                    .enumerate()
+                {
+                    if n == limit {
+                        more = true;
+                        break;
+                    }
+                    if n > 0 {
+                        items.push(',');
+                    }
+                    items.push_str(&o.json);
+                    last = Some(k);
                 }
-                Some(c) => {
-                    let all: Vec<&serde_json::Value> = c.values().filter(|o| wanted(o)).collect();
-                    (all.len(), all.into_iter().skip(start).take(limit).collect())
-                }
-            };
-            let next = start.saturating_add(items.len());
-            let mut meta = serde_json::json!({"resourceVersion": s.rv.to_string()});
-            if next < total {
-                meta["continue"] = serde_json::Value::String(next.to_string());
-                meta["remainingItemCount"] = serde_json::json!(total - next);
             }
-            let body = serde_json::json!({
-                "kind": kind.list_kind,
-                "apiVersion": kind.api_version,
-                "metadata": meta,
-                "items": items,
-            });
+            let mut meta = serde_json::json!({"resourceVersion": s.rv.to_string()});
+            if let (true, Some(k)) = (more, last) {
+                meta["continue"] = serde_json::Value::String(hex(k));
+            }
+            let body = format!(
+                r#"{{"kind":"{}","apiVersion":"{}","metadata":{meta},"items":[{items}]}}"#,
+                kind.list_kind, kind.api_version
+            );
+            s.pages += 1;
+            s.page_bytes += body.len() as u64;
             drop(s);
-            let _ = respond(&mut out, 200, &body.to_string());
+            let _ = respond(&mut out, 200, &body);
             return;
         }
         let from: u64 = params
@@ -445,6 +499,23 @@ fn namespaced(path: &str) -> (String, Option<String>, Option<String>) {
         ),
         _ => (path.to_string(), None, None),
     }
+}
+
+/// A continue token: the last key served, in hex (opaque to the client, safe in a URL).
+fn hex(k: &str) -> String {
+    k.bytes().map(|b| format!("{b:02x}")).collect()
+}
+
+fn unhex(t: &str) -> Option<String> {
+    let b = t.as_bytes();
+    if !b.len().is_multiple_of(2) {
+        return None;
+    }
+    let bytes: Option<Vec<u8>> = b
+        .chunks(2)
+        .map(|c| u8::from_str_radix(std::str::from_utf8(c).ok()?, 16).ok())
+        .collect();
+    String::from_utf8(bytes?).ok()
 }
 
 /// Percent-decoding of a query value (`%3D` and friends, `+`).

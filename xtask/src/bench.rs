@@ -34,17 +34,69 @@ fn node(i: usize) -> Value {
     })
 }
 
+/// A pod as a real API server lists it (about 4 KiB of JSON): managed fields, the container
+/// spec, volumes, tolerations, conditions and container statuses, most of which the agent
+/// does not read.
 fn pod(i: usize, node: &str, ip: String) -> Value {
+    let app = format!("app-{}", i % 97);
+    let name = format!("app-{:x}-{i}", i % 97);
+    let t = "2026-11-30T08:15:42Z";
+    let f = |k: &str| json!({k: {}});
+    let conditions: Vec<Value> = [
+        "PodReadyToStartContainers",
+        "Initialized",
+        "Ready",
+        "ContainersReady",
+        "PodScheduled",
+    ]
+    .iter()
+    .map(|c| json!({"type": c, "status": "True", "lastProbeTime": null, "lastTransitionTime": t}))
+    .collect();
     json!({
         "kind": "Pod",
         "metadata": {
-            "name": format!("app-{:x}-{i}", i % 97),
+            "name": name,
+            "generateName": format!("{app}-5d9f-"),
             "namespace": format!("ns-{}", i % 50),
-            "labels": {"app": format!("app-{}", i % 97), "pod-template-hash": "5d9f"},
-            "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": format!("app-{}-5d9f", i % 97), "uid": "rs", "controller": true}]
+            "creationTimestamp": t,
+            "labels": {"app": app, "pod-template-hash": "5d9f"},
+            "annotations": {"kubectl.kubernetes.io/restartedAt": t},
+            "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": format!("{app}-5d9f"), "uid": "5b1f9f1e-2c4a-4e8f-9a1b-3c5d7e9f0a2b", "controller": true, "blockOwnerDeletion": true}],
+            "managedFields": [
+                {"manager": "kube-controller-manager", "operation": "Update", "apiVersion": "v1", "time": t, "fieldsType": "FieldsV1",
+                 "fieldsV1": {"f:metadata": {"f:generateName": {}, "f:labels": {".": {}, "f:app": {}, "f:pod-template-hash": {}}, "f:ownerReferences": {".": {}, "k:{\"uid\":\"5b1f9f1e\"}": {}}},
+                              "f:spec": {"f:containers": {"k:{\"name\":\"app\"}": {".": {}, "f:image": {}, "f:imagePullPolicy": {}, "f:name": {}, "f:ports": {".": {}, "k:{\"containerPort\":8080,\"protocol\":\"TCP\"}": {".": {}, "f:containerPort": {}, "f:protocol": {}}}, "f:resources": f("f:requests"), "f:terminationMessagePath": {}, "f:terminationMessagePolicy": {}}},
+                                         "f:dnsPolicy": {}, "f:enableServiceLinks": {}, "f:restartPolicy": {}, "f:schedulerName": {}, "f:securityContext": {}, "f:terminationGracePeriodSeconds": {}}}},
+                {"manager": "kubelet", "operation": "Update", "apiVersion": "v1", "time": t, "fieldsType": "FieldsV1", "subresource": "status",
+                 "fieldsV1": {"f:status": {"f:conditions": {"k:{\"type\":\"ContainersReady\"}": {".": {}, "f:lastProbeTime": {}, "f:lastTransitionTime": {}, "f:status": {}, "f:type": {}}, "k:{\"type\":\"Initialized\"}": {".": {}, "f:status": {}}, "k:{\"type\":\"Ready\"}": {".": {}, "f:status": {}}},
+                                           "f:containerStatuses": {}, "f:hostIP": {}, "f:hostIPs": {}, "f:phase": {}, "f:podIP": {}, "f:podIPs": {".": {}, "k:{\"ip\":\"x\"}": {".": {}, "f:ip": {}}}, "f:startTime": {}}}}
+            ]
         },
-        "spec": {"nodeName": node, "containers": [{"name": "app", "image": "app:1", "ports": [{"containerPort": 8080, "protocol": "TCP"}]}]},
-        "status": {"phase": "Running", "podIP": ip.clone(), "podIPs": [{"ip": ip}]}
+        "spec": {
+            "nodeName": node,
+            "containers": [{
+                "name": "app", "image": format!("registry.example.com/{app}:1.4.2"), "imagePullPolicy": "IfNotPresent",
+                "ports": [{"containerPort": 8080, "protocol": "TCP"}],
+                "env": [{"name": "LOG_LEVEL", "value": "info"}, {"name": "POD_IP", "valueFrom": {"fieldRef": {"apiVersion": "v1", "fieldPath": "status.podIP"}}}],
+                "resources": {"requests": {"cpu": "100m", "memory": "128Mi"}, "limits": {"memory": "256Mi"}},
+                "readinessProbe": {"httpGet": {"path": "/healthz", "port": 8080, "scheme": "HTTP"}, "periodSeconds": 10, "timeoutSeconds": 1, "successThreshold": 1, "failureThreshold": 3},
+                "volumeMounts": [{"name": "kube-api-access-x7k2p", "readOnly": true, "mountPath": "/var/run/secrets/kubernetes.io/serviceaccount"}],
+                "terminationMessagePath": "/dev/termination-log", "terminationMessagePolicy": "File"
+            }],
+            "volumes": [{"name": "kube-api-access-x7k2p", "projected": {"sources": [{"serviceAccountToken": {"expirationSeconds": 3607, "path": "token"}}, {"configMap": {"name": "kube-root-ca.crt", "items": [{"key": "ca.crt", "path": "ca.crt"}]}}, {"downwardAPI": {"items": [{"path": "namespace", "fieldRef": {"apiVersion": "v1", "fieldPath": "metadata.namespace"}}]}}], "defaultMode": 420}}],
+            "restartPolicy": "Always", "terminationGracePeriodSeconds": 30, "dnsPolicy": "ClusterFirst", "serviceAccountName": "default", "serviceAccount": "default",
+            "securityContext": {}, "schedulerName": "default-scheduler", "priority": 0, "enableServiceLinks": true, "preemptionPolicy": "PreemptLowerPriority",
+            "tolerations": [{"key": "node.kubernetes.io/not-ready", "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 300}, {"key": "node.kubernetes.io/unreachable", "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 300}]
+        },
+        "status": {
+            "phase": "Running",
+            "conditions": conditions,
+            "hostIP": "10.100.0.1", "hostIPs": [{"ip": "10.100.0.1"}],
+            "podIP": ip.clone(), "podIPs": [{"ip": ip}],
+            "startTime": t,
+            "containerStatuses": [{"name": "app", "state": {"running": {"startedAt": t}}, "lastState": {}, "ready": true, "restartCount": 0, "image": format!("registry.example.com/{app}:1.4.2"), "imageID": "registry.example.com/app@sha256:4f1b2c3d4e5f60718293a4b5c6d7e8f90a1b2c3d4e5f60718293a4b5c6d7e8f9", "containerID": "containerd://0b6d3f1e2c4a4e8f9a1b3c5d7e9f0a2b0b6d3f1e2c4a4e8f9a1b3c5d7e9f0a2b", "started": true}],
+            "qosClass": "Burstable"
+        }
     })
 }
 
@@ -221,12 +273,14 @@ fn inventory(bin: &Path) -> Result<(Value, String)> {
     );
     let want = NODES_N + total_pods;
     let mut synced_at = None;
+    let mut synced_cpu_ms = f64::NAN;
     let deadline = Instant::now() + Duration::from_secs(600);
     let addresses = loop {
         let s = status(&agent);
         let synced = s.as_ref().is_some_and(|s| s["inventory"]["synced"] == true);
         if synced && synced_at.is_none() {
             synced_at = Some(started.elapsed());
+            synced_cpu_ms = cpu_ticks(agent.pid()) as f64 * 10.0;
         }
         let n = s
             .as_ref()
@@ -242,6 +296,8 @@ fn inventory(bin: &Path) -> Result<(Value, String)> {
     };
     let full = started.elapsed();
     let (rss, hwm) = rss_kib(agent.pid());
+    let (pages, page_bytes) = api.list_load();
+    let (watches, _) = api.counters();
     // One pod change: the time until `observer explain` sees the new local pod.
     let change = Instant::now();
     api.apply(PODS, pod(9_999_999, ME, "100.64.0.250".into()));
@@ -305,6 +361,10 @@ fn inventory(bin: &Path) -> Result<(Value, String)> {
         "local_pods": LOCAL_PODS,
         "addresses_in_kernel_map": addresses,
         "seconds_to_synced": synced_at.map(|d| d.as_secs_f64()),
+        "agent_cpu_ms_to_synced": synced_cpu_ms,
+        "api_list_pages": pages,
+        "api_list_mib": page_bytes as f64 / 1048576.0,
+        "api_watch_streams": watches,
         "seconds_to_all_addresses_in_maps": full.as_secs_f64(),
         "agent_rss_mib": rss as f64 / 1024.0,
         "agent_peak_rss_mib": hwm as f64 / 1024.0,
@@ -312,9 +372,11 @@ fn inventory(bin: &Path) -> Result<(Value, String)> {
         "note": "includes polling `observer status` every 100 ms and `observer explain` every 5 ms (process start each time)"
     });
     let md = format!(
-        "## Kubernetes inventory at scale\n\n| figure | value |\n|---|---|\n| nodes / pods (local) | {NODES_N} / {total_pods} ({LOCAL_PODS}) |\n| addresses in the kernel map | {addresses} |\n| start to synced | {:.2} s |\n| start to every address in the maps | {:.2} s |\n| agent RSS after sync / peak | {:.1} MiB / {:.1} MiB |\n| one pod change to the maps | {:.1} ms |\n| a node joins (its pod CIDR): to the maps / agent CPU / map writes | {:.0} ms / {:.0} ms / {} |\n| the node leaves | {:.0} ms / {:.0} ms / {} |\n\n",
+        "## Kubernetes inventory at scale\n\n| figure | value |\n|---|---|\n| nodes / pods (local) | {NODES_N} / {total_pods} ({LOCAL_PODS}) |\n| addresses in the kernel map | {addresses} |\n| start to synced | {:.2} s |\n| start to every address in the maps | {:.2} s |\n| agent CPU (user + system) to synced | {:.2} s |\n| API load of the sync: list pages / MiB listed / watch streams | {pages} / {:.0} / {watches} |\n| agent RSS after sync / peak | {:.1} MiB / {:.1} MiB |\n| one pod change to the maps | {:.1} ms |\n| a node joins (its pod CIDR): to the maps / agent CPU / map writes | {:.0} ms / {:.0} ms / {} |\n| the node leaves | {:.0} ms / {:.0} ms / {} |\n\n",
         synced_at.map_or(f64::NAN, |d| d.as_secs_f64()),
         full.as_secs_f64(),
+        synced_cpu_ms / 1000.0,
+        page_bytes as f64 / 1048576.0,
         rss as f64 / 1024.0,
         hwm as f64 / 1024.0,
         change_ms,

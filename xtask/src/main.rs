@@ -269,7 +269,12 @@ fn real_main() -> Result<()> {
                     "--bins",
                 ]))
             })?;
-            bench::run(&root.join("target/release/observer"), &root, &only)
+            // XTASK_BENCH_AGENT runs another build of the agent (an older commit's, say) in
+            // the same bench, for before/after figures side by side.
+            let bin = std::env::var_os("XTASK_BENCH_AGENT")
+                .map(std::path::PathBuf::from)
+                .unwrap_or(root.join("target/release/observer"));
+            bench::run(&bin, &root, &only)
         }
     }
 }

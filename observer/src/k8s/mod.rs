@@ -11,14 +11,8 @@ use std::{
 };
 
 use futures::{FutureExt, StreamExt, stream::BoxStream};
-use k8s_openapi::api::{
-    core::v1::{Node, Pod, Service},
-    discovery::v1::EndpointSlice,
-    networking::v1::ServiceCIDR,
-};
 use kube::{
     Api, Client, ResourceExt,
-    api::{ApiResource, DynamicObject, GroupVersionKind},
     runtime::{WatchStreamExt, watcher},
 };
 use observer_common::{
@@ -28,7 +22,14 @@ use observer_common::{
 };
 use tokio::sync::mpsc;
 
-use crate::{inventory::PodRef, roles::Owner};
+use crate::{
+    inventory::PodRef,
+    roles::{Kind, ObjectId, Owner},
+};
+
+pub mod objects;
+
+use objects::{EndpointSlice, Node, Pod, Service, ServiceCidr, TargetGroupBinding};
 
 /// What the Kubernetes source tells the controller.
 #[derive(Clone, Debug, PartialEq)]
@@ -86,13 +87,13 @@ struct State {
     node: String,
     veth_prefix: String,
     /// Local pods by uid: (addresses, metadata without the Service facts).
-    local: HashMap<String, (Vec<IpAddr>, PodRef)>,
+    local: HashMap<ObjectId, (Vec<IpAddr>, PodRef)>,
     /// Endpoint addresses per EndpointSlice uid, with the owning Service and the slice ports.
-    slices: HashMap<String, (String, Vec<IpAddr>, Vec<u16>)>,
+    slices: HashMap<ObjectId, (String, Vec<IpAddr>, Vec<u16>)>,
     /// Services by namespace/name: whether they are LoadBalancers.
     lb_services: HashSet<String>,
     /// TargetGroupBinding uid -> referenced Service (namespace/name), IP targets only.
-    tgb: HashMap<String, String>,
+    tgb: HashMap<ObjectId, String>,
     /// Objects seen since the current relist of each kind.
     listing: HashMap<&'static str, HashSet<Owner>>,
     present: HashMap<&'static str, HashSet<Owner>>,
@@ -141,8 +142,8 @@ enum Obj {
     Pod(Box<Pod>),
     Service(Box<Service>),
     Slice(Box<EndpointSlice>),
-    SvcCidr(Box<ServiceCIDR>),
-    Tgb(Box<DynamicObject>),
+    SvcCidr(Box<ServiceCidr>),
+    Tgb(Box<TargetGroupBinding>),
 }
 
 fn stream<K>(api: Api<K>, kind: &'static str, wrap: fn(K) -> Obj) -> BoxStream<'static, Ev>
@@ -175,10 +176,6 @@ pub async fn run(
     veth_prefix: String,
     tx: mpsc::UnboundedSender<KubeMsg>,
 ) {
-    let tgb = ApiResource::from_gvk_with_plural(
-        &GroupVersionKind::gvk("elbv2.k8s.aws", "v1beta1", "TargetGroupBinding"),
-        "targetgroupbindings",
-    );
     let streams = vec![
         stream(Api::<Node>::all(client.clone()), "Node", |o| {
             Obj::Node(Box::new(o))
@@ -195,12 +192,12 @@ pub async fn run(
             |o| Obj::Slice(Box::new(o)),
         ),
         stream(
-            Api::<ServiceCIDR>::all(client.clone()),
+            Api::<ServiceCidr>::all(client.clone()),
             "ServiceCIDR",
             |o| Obj::SvcCidr(Box::new(o)),
         ),
         stream(
-            Api::<DynamicObject>::all_with(client.clone(), &tgb),
+            Api::<TargetGroupBinding>::all(client.clone()),
             "TargetGroupBinding",
             |o| Obj::Tgb(Box::new(o)),
         ),
@@ -321,102 +318,89 @@ pub async fn run(
 
 fn owner_of(o: &Obj) -> Owner {
     let (kind, meta) = match o {
-        Obj::Node(x) => ("Node", &x.metadata),
-        Obj::Pod(x) => ("Pod", &x.metadata),
-        Obj::Service(x) => ("Service", &x.metadata),
-        Obj::Slice(x) => ("EndpointSlice", &x.metadata),
-        Obj::SvcCidr(x) => ("ServiceCIDR", &x.metadata),
-        Obj::Tgb(x) => ("TargetGroupBinding", &x.metadata),
+        Obj::Node(x) => (Kind::Node, &x.metadata),
+        Obj::Pod(x) => (Kind::Pod, &x.metadata),
+        Obj::Service(x) => (Kind::Service, &x.metadata),
+        Obj::Slice(x) => (Kind::EndpointSlice, &x.metadata),
+        Obj::SvcCidr(x) => (Kind::ServiceCidr, &x.metadata),
+        Obj::Tgb(x) => (Kind::TargetGroupBinding, &x.metadata),
     };
-    let id = meta.uid.clone().unwrap_or_else(|| {
-        format!(
+    let id = match &meta.uid {
+        Some(uid) => ObjectId::new(uid),
+        None => ObjectId::new(&format!(
             "{}/{}",
-            meta.namespace.clone().unwrap_or_default(),
-            meta.name.clone().unwrap_or_default()
-        )
-    });
+            meta.namespace.as_deref().unwrap_or_default(),
+            meta.name.as_deref().unwrap_or_default()
+        )),
+    };
     Owner::Object(kind, id)
 }
 
 fn forget(st: &mut State, owner: &Owner, tx: &mpsc::UnboundedSender<KubeMsg>) {
     if let Owner::Object(kind, id) = owner {
-        match *kind {
-            "Pod" => {
+        match kind {
+            Kind::Pod => {
                 st.local.remove(id);
             }
-            "EndpointSlice" => {
+            Kind::EndpointSlice => {
                 st.slices.remove(id);
             }
-            "TargetGroupBinding" => {
+            Kind::TargetGroupBinding => {
                 st.tgb.remove(id);
             }
             _ => {}
         }
     }
-    let _ = tx.send(KubeMsg::Ips(owner.clone(), Vec::new()));
-    let _ = tx.send(KubeMsg::Cidrs(owner.clone(), Vec::new()));
-    let _ = tx.send(KubeMsg::NodePorts(owner.clone(), Vec::new()));
+    let _ = tx.send(KubeMsg::Ips(*owner, Vec::new()));
+    let _ = tx.send(KubeMsg::Cidrs(*owner, Vec::new()));
+    let _ = tx.send(KubeMsg::NodePorts(*owner, Vec::new()));
 }
 
 /// Applies an object: what it asserts about addresses, and the source's own indexes.
 fn apply(st: &mut State, o: &Obj, tx: &mpsc::UnboundedSender<KubeMsg>) -> Owner {
     let owner = owner_of(o);
+    let Owner::Object(_, id) = owner else {
+        unreachable!("objects are owned by themselves")
+    };
     match o {
         Obj::Node(n) => {
-            let me = n.name_any() == st.node;
-            let mut ips = Vec::new();
-            for a in n
+            let me = n.metadata.name.as_deref() == Some(st.node.as_str());
+            let ips: Vec<(IpKey, u32)> = n
                 .status
-                .as_ref()
-                .and_then(|s| s.addresses.as_ref())
-                .into_iter()
-                .flatten()
-            {
-                if (a.type_ == "InternalIP" || a.type_ == "ExternalIP")
-                    && let Some(k) = ip_key(&a.address)
-                {
-                    ips.push((k, role::CLUSTER | if me { role::NODE } else { 0 }));
-                }
-            }
-            let spec = n.spec.as_ref();
-            let cidrs: Vec<(Cidr, u32)> = spec
-                .and_then(|s| {
-                    s.pod_cidrs
-                        .clone()
-                        .or_else(|| s.pod_cidr.clone().map(|c| vec![c]))
-                })
+                .addresses
+                .iter()
+                .filter(|a| a.type_ == "InternalIP" || a.type_ == "ExternalIP")
+                .filter_map(|a| ip_key(&a.address))
+                .map(|k| (k, role::CLUSTER | if me { role::NODE } else { 0 }))
+                .collect();
+            let cidrs: Vec<(Cidr, u32)> = n
+                .spec
+                .pod_cidrs
+                .clone()
+                .or_else(|| n.spec.pod_cidr.clone().map(|c| vec![c]))
                 .into_iter()
                 .flatten()
                 .filter_map(|c| c.parse().ok())
                 .map(|c| (c, role::CLUSTER))
                 .collect();
-            let _ = tx.send(KubeMsg::Ips(owner.clone(), ips));
-            let _ = tx.send(KubeMsg::Cidrs(owner.clone(), cidrs));
+            let _ = tx.send(KubeMsg::Ips(owner, ips));
+            let _ = tx.send(KubeMsg::Cidrs(owner, cidrs));
         }
         Obj::Pod(p) => {
-            let spec = p.spec.as_ref();
-            let host_network = spec.and_then(|s| s.host_network).unwrap_or(false);
-            let addrs: Vec<IpAddr> = p
-                .status
-                .as_ref()
-                .and_then(|s| s.pod_ips.clone())
-                .into_iter()
-                .flatten()
-                .filter_map(|ip| ip.ip.parse().ok())
-                .collect();
+            let host_network = p.spec.host_network;
             // A pod that ran to completion keeps its addresses in its status, but the CNI has
             // released them and may have given them to a new pod: it asserts nothing.
-            let done = matches!(
-                p.status.as_ref().and_then(|s| s.phase.as_deref()),
-                Some("Succeeded" | "Failed")
-            );
-            let addrs = if done { Vec::new() } else { addrs };
-            let local = !host_network
-                && spec.and_then(|s| s.node_name.as_deref()) == Some(st.node.as_str());
-            let id = match &owner {
-                Owner::Object(_, id) => id.clone(),
-                _ => String::new(),
+            let done = matches!(p.status.phase.as_deref(), Some("Succeeded" | "Failed"));
+            let addrs: Vec<IpAddr> = if done {
+                Vec::new()
+            } else {
+                p.status
+                    .pod_ips
+                    .iter()
+                    .filter_map(|ip| ip.ip.parse().ok())
+                    .collect()
             };
+            let local = !host_network && p.spec.node_name.as_deref() == Some(st.node.as_str());
             // hostNetwork pods use node addresses, which the Node asserts.
             let ips: Vec<(IpKey, u32)> = if host_network {
                 Vec::new()
@@ -434,12 +418,13 @@ fn apply(st: &mut State, o: &Obj, tx: &mpsc::UnboundedSender<KubeMsg>) -> Owner 
             if local && !addrs.is_empty() {
                 let ns = p.namespace().unwrap_or_default();
                 let name = p.name_any();
-                let mut ports = BTreeSet::new();
-                for c in spec.map(|s| s.containers.as_slice()).unwrap_or_default() {
-                    for port in c.ports.iter().flatten() {
-                        ports.insert(port.container_port as u16);
-                    }
-                }
+                let ports: BTreeSet<u16> = p
+                    .spec
+                    .containers
+                    .iter()
+                    .flat_map(|c| c.ports.iter())
+                    .map(|port| port.container_port as u16)
+                    .collect();
                 let meta = PodRef {
                     iface: veth_name(&st.veth_prefix, &ns, &name),
                     workload: workload_of(p),
@@ -454,43 +439,23 @@ fn apply(st: &mut State, o: &Obj, tx: &mpsc::UnboundedSender<KubeMsg>) -> Owner 
             } else {
                 st.local.remove(&id);
             }
-            let _ = tx.send(KubeMsg::Ips(owner.clone(), ips));
+            let _ = tx.send(KubeMsg::Ips(owner, ips));
         }
         Obj::Service(s) => {
-            let spec = s.spec.as_ref();
-            let mut ips = Vec::new();
-            for ip in spec
-                .and_then(|s| s.cluster_ips.clone())
-                .into_iter()
-                .flatten()
-            {
-                if let Some(k) = ip_key(&ip) {
-                    ips.push((k, role::SERVICE));
-                }
-            }
-            for ip in spec
-                .and_then(|s| s.external_ips.clone())
-                .into_iter()
-                .flatten()
-            {
-                if let Some(k) = ip_key(&ip) {
-                    ips.push((k, role::SERVICE));
-                }
-            }
-            let ingress = s
-                .status
-                .as_ref()
-                .and_then(|s| s.load_balancer.as_ref())
-                .and_then(|l| l.ingress.clone());
-            for i in ingress.into_iter().flatten() {
-                if let Some(k) = i.ip.as_deref().and_then(ip_key) {
-                    ips.push((k, role::SERVICE));
-                }
-            }
-            let nodeports: Vec<(u16, u8)> = spec
-                .and_then(|s| s.ports.as_ref())
-                .into_iter()
-                .flatten()
+            let lb_ingress = s.status.load_balancer.iter().flat_map(|l| &l.ingress);
+            let ips: Vec<(IpKey, u32)> = s
+                .spec
+                .cluster_ips
+                .iter()
+                .chain(&s.spec.external_ips)
+                .filter_map(|ip| ip_key(ip))
+                .chain(lb_ingress.filter_map(|i| i.ip.as_deref().and_then(ip_key)))
+                .map(|k| (k, role::SERVICE))
+                .collect();
+            let nodeports: Vec<(u16, u8)> = s
+                .spec
+                .ports
+                .iter()
                 .filter_map(|p| {
                     let proto = match p.protocol.as_deref().unwrap_or("TCP") {
                         "UDP" => 17,
@@ -500,14 +465,14 @@ fn apply(st: &mut State, o: &Obj, tx: &mpsc::UnboundedSender<KubeMsg>) -> Owner 
                     p.node_port.map(|n| (n as u16, proto))
                 })
                 .collect();
-            let _ = tx.send(KubeMsg::NodePorts(owner.clone(), nodeports));
+            let _ = tx.send(KubeMsg::NodePorts(owner, nodeports));
             let key = format!("{}/{}", s.namespace().unwrap_or_default(), s.name_any());
-            if spec.and_then(|s| s.type_.as_deref()) == Some("LoadBalancer") {
+            if s.spec.type_.as_deref() == Some("LoadBalancer") {
                 st.lb_services.insert(key);
             } else {
                 st.lb_services.remove(&key);
             }
-            let _ = tx.send(KubeMsg::Ips(owner.clone(), ips));
+            let _ = tx.send(KubeMsg::Ips(owner, ips));
         }
         Obj::Slice(e) => {
             let svc = e
@@ -525,35 +490,31 @@ fn apply(st: &mut State, o: &Obj, tx: &mpsc::UnboundedSender<KubeMsg>) -> Owner 
             let ports: Vec<u16> = e
                 .ports
                 .iter()
-                .flatten()
                 .filter_map(|p| p.port)
                 .map(|p| p as u16)
                 .collect();
-            if let Owner::Object(_, id) = &owner {
-                st.slices.insert(id.clone(), (key, ips, ports));
-            }
+            st.slices.insert(id, (key, ips, ports));
         }
         Obj::SvcCidr(c) => {
             let cidrs: Vec<(Cidr, u32)> = c
                 .spec
-                .as_ref()
-                .and_then(|s| s.cidrs.clone())
-                .into_iter()
-                .flatten()
+                .cidrs
+                .iter()
                 .filter_map(|c| c.parse().ok())
                 .map(|c| (c, role::SERVICE))
                 .collect();
-            let _ = tx.send(KubeMsg::Cidrs(owner.clone(), cidrs));
+            let _ = tx.send(KubeMsg::Cidrs(owner, cidrs));
         }
         Obj::Tgb(t) => {
-            let spec = &t.data["spec"];
-            let ip_target = spec["targetType"].as_str() == Some("ip");
-            let svc = spec["serviceRef"]["name"].as_str();
-            if let (true, Some(svc), Owner::Object(_, id)) = (ip_target, svc, &owner) {
-                st.tgb.insert(
-                    id.clone(),
-                    format!("{}/{svc}", t.namespace().unwrap_or_default()),
-                );
+            let ip_target = t.spec.target_type.as_deref() == Some("ip");
+            match (&t.spec.service_ref, ip_target) {
+                (Some(svc), true) => {
+                    let ns = t.namespace().unwrap_or_default();
+                    st.tgb.insert(id, format!("{ns}/{}", svc.name));
+                }
+                _ => {
+                    st.tgb.remove(&id);
+                }
             }
         }
     }
