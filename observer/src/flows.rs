@@ -83,8 +83,9 @@ struct Record {
     /// First seen before the inventory's first full sync: judged again once it is in the maps,
     /// neither counted nor alerted on until then.
     held: bool,
-    /// Labels under which the flow was counted, once settled.
-    labels: Option<[String; 8]>,
+    /// Labels under which the flow was counted, once settled (boxed: the refresh walks every
+    /// record each second, and a smaller record is less memory to walk).
+    labels: Option<Box<[String; 8]>>,
     counted_packets: u64,
     counted_bytes: u64,
 }
@@ -174,7 +175,12 @@ impl Record {
 /// Sets the kernel's flow clock to now and reads the whole flow table in batches, without the
 /// tracker's lock: the input of [`Tracker::refresh`]. A failed read gives an empty table (the
 /// view keeps its last counters) and a warning.
-pub fn read_flows(maps: &Maps) -> (HashMap<FlowKey, FlowStats>, u64) {
+/// Flows by key with a fast hasher, still seeded per process (the keys come from outside):
+/// the refresh looks up every flow of a 65,536-flow table each second, and SipHash over a
+/// 40-byte key was a third of it.
+pub type FlowMap<V> = HashMap<FlowKey, V, foldhash::fast::RandomState>;
+
+pub fn read_flows(maps: &Maps) -> (FlowMap<FlowStats>, u64) {
     let now_ns = clock::kernel_ns();
     // Known flows' packets are stamped with this clock until the next refresh, so a last seen
     // can lag by the time since the previous one (longer if the agent was stalled).
@@ -185,7 +191,7 @@ pub fn read_flows(maps: &Maps) -> (HashMap<FlowKey, FlowStats>, u64) {
         Ok(v) => v.into_iter().collect(),
         Err(e) => {
             tracing::warn!(error = %e, "reading the flow table");
-            HashMap::new()
+            FlowMap::default()
         }
     };
     (flows, now_ns)
@@ -194,7 +200,7 @@ pub fn read_flows(maps: &Maps) -> (HashMap<FlowKey, FlowStats>, u64) {
 /// The recent flagged flows and what follows from them.
 pub struct Tracker {
     cfg: TrackerConfig,
-    records: HashMap<FlowKey, Record>,
+    records: FlowMap<Record>,
     order: VecDeque<FlowKey>,
     folds: HashMap<(IpAddr, String, u16), Fold>,
     scans: HashMap<(IpAddr, String), Scan>,
@@ -223,7 +229,7 @@ impl Tracker {
     pub fn new(cfg: TrackerConfig) -> Self {
         Tracker {
             cfg,
-            records: HashMap::new(),
+            records: FlowMap::default(),
             order: VecDeque::new(),
             folds: HashMap::new(),
             scans: HashMap::new(),
@@ -503,7 +509,7 @@ impl Tracker {
     /// from the kernel table once the lock is released.
     pub fn refresh(
         &mut self,
-        flows: &HashMap<FlowKey, FlowStats>,
+        flows: &FlowMap<FlowStats>,
         now_ns: u64,
         dir: &Directory,
         metrics: &Metrics,
@@ -604,7 +610,7 @@ impl Tracker {
             .entry((pod.namespace.clone(), pod.name.clone()))
             .or_default()
             .insert(labels.clone());
-        r.labels = Some(labels);
+        r.labels = Some(Box::new(labels));
         if self.updates.receiver_count() > 0 {
             let _ = self.updates.send(r.row());
         }

@@ -105,6 +105,9 @@ pub struct Maps {
     health: PerCpuArray<MapData, u64>,
     trace: PerCpuArray<MapData, TraceRecord>,
     flows_capacity: u32,
+    /// Entries in `FLOWS` at the last full read (the flow refresh, each second), less those
+    /// removed since: the scrape and `status` report it without reading the table again.
+    flows_seen: AtomicU64,
 }
 
 impl Maps {
@@ -130,6 +133,7 @@ impl Maps {
             health: take(ebpf, MAP_HEALTH)?,
             trace: take(ebpf, MAP_TRACE)?,
             flows_capacity,
+            flows_seen: AtomicU64::new(0),
         };
         Ok((maps, take(ebpf, MAP_EVENTS)?))
     }
@@ -287,12 +291,15 @@ impl Maps {
     pub fn flows_batch(&self) -> Result<Vec<(FlowKey, FlowStats)>, KmapError> {
         let flows = lock(&self.flows);
         let fd = std::os::fd::AsRawFd::as_raw_fd(&std::os::fd::AsFd::as_fd(flows.map().fd()));
-        lookup_batch::<FlowKey, FlowStats>(fd, self.flows_capacity as usize).map_err(|e| {
-            err(MAP_FLOWS)(MapError::SyscallError(aya::sys::SyscallError {
-                call: "bpf_map_lookup_batch",
-                io_error: e,
-            }))
-        })
+        let all =
+            lookup_batch::<FlowKey, FlowStats>(fd, self.flows_capacity as usize).map_err(|e| {
+                err(MAP_FLOWS)(MapError::SyscallError(aya::sys::SyscallError {
+                    call: "bpf_map_lookup_batch",
+                    io_error: e,
+                }))
+            })?;
+        self.flows_seen.store(all.len() as u64, Ordering::Relaxed);
+        Ok(all)
     }
 
     /// Writes a flow into `FLOWS` (the benchmark fills a full table this way; in production
@@ -315,7 +322,15 @@ impl Maps {
     /// Deletes an expired flow from `FLOWS` (absent is fine).
     pub fn remove_flow(&self, key: &FlowKey) -> Result<(), KmapError> {
         match lock(&self.flows).remove(key) {
-            Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
+            Ok(()) => {
+                let _ = self
+                    .flows_seen
+                    .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                        Some(n.saturating_sub(1))
+                    });
+                Ok(())
+            }
+            Err(MapError::KeyNotFound) => Ok(()),
             Err(e) => Err(err(MAP_FLOWS)(e)),
         }
     }
@@ -323,6 +338,12 @@ impl Maps {
     /// Entries in `FLOWS` now, and its capacity (one batched read).
     pub fn flow_table_use(&self) -> Result<(u64, u32), KmapError> {
         Ok((self.flows_batch()?.len() as u64, self.flows_capacity))
+    }
+
+    /// Entries in `FLOWS` as of the last flow refresh (at most a second old), and its capacity:
+    /// what the scrape and `status` report, without reading 65,536 flows each time.
+    pub fn flow_table_use_at_refresh(&self) -> (u64, u32) {
+        (self.flows_seen.load(Ordering::Relaxed), self.flows_capacity)
     }
 
     /// `POD_LOST`: per pod address, the flagged flows whose event or table entry was lost.

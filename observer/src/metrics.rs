@@ -354,7 +354,8 @@ impl Metrics {
             }
             last.health = h;
         }
-        if let Ok((entries, capacity)) = maps.flow_table_use() {
+        {
+            let (entries, capacity) = maps.flow_table_use_at_refresh();
             self.flow_table_entries.set(entries as i64);
             self.flow_table_capacity.set(i64::from(capacity));
         }

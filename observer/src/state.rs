@@ -57,7 +57,7 @@ impl Shared {
             .health_counts()
             .map(|h| h[health::EVENTS_LOST as usize])
             .unwrap_or(0);
-        let (entries, capacity) = self.maps.flow_table_use().unwrap_or((0, 0));
+        let (entries, capacity) = self.maps.flow_table_use_at_refresh();
         let (recent, held, refreshes) = {
             let t = self.tracker.lock().unwrap_or_else(|p| p.into_inner());
             (t.len(), t.held(), t.refreshes)

@@ -142,8 +142,10 @@ fn a_stalled_agent_under_a_flood_counts_what_it_lost() {
                 "event=\"flow_insert_failed\"",
             )
     };
+    // The table's fill is reported as of the last flow refresh: wait for one after the stall.
+    let full = |m: &str| sample(m, "observer_flow_table_entries", "").unwrap_or(0.0) > 0.8 * 1024.0;
     let deadline = std::time::Instant::now() + Duration::from_secs(15);
-    while accounted(&m) < sent && std::time::Instant::now() < deadline {
+    while (accounted(&m) < sent || !full(&m)) && std::time::Instant::now() < deadline {
         thread::sleep(Duration::from_millis(100));
         m = metrics(&n, &agent);
     }

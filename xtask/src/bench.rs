@@ -137,7 +137,11 @@ fn datapath(bin: &Path) -> Result<(Value, String)> {
             if let Some(m) = v.get("median_ns_above_floor") {
                 md.push_str(&format!("| {k} | {m} | {} | {} |\n", v["min"], v["max"]));
             } else if let Some(m) = v.get("mean_ns_above_floor").and_then(Value::as_f64) {
-                md.push_str(&format!("| {k} | {m:.0} (mean) | | |\n"));
+                let events = match (v.get("events_received"), v.get("events_lost")) {
+                    (Some(r), Some(l)) => format!(" ({r} events read, {l} lost)"),
+                    _ => String::new(),
+                };
+                md.push_str(&format!("| {k}{events} | {m:.0} (mean) | | |\n"));
             }
         }
         md.push_str(&format!(
@@ -147,12 +151,13 @@ fn datapath(bin: &Path) -> Result<(Value, String)> {
         let r = &dp["refresh"];
         let ms = |k: &str| r[k].as_f64().map_or("?".to_string(), |v| format!("{v:.1}"));
         md.push_str(&format!(
-            "## Flow refresh and scrape, full table ({} flows; ms, least of 3)\n\n| step | ms |\n|---|---|\n| kernel table read per key (the refresh before, under the tracker's lock) | {} |\n| kernel table read by iteration (the scrape's count before) | {} |\n| kernel table read in batches (BPF_MAP_LOOKUP_BATCH; refresh and scrape now, outside the lock) | {} |\n| tracker refresh, every flow settled (under the lock, no syscall) | {} |\n| tracker refresh, every flow expiring at once (one pass) | {} |\n| the expiry before: one retain over the order per expired flow | {} |\n\n",
+            "## Flow refresh and scrape, full table ({} flows; ms, least of 3)\n\n| step | ms |\n|---|---|\n| kernel table read per key (the refresh before, under the tracker's lock) | {} |\n| kernel table read by iteration (the scrape's count before) | {} |\n| kernel table read in batches (BPF_MAP_LOOKUP_BATCH; the refresh now, outside the lock) | {} |\n| tracker refresh, every flow settled (under the lock, no syscall) | {} |\n| a scrape's kernel sampling (the table's fill as of the last refresh, no table read) | {} |\n| tracker refresh, every flow expiring at once (one pass) | {} |\n| the expiry before: one retain over the order per expired flow | {} |\n\n",
             r["flows"],
             ms("kernel_read_per_key_ms"),
             ms("kernel_read_iterate_ms"),
             ms("kernel_read_batch_ms"),
             ms("tracker_refresh_ms"),
+            ms("scrape_sample_kernel_ms"),
             ms("tracker_refresh_all_expiring_ms"),
             ms("expiry_one_retain_per_flow_ms"),
         ));

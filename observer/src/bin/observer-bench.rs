@@ -4,7 +4,10 @@
 
 use std::collections::BTreeMap;
 
-use aya::Ebpf;
+use aya::{
+    Ebpf,
+    maps::{MapData, RingBuf},
+};
 
 use observer::{
     bpf::{self, LoadOptions},
@@ -12,7 +15,7 @@ use observer::{
 };
 use observer_common::{
     addr::key_of,
-    maps::FlowKey,
+    maps::{FlowKey, health},
     names::{PROG_FROM_POD, PROG_NOOP, PROG_TO_POD, PROG_UPLINK},
     packet::{TCP_ACK, TCP_PSH, TCP_SYN},
     testing::{
@@ -29,19 +32,30 @@ fn median(v: &mut [f64]) -> f64 {
     v[v.len() / 2]
 }
 
-/// The VPC CNI seed node's maps in a freshly loaded object (with the empty program).
-fn node(opts: &LoadOptions) -> (Ebpf, Maps) {
+/// The VPC CNI seed node's maps in a freshly loaded object (with the empty program), and its
+/// event ring buffer.
+fn node_with_events(opts: &LoadOptions) -> (Ebpf, Maps, RingBuf<MapData>) {
     let mut ebpf = bpf::load(opts).expect("load (root and a BPF-capable kernel)");
     bpf::load_noop(&mut ebpf).expect("load tc_noop");
-    let (maps, _events) = Maps::take(&mut ebpf).expect("maps");
+    let (maps, events) = Maps::take(&mut ebpf).expect("maps");
     maps.write_inventory(&vpc_cni().inventory)
         .expect("inventory");
     // As the agent does at every flow refresh.
     maps.set_clock(observer::clock::kernel_ns()).expect("clock");
+    (ebpf, maps, events)
+}
+
+fn node(opts: &LoadOptions) -> (Ebpf, Maps) {
+    let (ebpf, maps, _) = node_with_events(opts);
     (ebpf, maps)
 }
 
 fn main() {
+    // `observer-bench syn`: the first-SYN rows alone.
+    if std::env::args().nth(1).as_deref() == Some("syn") {
+        println!("{}", serde_json::Value::Object(first_syn()));
+        return;
+    }
     use vpc::*;
     // A node where nothing was ever flagged (the pod veths' common case).
     let (mut quiet, _quiet_maps) = node(&LoadOptions::default());
@@ -50,12 +64,6 @@ fn main() {
     // (the cost of a cache miss, e.g. the first packet from a new peer).
     let (mut uncached, _uncached_maps) = node(&LoadOptions {
         role_cache: false,
-        ..LoadOptions::default()
-    });
-    // The same node keeping no flow (TRACK_MASK 0): what deciding a first SYN costs without
-    // the flow insert and the event.
-    let (mut untracked, _untracked_maps) = node(&LoadOptions {
-        track_mask: 0,
         ..LoadOptions::default()
     });
     let tcp = |src, dst, sport, dport, flags| {
@@ -170,42 +178,6 @@ fn main() {
             }
         }
     }
-    // First SYN of a new direct flow: a new flow each run (repeat 1), minus the floor at repeat 1.
-    let mut syn = Vec::new();
-    let mut syn_untracked = Vec::new();
-    let mut syn_floor = Vec::new();
-    for i in 0..20_000u32 {
-        let sport = 10_000 + (i % 50_000) as u16;
-        let f = Frame::tcp(OUTSIDE, POD_B, sport, 80 + (i / 50_000) as u16, TCP_SYN).build();
-        syn.push(
-            bpf::test_run(&mut ebpf, PROG_UPLINK, &f, 1)
-                .expect("syn")
-                .duration
-                .as_nanos() as f64,
-        );
-        syn_untracked.push(
-            bpf::test_run(&mut untracked, PROG_UPLINK, &f, 1)
-                .expect("syn")
-                .duration
-                .as_nanos() as f64,
-        );
-        syn_floor.push(
-            bpf::test_run(&mut ebpf, PROG_NOOP, &f, 1)
-                .expect("noop")
-                .duration
-                .as_nanos() as f64,
-        );
-        let _ = maps.remove_flow(&FlowKey::new(
-            key_of(OUTSIDE.parse().unwrap()),
-            key_of(POD_B.parse().unwrap()),
-            sport,
-            80,
-            6,
-        ));
-    }
-    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
-    let syn_cost = mean(&syn) - mean(&syn_floor);
-    let syn_untracked_cost = mean(&syn_untracked) - mean(&syn_floor);
     let stats = std::fs::read_to_string("/proc/sys/kernel/bpf_stats_enabled").unwrap_or_default();
     let mut out = serde_json::Map::new();
     let mut f = floor.clone();
@@ -220,20 +192,79 @@ fn main() {
             serde_json::json!({"median_ns_above_floor": m, "min": v[0], "max": v[v.len() - 1]}),
         );
     }
-    out.insert(
-        "uplink: direct-to-pod first SYN (new flow + event)".into(),
-        serde_json::json!({"mean_ns_above_floor": syn_cost, "samples": syn.len()}),
-    );
-    out.insert(
-        "uplink: direct-to-pod first SYN, decided but not kept (TRACK_MASK 0)".into(),
-        serde_json::json!({"mean_ns_above_floor": syn_untracked_cost, "samples": syn_untracked.len()}),
-    );
+    out.extend(first_syn());
     out.insert("refresh".into(), refresh_costs(&maps));
     out.insert(
         "kernel.bpf_stats_enabled".into(),
         serde_json::json!(stats.trim()),
     );
     println!("{}", serde_json::Value::Object(out));
+}
+
+/// The first SYN of a new direct flow: a new flow each run (repeat 1), minus the empty program
+/// at repeat 1, against the same SYN decided but not kept. The event ring buffer is drained
+/// as the agent would, so every SYN has its flow and its event (the row says so).
+fn first_syn() -> serde_json::Map<String, serde_json::Value> {
+    use vpc::*;
+    const N: u32 = 40_000;
+    let (mut ebpf, maps, mut events) = node_with_events(&LoadOptions::default());
+    let (mut untracked, _untracked_maps) = node(&LoadOptions {
+        track_mask: 0,
+        ..LoadOptions::default()
+    });
+    let mut syn = Vec::new();
+    let mut syn_untracked = Vec::new();
+    let mut syn_floor = Vec::new();
+    let mut received = 0u64;
+    for i in 0..N {
+        let sport = 10_000 + (i % 50_000) as u16;
+        let f = Frame::tcp(OUTSIDE, POD_B, sport, 80, TCP_SYN).build();
+        fn time(obj: &mut Ebpf, prog: &'static str, frame: &[u8]) -> f64 {
+            let r = bpf::test_run(obj, prog, frame, 1).expect("syn");
+            r.duration.as_nanos() as f64
+        }
+        syn.push(time(&mut ebpf, PROG_UPLINK, &f));
+        syn_untracked.push(time(&mut untracked, PROG_UPLINK, &f));
+        syn_floor.push(time(&mut ebpf, PROG_NOOP, &f));
+        let _ = maps.remove_flow(&FlowKey::new(
+            key_of(OUTSIDE.parse().unwrap()),
+            key_of(POD_B.parse().unwrap()),
+            sport,
+            80,
+            6,
+        ));
+        if i % 1_000 == 999 {
+            while events.next().is_some() {
+                received += 1;
+            }
+        }
+    }
+    while events.next().is_some() {
+        received += 1;
+    }
+    let lost = maps
+        .health_counts()
+        .map(|h| h[health::EVENTS_LOST as usize])
+        .unwrap_or(u64::MAX);
+    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
+    let mut out = serde_json::Map::new();
+    out.insert(
+        "uplink: direct-to-pod first SYN (new flow + event)".into(),
+        serde_json::json!({
+            "mean_ns_above_floor": mean(&syn) - mean(&syn_floor),
+            "samples": syn.len(),
+            "events_received": received,
+            "events_lost": lost,
+        }),
+    );
+    out.insert(
+        "uplink: direct-to-pod first SYN, decided but not kept (TRACK_MASK 0)".into(),
+        serde_json::json!({
+            "mean_ns_above_floor": mean(&syn_untracked) - mean(&syn_floor),
+            "samples": syn_untracked.len(),
+        }),
+    );
+    out
 }
 
 /// The flow refresh and the scrape with a full flow table (65,536 flows): the kernel table read
@@ -329,7 +360,7 @@ fn refresh_costs(maps: &Maps) -> serde_json::Value {
             );
         }
     };
-    let snapshot: std::collections::HashMap<FlowKey, FlowStats> =
+    let snapshot: observer::flows::FlowMap<FlowStats> =
         maps.flows_batch().expect("batch").into_iter().collect();
     let mut t = Tracker::new(cfg.clone());
     fill(&mut t);
@@ -357,8 +388,11 @@ fn refresh_costs(maps: &Maps) -> serde_json::Value {
         }
         start.elapsed().as_secs_f64() * 1e3
     };
+    // A scrape's kernel sampling (counters, health, the table's fill) with the full table.
+    let scrape = best(&mut || metrics.sample_kernel(maps));
     serde_json::json!({
         "flows": entries,
+        "scrape_sample_kernel_ms": scrape,
         "expiry_one_retain_per_flow_ms": before_expire,
         "kernel_read_per_key_ms": per_key,
         "kernel_read_iterate_ms": iterate,
