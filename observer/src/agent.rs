@@ -309,6 +309,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             client,
             cfg.node_name.clone(),
             "eni".into(),
+            cfg.kubernetes_local_pods,
             tx,
         ));
         Some(rx)

@@ -81,6 +81,11 @@ pub struct RunArgs {
     /// found), on, or off [default: auto].
     #[arg(long = "kubernetes", env = "OBSERVER_KUBERNETES")]
     pub kubernetes: Option<String>,
+    /// Which pods to watch: all (every pod's address is in the cluster) or local (this node's
+    /// pods only; other pods' addresses must be covered by --cluster-cidr): a watch of ~100
+    /// pods instead of the cluster's [default: all].
+    #[arg(long = "kubernetes-pods", env = "OBSERVER_KUBERNETES_PODS")]
+    pub kubernetes_pods: Option<String>,
     /// This node's name in Kubernetes [default: the host name].
     #[arg(long = "node-name", env = "OBSERVER_NODE_NAME")]
     pub node_name: Option<String>,
@@ -145,6 +150,7 @@ struct FileConfig {
     alertmanager_user: Option<String>,
     alertmanager_password_file: Option<PathBuf>,
     kubernetes: Option<String>,
+    kubernetes_pods: Option<String>,
     node_name: Option<String>,
     log_format: Option<String>,
     log_level: Option<String>,
@@ -204,6 +210,8 @@ pub struct Config {
     pub alertmanager: Option<crate::alertmanager::AmTarget>,
     /// Use the Kubernetes API (resolved from auto).
     pub kubernetes: bool,
+    /// Watch only this node's pods (`--kubernetes-pods local`).
+    pub kubernetes_local_pods: bool,
     pub node_name: String,
     pub socket: PathBuf,
     pub log_format: LogFormat,
@@ -441,6 +449,17 @@ impl Config {
             "off" => false,
             other => return Err(invalid("kubernetes", other, "auto, on or off")),
         };
+        let kubernetes_local_pods = match one(
+            args.kubernetes_pods,
+            file.kubernetes_pods,
+            defaults::KUBERNETES_PODS,
+        )
+        .as_str()
+        {
+            "all" => false,
+            "local" => true,
+            other => return Err(invalid("kubernetes-pods", other, "all or local")),
+        };
         let node_name = match args.node_name.or(file.node_name) {
             Some(n) if !n.trim().is_empty() => n.trim().to_string(),
             Some(n) => return Err(invalid("node-name", &n, "a node name")),
@@ -492,13 +511,23 @@ impl Config {
         if socket.as_os_str().is_empty() {
             return Err(invalid("socket", "", "a path"));
         }
+        let cluster_cidrs = cidrs(
+            "cluster-cidr",
+            pick(args.cluster_cidr, file.cluster_cidr, &[]),
+        )?;
+        // Other nodes' pods are then known only through CIDRs: without one, every pod of
+        // another node would look outside the cluster.
+        if kubernetes && kubernetes_local_pods && cluster_cidrs.is_empty() {
+            return Err(invalid(
+                "kubernetes-pods",
+                "local",
+                "needs --cluster-cidr covering every pod address (the pod CIDRs, IP pools or pod subnets)",
+            ));
+        }
         Ok(Config {
             uplinks,
             pod_ifaces,
-            cluster_cidrs: cidrs(
-                "cluster-cidr",
-                pick(args.cluster_cidr, file.cluster_cidr, &[]),
-            )?,
+            cluster_cidrs,
             allow_sources: cidrs(
                 "allow-source",
                 pick(args.allow_source, file.allow_source, &[]),
@@ -513,6 +542,7 @@ impl Config {
             attach_mode,
             alertmanager,
             kubernetes,
+            kubernetes_local_pods,
             node_name,
             socket,
             log_format,
@@ -645,6 +675,22 @@ mod tests {
                     ..Default::default()
                 },
                 "ports-per-pod \"0\"",
+            ),
+            (
+                RunArgs {
+                    kubernetes_pods: Some("some".into()),
+                    ..Default::default()
+                },
+                "kubernetes-pods \"some\"",
+            ),
+            // Local pods only, and nothing to cover the other nodes' pods.
+            (
+                RunArgs {
+                    kubernetes: Some("on".into()),
+                    kubernetes_pods: Some("local".into()),
+                    ..Default::default()
+                },
+                "kubernetes-pods \"local\": needs --cluster-cidr",
             ),
         ];
         for (args, want) in cases {

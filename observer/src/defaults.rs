@@ -15,6 +15,7 @@ pub const SOCKET: &str = "/run/observer/observer.sock";
 pub const ATTACH_MODE: &str = "auto";
 /// auto: use the Kubernetes API when in-cluster config or KUBECONFIG is found.
 pub const KUBERNETES: &str = "auto";
+pub const KUBERNETES_PODS: &str = "all";
 pub const LOG_FORMAT: &str = "text";
 pub const LOG_LEVEL: &str = "info";
 /// A full interface/route/address reconcile, besides netlink events.

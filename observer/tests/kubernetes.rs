@@ -655,3 +655,117 @@ fn settled_metrics(n: &Node, agent: &AgentProc, want: &[&str]) -> String {
         thread::sleep(Duration::from_millis(200));
     }
 }
+
+/// `--kubernetes-pods local`: the Pod watch asks the API for this node's pods only (the list
+/// and the watch carry `fieldSelector=spec.nodeName=<node>`), the local pods are named as
+/// before, other nodes' pods are in the cluster through `--cluster-cidr`, and a pod of another
+/// node never reaches the agent.
+#[test]
+fn local_pods_mode_watches_only_this_nodes_pods() {
+    let n = Node::new(Layout::Calico);
+    let api = KubeApi::start(&n.node, port());
+    let peer = "ip-10-0-6-190.ec2.internal";
+    api.apply(NODES, node(NODE, "10.0.13.0", "172.16.30.0/26"));
+    api.apply(NODES, node(peer, "10.0.6.190", "172.16.72.64/26"));
+    let web = pod(
+        "shop",
+        "web-7854ff8877-z5nh5",
+        "web",
+        NODE,
+        n.pods[0].ip,
+        &[80],
+    );
+    api.apply(PODS, web);
+    api.apply(
+        PODS,
+        pod(
+            "shop",
+            "web-7854ff8877-2nx5m",
+            "web",
+            peer,
+            "172.16.72.69",
+            &[80],
+        ),
+    );
+    let cluster = n.cluster_cidr.expect("the Calico pool");
+    let agent = start_with_api(
+        &n,
+        &api,
+        "local-pods",
+        NODE,
+        &[
+            "--kubernetes-pods",
+            "local",
+            "--cluster-cidr",
+            cluster,
+            "--service-cidr",
+            n.service_cidr,
+        ],
+    );
+    let pod_requests: Vec<String> = api
+        .requests()
+        .into_iter()
+        .filter(|r| r.starts_with("/api/v1/pods"))
+        .collect();
+    assert!(!pod_requests.is_empty(), "the agent lists pods");
+    for r in &pod_requests {
+        let selector = r
+            .split(['?', '&'])
+            .find_map(|kv| kv.strip_prefix("fieldSelector="))
+            .unwrap_or_else(|| panic!("{r}: no field selector"));
+        let selector = selector.replace("%3D", "=").replace("%3d", "=");
+        assert_eq!(selector, format!("spec.nodeName={NODE}"), "{r}");
+    }
+    assert!(
+        api.requests()
+            .iter()
+            .filter(|r| r.starts_with("/api/v1/nodes"))
+            .all(|r| !r.contains("fieldSelector")),
+        "nodes are listed whole"
+    );
+    // The two local pods are known from their host routes anyway; their addresses and the
+    // nodes' are all the inventory holds: the other node's pod is not among them.
+    let addresses = status(&agent)["inventory"]["addresses"].as_u64().unwrap();
+    let named = |ip: &str| {
+        let o = agent.cli(&["explain", n.outside_ip, &format!("{ip}:80"), "--json"]);
+        let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+        v["pod"]["name"].as_str().unwrap_or_default().to_string()
+    };
+    // The local pod is named; the other node's pod is in the cluster through the CIDR.
+    let pod_a = format!("{}:80", n.pods[0].ip);
+    assert_eq!(explain(&agent, n.outside_ip, &pod_a), "direct_to_pod");
+    assert_eq!(explain(&agent, "172.16.72.69", &pod_a), "in_cluster");
+    assert_eq!(named(n.pods[0].ip), "web-7854ff8877-z5nh5");
+    // Another node's pod comes, then a local one: only the local one reaches the agent.
+    api.apply(
+        PODS,
+        pod(
+            "shop",
+            "api-7854ff8877-7xk2d",
+            "api",
+            peer,
+            "172.16.72.70",
+            &[8080],
+        ),
+    );
+    api.apply(
+        PODS,
+        pod(
+            "shop",
+            "batch-7854ff8877-q2x9k",
+            "batch",
+            NODE,
+            n.pods[1].ip,
+            &[8080],
+        ),
+    );
+    wait_for("the local pod named", Duration::from_secs(15), || {
+        named(n.pods[1].ip) == "batch-7854ff8877-q2x9k"
+    });
+    let s = status(&agent);
+    assert_eq!(
+        s["inventory"]["addresses"].as_u64().unwrap(),
+        addresses,
+        "no address for the other node's pod (with every pod watched, each adds one): {s}"
+    );
+}

@@ -93,6 +93,8 @@ struct Store {
     /// List pages served, and their bytes.
     pub pages: u64,
     pub page_bytes: u64,
+    /// The requests' targets (path and query), in order.
+    pub requests: Vec<String>,
 }
 
 /// The running fixture server; shuts down with the namespace.
@@ -279,6 +281,11 @@ impl KubeApi {
         (s.pages, s.page_bytes)
     }
 
+    /// The requests' targets so far (path and query, as sent).
+    pub fn requests(&self) -> Vec<String> {
+        self.state.0.lock().unwrap().requests.clone()
+    }
+
     /// (watch streams opened, 410 answers) so far.
     pub fn counters(&self) -> (u64, u64) {
         let s = self.state.0.lock().unwrap();
@@ -307,6 +314,7 @@ impl KubeApi {
             .collect();
         let mut out = stream;
         let (m, cv) = &*self.state;
+        m.lock().unwrap().requests.push(target.clone());
         if path == "/version" {
             let _ = respond(
                 &mut out,
@@ -348,6 +356,13 @@ impl KubeApi {
             }
         }
         let kind = kind.expect("checked");
+        // A namespace, an equality label selector and an equality field selector narrow lists
+        // and watches, as on a real server.
+        let filter = Filter {
+            namespace: namespace.clone(),
+            labels: params.get("labelSelector").map(|v| unescape(v)),
+            fields: params.get("fieldSelector").map(|v| unescape(v)),
+        };
         if let (Some(ns), Some(name)) = (&namespace, &name) {
             let s = m.lock().unwrap();
             let obj = s
@@ -375,15 +390,7 @@ impl KubeApi {
             // A namespace and an equality label selector narrow the list, as on a real server.
             // The continue token is the last key served (hex), so a page starts with a tree
             // lookup, as the real server's does, and the items are their stored wire form.
-            let selector = params.get("labelSelector").map(|v| unescape(v));
-            let wanted = |o: &serde_json::Value| {
-                namespace
-                    .as_deref()
-                    .is_none_or(|ns| o["metadata"]["namespace"] == ns)
-                    && selector
-                        .as_deref()
-                        .is_none_or(|sel| matches_selector(o, sel))
-            };
+            let wanted = |o: &serde_json::Value| filter.wanted(o);
             let after = params.get("continue").and_then(|c| unhex(c));
             let limit: usize = params
                 .get("limit")
@@ -455,7 +462,7 @@ impl KubeApi {
             let evs: Vec<(u64, &str, serde_json::Value)> = s
                 .history
                 .iter()
-                .filter(|(rv, p, _, _)| *rv > sent && *p == kind.path)
+                .filter(|(rv, p, _, o)| *rv > sent && *p == kind.path && filter.wanted(o))
                 .map(|(rv, _, ty, o)| (*rv, *ty, o.clone()))
                 .collect();
             let rv_now = s.rv;
@@ -539,6 +546,39 @@ fn unescape(v: &str) -> String {
         i += 1;
     }
     String::from_utf8_lossy(&out).into_owned()
+}
+
+/// What a request narrows its list or watch to.
+struct Filter {
+    namespace: Option<String>,
+    labels: Option<String>,
+    fields: Option<String>,
+}
+
+impl Filter {
+    fn wanted(&self, o: &serde_json::Value) -> bool {
+        self.namespace
+            .as_deref()
+            .is_none_or(|ns| o["metadata"]["namespace"] == ns)
+            && self
+                .labels
+                .as_deref()
+                .is_none_or(|sel| matches_selector(o, sel))
+            && self
+                .fields
+                .as_deref()
+                .is_none_or(|sel| matches_fields(o, sel))
+    }
+}
+
+/// Whether an object's fields match an equality field selector (`spec.nodeName=x,...`).
+fn matches_fields(o: &serde_json::Value, selector: &str) -> bool {
+    selector.split(',').filter(|t| !t.is_empty()).all(|term| {
+        let (path, v) = term.split_once('=').unwrap_or((term, ""));
+        let v = v.trim_start_matches('=');
+        let at = path.trim().split('.').fold(o, |node, key| &node[key]);
+        at.as_str().unwrap_or("") == v.trim()
+    })
 }
 
 /// Whether an object's labels match an equality selector (`k=v,k2=v2`).

@@ -358,8 +358,60 @@ fn inventory(bin: &Path) -> Result<(Value, String)> {
     let leave = node_change("leave", "direct_to_pod", &|| {
         api.delete(NODES, "", &joiner_name)
     })?;
+    // The same cluster with `--kubernetes-pods local`: this node's pods only, the others
+    // through the pod CIDR. Time, CPU, memory and the API load beside the full watch's.
+    let mut agent = agent;
+    agent.signal(libc::SIGTERM);
+    let (pages0, bytes0) = api.list_load();
+    let started = Instant::now();
+    let local = AgentProc::start_env(
+        bin,
+        &ns,
+        &dir.join("agent-local"),
+        19_703,
+        &[
+            "--kubernetes",
+            "on",
+            "--kubernetes-pods",
+            "local",
+            "--cluster-cidr",
+            "100.64.0.0/10",
+            "--node-name",
+            ME,
+            "--log-level",
+            "warn",
+        ],
+        &[("KUBECONFIG", kubeconfig.to_str().context("path")?)],
+    );
+    let local_want = NODES_N + LOCAL_PODS;
+    loop {
+        let s = status(&local);
+        let n = s
+            .as_ref()
+            .and_then(|s| s["inventory"]["addresses"].as_u64())
+            .unwrap_or(0) as usize;
+        if s.as_ref().is_some_and(|s| s["inventory"]["synced"] == true) && n >= local_want {
+            break;
+        }
+        if started.elapsed() > Duration::from_secs(600) {
+            bail!("the local-pods inventory did not sync ({n} of {local_want} addresses)");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let local_s = started.elapsed().as_secs_f64();
+    let local_cpu_ms = cpu_ticks(local.pid()) as f64 * 10.0;
+    let (local_rss, _) = rss_kib(local.pid());
+    let (pages1, bytes1) = api.list_load();
+    let local_row = json!({
+        "seconds_to_synced": local_s,
+        "agent_cpu_ms_to_synced": local_cpu_ms,
+        "agent_rss_mib": local_rss as f64 / 1024.0,
+        "api_list_pages": pages1 - pages0,
+        "api_list_mib": (bytes1 - bytes0) as f64 / 1048576.0,
+    });
     let value = json!({
         "node_join": join,
+        "local_pods_mode": local_row,
         "node_leave": leave,
         "nodes": NODES_N,
         "pods": total_pods,
@@ -377,7 +429,7 @@ fn inventory(bin: &Path) -> Result<(Value, String)> {
         "note": "includes polling `observer status` every 100 ms and `observer explain` every 5 ms (process start each time)"
     });
     let md = format!(
-        "## Kubernetes inventory at scale\n\n| figure | value |\n|---|---|\n| nodes / pods (local) | {NODES_N} / {total_pods} ({LOCAL_PODS}) |\n| addresses in the kernel map | {addresses} |\n| start to synced | {:.2} s |\n| start to every address in the maps | {:.2} s |\n| agent CPU (user + system) to synced | {:.2} s |\n| API load of the sync: list pages / MiB listed / watch streams | {pages} / {:.0} / {watches} |\n| agent RSS after sync / peak | {:.1} MiB / {:.1} MiB |\n| one pod change to the maps | {:.1} ms |\n| a node joins (its pod CIDR): to the maps / agent CPU / map writes | {:.0} ms / {:.0} ms / {} |\n| the node leaves | {:.0} ms / {:.0} ms / {} |\n\n",
+        "## Kubernetes inventory at scale\n\n| figure | value |\n|---|---|\n| nodes / pods (local) | {NODES_N} / {total_pods} ({LOCAL_PODS}) |\n| addresses in the kernel map | {addresses} |\n| start to synced | {:.2} s |\n| start to every address in the maps | {:.2} s |\n| agent CPU (user + system) to synced | {:.2} s |\n| API load of the sync: list pages / MiB listed / watch streams | {pages} / {:.0} / {watches} |\n| agent RSS after sync / peak | {:.1} MiB / {:.1} MiB |\n| one pod change to the maps | {:.1} ms |\n| a node joins (its pod CIDR): to the maps / agent CPU / map writes | {:.0} ms / {:.0} ms / {} |\n| the node leaves | {:.0} ms / {:.0} ms / {} |\n| `--kubernetes-pods local`: start to synced / agent CPU / RSS | {:.2} s / {:.2} s / {:.1} MiB |\n| `--kubernetes-pods local`: list pages / MiB listed | {} / {:.1} |\n\n",
         synced_at.map_or(f64::NAN, |d| d.as_secs_f64()),
         full.as_secs_f64(),
         synced_cpu_ms / 1000.0,
@@ -391,6 +443,11 @@ fn inventory(bin: &Path) -> Result<(Value, String)> {
         leave["ms"].as_f64().unwrap_or(f64::NAN),
         leave["agent_cpu_ms"].as_f64().unwrap_or(f64::NAN),
         leave["map_writes"],
+        local_s,
+        local_cpu_ms / 1000.0,
+        local_rss as f64 / 1024.0,
+        pages1 - pages0,
+        (bytes1 - bytes0) as f64 / 1048576.0,
     );
     Ok((value, md))
 }

@@ -146,11 +146,16 @@ enum Obj {
     Tgb(Box<TargetGroupBinding>),
 }
 
-fn stream<K>(api: Api<K>, kind: &'static str, wrap: fn(K) -> Obj) -> BoxStream<'static, Ev>
+fn stream<K>(
+    api: Api<K>,
+    config: watcher::Config,
+    kind: &'static str,
+    wrap: fn(K) -> Obj,
+) -> BoxStream<'static, Ev>
 where
     K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + 'static,
 {
-    watcher(api, watcher::Config::default())
+    watcher(api, config)
         .default_backoff()
         .map(move |r| {
             let ev = r.map(|e| match e {
@@ -169,35 +174,50 @@ where
 const OPTIONAL: [&str; 2] = ["ServiceCIDR", "TargetGroupBinding"];
 const REQUIRED: [&str; 4] = ["Node", "Pod", "Service", "EndpointSlice"];
 
-/// Runs the source until the channel closes.
+/// Runs the source until the channel closes. With `local_pods`, only this node's pods are
+/// watched (`fieldSelector=spec.nodeName=<node>`, which the API server indexes); the other
+/// pods' addresses are then the settings' cluster CIDRs' business.
 pub async fn run(
     client: Client,
     node: String,
     veth_prefix: String,
+    local_pods: bool,
     tx: mpsc::UnboundedSender<KubeMsg>,
 ) {
+    let every = watcher::Config::default;
+    let pods = if local_pods {
+        every().fields(&format!("spec.nodeName={node}"))
+    } else {
+        every()
+    };
     let streams = vec![
-        stream(Api::<Node>::all(client.clone()), "Node", |o| {
+        stream(Api::<Node>::all(client.clone()), every(), "Node", |o| {
             Obj::Node(Box::new(o))
         }),
-        stream(Api::<Pod>::all(client.clone()), "Pod", |o| {
+        stream(Api::<Pod>::all(client.clone()), pods, "Pod", |o| {
             Obj::Pod(Box::new(o))
         }),
-        stream(Api::<Service>::all(client.clone()), "Service", |o| {
-            Obj::Service(Box::new(o))
-        }),
+        stream(
+            Api::<Service>::all(client.clone()),
+            every(),
+            "Service",
+            |o| Obj::Service(Box::new(o)),
+        ),
         stream(
             Api::<EndpointSlice>::all(client.clone()),
+            every(),
             "EndpointSlice",
             |o| Obj::Slice(Box::new(o)),
         ),
         stream(
             Api::<ServiceCidr>::all(client.clone()),
+            every(),
             "ServiceCIDR",
             |o| Obj::SvcCidr(Box::new(o)),
         ),
         stream(
             Api::<TargetGroupBinding>::all(client.clone()),
+            every(),
             "TargetGroupBinding",
             |o| Obj::Tgb(Box::new(o)),
         ),
