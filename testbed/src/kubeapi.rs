@@ -131,6 +131,16 @@ fn uid_of(kind: Kind, key: &str) -> String {
     )
 }
 
+/// What the API server writes into an object it stores: its resourceVersion, apiVersion, and
+/// a uid if it has none.
+fn stamp(kind: Kind, o: &mut serde_json::Value, rv: &str) {
+    o["metadata"]["resourceVersion"] = serde_json::Value::String(rv.to_string());
+    o["apiVersion"] = serde_json::Value::String(kind.api_version.into());
+    if o["metadata"]["uid"].is_null() {
+        o["metadata"]["uid"] = serde_json::Value::String(uid_of(kind, &key_of(o)));
+    }
+}
+
 impl KubeApi {
     /// Starts the server on 127.0.0.1:`port` inside `ns`.
     pub fn start(ns: &Netns, port: u16) -> KubeApi {
@@ -188,11 +198,7 @@ impl KubeApi {
         let mut s = m.lock().unwrap();
         s.rv += 1;
         let rv = s.rv;
-        obj["metadata"]["resourceVersion"] = serde_json::Value::String(rv.to_string());
-        if obj["metadata"]["uid"].is_null() {
-            obj["metadata"]["uid"] = serde_json::Value::String(uid_of(kind, &key_of(&obj)));
-        }
-        obj["apiVersion"] = serde_json::Value::String(kind.api_version.into());
+        stamp(kind, &mut obj, &rv.to_string());
         let coll = s.objects.entry(kind.path).or_default();
         if ty == "DELETED" {
             coll.remove(&key_of(&obj));
@@ -222,11 +228,7 @@ impl KubeApi {
         let rv = s.rv.to_string();
         let coll = s.objects.entry(kind.path).or_default();
         for mut o in objects {
-            o["metadata"]["resourceVersion"] = serde_json::Value::String(rv.clone());
-            o["apiVersion"] = serde_json::Value::String(kind.api_version.into());
-            if o["metadata"]["uid"].is_null() {
-                o["metadata"]["uid"] = serde_json::Value::String(uid_of(kind, &key_of(&o)));
-            }
+            stamp(kind, &mut o, &rv);
             coll.insert(key_of(&o), Stored::new(o));
         }
     }

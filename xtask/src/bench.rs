@@ -230,6 +230,67 @@ pub fn run(bin: &Path, root: &Path, only: &[Section]) -> Result<()> {
     Ok(())
 }
 
+/// When an agent's inventory synced.
+struct Synced {
+    /// Start to the first full sync.
+    synced: Duration,
+    /// Agent CPU (ms) at the first full sync.
+    cpu_ms: f64,
+    /// Start to `want` addresses in the maps.
+    full: Duration,
+    addresses: usize,
+}
+
+/// Starts an agent against the fixture API (`--kubernetes on` and `extra`) and waits for its
+/// first full sync and `want` addresses in the kernel maps, polling `observer status`.
+fn start_synced(
+    bin: &Path,
+    ns: &Netns,
+    dir: &Path,
+    port: u16,
+    extra: &[&str],
+    env: &[(&str, &str)],
+    want: usize,
+) -> Result<(AgentProc, Synced)> {
+    let started = Instant::now();
+    let mut args = vec![
+        "--kubernetes",
+        "on",
+        "--node-name",
+        ME,
+        "--log-level",
+        "warn",
+    ];
+    args.extend_from_slice(extra);
+    let agent = AgentProc::start_env(bin, ns, dir, port, &args, env);
+    let mut synced = None;
+    loop {
+        let s = status(&agent);
+        let is_synced = s.as_ref().is_some_and(|s| s["inventory"]["synced"] == true);
+        if is_synced && synced.is_none() {
+            synced = Some((started.elapsed(), cpu_ticks(agent.pid()) as f64 * 10.0));
+        }
+        let n = s
+            .as_ref()
+            .and_then(|s| s["inventory"]["addresses"].as_u64())
+            .unwrap_or(0) as usize;
+        if let (Some((at, cpu_ms)), true) = (synced, n >= want) {
+            let full = started.elapsed();
+            let sync = Synced {
+                synced: at,
+                cpu_ms,
+                full,
+                addresses: n,
+            };
+            return Ok((agent, sync));
+        }
+        if started.elapsed() > Duration::from_secs(600) {
+            bail!("the inventory did not sync in 10 minutes ({n} of {want} addresses)");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 /// The Kubernetes inventory at scale: time to a full sync into the kernel maps, agent memory,
 /// one pod change reaching the maps.
 fn inventory(bin: &Path) -> Result<(Value, String)> {
@@ -260,46 +321,11 @@ fn inventory(bin: &Path) -> Result<(Value, String)> {
     let kubeconfig = dir.join("kubeconfig");
     api.kubeconfig(&kubeconfig);
     println!("==> starting the agent against the fixture API");
-    let started = Instant::now();
-    let agent = AgentProc::start_env(
-        bin,
-        &ns,
-        &dir.join("agent"),
-        19_702,
-        &[
-            "--kubernetes",
-            "on",
-            "--node-name",
-            ME,
-            "--log-level",
-            "warn",
-        ],
-        &[("KUBECONFIG", kubeconfig.to_str().context("path")?)],
-    );
+    let kube = [("KUBECONFIG", kubeconfig.to_str().context("path")?)];
     let want = NODES_N + total_pods;
-    let mut synced_at = None;
-    let mut synced_cpu_ms = f64::NAN;
-    let deadline = Instant::now() + Duration::from_secs(600);
-    let addresses = loop {
-        let s = status(&agent);
-        let synced = s.as_ref().is_some_and(|s| s["inventory"]["synced"] == true);
-        if synced && synced_at.is_none() {
-            synced_at = Some(started.elapsed());
-            synced_cpu_ms = cpu_ticks(agent.pid()) as f64 * 10.0;
-        }
-        let n = s
-            .as_ref()
-            .and_then(|s| s["inventory"]["addresses"].as_u64())
-            .unwrap_or(0) as usize;
-        if synced && n >= want {
-            break n;
-        }
-        if Instant::now() > deadline {
-            bail!("the inventory did not sync in 10 minutes ({n} of {want} addresses)");
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    };
-    let full = started.elapsed();
+    let (mut agent, sync) = start_synced(bin, &ns, &dir.join("agent"), 19_702, &[], &kube, want)?;
+    let (synced_at, synced_cpu_ms, addresses) = (sync.synced, sync.cpu_ms, sync.addresses);
+    let full = sync.full;
     let (rss, hwm) = rss_kib(agent.pid());
     let (pages, page_bytes) = api.list_load();
     let (watches, _) = api.counters();
@@ -360,46 +386,20 @@ fn inventory(bin: &Path) -> Result<(Value, String)> {
     })?;
     // The same cluster with `--kubernetes-pods local`: this node's pods only, the others
     // through the pod CIDR. Time, CPU, memory and the API load beside the full watch's.
-    let mut agent = agent;
     agent.signal(libc::SIGTERM);
     let (pages0, bytes0) = api.list_load();
-    let started = Instant::now();
-    let local = AgentProc::start_env(
-        bin,
-        &ns,
-        &dir.join("agent-local"),
-        19_703,
-        &[
-            "--kubernetes",
-            "on",
-            "--kubernetes-pods",
-            "local",
-            "--cluster-cidr",
-            "100.64.0.0/10",
-            "--node-name",
-            ME,
-            "--log-level",
-            "warn",
-        ],
-        &[("KUBECONFIG", kubeconfig.to_str().context("path")?)],
-    );
+    let local_args = [
+        "--kubernetes-pods",
+        "local",
+        "--cluster-cidr",
+        "100.64.0.0/10",
+    ];
+    let local_dir = dir.join("agent-local");
     let local_want = NODES_N + LOCAL_PODS;
-    loop {
-        let s = status(&local);
-        let n = s
-            .as_ref()
-            .and_then(|s| s["inventory"]["addresses"].as_u64())
-            .unwrap_or(0) as usize;
-        if s.as_ref().is_some_and(|s| s["inventory"]["synced"] == true) && n >= local_want {
-            break;
-        }
-        if started.elapsed() > Duration::from_secs(600) {
-            bail!("the local-pods inventory did not sync ({n} of {local_want} addresses)");
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let local_s = started.elapsed().as_secs_f64();
-    let local_cpu_ms = cpu_ticks(local.pid()) as f64 * 10.0;
+    let (local, local_sync) =
+        start_synced(bin, &ns, &local_dir, 19_703, &local_args, &kube, local_want)?;
+    let local_s = local_sync.full.as_secs_f64();
+    let local_cpu_ms = local_sync.cpu_ms;
     let (local_rss, _) = rss_kib(local.pid());
     let (pages1, bytes1) = api.list_load();
     let local_row = json!({
@@ -417,7 +417,7 @@ fn inventory(bin: &Path) -> Result<(Value, String)> {
         "pods": total_pods,
         "local_pods": LOCAL_PODS,
         "addresses_in_kernel_map": addresses,
-        "seconds_to_synced": synced_at.map(|d| d.as_secs_f64()),
+        "seconds_to_synced": synced_at.as_secs_f64(),
         "agent_cpu_ms_to_synced": synced_cpu_ms,
         "api_list_pages": pages,
         "api_list_mib": page_bytes as f64 / 1048576.0,
@@ -430,7 +430,7 @@ fn inventory(bin: &Path) -> Result<(Value, String)> {
     });
     let md = format!(
         "## Kubernetes inventory at scale\n\n| figure | value |\n|---|---|\n| nodes / pods (local) | {NODES_N} / {total_pods} ({LOCAL_PODS}) |\n| addresses in the kernel map | {addresses} |\n| start to synced | {:.2} s |\n| start to every address in the maps | {:.2} s |\n| agent CPU (user + system) to synced | {:.2} s |\n| API load of the sync: list pages / MiB listed / watch streams | {pages} / {:.0} / {watches} |\n| agent RSS after sync / peak | {:.1} MiB / {:.1} MiB |\n| one pod change to the maps | {:.1} ms |\n| a node joins (its pod CIDR): to the maps / agent CPU / map writes | {:.0} ms / {:.0} ms / {} |\n| the node leaves | {:.0} ms / {:.0} ms / {} |\n| `--kubernetes-pods local`: start to synced / agent CPU / RSS | {:.2} s / {:.2} s / {:.1} MiB |\n| `--kubernetes-pods local`: list pages / MiB listed | {} / {:.1} |\n\n",
-        synced_at.map_or(f64::NAN, |d| d.as_secs_f64()),
+        synced_at.as_secs_f64(),
         full.as_secs_f64(),
         synced_cpu_ms / 1000.0,
         page_bytes as f64 / 1048576.0,

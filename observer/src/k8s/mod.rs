@@ -336,7 +336,8 @@ pub async fn run(
     }
 }
 
-fn owner_of(o: &Obj) -> Owner {
+/// An object's kind and identity: its uid, or namespace/name when it has none.
+fn id_of(o: &Obj) -> (Kind, ObjectId) {
     let (kind, meta) = match o {
         Obj::Node(x) => (Kind::Node, &x.metadata),
         Obj::Pod(x) => (Kind::Pod, &x.metadata),
@@ -353,6 +354,11 @@ fn owner_of(o: &Obj) -> Owner {
             meta.name.as_deref().unwrap_or_default()
         )),
     };
+    (kind, id)
+}
+
+fn owner_of(o: &Obj) -> Owner {
+    let (kind, id) = id_of(o);
     Owner::Object(kind, id)
 }
 
@@ -378,10 +384,8 @@ fn forget(st: &mut State, owner: &Owner, tx: &mpsc::UnboundedSender<KubeMsg>) {
 
 /// Applies an object: what it asserts about addresses, and the source's own indexes.
 fn apply(st: &mut State, o: &Obj, tx: &mpsc::UnboundedSender<KubeMsg>) -> Owner {
-    let owner = owner_of(o);
-    let Owner::Object(_, id) = owner else {
-        unreachable!("objects are owned by themselves")
-    };
+    let (kind, id) = id_of(o);
+    let owner = Owner::Object(kind, id);
     match o {
         Obj::Node(n) => {
             let me = n.metadata.name.as_deref() == Some(st.node.as_str());
