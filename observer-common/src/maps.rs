@@ -210,7 +210,9 @@ pub mod health {
     pub const ANSWER_MARKS: u32 = 7;
     /// Pod-opened flows recorded.
     pub const POD_FLOWS_OPENED: u32 = 8;
-    pub const COUNT: u32 = 9;
+    /// Packets seen leaving the node on an uplink (`--attach-mode uplink-egress` only).
+    pub const UPLINK_EGRESS_PACKETS: u32 = 9;
+    pub const COUNT: u32 = 10;
     pub const NAMES: [&str; COUNT as usize] = [
         "events_lost",
         "flow_insert_failed",
@@ -221,6 +223,7 @@ pub mod health {
         "delivered_marks",
         "answer_marks",
         "pod_flows_opened",
+        "uplink_egress_packets",
     ];
 }
 

@@ -6,19 +6,23 @@ pub const PROG_UPLINK: &str = "observer_uplink";
 pub const PROG_TO_POD: &str = "observer_to_pod";
 /// TC ingress of a pod's host-side veth: traffic the pod sends.
 pub const PROG_FROM_POD: &str = "observer_from_pod";
+/// TC egress of an uplink, in `uplink-egress` mode only: the pods' answers and the flows they
+/// open, read as they leave the node (instead of [`PROG_TO_POD`] and [`PROG_FROM_POD`]).
+pub const PROG_EGRESS: &str = "observer_egress";
 /// An empty program (returns TC_ACT_UNSPEC): the benchmark's floor, a foreign program in
 /// tests. The agent never attaches it.
 pub const PROG_NOOP: &str = "tc_noop";
 /// The agent's programs, for loading and listing.
-pub const PROGRAMS: [&str; 3] = [PROG_UPLINK, PROG_TO_POD, PROG_FROM_POD];
+pub const PROGRAMS: [&str; 4] = [PROG_UPLINK, PROG_TO_POD, PROG_FROM_POD, PROG_EGRESS];
 /// Second copies of the programs (same code, same maps). A TCX hook holds a program once, so
 /// to go back to the head of a hook after another program was put in front, the agent attaches
 /// the other copy there and then detaches the first: no moment without the observer. Loaded
 /// the first time they are needed. The kernel shows them under the same 15-byte names.
-pub const PROGRAMS_ALT: [&str; 3] = [
+pub const PROGRAMS_ALT: [&str; 4] = [
     "observer_uplink_alt",
     "observer_to_pod_alt",
     "observer_from_pod_alt",
+    "observer_egress_alt",
 ];
 
 /// The other copy of one of [`PROGRAMS`] (or the first copy of one of [`PROGRAMS_ALT`]).

@@ -1,12 +1,15 @@
-//! What the pod-veth programs make of a packet: which flagged flow a pod's packet answers, and
-//! which flow a pod's packet opens. Pure, so the kernel and host tests share it.
+//! What the pod-side programs make of a packet: which flagged flow a pod's packet answers, and
+//! which flow a pod's packet opens. Pure, so the kernel and host tests share it. The pod veth
+//! programs see only the pod's packets; the uplink-egress program (`--attach-mode
+//! uplink-egress`) sees everything leaving the node, and asks [`opened_leaving_node`].
 
 use crate::{
-    maps::FlowKey,
+    maps::{FlowKey, role},
     packet::{
         ICMP_ECHO_REPLY, ICMPV6_ECHO_REPLY, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_SCTP,
         IPPROTO_TCP, IPPROTO_UDP, Packet, TCP_ACK, TCP_RST, TCP_SYN,
     },
+    verdict::Lookup,
 };
 
 /// A pod's answer to a flagged flow: the flow's key as the outsider sent it, and whether the
@@ -57,5 +60,19 @@ pub fn opened_by(p: &Packet) -> Option<FlowKey> {
         IPPROTO_UDP => Some(p.key()),
         IPPROTO_TCP | IPPROTO_SCTP | IPPROTO_ICMP | IPPROTO_ICMPV6 if p.flow_start => Some(p.key()),
         _ => None,
+    }
+}
+
+/// The key under which a packet leaving the node on an uplink is recorded as a pod-opened
+/// flow: as [`opened_by`], for a packet whose source is a local pod. The node's own packets
+/// are not, and neither is a pod's flow SNATed to the node's address: its replies come back to
+/// the node's address, which the uplink judges `host`.
+#[inline(always)]
+pub fn opened_leaving_node<L: Lookup + ?Sized>(p: &Packet, l: &L) -> Option<FlowKey> {
+    let key = opened_by(p)?;
+    if l.roles(&p.src) & role::LOCAL_POD != 0 {
+        Some(key)
+    } else {
+        None
     }
 }

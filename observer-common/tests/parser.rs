@@ -3,11 +3,11 @@
 
 use observer_common::{
     packet::{Status, TCP_ACK, TCP_RST, TCP_SYN, parse_frame},
-    pod::{answer_of, opened_by},
+    pod::{answer_of, opened_by, opened_leaving_node},
     testing::{
         flow_key,
         frames::{Frame, L4},
-        scenarios::{Layout, SETTINGS, full_corpus, vpc_cni},
+        scenarios::{Layout, SETTINGS, full_corpus, vpc, vpc_cni},
     },
     verdict::{Verdict, decide},
 };
@@ -100,6 +100,25 @@ fn pod_answers_and_openings() {
     assert_eq!(opened_by(&p), None);
 }
 
+#[test]
+fn only_local_pods_open_flows_leaving_the_node() {
+    // Uplink egress sees the node's own packets and SNATed ones beside the pods'.
+    let l = &LAYOUT.inventory;
+    let pod = vpc::POD_A;
+    let (_, p) = parse_frame(&Frame::tcp(pod, "198.51.100.7", 40000, 443, TCP_SYN).build());
+    assert_eq!(opened_leaving_node(&p, l), opened_by(&p));
+    assert!(opened_by(&p).is_some());
+    let node = vpc::NODE_ETH0;
+    let (_, p) = parse_frame(&Frame::tcp(node, "198.51.100.7", 40000, 443, TCP_SYN).build());
+    assert!(opened_by(&p).is_some());
+    assert_eq!(opened_leaving_node(&p, l), None, "the node's own flow");
+    let (_, p) = parse_frame(&Frame::udp(node, "198.51.100.7", 40001, 53).build());
+    assert_eq!(opened_leaving_node(&p, l), None, "the node's own datagram");
+    // Not an opening at all, from a pod: nothing.
+    let (_, p) = parse_frame(&Frame::tcp(pod, "198.51.100.7", 40000, 443, TCP_ACK).build());
+    assert_eq!(opened_leaving_node(&p, l), None);
+}
+
 /// Every crafted frame of the corpus, built once.
 static FRAMES: LazyLock<Vec<(Frame, Vec<u8>)>> = LazyLock::new(|| {
     full_corpus()
@@ -118,6 +137,7 @@ proptest! {
         let _ = decide(status, &p, &SETTINGS, &LAYOUT.inventory);
         let _ = answer_of(&p);
         let _ = opened_by(&p);
+        let _ = opened_leaving_node(&p, &LAYOUT.inventory);
     }
 
     #[test]

@@ -38,7 +38,15 @@ pub fn observer_from_pod(ctx: TcContext) -> i32 {
     TC_ACT_UNSPEC
 }
 
-/// Second copies of the three programs (`names::PROGRAMS_ALT`): the agent attaches one at the
+/// TCX egress of an uplink, in `uplink-egress` mode only: a local pod's answers and the flows it
+/// opens, read as they leave the node instead of on each pod's veth.
+#[classifier]
+pub fn observer_egress(ctx: TcContext) -> i32 {
+    pod::leaving_node(&ctx);
+    TC_ACT_UNSPEC
+}
+
+/// Second copies of the four programs (`names::PROGRAMS_ALT`): the agent attaches one at the
 /// head of a TCX hook, then detaches the other, when another program was put in front of it.
 #[classifier]
 pub fn observer_uplink_alt(ctx: TcContext) -> i32 {
@@ -55,6 +63,12 @@ pub fn observer_to_pod_alt(ctx: TcContext) -> i32 {
 #[classifier]
 pub fn observer_from_pod_alt(ctx: TcContext) -> i32 {
     pod::from_pod(&ctx);
+    TC_ACT_UNSPEC
+}
+
+#[classifier]
+pub fn observer_egress_alt(ctx: TcContext) -> i32 {
+    pod::leaving_node(&ctx);
     TC_ACT_UNSPEC
 }
 

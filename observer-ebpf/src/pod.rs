@@ -1,15 +1,16 @@
-//! Pod veths: delivery of flagged flows, the pod's answers, and the flows the pod opens.
+//! Pod veths: delivery of flagged flows, the pod's answers, and the flows the pod opens. In
+//! `uplink-egress` mode the answers and openings are read at the uplinks' egress instead.
 
 use aya_ebpf::{helpers::bpf_ktime_get_coarse_ns, programs::TcContext};
 use observer_common::{
-    maps::{PodFlow, health},
+    maps::{FlowKey, PodFlow, health},
     packet::{Packet, Status, parse},
-    pod::{answer_of, opened_by},
+    pod::{answer_of, opened_by, opened_leaving_node},
 };
 
 use crate::{
     maps::{
-        FLAGGED_PORTS, FLOWS, POD_FLOWS, POD_PORTS, any_flagged, health, mark_port,
+        FLAGGED_PORTS, FLOWS, Maps, POD_FLOWS, POD_PORTS, any_flagged, health, mark_port,
         port_may_have_entry,
     },
     skb::{Skb, ifindex},
@@ -46,10 +47,33 @@ pub fn to_pod(ctx: &TcContext) {
 pub fn from_pod(ctx: &TcContext) {
     health(health::FROM_POD_PACKETS);
     let mut p = Packet::EMPTY;
-    if parse(&Skb(ctx), &mut p) != Status::Ip {
+    if parse(&Skb(ctx), &mut p) != Status::Ip || mark_answer(&p) {
         return;
     }
-    if let Some(a) = answer_of(&p)
+    if let Some(key) = opened_by(&p) {
+        record_opened(ctx, &key);
+    }
+}
+
+/// A packet leaving the node on an uplink (`--attach-mode uplink-egress`, no pod veth
+/// programs): a local pod's answers and the flows it opens, as [`from_pod`] finds them. The
+/// node's own packets, and pods' packets SNATed to the node's address, open nothing.
+#[inline(always)]
+pub fn leaving_node(ctx: &TcContext) {
+    health(health::UPLINK_EGRESS_PACKETS);
+    let mut p = Packet::EMPTY;
+    if parse(&Skb(ctx), &mut p) != Status::Ip || mark_answer(&p) {
+        return;
+    }
+    if let Some(key) = opened_leaving_node(&p, &Maps) {
+        record_opened(ctx, &key);
+    }
+}
+
+/// Marks the flagged flow this packet answers, if any: true if it did.
+#[inline(always)]
+fn mark_answer(p: &Packet) -> bool {
+    if let Some(a) = answer_of(p)
         && any_flagged()
         && port_may_have_entry(&FLAGGED_PORTS, a.key.dport, a.key.proto)
         && let Some(s) = FLOWS.get_ptr_mut(&a.key)
@@ -63,14 +87,17 @@ pub fn from_pod(ctx: &TcContext) {
             }
         }
         health(health::ANSWER_MARKS);
-        return;
+        return true;
     }
-    let Some(key) = opened_by(&p) else {
-        return;
-    };
+    false
+}
+
+/// Records a flow a local pod opened, so that its replies are judged `reply`.
+#[inline(always)]
+fn record_opened(ctx: &TcContext, key: &FlowKey) {
     // Look up first: an LRU insert on a present key could evict another flow. A port without
     // its bit has no entry to find.
-    if port_may_have_entry(&POD_PORTS, key.sport, key.proto) && POD_FLOWS.get_ptr(&key).is_some() {
+    if port_may_have_entry(&POD_PORTS, key.sport, key.proto) && POD_FLOWS.get_ptr(key).is_some() {
         return;
     }
     mark_port(&POD_PORTS, key.sport, key.proto);
@@ -80,7 +107,7 @@ pub fn from_pod(ctx: &TcContext) {
         ifindex: ifindex(ctx),
         _pad: 0,
     };
-    match POD_FLOWS.insert(&key, &flow, 0) {
+    match POD_FLOWS.insert(key, &flow, 0) {
         Ok(()) => health(health::POD_FLOWS_OPENED),
         Err(_) => health(health::POD_FLOW_INSERT_FAILED),
     }

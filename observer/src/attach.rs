@@ -23,7 +23,9 @@ use aya::{
     },
     util::KernelVersion,
 };
-use observer_common::names::{PROG_FROM_POD, PROG_TO_POD, PROG_UPLINK, PROGRAMS_ALT, other_copy};
+use observer_common::names::{
+    PROG_EGRESS, PROG_FROM_POD, PROG_TO_POD, PROG_UPLINK, PROGRAMS_ALT, other_copy,
+};
 
 use crate::bpf::{BpfError, classifier};
 
@@ -92,11 +94,22 @@ pub enum AttachError {
     },
 }
 
-/// The attach mode of each role.
+/// Where the pod-side facts (a pod's answers, the flows it opens) are read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PodFacts {
+    /// On each pod's host-side veth (egress and ingress): also *delivered*.
+    Veths,
+    /// On the uplinks' egress, as the pods' packets leave the node; nothing on pod veths, so
+    /// pod churn costs no attach. *Delivered* is not known.
+    UplinkEgress,
+}
+
+/// The attach mode of each role, and where the pod-side facts come from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Modes {
     pub uplink: Mode,
     pub pod: Mode,
+    pub pod_facts: PodFacts,
 }
 
 impl Modes {
@@ -111,6 +124,17 @@ impl Modes {
         Modes {
             uplink: Mode::auto(),
             pod: Mode::Netlink,
+            pod_facts: PodFacts::Veths,
+        }
+    }
+
+    /// TCX (where the kernel has it) on uplinks, at ingress and egress, and nothing on pod
+    /// veths: the pods' answers and openings are read as they leave the node.
+    pub fn uplink_egress() -> Modes {
+        Modes {
+            uplink: Mode::auto(),
+            pod: Mode::auto(),
+            pod_facts: PodFacts::UplinkEgress,
         }
     }
 
@@ -119,6 +143,7 @@ impl Modes {
         Modes {
             uplink: mode,
             pod: mode,
+            pod_facts: PodFacts::Veths,
         }
     }
 
@@ -129,9 +154,19 @@ impl Modes {
         }
     }
 
+    /// The programs and directions of a role in these modes.
+    pub fn programs_of(self, role: Role) -> &'static [(&'static str, TcAttachType)] {
+        programs_of(role, self.pod_facts)
+    }
+
     /// "tcx", "netlink", or the two when they differ ("uplinks tcx, pod veths netlink").
     pub fn name(self) -> String {
-        if self.uplink == self.pod {
+        if self.pod_facts == PodFacts::UplinkEgress {
+            format!(
+                "uplinks {} (ingress and egress), pod veths none",
+                self.uplink.name()
+            )
+        } else if self.uplink == self.pod {
             self.uplink.name().to_string()
         } else {
             format!(
@@ -148,14 +183,19 @@ pub fn uses_tcx() -> bool {
     Mode::auto() == Mode::Tcx
 }
 
-/// The programs and directions of a role.
-pub fn programs_of(role: Role) -> &'static [(&'static str, TcAttachType)] {
-    match role {
-        Role::Uplink => &[(PROG_UPLINK, TcAttachType::Ingress)],
-        Role::Pod => &[
+/// The programs and directions of a role, by where the pod-side facts are read.
+pub fn programs_of(role: Role, facts: PodFacts) -> &'static [(&'static str, TcAttachType)] {
+    match (role, facts) {
+        (Role::Uplink, PodFacts::Veths) => &[(PROG_UPLINK, TcAttachType::Ingress)],
+        (Role::Uplink, PodFacts::UplinkEgress) => &[
+            (PROG_UPLINK, TcAttachType::Ingress),
+            (PROG_EGRESS, TcAttachType::Egress),
+        ],
+        (Role::Pod, PodFacts::Veths) => &[
             (PROG_TO_POD, TcAttachType::Egress),
             (PROG_FROM_POD, TcAttachType::Ingress),
         ],
+        (Role::Pod, PodFacts::UplinkEgress) => &[],
     }
 }
 
@@ -169,12 +209,15 @@ pub struct Attachment {
     pub owns_clsact: bool,
 }
 
+/// The programs of a role and their directions (from [`Modes::programs_of`]).
+pub type Programs = &'static [(&'static str, TcAttachType)];
+
 /// Attaches the role's programs to `iface` (in the calling thread's network namespace).
 /// On failure, whatever was attached for this call is detached again.
 pub fn attach(
     ebpf: &mut Ebpf,
     iface: &str,
-    role: Role,
+    programs: Programs,
     mode: Mode,
 ) -> Result<Attachment, AttachError> {
     let mut owns_clsact = false;
@@ -193,7 +236,7 @@ pub fn attach(
     }
     // Our filters left by a killed run in netlink mode are replaced, never stacked, whatever
     // the mode now.
-    for &(program, direction) in programs_of(role) {
+    for &(program, direction) in programs {
         if tc::qdisc_detach_program(iface, direction, program).is_ok() {
             tracing::info!(
                 iface,
@@ -203,7 +246,7 @@ pub fn attach(
             owns_clsact = true;
         }
     }
-    let links = attach_programs(ebpf, iface, role, mode, NL_HANDLE, false)?;
+    let links = attach_programs(ebpf, iface, programs, mode, NL_HANDLE, false)?;
     Ok(Attachment { links, owns_clsact })
 }
 
@@ -212,13 +255,13 @@ pub fn attach(
 fn attach_programs(
     ebpf: &mut Ebpf,
     iface: &str,
-    role: Role,
+    programs: Programs,
     mode: Mode,
     handle: TcHandle,
     alt: bool,
 ) -> Result<Vec<(&'static str, SchedClassifierLinkId)>, AttachError> {
     let mut links = Vec::new();
-    for &(first, direction) in programs_of(role) {
+    for &(first, direction) in programs {
         let program = if alt {
             let other = other_copy(first).unwrap_or(first);
             let p = classifier(ebpf, other)?;
@@ -264,7 +307,7 @@ fn attach_programs(
 pub fn to_front(
     ebpf: &mut Ebpf,
     iface: &str,
-    role: Role,
+    programs: Programs,
     mode: Mode,
     links: &mut Vec<(&'static str, SchedClassifierLinkId)>,
     handle: &mut TcHandle,
@@ -279,7 +322,7 @@ pub fn to_front(
         Mode::Netlink if *handle == NL_HANDLE => (NL_HANDLE_ALT, false),
         Mode::Netlink => (NL_HANDLE, false),
     };
-    let new = attach_programs(ebpf, iface, role, mode, next, alt)?;
+    let new = attach_programs(ebpf, iface, programs, mode, next, alt)?;
     detach(ebpf, std::mem::replace(links, new));
     *handle = next;
     Ok(())

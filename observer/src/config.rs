@@ -51,8 +51,10 @@ pub struct RunArgs {
     /// Prometheus endpoint address [default: 0.0.0.0:19962].
     #[arg(long = "metrics-addr", env = "OBSERVER_METRICS_ADDR")]
     pub metrics_addr: Option<String>,
-    /// How to attach: auto (TCX on Linux >= 6.6, else netlink), tcx, netlink, or netlink-pods
-    /// (uplinks as auto, pod veths netlink: cheaper pod churn) [default: auto].
+    /// How to attach: auto (TCX on Linux >= 6.6, else netlink), tcx, netlink, netlink-pods
+    /// (uplinks as auto, pod veths netlink: cheaper pod churn), or uplink-egress (uplinks as
+    /// auto at ingress and egress, nothing on pod veths: pod churn costs nothing, flows are
+    /// not known as delivered) [default: auto].
     #[arg(long = "attach-mode", env = "OBSERVER_ATTACH_MODE")]
     pub attach_mode: Option<String>,
     /// Also push each alert line to this Alertmanager (http[s]://host[:port][/prefix])
@@ -424,11 +426,12 @@ impl Config {
                 "tcx" => crate::attach::Modes::all(crate::attach::Mode::Tcx),
                 "netlink" => crate::attach::Modes::all(crate::attach::Mode::Netlink),
                 "netlink-pods" => crate::attach::Modes::netlink_pods(),
+                "uplink-egress" => crate::attach::Modes::uplink_egress(),
                 other => {
                     return Err(invalid(
                         "attach-mode",
                         other,
-                        "auto, tcx, netlink or netlink-pods",
+                        "auto, tcx, netlink, netlink-pods or uplink-egress",
                     ));
                 }
             };

@@ -116,11 +116,13 @@ impl Ifaces {
             }
             self.forget(index);
         }
-        let Some(role) = role else {
+        let programs = role.map_or(&[][..], |r| self.modes.programs_of(r));
+        let Some(role) = role.filter(|_| !programs.is_empty()) else {
+            // Not ours, or a pod veth in uplink-egress mode: nothing to attach.
             self.failing.remove(&index);
             return false;
         };
-        match attach::attach(&mut self.ebpf, name, role, self.modes.of(role)) {
+        match attach::attach(&mut self.ebpf, name, programs, self.modes.of(role)) {
             Ok(a) => {
                 tracing::info!(
                     iface = name,
@@ -227,7 +229,7 @@ impl Ifaces {
                 continue;
             };
             let mut behind = false;
-            for &(_, direction) in attach::programs_of(role) {
+            for &(_, direction) in self.modes.programs_of(role) {
                 behind |= match mode {
                     Mode::Tcx => tcx_first_is_foreign(&name, direction),
                     Mode::Netlink => nl
@@ -269,7 +271,7 @@ impl Ifaces {
             match attach::to_front(
                 &mut self.ebpf,
                 &a.name,
-                role,
+                self.modes.programs_of(role),
                 mode,
                 &mut a.links,
                 &mut a.handle,

@@ -25,7 +25,15 @@ use testbed::{
     traffic::{Servers, http_get, raw_frames, tcp_get, tcp_open, udp_echo},
 };
 
-fn every_row(layout: Layout) {
+/// Where the pod-side facts are read: on the pod veths (the default), or on the uplinks'
+/// egress (`--attach-mode uplink-egress`), which must give the same flows, states and alerts.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum PodSide {
+    Veths,
+    UplinkEgress,
+}
+
+fn every_row(layout: Layout, side: PodSide) {
     let mut n = Node::new(layout);
     let mut servers = Servers::for_node(&n);
     let pod_a = n.pods[0].ip;
@@ -36,7 +44,11 @@ fn every_row(layout: Layout) {
     let mut buf = [0u8; 7];
     long.read_exact(&mut buf).unwrap();
 
-    let agent = start(&n, &format!("rows-{layout:?}"), &[]);
+    let extra: &[&str] = match side {
+        PodSide::Veths => &[],
+        PodSide::UplinkEgress => &["--attach-mode", "uplink-egress"],
+    };
+    let agent = start(&n, &format!("rows-{layout:?}-{side:?}"), extra);
     let socket_meta = std::fs::metadata(&agent.socket).unwrap();
     assert_eq!(
         (socket_meta.mode() & 0o777, socket_meta.uid()),
@@ -51,9 +63,20 @@ fn every_row(layout: Layout) {
     };
     n.add_pod(late_ip, late_veth);
     servers.tcp(&n.pods.last().expect("late pod").ns, 80);
-    wait_for("the late veth attached", Duration::from_secs(5), || {
-        attached_names(&agent).contains(late_veth)
-    });
+    match side {
+        PodSide::Veths => wait_for("the late veth attached", Duration::from_secs(5), || {
+            attached_names(&agent).contains(late_veth)
+        }),
+        PodSide::UplinkEgress => {
+            wait_for("the late pod known", Duration::from_secs(5), || {
+                status(&agent)["inventory"]["pods"] == n.pods.len()
+            });
+            assert!(
+                !attached_names(&agent).contains(late_veth),
+                "no pod veth program"
+            );
+        }
+    }
 
     assert_eq!(
         tcp_get(&n.outside, None, pod_a, 80).1.as_deref(),
@@ -363,9 +386,13 @@ fn every_row(layout: Layout) {
         sample(&m, "observer_attached_interfaces", "role=\"uplink\""),
         Some(if layout == Layout::VpcCni { 2.0 } else { 1.0 })
     );
+    let pod_veths = match side {
+        PodSide::Veths => n.pods.len(),
+        PodSide::UplinkEgress => 0,
+    };
     assert_eq!(
         sample(&m, "observer_attached_interfaces", "role=\"pod\""),
-        Some(n.pods.len() as f64)
+        Some(pod_veths as f64)
     );
     assert_eq!(
         sample(&m, "observer_inventory_pods", ""),
@@ -382,14 +409,21 @@ fn every_row(layout: Layout) {
     };
     assert_eq!(datapath("flow_insert_failed"), Some(0.0), "{m}");
     assert_eq!(datapath("pod_flow_insert_failed"), Some(0.0), "{m}");
-    for event in [
-        "pod_flows_opened",
-        "to_pod_packets",
-        "from_pod_packets",
-        "delivered_marks",
-        "answer_marks",
-    ] {
+    let (seen, unseen): (&[&str], &[&str]) = match side {
+        PodSide::Veths => (
+            &["to_pod_packets", "from_pod_packets", "delivered_marks"],
+            &["uplink_egress_packets"],
+        ),
+        PodSide::UplinkEgress => (
+            &["uplink_egress_packets"],
+            &["to_pod_packets", "from_pod_packets", "delivered_marks"],
+        ),
+    };
+    for event in ["pod_flows_opened", "answer_marks"].iter().chain(seen) {
         assert!(datapath(event).is_some_and(|v| v > 0.0), "{event}: {m}");
+    }
+    for event in unseen {
+        assert_eq!(datapath(event), Some(0.0), "{event}: {m}");
     }
     assert!(m.contains("observer_attach_errors_total 0"));
     assert!(m.contains("observer_build_info{version="));
@@ -476,10 +510,20 @@ fn every_row(layout: Layout) {
 
 #[test]
 fn every_row_through_the_agent_vpc_cni() {
-    every_row(Layout::VpcCni);
+    every_row(Layout::VpcCni, PodSide::Veths);
 }
 
 #[test]
 fn every_row_through_the_agent_calico() {
-    every_row(Layout::Calico);
+    every_row(Layout::Calico, PodSide::Veths);
+}
+
+#[test]
+fn every_row_through_the_agent_vpc_cni_uplink_egress() {
+    every_row(Layout::VpcCni, PodSide::UplinkEgress);
+}
+
+#[test]
+fn every_row_through_the_agent_calico_uplink_egress() {
+    every_row(Layout::Calico, PodSide::UplinkEgress);
 }

@@ -1,6 +1,6 @@
 //! The agent's life: pod interfaces churning under traffic, SIGTERM (everything detached),
-//! SIGKILL then restart (exactly one copy attached), in TCX, netlink-pods and netlink mode
-//! (leftover filters replaced, other agents' filters and qdiscs untouched).
+//! SIGKILL then restart (exactly one copy attached), in TCX, netlink-pods, uplink-egress and
+//! netlink mode (leftover filters replaced, other agents' filters and qdiscs untouched).
 
 mod support;
 
@@ -209,6 +209,71 @@ fn netlink_pods_mode_uses_filters_on_pod_veths() {
             .all(|l| !l.contains("clsact")),
         "a clsact qdisc was left"
     );
+}
+
+/// `uplink-egress`: the uplinks carry two TCX programs (ingress and egress), and no pod veth
+/// carries any, not even one created while the agent runs; the pod's answers are still seen.
+/// A SIGKILL takes the links with it, and a restart attaches exactly one copy again.
+#[test]
+fn uplink_egress_mode_attaches_nothing_to_pod_veths() {
+    ports_from(19_260);
+    let mut n = Node::new(Layout::Calico);
+    let mut servers = Servers::new();
+    servers.tcp(&n.pods[0].ns, 80);
+    let mode = ["--attach-mode", "uplink-egress"];
+    let mut agent = start(&n, "egress1", &mode);
+    let s = status(&agent);
+    assert_eq!(
+        s["attach_mode"],
+        "uplinks tcx (ingress and egress), pod veths none"
+    );
+    let ours_on_uplink = |n: &Node| {
+        (
+            tcx_count(&n.node, "eth0", TcAttachType::Ingress, "observer_uplink"),
+            tcx_count(&n.node, "eth0", TcAttachType::Egress, "observer_egress"),
+        )
+    };
+    assert_eq!(ours_on_uplink(&n), (1, 1));
+    n.add_pod("172.16.30.1", "calic09168731f7");
+    servers.tcp(&n.pods.last().expect("late pod").ns, 80);
+    wait_for("the late pod known", Duration::from_secs(5), || {
+        status(&agent)["inventory"]["pods"] == n.pods.len()
+    });
+    for p in &n.pods {
+        for dir in [TcAttachType::Ingress, TcAttachType::Egress] {
+            let any_ours = n.node.run({
+                let veth = p.veth;
+                move || {
+                    aya::programs::SchedClassifier::query_tcx(veth, dir)
+                        .expect("tcx query")
+                        .1
+                        .iter()
+                        .any(|q| q.name_as_str().is_some_and(|n| n.starts_with("observer_")))
+                }
+            });
+            assert!(!any_ours, "a program of ours on {} {dir:?}", p.veth);
+        }
+        assert!(tc_filters(&n.node, p.veth, "ingress").is_empty());
+    }
+    for p in [&n.pods[0], n.pods.last().unwrap()] {
+        assert_eq!(
+            tcp_get(&n.outside, None, p.ip, 80).1.as_deref(),
+            Ok("hello\n")
+        );
+    }
+    wait_for("both direct flows answered", Duration::from_secs(5), || {
+        flows(&agent)
+            .iter()
+            .filter(|f| f.state == "answered")
+            .count()
+            == 2
+    });
+    agent.signal(libc::SIGKILL);
+    assert_eq!(ours_on_uplink(&n), (0, 0), "TCX links go with the process");
+    let mut agent = start(&n, "egress2", &mode);
+    assert_eq!(ours_on_uplink(&n), (1, 1));
+    assert!(agent.signal(libc::SIGTERM).success());
+    assert_eq!(ours_on_uplink(&n), (0, 0));
 }
 
 /// TC filter program names on a clsact hook, from `tc filter show`.

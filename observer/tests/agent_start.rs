@@ -22,7 +22,17 @@ use testbed::{
 
 #[test]
 fn connections_open_before_the_start_are_judged_by_who_opened_them() {
-    ports_from(19_400);
+    open_before_the_start(19_400, &[]);
+}
+
+/// The same with the pod side read at the uplinks' egress: nothing on the pod veths.
+#[test]
+fn connections_open_before_the_start_are_judged_by_who_opened_them_uplink_egress() {
+    open_before_the_start(19_420, &["--attach-mode", "uplink-egress"]);
+}
+
+fn open_before_the_start(ports: u16, extra: &[&str]) {
+    ports_from(ports);
     let n = Node::new(Layout::VpcCni);
     let pod = n.pods[0].ip;
     let mut servers = Servers::new();
@@ -61,7 +71,7 @@ fn connections_open_before_the_start_are_judged_by_who_opened_them() {
     early.write_all(b"before\n").unwrap();
     early.read_exact(&mut [0u8; 7]).unwrap();
 
-    let agent = start(&n, "restart", &[]);
+    let agent = start(&n, &format!("restart{ports}"), extra);
 
     // The pod's database answers, and the UDP peer answers: both replies, never alerts.
     speak.send(()).unwrap();

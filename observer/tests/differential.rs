@@ -17,7 +17,7 @@ use observer::{
     kmaps::Maps,
 };
 use observer_common::{
-    names::{PROG_FROM_POD, PROG_TO_POD, PROG_UPLINK},
+    names::{PROG_EGRESS, PROG_FROM_POD, PROG_TO_POD, PROG_UPLINK},
     packet::{ETH_HLEN, TCP_ACK, TCP_FIN, TCP_PSH, TCP_RST, TCP_SYN, parse_frame},
     testing::{
         frames::{Frame, L4},
@@ -107,9 +107,10 @@ fn kernel_unjudged(maps: &Maps) -> BTreeMap<(IpKey, usize), u64> {
     out
 }
 
-/// Runs a frame through both pod-veth programs: whatever it is, each returns TC_ACT_UNSPEC.
+/// Runs a frame through the pod-side programs (both pod-veth ones and the uplink-egress one):
+/// whatever it is, each returns TC_ACT_UNSPEC.
 fn run_pod_programs(ebpf: &mut Ebpf, frame: &[u8]) {
-    for prog in [PROG_TO_POD, PROG_FROM_POD] {
+    for prog in [PROG_TO_POD, PROG_FROM_POD, PROG_EGRESS] {
         let r = bpf::test_run(ebpf, prog, frame, 1)
             .unwrap_or_else(|e| panic!("test_run of {prog}: {e:?}"));
         assert_eq!(

@@ -73,15 +73,22 @@ fn run_layout(layout: Layout) {
     maps.write_inventory(&inventory(&n))
         .expect("filling the maps");
     // Attach inside the node namespace.
+    let modes = attach::Modes::auto();
     thread::scope(|s| {
         s.spawn(|| {
             n.node.enter_this_thread();
             for up in &n.uplinks {
-                attach::attach(&mut ebpf, up, Role::Uplink, Mode::auto()).expect("attach uplink");
+                attach::attach(&mut ebpf, up, modes.programs_of(Role::Uplink), Mode::auto())
+                    .expect("attach uplink");
             }
             for p in &n.pods {
-                attach::attach(&mut ebpf, p.veth, Role::Pod, Mode::auto())
-                    .expect("attach pod veth");
+                attach::attach(
+                    &mut ebpf,
+                    p.veth,
+                    modes.programs_of(Role::Pod),
+                    Mode::auto(),
+                )
+                .expect("attach pod veth");
             }
         });
     });

@@ -1,6 +1,7 @@
-//! The pod-veth programs and the uplink together, through BPF_PROG_TEST_RUN: pod-opened flows
+//! The pod-side programs and the uplink together, through BPF_PROG_TEST_RUN: pod-opened flows
 //! make replies "reply", flagged flows are delivered / answered / refused, and each new
-//! flagged flow yields exactly one event.
+//! flagged flow yields exactly one event. The pod's packets go through the pod veth's ingress
+//! program, or (`uplink-egress` mode) the uplink's egress program, which must find the same.
 
 use aya::{
     Ebpf,
@@ -13,11 +14,11 @@ use observer::{
 use observer_common::testing::flow_key as key;
 use observer_common::{
     maps::{FlowKey, FlowStats, health, origin},
-    names::{PROG_FROM_POD, PROG_TO_POD, PROG_UPLINK},
+    names::{PROG_EGRESS, PROG_FROM_POD, PROG_TO_POD, PROG_UPLINK},
     packet::{TCP_ACK, TCP_PSH, TCP_RST, TCP_SYN},
     testing::{
         frames::{Frame, L4},
-        scenarios::vpc::{INTERNET, OUTSIDE, POD_A, VPC_DNS},
+        scenarios::vpc::{INTERNET, NODE_ETH0, OUTSIDE, POD_A, VPC_DNS},
     },
     user::Inventory,
     verdict::{Reason, Verdict},
@@ -47,6 +48,10 @@ fn setup() -> (Ebpf, Maps, RingBuf<MapData>) {
         POD_A.parse().unwrap(),
         observer_common::maps::role::LOCAL_POD | observer_common::maps::role::CLUSTER,
     );
+    inv.add_ip(
+        NODE_ETH0.parse().unwrap(),
+        observer_common::maps::role::NODE | observer_common::maps::role::CLUSTER,
+    );
     let (maps, events) = Maps::take(&mut ebpf).unwrap();
     maps.write_inventory(&inv).unwrap();
     (ebpf, maps, events)
@@ -56,8 +61,26 @@ fn verdict_packets(maps: &Maps, v: Verdict) -> u64 {
     maps.verdict_counts().unwrap().packets(v)
 }
 
+/// The health counter of packets the pod-side program saw.
+fn seen_counter(pod_side: &str) -> usize {
+    if pod_side == PROG_EGRESS {
+        health::UPLINK_EGRESS_PACKETS as usize
+    } else {
+        health::FROM_POD_PACKETS as usize
+    }
+}
+
 #[test]
 fn pod_opened_flows_make_replies_replies() {
+    pod_opened_flows(PROG_FROM_POD);
+}
+
+#[test]
+fn pod_opened_flows_make_replies_replies_read_at_uplink_egress() {
+    pod_opened_flows(PROG_EGRESS);
+}
+
+fn pod_opened_flows(pod_side: &'static str) {
     let (mut ebpf, maps, _events) = setup();
     let synack = Frame::tcp(INTERNET, POD_A, 443, 40000, TCP_SYN | TCP_ACK);
     // Before the pod opened anything, a SYN-ACK to it is a direct access seen mid-stream.
@@ -66,25 +89,13 @@ fn pod_opened_flows_make_replies_replies() {
     // The pod opens TCP, UDP (DNS) and ICMP flows.
     run(
         &mut ebpf,
-        PROG_FROM_POD,
+        pod_side,
         &Frame::tcp(POD_A, INTERNET, 40000, 443, TCP_SYN),
     );
-    run(
-        &mut ebpf,
-        PROG_FROM_POD,
-        &Frame::udp(POD_A, VPC_DNS, 40001, 53),
-    );
-    run(
-        &mut ebpf,
-        PROG_FROM_POD,
-        &Frame::echo(POD_A, INTERNET, true, 77),
-    );
+    run(&mut ebpf, pod_side, &Frame::udp(POD_A, VPC_DNS, 40001, 53));
+    run(&mut ebpf, pod_side, &Frame::echo(POD_A, INTERNET, true, 77));
     // A second DNS packet of the same flow is not recorded twice.
-    run(
-        &mut ebpf,
-        PROG_FROM_POD,
-        &Frame::udp(POD_A, VPC_DNS, 40001, 53),
-    );
+    run(&mut ebpf, pod_side, &Frame::udp(POD_A, VPC_DNS, 40001, 53));
     let opened: Vec<FlowKey> = maps
         .pod_flows()
         .unwrap()
@@ -130,11 +141,42 @@ fn pod_opened_flows_make_replies_replies() {
     assert_eq!(verdict_packets(&maps, Verdict::DirectToPod), 1);
     let h = maps.health_counts().unwrap();
     assert_eq!(h[health::POD_FLOWS_OPENED as usize], 3);
-    assert_eq!(h[health::FROM_POD_PACKETS as usize], 4);
+    assert_eq!(h[seen_counter(pod_side)], 4);
+    if pod_side == PROG_EGRESS {
+        // Leaving the node, the node's own flows are not the pods': their replies are judged
+        // by the node's address (`host`), and recording them would only crowd POD_FLOWS.
+        run(
+            &mut ebpf,
+            PROG_EGRESS,
+            &Frame::tcp(NODE_ETH0, INTERNET, 40010, 443, TCP_SYN),
+        );
+        run(
+            &mut ebpf,
+            PROG_EGRESS,
+            &Frame::udp(NODE_ETH0, VPC_DNS, 40011, 53),
+        );
+        assert_eq!(maps.pod_flows().unwrap().len(), 3);
+        let h = maps.health_counts().unwrap();
+        assert_eq!(h[health::POD_FLOWS_OPENED as usize], 3);
+        assert_eq!(h[health::UPLINK_EGRESS_PACKETS as usize], 6);
+        assert_eq!(h[health::FROM_POD_PACKETS as usize], 0);
+    }
 }
 
 #[test]
 fn flagged_flows_are_delivered_answered_or_refused_with_one_event_each() {
+    flagged_flows(PROG_FROM_POD);
+}
+
+/// The same flows with the pod's answers read as they leave the node: answered and refused
+/// alike, and nothing is delivered (no program on the pod's veth).
+#[test]
+fn flagged_flows_are_answered_or_refused_at_uplink_egress() {
+    flagged_flows(PROG_EGRESS);
+}
+
+fn flagged_flows(pod_side: &'static str) {
+    let veths = pod_side == PROG_FROM_POD;
     let (mut ebpf, maps, mut events) = setup();
     // Row 1/15: SYN to an open port (answered) and to a closed one (refused).
     let open = Frame::tcp(OUTSIDE, POD_A, 51000, 80, TCP_SYN);
@@ -147,34 +189,32 @@ fn flagged_flows_are_delivered_answered_or_refused_with_one_event_each() {
     let mid = Frame::tcp(OUTSIDE, POD_A, 51021, 80, TCP_ACK | TCP_PSH);
     for f in [&open, &closed, &udp, &ping, &udp_closed, &mid] {
         run(&mut ebpf, PROG_UPLINK, f);
-        run(&mut ebpf, PROG_TO_POD, f);
+        if veths {
+            run(&mut ebpf, PROG_TO_POD, f);
+        }
     }
     // Retransmitted SYN: same flow, no new event.
     run(&mut ebpf, PROG_UPLINK, &open);
     run(
         &mut ebpf,
-        PROG_FROM_POD,
+        pod_side,
         &Frame::tcp(POD_A, OUTSIDE, 80, 51000, TCP_SYN | TCP_ACK),
     );
     run(
         &mut ebpf,
-        PROG_FROM_POD,
+        pod_side,
         &Frame::tcp(POD_A, OUTSIDE, 81, 51020, TCP_RST | TCP_ACK),
     );
     run(
         &mut ebpf,
-        PROG_FROM_POD,
+        pod_side,
         &Frame::udp(POD_A, OUTSIDE, 5353, 51013),
     );
-    run(
-        &mut ebpf,
-        PROG_FROM_POD,
-        &Frame::echo(POD_A, OUTSIDE, false, 10),
-    );
+    run(&mut ebpf, pod_side, &Frame::echo(POD_A, OUTSIDE, false, 10));
     let quoted = udp_closed.ip_packet();
     run(
         &mut ebpf,
-        PROG_FROM_POD,
+        pod_side,
         &Frame::new(
             POD_A,
             OUTSIDE,
@@ -190,12 +230,13 @@ fn flagged_flows_are_delivered_answered_or_refused_with_one_event_each() {
         let s = flow(&maps, &k).unwrap_or_else(|| panic!("no flow {k:?}"));
         (s.delivered, s.answered, s.refused)
     };
-    assert_eq!(state(key(OUTSIDE, POD_A, 51000, 80, 6)), (1, 1, 0));
-    assert_eq!(state(key(OUTSIDE, POD_A, 51020, 81, 6)), (1, 0, 1));
-    assert_eq!(state(key(OUTSIDE, POD_A, 51013, 5353, 17)), (1, 1, 0));
-    assert_eq!(state(key(OUTSIDE, POD_A, 10, 0, 1)), (1, 1, 0));
-    assert_eq!(state(key(OUTSIDE, POD_A, 51014, 9, 17)), (1, 0, 1));
-    assert_eq!(state(key(OUTSIDE, POD_A, 51021, 80, 6)), (1, 0, 0));
+    let d = u8::from(veths);
+    assert_eq!(state(key(OUTSIDE, POD_A, 51000, 80, 6)), (d, 1, 0));
+    assert_eq!(state(key(OUTSIDE, POD_A, 51020, 81, 6)), (d, 0, 1));
+    assert_eq!(state(key(OUTSIDE, POD_A, 51013, 5353, 17)), (d, 1, 0));
+    assert_eq!(state(key(OUTSIDE, POD_A, 10, 0, 1)), (d, 1, 0));
+    assert_eq!(state(key(OUTSIDE, POD_A, 51014, 9, 17)), (d, 0, 1));
+    assert_eq!(state(key(OUTSIDE, POD_A, 51021, 80, 6)), (d, 0, 0));
 
     let open_stats = flow(&maps, &key(OUTSIDE, POD_A, 51000, 80, 6)).unwrap();
     assert_eq!(open_stats.packets, 2);
@@ -220,15 +261,16 @@ fn flagged_flows_are_delivered_answered_or_refused_with_one_event_each() {
     assert_eq!(got[0].key, key(OUTSIDE, POD_A, 51000, 80, 6));
     let h = maps.health_counts().unwrap();
     assert_eq!(h[health::EVENTS_LOST as usize], 0);
-    assert_eq!(h[health::DELIVERED_MARKS as usize], 6);
+    assert_eq!(h[health::DELIVERED_MARKS as usize], 6 * u64::from(veths));
     assert_eq!(h[health::ANSWER_MARKS as usize], 5);
-    assert_eq!(h[health::TO_POD_PACKETS as usize], 6);
+    assert_eq!(h[health::TO_POD_PACKETS as usize], 6 * u64::from(veths));
+    assert_eq!(h[seen_counter(pod_side)], 5);
 }
 
 #[test]
 fn every_program_returns_unspec_on_garbage() {
     let (mut ebpf, _maps, _events) = setup();
-    for prog in [PROG_UPLINK, PROG_TO_POD, PROG_FROM_POD] {
+    for prog in [PROG_UPLINK, PROG_TO_POD, PROG_FROM_POD, PROG_EGRESS] {
         for bytes in [
             vec![0u8; 14],
             vec![0xff; 60],
