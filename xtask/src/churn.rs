@@ -1,6 +1,7 @@
 //! `cargo xtask bench --only churn`: pod veths created and deleted at 20/s and 100/s on a
 //! simulated node with a running agent, from link creation (as `ip monitor` hears it) to the
-//! programs attached, with TCX and with netlink filters on pod veths.
+//! programs attached, with TCX and with netlink filters on pod veths; and, with nothing on pod
+//! veths (`uplink-egress`), what the churn costs the node's link creation then.
 
 use std::{
     path::Path,
@@ -14,7 +15,8 @@ use testbed::agent::AgentProc;
 use crate::bench::status;
 
 /// Pod veth churn on a simulated node with a running agent: link created -> programs attached,
-/// with the default attach mode (TCX) and with netlink filters on pod veths (`netlink-pods`).
+/// with the default attach mode (TCX), with netlink filters on pod veths (`netlink-pods`), and
+/// with nothing on pod veths (`uplink-egress`: the pod side read at the uplinks' egress).
 pub fn run(bin: &Path) -> Result<(Value, String)> {
     use testbed::topology::{Layout, Node};
     let n = Node::new(Layout::Calico);
@@ -22,7 +24,11 @@ pub fn run(bin: &Path) -> Result<(Value, String)> {
     let mut md = String::from(
         "## Pod interface churn (link created -> programs attached)\n\n| pod veth attach | rate | veths | p50 | p99 | max | missed | link creation delayed, p99 |\n|---|---|---|---|---|---|---|---|\n",
     );
-    for (mode, pod_mode) in [("auto", "tcx"), ("netlink-pods", "netlink")] {
+    for (mode, pod_mode) in [
+        ("auto", "tcx"),
+        ("netlink-pods", "netlink"),
+        ("uplink-egress", "none"),
+    ] {
         let dir = std::env::temp_dir().join(format!(
             "observer-bench-churn-{mode}-{}",
             std::process::id()
@@ -205,12 +211,23 @@ fn churn_runs(
                 .copied()
                 .unwrap_or(f64::NAN)
         };
-        md.push_str(&format!(
-            "| {pod_mode} | {rate}/s | {count} | {:.1} ms | {:.1} ms | {:.1} ms | {missed} | {delay_p99:.0} ms |\n",
-            pct(0.5),
-            pct(0.99),
-            pct(1.0)
-        ));
+        if pod_mode == "none" {
+            // Nothing to attach: every veth the agent attached to would be a bug.
+            let wrongly = attached.len();
+            if wrongly > 0 {
+                bail!("uplink-egress mode attached programs to {wrongly} pod veths");
+            }
+            md.push_str(&format!(
+                "| {pod_mode} | {rate}/s | {count} | nothing to attach | | | | {delay_p99:.0} ms |\n"
+            ));
+        } else {
+            md.push_str(&format!(
+                "| {pod_mode} | {rate}/s | {count} | {:.1} ms | {:.1} ms | {:.1} ms | {missed} | {delay_p99:.0} ms |\n",
+                pct(0.5),
+                pct(0.99),
+                pct(1.0)
+            ));
+        }
         out.insert(format!("churn_{rate}_per_s"), json!({"veths": count, "p50_ms": pct(0.5), "p99_ms": pct(0.99), "max_ms": pct(1.0), "missed": missed, "link_creation_delay_p99_ms": delay_p99}));
     }
     std::thread::sleep(Duration::from_secs(1));

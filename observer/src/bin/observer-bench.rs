@@ -16,7 +16,7 @@ use observer::{
 use observer_common::{
     addr::key_of,
     maps::{FlowKey, health},
-    names::{PROG_FROM_POD, PROG_NOOP, PROG_TO_POD, PROG_UPLINK},
+    names::{PROG_EGRESS, PROG_FROM_POD, PROG_NOOP, PROG_TO_POD, PROG_UPLINK},
     packet::{TCP_ACK, TCP_PSH, TCP_SYN},
     testing::{
         frames::{Frame, non_ip},
@@ -78,6 +78,12 @@ fn main() {
     // The same to and from another port of the pod, with no flagged flow.
     let in_cluster_other = tcp(PEER_NODE, POD_A, 40000, 8080, TCP_ACK | TCP_PSH);
     let answer_other = tcp(POD_A, PEER_NODE, 8080, 40000, TCP_ACK | TCP_PSH);
+    // Leaving the node on an uplink (uplink-egress mode): the node's own packets pay too.
+    let node_out = tcp(NODE_ETH0, INTERNET, 40000, 443, TCP_ACK | TCP_PSH);
+    let node_udp = Frame::udp(NODE_ETH0, VPC_DNS, 40001, 53)
+        .payload(64)
+        .build();
+    let pod_udp = Frame::udp(POD_A, VPC_DNS, 40001, 53).payload(64).build();
     // A flagged flow that already exists (established), and a pod-opened flow (replies).
     let est = tcp(OUTSIDE, POD_A, 52000, 80, TCP_ACK | TCP_PSH);
     bpf::test_run(&mut ebpf, PROG_UPLINK, &est, 1).expect("seed the flow");
@@ -123,8 +129,21 @@ fn main() {
         (
             "from_pod",
             "pod's answer, flagged flows to other ports",
+            answer_other.clone(),
+        ),
+        (
+            "egress",
+            "pod's answer, a flagged flow to this port",
+            answer.clone(),
+        ),
+        (
+            "egress",
+            "pod's answer, flagged flows to other ports",
             answer_other,
         ),
+        ("egress", "the node's own TCP", node_out.clone()),
+        ("egress", "the node's own UDP", node_udp),
+        ("egress", "a pod's UDP, a flow it opened before", pod_udp),
     ];
     let uncached_classes: Vec<(&str, &str, Vec<u8>)> = vec![
         (
@@ -148,12 +167,23 @@ fn main() {
         (
             "from_pod",
             "pod's answer, no flagged flow on the node",
+            answer.clone(),
+        ),
+        (
+            "egress",
+            "pod's answer, no flagged flow on the node",
             answer,
+        ),
+        (
+            "egress",
+            "the node's own TCP, no flagged flow on the node",
+            node_out,
         ),
     ];
     let prog = |p: &str| match p {
         "uplink" => PROG_UPLINK,
         "to_pod" => PROG_TO_POD,
+        "egress" => PROG_EGRESS,
         _ => PROG_FROM_POD,
     };
     let floor_frame = tcp(PEER_NODE, POD_A, 40000, 80, TCP_ACK);
