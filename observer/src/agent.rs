@@ -41,6 +41,8 @@ struct Controller {
     /// The first full sync arrived and its flows are still to be released.
     first_sync: bool,
     shared: Arc<Shared>,
+    /// When the agent started, for the startup timings it logs.
+    started: std::time::Instant,
 }
 
 impl Controller {
@@ -200,7 +202,10 @@ impl Controller {
                 self.shared.metrics.inventory_stale_since.set(since);
             }
             KubeMsg::Synced => {
-                tracing::info!("Kubernetes inventory synced");
+                tracing::info!(
+                    since_start_ms = self.started.elapsed().as_millis() as u64,
+                    "Kubernetes inventory synced"
+                );
                 self.first_sync = !self.inventory.status.synced;
                 self.inventory.status.synced = true;
             }
@@ -298,6 +303,7 @@ async fn metrics_server(addr: std::net::SocketAddr, shared: Arc<Shared>) -> anyh
 
 /// Runs the agent until SIGTERM or SIGINT.
 pub async fn run(cfg: Config) -> anyhow::Result<()> {
+    let started = std::time::Instant::now();
     // The Kubernetes lists start first: a large cluster's take seconds, and loading the
     // programs (the verifier) takes about one; the objects wait in the channel meanwhile.
     let kube_rx = if cfg.kubernetes {
@@ -321,8 +327,13 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         nodeport_max: cfg.nodeport_max,
         flow_table_entries: cfg.flow_table_entries,
         address_table_entries: cfg.address_table_entries,
+        programs: cfg.attach_mode.programs(),
         ..LoadOptions::default()
     })?;
+    tracing::info!(
+        since_start_ms = started.elapsed().as_millis() as u64,
+        "programs loaded (verified)"
+    );
     let (maps, ring) = Maps::take(&mut ebpf)?;
     let settings = Settings {
         nodeport_min: cfg.nodeport_min,
@@ -384,6 +395,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         nodeports_dirty: false,
         first_sync: false,
         shared: shared.clone(),
+        started,
     };
     let mut kube_rx = if let Some(rx) = kube_rx {
         ctl.inventory.status.mode = "kubernetes";

@@ -154,6 +154,14 @@ impl Modes {
         }
     }
 
+    /// Every program these modes attach (the first copies), to verify at load.
+    pub fn programs(self) -> Vec<&'static str> {
+        [Role::Uplink, Role::Pod]
+            .iter()
+            .flat_map(|r| self.programs_of(*r).iter().map(|(p, _)| *p))
+            .collect()
+    }
+
     /// The programs and directions of a role in these modes.
     pub fn programs_of(self, role: Role) -> &'static [(&'static str, TcAttachType)] {
         programs_of(role, self.pod_facts)
@@ -263,18 +271,12 @@ fn attach_programs(
     let mut links = Vec::new();
     for &(first, direction) in programs {
         let program = if alt {
-            let other = other_copy(first).unwrap_or(first);
-            let p = classifier(ebpf, other)?;
-            if p.fd().is_err() {
-                p.load().map_err(|source| BpfError::Program {
-                    name: other,
-                    source,
-                })?;
-            }
-            other
+            other_copy(first).unwrap_or(first)
         } else {
             first
         };
+        // Programs outside the mode's set, and the second copies, load on first use.
+        crate::bpf::load_program(ebpf, program)?;
         let options = match mode {
             Mode::Tcx => TcAttachOptions::TcxOrder(LinkOrder::first()),
             Mode::Netlink => TcAttachOptions::Netlink(NlOptions {

@@ -167,13 +167,21 @@ impl KubeApi {
                     (None, false) => listener = Some(bind()),
                     _ => {}
                 }
-                match listener.as_ref().map(|l| l.accept()) {
-                    Some(Ok((s, _))) => {
-                        let _ = s.set_nonblocking(false);
-                        let a = a.clone();
-                        thread::spawn(move || a.serve(s));
-                    }
-                    _ => thread::sleep(Duration::from_millis(20)),
+                let Some(l) = listener.as_ref() else {
+                    thread::sleep(Duration::from_millis(20));
+                    continue;
+                };
+                // Wait for a connection, at most 20 ms (to see `down` change): a client is
+                // accepted as it connects, as by a real server, not at the next 20 ms tick.
+                if !readable(l, 20) {
+                    continue;
+                }
+                if let Ok((s, _)) = l.accept() {
+                    let _ = s.set_nonblocking(false);
+                    // Responses go out as written, without waiting for the client's delayed ACK.
+                    let _ = s.set_nodelay(true);
+                    let a = a.clone();
+                    thread::spawn(move || a.serve(s));
                 }
             }
         });
@@ -592,23 +600,37 @@ fn matches_selector(o: &serde_json::Value, selector: &str) -> bool {
     })
 }
 
+/// Whether the listener has a connection waiting, within `ms` milliseconds.
+fn readable(l: &TcpListener, ms: i32) -> bool {
+    use std::os::fd::AsRawFd;
+    let mut p = libc::pollfd {
+        fd: l.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd for the duration of the call.
+    unsafe { libc::poll(&mut p, 1, ms) > 0 }
+}
+
 fn respond(out: &mut TcpStream, code: u16, body: &str) -> std::io::Result<()> {
     let reason = match code {
         200 => "OK",
         404 => "Not Found",
         _ => "Service Unavailable",
     };
-    write!(
-        out,
-        "HTTP/1.1 {code} {reason}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+    // The head in one write and the body in another, not a write per formatted piece.
+    let head = format!(
+        "HTTP/1.1 {code} {reason}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
         body.len()
-    )
+    );
+    out.write_all(head.as_bytes())?;
+    out.write_all(body.as_bytes())
 }
 
 fn chunk(out: &mut TcpStream, line: &str) -> std::io::Result<()> {
-    let data = format!("{line}\n");
-    write!(out, "{:x}\r\n{data}\r\n", data.len())?;
-    out.flush()
+    // One write per chunk: a watch event goes out whole.
+    let c = format!("{:x}\r\n{line}\n\r\n", line.len() + 1);
+    out.write_all(c.as_bytes())
 }
 
 /// Kubernetes objects as the API serves them, for the fixture server.
