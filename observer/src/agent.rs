@@ -340,6 +340,13 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         nodeport_max: cfg.nodeport_max,
     };
     let metrics = Arc::new(Metrics::new());
+    metrics
+        .attach_mode
+        .with_label_values(&[
+            cfg.attach_mode.uplink.name(),
+            cfg.attach_mode.pod_veths_name(),
+        ])
+        .set(1);
     let mut tracker = Tracker::new(TrackerConfig {
         capacity: cfg.recent_flows,
         idle: cfg.flow_idle_timeout,

@@ -167,6 +167,14 @@ impl Modes {
         programs_of(role, self.pod_facts)
     }
 
+    /// How pod veths are attached: "tcx", "netlink", or "none" (`uplink-egress`).
+    pub fn pod_veths_name(self) -> &'static str {
+        match self.pod_facts {
+            PodFacts::Veths => self.pod.name(),
+            PodFacts::UplinkEgress => "none",
+        }
+    }
+
     /// "tcx", "netlink", or the two when they differ ("uplinks tcx, pod veths netlink").
     pub fn name(self) -> String {
         if self.pod_facts == PodFacts::UplinkEgress {

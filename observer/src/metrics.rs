@@ -23,6 +23,8 @@ pub struct Metrics {
     pub direct_packets: IntCounterVec,
     pub direct_bytes: IntCounterVec,
     pub attached: IntGaugeVec,
+    /// Always 1, labelled with how programs are attached (`--attach-mode`).
+    pub attach_mode: IntGaugeVec,
     pub attach_errors: IntCounter,
     events_lost: IntCounter,
     datapath: IntCounterVec,
@@ -150,6 +152,12 @@ impl Metrics {
                 "observer_attached_interfaces",
                 "Interfaces carrying the observer's programs, by role.",
                 &["role"],
+            ),
+            attach_mode: gauge_vec(
+                &r,
+                "observer_attach_mode_info",
+                "Always 1: how the programs are attached on uplinks (tcx, netlink) and pod veths (tcx, netlink, or none when the pod side is read at the uplinks' egress).",
+                &["uplinks", "pod_veths"],
             ),
             attach_errors: counter(
                 &r,

@@ -394,6 +394,20 @@ fn every_row(layout: Layout, side: PodSide) {
         sample(&m, "observer_attached_interfaces", "role=\"pod\""),
         Some(pod_veths as f64)
     );
+    // What the ObserverBlind rule reads to tell "no pod veth by design" from "pods missed".
+    let pod_veths_mode = match side {
+        PodSide::Veths => "tcx",
+        PodSide::UplinkEgress => "none",
+    };
+    assert_eq!(
+        sample(
+            &m,
+            "observer_attach_mode_info",
+            &format!("pod_veths=\"{pod_veths_mode}\",uplinks=\"tcx\"")
+        ),
+        Some(1.0),
+        "{m}"
+    );
     assert_eq!(
         sample(&m, "observer_inventory_pods", ""),
         Some(n.pods.len() as f64)
