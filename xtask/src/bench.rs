@@ -327,6 +327,12 @@ fn inventory(bin: &Path) -> Result<(Value, String)> {
     let (synced_at, synced_cpu_ms, addresses) = (sync.synced, sync.cpu_ms, sync.addresses);
     let full = sync.full;
     let (rss, hwm) = rss_kib(agent.pid());
+    println!(
+        "    synced in {:.2} s, agent CPU {:.2} s, RSS {:.1} MiB",
+        synced_at.as_secs_f64(),
+        synced_cpu_ms / 1000.0,
+        hwm as f64 / 1024.0
+    );
     let (pages, page_bytes) = api.list_load();
     let (watches, _) = api.counters();
     // One pod change: the time until `observer explain` sees the new local pod.
