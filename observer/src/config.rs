@@ -606,6 +606,47 @@ mod tests {
     }
 
     #[test]
+    fn attach_modes_choose_programs_and_hooks() {
+        use crate::attach::Role;
+        use aya::programs::TcAttachType::{Egress, Ingress};
+        use observer_common::names::{PROG_EGRESS, PROG_FROM_POD, PROG_TO_POD, PROG_UPLINK};
+        let modes = |m: &str| {
+            cfg(RunArgs {
+                attach_mode: Some(m.into()),
+                ..Default::default()
+            })
+            .unwrap()
+            .attach_mode
+        };
+        for m in ["auto", "tcx", "netlink", "netlink-pods"] {
+            let modes = modes(m);
+            assert_eq!(
+                modes.programs(),
+                [PROG_UPLINK, PROG_TO_POD, PROG_FROM_POD],
+                "{m}"
+            );
+            assert_eq!(modes.programs_of(Role::Uplink), [(PROG_UPLINK, Ingress)]);
+            assert_ne!(modes.pod_veths_name(), "none");
+        }
+        // uplink-egress: both uplink hooks, nothing on pod veths, nothing more verified.
+        let egress = modes("uplink-egress");
+        assert_eq!(egress.programs(), [PROG_UPLINK, PROG_EGRESS]);
+        assert_eq!(
+            egress.programs_of(Role::Uplink),
+            [(PROG_UPLINK, Ingress), (PROG_EGRESS, Egress)]
+        );
+        assert!(egress.programs_of(Role::Pod).is_empty());
+        assert_eq!(egress.pod_veths_name(), "none");
+        assert_eq!(
+            egress.name(),
+            format!(
+                "uplinks {} (ingress and egress), pod veths none",
+                crate::attach::Mode::auto().name()
+            )
+        );
+    }
+
+    #[test]
     fn patterns_glob() {
         let p = Pattern("cali*".into());
         assert!(p.matches("calibe254a7a7ea") && p.matches("cali") && !p.matches("xcali"));
@@ -636,6 +677,13 @@ mod tests {
                     ..Default::default()
                 },
                 "cluster-cidr \"10.0.0.0/33\"",
+            ),
+            (
+                RunArgs {
+                    attach_mode: Some("uplink_egress".into()),
+                    ..Default::default()
+                },
+                "attach-mode \"uplink_egress\"",
             ),
             (
                 RunArgs {
