@@ -8,11 +8,11 @@
 //! | `NODEPORTS` | array | bitmap word of (protocol, port) → u64 | agent | uplink (to a node address, out of the range) |
 //! | `ROLE_CACHE` | per-CPU array | slot of an address → `RoleCacheEntry` | uplink | uplink |
 //! | `ROLES_GENERATION` | array | 0 → u64 bumped after each role change | agent | uplink |
-//! | `POD_FLOWS` | LRU hash | 5-tuple as the pod sent it → `PodFlow` | from-pod | uplink |
-//! | `POD_PORTS` | array | bitmap word of (protocol, pod-side port) → u64, set before a `POD_FLOWS` entry with that port, never cleared | from-pod | uplink (before `POD_FLOWS`) |
-//! | `FLOWS` | LRU hash | 5-tuple as the outsider sent it → `FlowStats` | uplink, pod veths | agent |
-//! | `FLAGGED` | array | 0 → 1 once any flagged flow exists (never reset) | uplink | pod veths |
-//! | `FLAGGED_PORTS` | array | bitmap word of (protocol, pod-side port) → u64, set before a `FLOWS` entry with that port, never cleared | uplink | pod veths (before `FLOWS`) |
+//! | `POD_FLOWS` | LRU hash | 5-tuple as the pod sent it → `PodFlow` | from-pod, uplink egress | uplink |
+//! | `POD_PORTS` | array | bitmap word of (protocol, pod-side port) → u64, set before a `POD_FLOWS` entry with that port, never cleared | from-pod, uplink egress | uplink (before `POD_FLOWS`) |
+//! | `FLOWS` | LRU hash | 5-tuple as the outsider sent it → `FlowStats` | uplink, pod veths, uplink egress | agent |
+//! | `FLAGGED` | array | 0 → 1 once any flagged flow exists (never reset) | uplink | pod veths, uplink egress |
+//! | `FLAGGED_PORTS` | array | bitmap word of (protocol, pod-side port) → u64, set before a `FLOWS` entry with that port, never cleared | uplink | pod veths, uplink egress (before `FLOWS`) |
 //! | `CLOCK` | array | 0 → CLOCK_MONOTONIC_COARSE ns at the agent's last flow refresh | agent | uplink (last seen of known flows) |
 //! | `VERDICT_STATS` | per-CPU array | verdict × protocol class → `VerdictStats` | uplink | agent |
 //! | `HEALTH` | per-CPU array | `health::*` → u64 | all | agent |
