@@ -1,5 +1,6 @@
-//! Throughput through a node with the observer attached vs the same node without it, in
-//! alternating rounds (A/B/A/B...) so that machine noise hits both alike: iperf3 TCP with 1 and
+//! Throughput through a node with the observer attached (in the default mode and in
+//! `uplink-egress` mode) vs the same node without it, in rotating rounds so that machine noise
+//! hits all alike: iperf3 TCP with 1 and
 //! 8 streams and 64-byte UDP datagrams from 8 source ports, from an in-cluster peer (the bulk
 //! case) and TCP straight from outside (a flagged flow: every packet updates `FLOWS`).
 
@@ -18,6 +19,13 @@ use testbed::{
 };
 
 const ROUNDS: usize = 5;
+/// The node bare, observed (default attach mode), and observed with the pod side read at the
+/// uplinks' egress: (label, `--attach-mode`).
+const VARIANTS: [(&str, Option<&str>); 3] = [
+    ("bare", None),
+    ("observed", Some("auto")),
+    ("uplink-egress", Some("uplink-egress")),
+];
 const SECONDS: u32 = 3;
 const PORT: &str = "5201";
 
@@ -120,43 +128,45 @@ pub fn run(bin: &Path) -> Result<(Value, String)> {
     std::thread::sleep(Duration::from_millis(300));
     let dir = std::env::temp_dir().join(format!("observer-bench-ab-{}", std::process::id()));
     let cluster = format!("172.16.0.0/16,{}/32", n.peer_ip);
-    let mut off: Vec<Vec<f64>> = vec![Vec::new(); TESTS.len()];
-    let mut on: Vec<Vec<f64>> = vec![Vec::new(); TESTS.len()];
+    // Samples per variant (bare, observed, observed with `uplink-egress`) and test.
+    let mut samples: Vec<Vec<Vec<f64>>> = vec![vec![Vec::new(); TESTS.len()]; VARIANTS.len()];
     // Packets (skbs: GSO/GRO aggregates) per second the uplink program ran on, observed rounds.
     let mut skbs: Vec<Vec<f64>> = vec![Vec::new(); TESTS.len()];
     let result = (|| -> Result<()> {
         for round in 0..ROUNDS {
-            // Alternate which mode goes first, so a drift of the machine hits both alike.
-            let order = if round % 2 == 0 {
-                [false, true]
-            } else {
-                [true, false]
-            };
-            for observed in order {
-                let agent = observed.then(|| {
+            // Rotate which variant goes first, so a drift of the machine hits all alike.
+            for k in 0..VARIANTS.len() {
+                let v_index = (round + k) % VARIANTS.len();
+                let (label, mode) = VARIANTS[v_index];
+                let agent = mode.map(|mode| {
                     AgentProc::start(
                         bin,
                         &n.node,
                         &dir,
                         19_704,
-                        &["--cluster-cidr", &cluster, "--log-level", "warn"],
+                        &[
+                            "--cluster-cidr",
+                            &cluster,
+                            "--log-level",
+                            "warn",
+                            "--attach-mode",
+                            mode,
+                        ],
                     )
                 });
                 for (i, t) in TESTS.iter().enumerate() {
                     let from = if t.from_outside { &n.outside } else { &n.peer };
                     let before = agent.as_ref().map(|_| uplink_packets(&n));
                     let v = iperf(from, pod, t)?;
-                    if let Some(b) = before {
+                    if let (Some(b), 1) = (before, v_index) {
                         skbs[i].push((uplink_packets(&n) - b) / f64::from(SECONDS));
                     }
                     println!(
-                        "    round {} {:<9} {:<52} {v:>14.0}",
+                        "    round {} {label:<14} {:<52} {v:>14.0}",
                         round + 1,
-                        if observed { "observed" } else { "bare" },
                         t.name
                     );
-                    let samples = if observed { &mut on } else { &mut off };
-                    samples[i].push(v);
+                    samples[v_index][i].push(v);
                 }
                 if let Some(mut a) = agent {
                     a.signal(libc::SIGTERM);
@@ -170,11 +180,18 @@ pub fn run(bin: &Path) -> Result<(Value, String)> {
     let _ = std::fs::remove_dir_all(&dir);
     result?;
     let mut md = String::from(
-        "## Throughput, observed vs bare node (iperf3, medians of alternating rounds)\n\n| test | bare (min-max) | observed (min-max) | ratio of medians | uplink program runs/s |\n|---|---|---|---|---|\n",
+        "## Throughput, observed vs bare node (iperf3, medians of alternating rounds)\n\n| test | bare (min-max) | observed (min-max) | ratio of medians | uplink program runs/s | observed, `uplink-egress` (min-max) | ratio of medians |\n|---|---|---|---|---|---|---|\n",
     );
     let mut out = serde_json::Map::new();
+    let [off, on, egress] = &mut samples[..] else {
+        bail!("three variants");
+    };
     for (i, t) in TESTS.iter().enumerate() {
-        let (a, b) = (median(&mut off[i]), median(&mut on[i]));
+        let (a, b, e) = (
+            median(&mut off[i]),
+            median(&mut on[i]),
+            median(&mut egress[i]),
+        );
         let unit = if t.udp { "datagrams/s" } else { "bit/s" };
         let fmt = |v: f64| {
             if t.udp {
@@ -187,19 +204,24 @@ pub fn run(bin: &Path) -> Result<(Value, String)> {
         let spread = |v: &[f64]| format!("({}-{})", fmt(v[0]), fmt(v[v.len() - 1]));
         let runs = median(&mut skbs[i]);
         md.push_str(&format!(
-            "| {} | {} {} | {} {} | {:.1} % | {:.0} k |\n",
+            "| {} | {} {} | {} {} | {:.1} % | {:.0} k | {} {} | {:.1} % |\n",
             t.name,
             fmt(a),
             spread(&off[i]),
             fmt(b),
             spread(&on[i]),
             100.0 * b / a,
-            runs / 1e3
+            runs / 1e3,
+            fmt(e),
+            spread(&egress[i]),
+            100.0 * e / a,
         ));
         out.insert(
             t.name.into(),
             json!({"unit": unit, "bare_median": a, "observed_median": b, "ratio": b / a,
-                   "bare": off[i], "observed": on[i], "uplink_program_runs_per_s": runs}),
+                   "bare": off[i], "observed": on[i], "uplink_program_runs_per_s": runs,
+                   "uplink_egress_median": e, "uplink_egress_ratio": e / a,
+                   "uplink_egress": egress[i]}),
         );
     }
     md.push_str(
