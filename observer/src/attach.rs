@@ -252,18 +252,26 @@ pub fn attach(
     }
     // Our filters left by a killed run in netlink mode are replaced, never stacked, whatever
     // the mode now.
+    owns_clsact |= remove_leftovers(iface, programs);
+    let links = attach_programs(ebpf, iface, programs, mode, NL_HANDLE, false)?;
+    Ok(Attachment { links, owns_clsact })
+}
+
+/// Removes our netlink filters of `programs` that a killed run left on `iface`: true if there
+/// were any (their clsact qdisc is then ours).
+pub fn remove_leftovers(iface: &str, programs: Programs) -> bool {
+    let mut found = false;
     for &(program, direction) in programs {
         if tc::qdisc_detach_program(iface, direction, program).is_ok() {
             tracing::info!(
                 iface,
                 program,
-                "replaced a leftover filter of a previous run"
+                "removed a leftover filter of a previous run"
             );
-            owns_clsact = true;
+            found = true;
         }
     }
-    let links = attach_programs(ebpf, iface, programs, mode, NL_HANDLE, false)?;
-    Ok(Attachment { links, owns_clsact })
+    found
 }
 
 /// Attaches each program of the role (their second copies if `alt`, loading them the first

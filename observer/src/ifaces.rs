@@ -14,7 +14,7 @@ use aya::{
 use serde::Serialize;
 
 use crate::{
-    attach::{self, Mode, Modes, Role},
+    attach::{self, Mode, Modes, PodFacts, Role},
     config::Pattern,
     defaults,
     netlink::Netlink,
@@ -67,6 +67,9 @@ pub struct Ifaces {
     /// Attach failures since start.
     pub errors: u64,
     modes: Modes,
+    /// Interfaces of a role this mode attaches nothing to (pod veths in `uplink-egress`) that
+    /// were cleared of a killed run's leftover filters, so it is done once per interface.
+    swept: std::collections::BTreeSet<u32>,
 }
 
 pub fn role_name(role: Role) -> &'static str {
@@ -86,6 +89,7 @@ impl Ifaces {
             failing: BTreeMap::new(),
             errors: 0,
             modes,
+            swept: Default::default(),
         }
     }
 
@@ -118,8 +122,12 @@ impl Ifaces {
         }
         let programs = role.map_or(&[][..], |r| self.modes.programs_of(r));
         let Some(role) = role.filter(|_| !programs.is_empty()) else {
-            // Not ours, or a pod veth in uplink-egress mode: nothing to attach.
+            // Not ours, or a pod veth in uplink-egress mode: nothing to attach, but the pod
+            // veth filters a killed netlink-mode run left go, once.
             self.failing.remove(&index);
+            if role == Some(Role::Pod) && self.swept.insert(index) {
+                attach::remove_leftovers(name, attach::programs_of(Role::Pod, PodFacts::Veths));
+            }
             return false;
         };
         match attach::attach(&mut self.ebpf, name, programs, self.modes.of(role)) {
@@ -163,6 +171,7 @@ impl Ifaces {
     /// Returns the interface if its clsact qdisc is ours (netlink mode), to remove once empty.
     pub fn forget(&mut self, index: u32) -> Option<(u32, String)> {
         self.failing.remove(&index);
+        self.swept.remove(&index);
         let a = self.attached.remove(&index)?;
         tracing::info!(iface = a.name, index, "detached");
         attach::detach(&mut self.ebpf, a.links);
@@ -176,6 +185,7 @@ impl Ifaces {
             .attached
             .keys()
             .chain(self.failing.keys())
+            .chain(self.swept.iter())
             .filter(|i| !links.contains_key(i))
             .copied()
             .collect();

@@ -212,7 +212,8 @@ fn netlink_pods_mode_uses_filters_on_pod_veths() {
 }
 
 /// `uplink-egress`: the uplinks carry two TCX programs (ingress and egress), and no pod veth
-/// carries any, not even one created while the agent runs; the pod's answers are still seen.
+/// carries any, not even one created while the agent runs, nor a filter a killed netlink-pods
+/// run left; the pod's answers are still seen.
 /// A SIGKILL takes the links with it, and a restart attaches exactly one copy again.
 #[test]
 fn uplink_egress_mode_attaches_nothing_to_pod_veths() {
@@ -220,6 +221,16 @@ fn uplink_egress_mode_attaches_nothing_to_pod_veths() {
     let mut n = Node::new(Layout::Calico);
     let mut servers = Servers::new();
     servers.tcp(&n.pods[0].ns, 80);
+    // A netlink-pods run killed before: its filters stay on the pod veths until a start
+    // removes them, whatever the new mode.
+    let mut old = start(&n, "egress0", &["--attach-mode", "netlink-pods"]);
+    old.signal(libc::SIGKILL);
+    assert!(
+        tc_filters(&n.node, n.pods[0].veth, "ingress")
+            .iter()
+            .any(|f| f.starts_with("observer_")),
+        "the killed run's filter"
+    );
     let mode = ["--attach-mode", "uplink-egress"];
     let mut agent = start(&n, "egress1", &mode);
     let s = status(&agent);
@@ -253,7 +264,13 @@ fn uplink_egress_mode_attaches_nothing_to_pod_veths() {
             });
             assert!(!any_ours, "a program of ours on {} {dir:?}", p.veth);
         }
-        assert!(tc_filters(&n.node, p.veth, "ingress").is_empty());
+        for hook in ["ingress", "egress"] {
+            assert!(
+                tc_filters(&n.node, p.veth, hook).is_empty(),
+                "a filter of ours left on {} {hook}",
+                p.veth
+            );
+        }
     }
     for p in [&n.pods[0], n.pods.last().unwrap()] {
         assert_eq!(
