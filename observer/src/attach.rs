@@ -228,16 +228,18 @@ pub struct Attachment {
 /// The programs of a role and their directions (from [`Modes::programs_of`]).
 pub type Programs = &'static [(&'static str, TcAttachType)];
 
-/// Attaches the role's programs to `iface` (in the calling thread's network namespace).
-/// On failure, whatever was attached for this call is detached again.
+/// Attaches the role's programs in `modes` to `iface` (in the calling thread's network
+/// namespace); a role the modes attach nothing to is only cleared of leftovers. On failure,
+/// whatever was attached for this call is detached again.
 pub fn attach(
     ebpf: &mut Ebpf,
     iface: &str,
-    programs: Programs,
-    mode: Mode,
+    role: Role,
+    modes: Modes,
 ) -> Result<Attachment, AttachError> {
+    let (programs, mode) = (modes.programs_of(role), modes.of(role));
     let mut owns_clsact = false;
-    if mode == Mode::Netlink {
+    if mode == Mode::Netlink && !programs.is_empty() {
         match tc::qdisc_add_clsact(iface) {
             Ok(()) => owns_clsact = true,
             Err(tc::TcError::AlreadyAttached) => {}
@@ -252,16 +254,20 @@ pub fn attach(
     }
     // Our filters left by a killed run in netlink mode are replaced, never stacked, whatever
     // the mode now.
-    owns_clsact |= remove_leftovers(iface, programs);
+    owns_clsact |= remove_leftovers(iface, role);
     let links = attach_programs(ebpf, iface, programs, mode, NL_HANDLE, false)?;
     Ok(Attachment { links, owns_clsact })
 }
 
-/// Removes our netlink filters of `programs` that a killed run left on `iface`: true if there
-/// were any (their clsact qdisc is then ours).
-pub fn remove_leftovers(iface: &str, programs: Programs) -> bool {
+/// Removes the netlink filters a killed run left on `iface` for any program the role carries
+/// in any mode (a run in another mode may have left them): true if there were any (their
+/// clsact qdisc is then ours).
+fn remove_leftovers(iface: &str, role: Role) -> bool {
     let mut found = false;
-    for &(program, direction) in programs {
+    let every_mode = [PodFacts::Veths, PodFacts::UplinkEgress]
+        .into_iter()
+        .flat_map(|facts| programs_of(role, facts));
+    for &(program, direction) in every_mode {
         if tc::qdisc_detach_program(iface, direction, program).is_ok() {
             tracing::info!(
                 iface,

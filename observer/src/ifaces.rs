@@ -14,7 +14,7 @@ use aya::{
 use serde::Serialize;
 
 use crate::{
-    attach::{self, Mode, Modes, PodFacts, Role},
+    attach::{self, Mode, Modes, Role},
     config::Pattern,
     defaults,
     netlink::Netlink,
@@ -120,17 +120,20 @@ impl Ifaces {
             }
             self.forget(index);
         }
-        let programs = role.map_or(&[][..], |r| self.modes.programs_of(r));
-        let Some(role) = role.filter(|_| !programs.is_empty()) else {
-            // Not ours, or a pod veth in uplink-egress mode: nothing to attach, but the pod
-            // veth filters a killed netlink-mode run left go, once.
+        let Some(role) = role else {
             self.failing.remove(&index);
-            if role == Some(Role::Pod) && self.swept.insert(index) {
-                attach::remove_leftovers(name, attach::programs_of(Role::Pod, PodFacts::Veths));
-            }
             return false;
         };
-        match attach::attach(&mut self.ebpf, name, programs, self.modes.of(role)) {
+        // A role this mode attaches nothing to (pod veths in uplink-egress) is only cleared of
+        // a killed run's filters, once per interface.
+        if self.modes.programs_of(role).is_empty() {
+            self.failing.remove(&index);
+            if self.swept.insert(index) {
+                let _ = attach::attach(&mut self.ebpf, name, role, self.modes);
+            }
+            return false;
+        }
+        match attach::attach(&mut self.ebpf, name, role, self.modes) {
             Ok(a) => {
                 tracing::info!(
                     iface = name,

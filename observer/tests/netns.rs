@@ -9,7 +9,7 @@
 use std::{net::IpAddr, thread, time::Duration};
 
 use observer::{
-    attach::{self, Mode, Role},
+    attach::{self, Role},
     bpf::{self, LoadOptions},
     kmaps::{self, Maps},
 };
@@ -78,17 +78,10 @@ fn run_layout(layout: Layout) {
         s.spawn(|| {
             n.node.enter_this_thread();
             for up in &n.uplinks {
-                attach::attach(&mut ebpf, up, modes.programs_of(Role::Uplink), Mode::auto())
-                    .expect("attach uplink");
+                attach::attach(&mut ebpf, up, Role::Uplink, modes).expect("attach uplink");
             }
             for p in &n.pods {
-                attach::attach(
-                    &mut ebpf,
-                    p.veth,
-                    modes.programs_of(Role::Pod),
-                    Mode::auto(),
-                )
-                .expect("attach pod veth");
+                attach::attach(&mut ebpf, p.veth, Role::Pod, modes).expect("attach pod veth");
             }
         });
     });
