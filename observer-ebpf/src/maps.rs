@@ -16,7 +16,7 @@
 //! | `CLOCK` | array | 0 → CLOCK_MONOTONIC_COARSE ns at the agent's last flow refresh | agent | uplink (last seen of known flows) |
 //! | `VERDICT_STATS` | per-CPU array | verdict × protocol class → `VerdictStats` | uplink | agent |
 //! | `HEALTH` | per-CPU array | `health::*` → u64 | all | agent |
-//! | `EVENTS` | ring buffer | `FlowEvent` per new flagged flow | uplink | agent |
+//! | `EVENTS` | ring buffer | `FlowEvent` per new flagged flow, submitted without a wakeup (the agent polls) | uplink | agent |
 //! | `POD_LOST` | hash | pod address → u64 flagged flows to it whose event (or table entry) was lost | uplink (only then) | agent |
 //! | `FRAGS` | LRU hash | `FragKey` of a fragmented datagram → verdict of its first fragment (reply or direct only) | uplink | uplink (non-first fragments) |
 //! | `POD_UNJUDGED` | hash | pod address → `PodUnjudged` packets from outside to it whose flow could not be read (tiny fragments, header chains, unmatched fragments) | uplink (only then) | agent |
@@ -31,7 +31,7 @@ use observer_common::{
     addr::IpKey,
     maps::{
         FlowKey, FlowStats, FragKey, PORT_BITMAP_WORDS, PodFlow, PodUnjudged, ROLE_CACHE_SLOTS,
-        RoleCacheEntry, STATS_ENTRIES, TraceRecord, VerdictStats, health, port_bit,
+        RoleCacheEntry, STATS_ENTRIES, TraceRecord, VerdictStats, events, health, port_bit,
         role_cache_slot,
     },
     verdict::{Lookup, uncached_roles},
@@ -96,9 +96,10 @@ pub static FLAGGED_PORTS: Array<u64> = Array::with_max_entries(PORT_BITMAP_WORDS
 pub static HEALTH: PerCpuArray<u64> = PerCpuArray::with_max_entries(health::COUNT, 0);
 
 /// 1 MiB: about 14,500 events (64 bytes and an 8-byte header each) between two reads of the
-/// agent, about 30 ms of a 500k/s flood while the agent is not scheduled.
+/// agent, about 30 ms of a 500k/s flood while the agent is not scheduled. Submitted without a
+/// wakeup except at the mark ([`observer_common::maps::events`]): the agent polls.
 #[map]
-pub static EVENTS: RingBuf = RingBuf::with_byte_size(1024 * 1024, 0);
+pub static EVENTS: RingBuf = RingBuf::with_byte_size(events::RING_BYTES, 0);
 
 /// Per local pod address, the new flagged flows to it whose event could not be queued or whose
 /// `FLOWS` insert failed: a flood past the ring buffer cannot hide which pods were reached.

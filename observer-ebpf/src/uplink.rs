@@ -1,9 +1,13 @@
 //! Uplink ingress: one verdict per packet, counted; flagged flows go into `FLOWS`, and a new
 //! one also into `EVENTS`.
 
-use aya_ebpf::{bindings::BPF_NOEXIST, helpers::bpf_ktime_get_coarse_ns, programs::TcContext};
+use aya_ebpf::{
+    bindings::{BPF_NOEXIST, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
+    helpers::bpf_ktime_get_coarse_ns,
+    programs::TcContext,
+};
 use observer_common::{
-    maps::{FlowEvent, FlowStats, health, proto_class, proto_class_of, stats_index},
+    maps::{FlowEvent, FlowStats, events, health, proto_class, proto_class_of, stats_index},
     packet::{Packet, Status, parse},
     verdict::{Decision, Settings, Verdict, decide, origin_of, remember_fragment, unjudged},
 };
@@ -157,7 +161,14 @@ fn track(ctx: &TcContext, p: &Packet, d: &Decision, len: u32) {
                 tcp_flags: p.tcp_flags,
                 _pad: [0; 4],
             });
-            e.submit(0);
+            // No wakeup (an interrupt, dear in a VM) unless this record fills the ring past
+            // the mark: the agent polls the ring.
+            let flags = if events::wakes(EVENTS.query(u64::from(BPF_RB_AVAIL_DATA))) {
+                BPF_RB_FORCE_WAKEUP
+            } else {
+                BPF_RB_NO_WAKEUP
+            };
+            e.submit(u64::from(flags));
         }
         None => {
             health(health::EVENTS_LOST);

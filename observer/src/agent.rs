@@ -233,19 +233,24 @@ impl Controller {
     }
 }
 
-/// Reads flow events as they come.
+/// Reads flow events every [`observer::defaults::EVENTS_POLL`], and at once when the kernel wakes the
+/// agent (a flood filling the ring past its mark).
 async fn read_events(ring: RingBuf<MapData>, shared: Arc<Shared>) -> anyhow::Result<()> {
     // SAFETY: the ring buffer owns its map fd, which stays open and the same for as long as
     // the AsyncFd owns the ring buffer.
     let mut fd = unsafe { AsyncFd::register(ring) }
         .map_err(|e| anyhow::anyhow!("polling the event ring buffer: {e}"))?;
-    // Reused across wake-ups: a flood must not reallocate per batch.
+    let mut poll = tokio::time::interval(observer::defaults::EVENTS_POLL);
+    poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Reused across reads: a flood must not reallocate per batch.
     let mut events = Vec::new();
     loop {
-        let mut guard = fd.readable_mut().await?;
+        tokio::select! {
+            guard = fd.readable_mut() => guard?.clear_ready(),
+            _ = poll.tick() => {}
+        }
         events.clear();
-        let bad = kmaps::drain_events(guard.get_inner_mut(), &mut events);
-        guard.clear_ready();
+        let bad = kmaps::drain_events(fd.get_mut(), &mut events);
         if events.is_empty() && bad == 0 {
             continue;
         }

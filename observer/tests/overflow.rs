@@ -1,7 +1,8 @@
 //! Overflow, through BPF_PROG_TEST_RUN on the real kernel: a spoofed SYN flood of more new flows
 //! than the flow table holds, with nobody draining the ring buffer. The counters stay exact,
 //! the lost events are counted, the flow table evicts its oldest flows instead of refusing new
-//! ones, and every packet still passes (TC_ACT_UNSPEC).
+//! ones, and every packet still passes (TC_ACT_UNSPEC). And the ring wakes its reader only
+//! when a flood fills it past its mark, never for a lone event.
 //!
 //! Needs root and a kernel that runs eBPF; without them it fails, it never skips.
 
@@ -11,7 +12,11 @@ use observer::{
 };
 use observer_common::{
     addr::key_of,
-    maps::{FlowKey, health},
+    maps::{
+        FlowKey,
+        events::{RECORD_BYTES, WAKE_AT_BYTES},
+        health,
+    },
     names::PROG_UPLINK,
     packet::TCP_SYN,
     testing::{
@@ -110,6 +115,76 @@ fn flood_past_the_flow_table_and_the_ring_buffer() {
     let _ = drain_events(&mut ring, &mut events);
     assert_eq!(events.len(), 1);
     assert_eq!(events[0].key, key(0));
+}
+
+/// Whether the ring buffer's fd was woken within `ms`, through a real epoll set: an fd gets on
+/// epoll's ready list only by a wakeup (or by being ready when it is added), so a record
+/// submitted without one leaves `epoll_wait` empty.
+fn woken(epfd: i32, ms: i32) -> bool {
+    let mut ev = libc::epoll_event { events: 0, u64: 0 };
+    // SAFETY: one valid event buffer of length 1.
+    let n = unsafe { libc::epoll_wait(epfd, &mut ev, 1, ms) };
+    assert!(n >= 0, "epoll_wait: {}", std::io::Error::last_os_error());
+    n == 1
+}
+
+#[test]
+fn lone_events_do_not_wake_the_reader_a_flood_does() {
+    use std::os::fd::{AsFd, AsRawFd};
+    testbed::cpu::pin_current();
+    let mut ebpf = bpf::load(&LoadOptions::default())
+        .expect("loading the eBPF object (this test needs root and a kernel that runs eBPF)");
+    let (maps, mut ring) = Maps::take(&mut ebpf).expect("maps");
+    maps.write_inventory(&vpc_cni().inventory)
+        .expect("inventory");
+    // SAFETY: plain syscalls on fds this test owns.
+    let epfd = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+    assert!(epfd >= 0);
+    let ring_fd = ring.as_fd().as_raw_fd();
+    let mut add = libc::epoll_event {
+        events: libc::EPOLLIN as u32,
+        u64: 1,
+    };
+    // SAFETY: as above.
+    assert_eq!(
+        unsafe { libc::epoll_ctl(epfd, libc::EPOLL_CTL_ADD, ring_fd, &mut add) },
+        0
+    );
+    let syn = |ebpf: &mut aya::Ebpf, i: u32| {
+        let frame = Frame::tcp(&source(i), POD_A, 40000, 80, TCP_SYN).build();
+        bpf::test_run(ebpf, PROG_UPLINK, &frame, 1).expect("test_run");
+    };
+
+    // A lone access, the reader keeping up: the event is there, and nothing woke the reader.
+    syn(&mut ebpf, 0);
+    assert!(!woken(epfd, 50), "a lone event woke the reader");
+    let mut events = Vec::new();
+    drain_events(&mut ring, &mut events);
+    assert_eq!(events.len(), 1, "the event is in the ring for the poll");
+
+    // A flood with the reader behind: quiet until the record that crosses the mark, which
+    // wakes it, long before the ring is full.
+    let crossing = WAKE_AT_BYTES.div_ceil(RECORD_BYTES) as u32;
+    for i in 1..crossing {
+        syn(&mut ebpf, i);
+    }
+    assert!(
+        !woken(epfd, 50),
+        "woken before the mark ({} records)",
+        crossing - 1
+    );
+    syn(&mut ebpf, crossing);
+    assert!(
+        woken(epfd, 2_000),
+        "the record crossing the mark did not wake the reader"
+    );
+    events.clear();
+    drain_events(&mut ring, &mut events);
+    assert_eq!(events.len() as u32, crossing, "every record read");
+    let h = maps.health_counts().expect("health");
+    assert_eq!(h[health::EVENTS_LOST as usize], 0);
+    // SAFETY: closing the epoll fd this test created.
+    unsafe { libc::close(epfd) };
 }
 
 fn key(i: u32) -> FlowKey {
