@@ -265,7 +265,201 @@ pub struct FlowEvent {
     pub reason: u8,
     pub origin: u8,
     pub tcp_flags: u8,
-    pub _pad: [u8; 4],
+    /// [`staged::NEW_FLOW`] in `EVENTS`; in `STAGED`, what the record says
+    /// ([`staged::SYN`], [`staged::ANSWERED`], [`staged::REFUSED`]).
+    pub kind: u8,
+    pub _pad: [u8; 3],
+}
+
+/// `STAGED`: pure TCP SYNs of flagged flows, and the pod's answers to them, in one ring per
+/// CPU that the agent maps and reads (no table, no shared lock, no wakeup on the first packet).
+///
+/// A pure SYN (SYN without ACK) is a flow's first packet by definition, so the uplink records
+/// it without looking `FLOWS` up; the flow's next packet takes the `FLOWS` path. The pod's
+/// SYN-ACK or RST to it is sent on the CPU that received the SYN, in the same softirq, so the
+/// pod side finds the record through this CPU's small index and appends a mark after it.
+pub mod staged {
+    use super::FlowKey;
+
+    /// The staged rings' memory, all CPUs together, as far as [`MIN_SLOTS`] per CPU allow:
+    /// 4 MiB, 65,536 records, about 120 ms of a 500k/s flood for an agent not scheduled.
+    pub const TOTAL_BYTES: u32 = 4 << 20;
+    /// Records per CPU at least and at most.
+    pub const MIN_SLOTS: u32 = 2048;
+    pub const MAX_SLOTS: u32 = 32_768;
+
+    /// Records per CPU (a power of two) on a node with `cpus` possible CPUs: the memory shared
+    /// out, as a flood spreads over the CPUs that receive it.
+    pub const fn slots_for(cpus: u32) -> u32 {
+        let cpus = if cpus == 0 { 1 } else { cpus };
+        let share = TOTAL_BYTES / 64 / cpus;
+        let pow2 = if share == 0 {
+            1
+        } else {
+            1 << (31 - share.leading_zeros())
+        };
+        if pow2 < MIN_SLOTS {
+            MIN_SLOTS
+        } else if pow2 > MAX_SLOTS {
+            MAX_SLOTS
+        } else {
+            pow2
+        }
+    }
+    /// Sets of a CPU's fingerprint index (a power of two), of [`WAYS`] entries each: 16 KiB.
+    /// A softirq batch of 64 SYNs on one CPU almost never puts five in one set, so the pod's
+    /// answers, which come after the batch, find every one.
+    pub const INDEX_SLOTS: u32 = 256;
+    /// Entries per index set: one 64-byte cache line.
+    pub const WAYS: usize = 4;
+    /// `FlowEvent::kind` of a new flow in `EVENTS` (in `FLOWS`).
+    pub const NEW_FLOW: u8 = 0;
+    /// A pure SYN of a flagged flow, not put into `FLOWS`.
+    pub const SYN: u8 = 1;
+    /// The pod answered (SYN-ACK) the staged SYN with this key; `ifindex` is the pod side's.
+    pub const ANSWERED: u8 = 2;
+    /// The pod refused (RST, ICMP error) the staged SYN with this key.
+    pub const REFUSED: u8 = 3;
+    /// `FlowEvent::kind` in `EVENTS`: the flow's next packet after a SYN staged on this CPU
+    /// (now in `FLOWS`). Not a new flow: the agent counted it from its SYN.
+    pub const CONTINUED: u8 = 4;
+    /// `IndexEntry::position` bit: the pod's answer to this SYN was recorded.
+    pub const MARKED: u64 = 1 << 63;
+
+    /// A ring's positions: the kernel's head and the agent's tail, each on its own cache line.
+    #[repr(C, align(64))]
+    #[derive(Clone, Copy, Debug, Default)]
+    pub struct Positions {
+        /// Records written (the kernel, atomically after the record).
+        pub head: u64,
+        pub _pad0: [u64; 7],
+        /// Records the agent has read; the kernel writes no record past `tail + slots`.
+        pub tail: u64,
+        pub _pad1: [u64; 7],
+    }
+
+    /// An index entry: the fingerprint of a staged SYN's key and its ring position.
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+    pub struct IndexEntry {
+        pub fingerprint: u64,
+        pub position: u64,
+    }
+
+    /// An index set: a new SYN takes the entry of the oldest (lowest position; empty is 0).
+    #[repr(C, align(64))]
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+    pub struct IndexSet {
+        pub entries: [IndexEntry; WAYS],
+    }
+
+    impl IndexSet {
+        /// The way a new SYN's entry goes into: the one holding the oldest position.
+        #[inline(always)]
+        pub fn victim(&self) -> usize {
+            let p = |i: usize| self.entries[i].position & !MARKED;
+            let mut v = 0;
+            if p(1) < p(v) {
+                v = 1;
+            }
+            if p(2) < p(v) {
+                v = 2;
+            }
+            if p(3) < p(v) {
+                v = 3;
+            }
+            v
+        }
+
+        /// The entry of `way` (0-3; others read as the last), without a bounds check that BPF
+        /// would have to prove.
+        #[inline(always)]
+        pub fn entry(&mut self, way: usize) -> &mut IndexEntry {
+            match way {
+                0 => &mut self.entries[0],
+                1 => &mut self.entries[1],
+                2 => &mut self.entries[2],
+                _ => &mut self.entries[3],
+            }
+        }
+
+        /// The way holding `fingerprint`, if any.
+        #[inline(always)]
+        pub fn find(&self, fingerprint: u64) -> Option<usize> {
+            if self.entries[0].fingerprint == fingerprint {
+                Some(0)
+            } else if self.entries[1].fingerprint == fingerprint {
+                Some(1)
+            } else if self.entries[2].fingerprint == fingerprint {
+                Some(2)
+            } else if self.entries[3].fingerprint == fingerprint {
+                Some(3)
+            } else {
+                None
+            }
+        }
+    }
+
+    /// A 64-bit fingerprint of a flow key, from its 8-byte words (no byte loop in BPF). Never 0,
+    /// so an empty index entry matches nothing.
+    #[inline(always)]
+    pub fn fingerprint(k: &FlowKey) -> u64 {
+        let w = |a: &[u8; 16], i: usize| {
+            u64::from_ne_bytes([
+                a[i],
+                a[i + 1],
+                a[i + 2],
+                a[i + 3],
+                a[i + 4],
+                a[i + 5],
+                a[i + 6],
+                a[i + 7],
+            ])
+        };
+        let ports = (u64::from(k.sport) << 32) | (u64::from(k.dport) << 16) | u64::from(k.proto);
+        let mut h = 0x9e37_79b9_7f4a_7c15u64;
+        for v in [
+            w(&k.src, 0),
+            w(&k.src, 8),
+            w(&k.dst, 0),
+            w(&k.dst, 8),
+            ports,
+        ] {
+            h = (h ^ v).wrapping_mul(0xbf58_476d_1ce4_e5b9).rotate_left(31);
+        }
+        // splitmix64's finish: every input bit reaches the top bits the index takes.
+        h ^= h >> 30;
+        h = h.wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        h ^= h >> 27;
+        h = h.wrapping_mul(0x94d0_49bb_1331_11eb);
+        h ^= h >> 31;
+        h | 1
+    }
+
+    /// The index entry of a fingerprint.
+    #[inline(always)]
+    pub const fn index_slot(fingerprint: u64) -> u32 {
+        (fingerprint >> 56) as u32 & (INDEX_SLOTS - 1)
+    }
+
+    /// The record slot of ring position `position` of `cpu` in the flat `STAGED` array, with
+    /// `slots` (a power of two) records per CPU.
+    #[inline(always)]
+    pub const fn slot(cpu: u32, position: u64, slots: u32) -> u32 {
+        cpu * slots + (position as u32 & (slots - 1))
+    }
+
+    /// Whether a ring of `slots` records with these positions has no free slot.
+    #[inline(always)]
+    pub const fn full(head: u64, tail: u64, slots: u32) -> bool {
+        head.wrapping_sub(tail) >= slots as u64
+    }
+
+    /// Whether a TCP packet with these flags is a pure SYN, the first packet of its flow.
+    #[inline(always)]
+    pub const fn pure_syn(tcp_flags: u8) -> bool {
+        tcp_flags & (crate::packet::TCP_SYN | crate::packet::TCP_ACK) == crate::packet::TCP_SYN
+    }
 }
 
 /// Key of `FRAGS`: an IP datagram's fragments, by the fields reassembly matches on
@@ -342,6 +536,85 @@ mod tests {
     extern crate std;
     use super::events::{RECORD_BYTES, RING_BYTES, WAKE_AT_BYTES, wakes};
     use std::vec::Vec;
+
+    #[test]
+    fn staged_ring_layout_and_fingerprints() {
+        use super::{FlowEvent, FlowKey, staged::*};
+        use crate::packet::{TCP_ACK, TCP_RST, TCP_SYN};
+        assert_eq!(
+            core::mem::size_of::<FlowEvent>(),
+            64,
+            "one cache line per record"
+        );
+        assert_eq!(core::mem::size_of::<Positions>(), 128);
+        assert!(INDEX_SLOTS.is_power_of_two());
+        // Rings of different CPUs never share a slot, and a ring wraps onto itself.
+        let n = MIN_SLOTS;
+        assert_eq!(slot(0, n as u64 - 1, n) + 1, slot(1, 0, n));
+        assert_eq!(slot(3, 5, n), slot(3, 5 + n as u64, n));
+        assert!(!full(n as u64 - 1, 0, n) && full(n as u64, 0, n));
+        assert!(full(u64::MAX, u64::MAX - n as u64, n) && !full(5, 5, n));
+        // The memory shared out per CPU, in powers of two, within the bounds.
+        assert_eq!(slots_for(1), MAX_SLOTS);
+        assert_eq!(slots_for(2), 32_768);
+        assert_eq!(slots_for(4), 16_384);
+        assert_eq!(slots_for(6), 8_192);
+        assert_eq!(slots_for(64), 1_024.max(MIN_SLOTS));
+        assert_eq!(slots_for(1024), MIN_SLOTS);
+        assert_eq!(slots_for(0), MAX_SLOTS);
+        for cpus in 1..512 {
+            let s = slots_for(cpus);
+            assert!(s.is_power_of_two() && (MIN_SLOTS..=MAX_SLOTS).contains(&s));
+            assert!(s == MIN_SLOTS || s as u64 * 64 * cpus as u64 <= TOTAL_BYTES as u64);
+        }
+        // Keys that differ in any field have different fingerprints; none is 0.
+        let k = FlowKey::new([1; 16], [2; 16], 40000, 80, 6);
+        let mut others = Vec::new();
+        for (i, b) in [0usize, 7, 8, 15].into_iter().enumerate() {
+            let mut a = k;
+            a.src[b] ^= 1;
+            others.push(a);
+            let mut d = k;
+            d.dst[b] ^= 1 << i;
+            others.push(d);
+        }
+        others.push(FlowKey::new([1; 16], [2; 16], 40001, 80, 6));
+        others.push(FlowKey::new([1; 16], [2; 16], 40000, 81, 6));
+        others.push(FlowKey::new([1; 16], [2; 16], 40000, 80, 17));
+        others.push(FlowKey::new([2; 16], [1; 16], 80, 40000, 6));
+        for o in &others {
+            assert_ne!(fingerprint(o), fingerprint(&k), "{o:?}");
+        }
+        assert_ne!(fingerprint(&FlowKey::default()), 0);
+        // Index slots spread: 4,096 ports of one client over 256 slots, none above 40.
+        let mut per_slot = [0u32; INDEX_SLOTS as usize];
+        for port in 0..4096u16 {
+            let f = fingerprint(&FlowKey::new([1; 16], [2; 16], 30000 + port, 443, 6));
+            per_slot[index_slot(f) as usize] += 1;
+        }
+        assert!(per_slot.iter().all(|&n| n > 0 && n <= 40), "{per_slot:?}");
+        // The index keeps the newest four of a set and finds each.
+        let mut set = IndexSet::default();
+        for (p, f) in [(1u64, 11u64), (2, 12), (3, 13), (4, 14), (5, 15), (6, 16)] {
+            let v = set.victim();
+            *set.entry(v) = IndexEntry {
+                fingerprint: f,
+                position: p,
+            };
+        }
+        // A marked entry ages as any other: the oldest goes first, marked or not.
+        set.entry(set.find(13).unwrap()).position |= MARKED;
+        assert_eq!(set.entries[set.victim()].fingerprint, 13);
+        set.entry(set.find(13).unwrap()).position &= !MARKED;
+        assert_eq!(set.find(11), None);
+        assert_eq!(set.find(12), None);
+        for f in 13..=16 {
+            assert!(set.find(f).is_some(), "{f}");
+        }
+        assert_eq!(core::mem::size_of::<IndexSet>(), 64);
+        assert!(pure_syn(TCP_SYN));
+        assert!(!pure_syn(TCP_SYN | TCP_ACK) && !pure_syn(TCP_ACK) && !pure_syn(TCP_RST));
+    }
 
     #[test]
     fn one_record_wakes_the_agent_per_crossing() {

@@ -76,6 +76,10 @@ pub const MAP_FRAGS: &str = "FRAGS";
 pub const MAP_POD_UNJUDGED: &str = "POD_UNJUDGED";
 /// Ring buffer of [`crate::maps::FlowEvent`], one per new flagged flow.
 pub const MAP_EVENTS: &str = "EVENTS";
+/// Staged pure SYNs and their marks, a ring per CPU mapped by the agent (`maps::staged`).
+pub const MAP_STAGED: &str = "STAGED";
+/// Each staged ring's head and tail (`maps::staged::Positions`), mapped by the agent.
+pub const MAP_STAGED_POSITIONS: &str = "STAGED_POSITIONS";
 /// Per-CPU record of the last uplink decision, written only when [`GLOBAL_TRACE`] is set (tests).
 pub const MAP_TRACE: &str = "TRACE";
 
@@ -87,5 +91,7 @@ pub const GLOBAL_NODEPORT_MAX: &str = "NODEPORT_MAX";
 pub const GLOBAL_TRACK_MASK: &str = "TRACK_MASK";
 /// Non-zero: answer roles through [`MAP_ROLE_CACHE`] (u8, load-time global; on by default).
 pub const GLOBAL_ROLE_CACHE: &str = "ROLE_CACHE_ENABLED";
+/// Records per CPU in `STAGED` (`maps::staged::slots_for` of the possible CPUs).
+pub const GLOBAL_STAGED_SLOTS: &str = "STAGED_SLOTS";
 /// Non-zero: write each uplink decision into [`MAP_TRACE`] (u8, load-time global; tests only).
 pub const GLOBAL_TRACE: &str = "TRACE_ENABLED";

@@ -13,6 +13,7 @@ mod atomic;
 mod maps;
 mod pod;
 mod skb;
+mod staged;
 mod uplink;
 
 use aya_ebpf::{bindings::TC_ACT_UNSPEC, macros::classifier, programs::TcContext};

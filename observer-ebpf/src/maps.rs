@@ -21,8 +21,12 @@
 //! | `FRAGS` | LRU hash | `FragKey` of a fragmented datagram → verdict of its first fragment (reply or direct only) | uplink | uplink (non-first fragments) |
 //! | `POD_UNJUDGED` | hash | pod address → `PodUnjudged` packets from outside to it whose flow could not be read (tiny fragments, header chains, unmatched fragments) | uplink (only then) | agent |
 //! | `TRACE` | per-CPU array | 0 → `TraceRecord`, only with `TRACE_ENABLED` | uplink | tests |
+//! | `STAGED` | array, mmapped, a ring per CPU | slot → `FlowEvent`: a pure SYN of a flagged flow (not in `FLOWS`), or the pod's answer to one | uplink (SYN), pod veths, uplink egress (marks) | agent (every 20 ms) |
+//! | `STAGED_POSITIONS` | array, mmapped | CPU → head (kernel), tail (agent) | uplink, pod side; agent | both |
+//! | `STAGED_INDEX` | per-CPU array | fingerprint slot → fingerprint, ring position of a staged SYN | uplink | pod veths, uplink egress |
 
 use aya_ebpf::{
+    bindings::BPF_F_MMAPABLE,
     helpers::bpf_ktime_get_coarse_ns,
     macros::map,
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf, lpm_trie::Key},
@@ -30,9 +34,9 @@ use aya_ebpf::{
 use observer_common::{
     addr::IpKey,
     maps::{
-        FlowKey, FlowStats, FragKey, PORT_BITMAP_WORDS, PodFlow, PodUnjudged, ROLE_CACHE_SLOTS,
-        RoleCacheEntry, STATS_ENTRIES, TraceRecord, VerdictStats, events, health, port_bit,
-        role_cache_slot,
+        FlowEvent, FlowKey, FlowStats, FragKey, PORT_BITMAP_WORDS, PodFlow, PodUnjudged,
+        ROLE_CACHE_SLOTS, RoleCacheEntry, STATS_ENTRIES, TraceRecord, VerdictStats, events, health,
+        port_bit, role_cache_slot, staged,
     },
     verdict::{Lookup, uncached_roles},
 };
@@ -121,6 +125,22 @@ pub static POD_UNJUDGED: HashMap<IpKey, PodUnjudged> = HashMap::with_max_entries
 #[map]
 pub static TRACE: PerCpuArray<TraceRecord> = PerCpuArray::with_max_entries(1, 0);
 
+/// Staged pure SYNs and the pod's marks on them: `STAGED_SLOTS` 64-byte records per CPU, CPU
+/// after CPU. The agent sets the size at load (possible CPUs × `STAGED_SLOTS`) and maps it.
+#[map]
+pub static STAGED: Array<FlowEvent> = Array::with_max_entries(staged::MIN_SLOTS, BPF_F_MMAPABLE);
+
+/// Each CPU's ring head (written here) and tail (written by the agent); sized and mapped as
+/// `STAGED`.
+#[map]
+pub static STAGED_POSITIONS: Array<staged::Positions> = Array::with_max_entries(1, BPF_F_MMAPABLE);
+
+/// Per CPU, the ring positions of recent staged SYNs by fingerprint, for the pod side: sets of
+/// four entries, the oldest replaced.
+#[map]
+pub static STAGED_INDEX: PerCpuArray<staged::IndexSet> =
+    PerCpuArray::with_max_entries(staged::INDEX_SLOTS, 0);
+
 // Load-time globals (read-only data, set by the agent before loading).
 #[unsafe(no_mangle)]
 static NODEPORT_MIN: u16 = 30000;
@@ -133,6 +153,15 @@ static TRACK_MASK: u32 = 1 << 9;
 static TRACE_ENABLED: u8 = 0;
 #[unsafe(no_mangle)]
 static ROLE_CACHE_ENABLED: u8 = 1;
+/// Records per CPU in `STAGED` (a power of two, `staged::slots_for`).
+#[unsafe(no_mangle)]
+static STAGED_SLOTS: u32 = staged::MIN_SLOTS;
+
+#[inline(always)]
+pub fn staged_slots() -> u32 {
+    // SAFETY: as above.
+    unsafe { core::ptr::read_volatile(&STAGED_SLOTS) }
+}
 
 #[inline(always)]
 pub fn nodeport_range() -> (u16, u16) {
@@ -274,8 +303,13 @@ pub fn port_may_have_entry(bitmap: &Array<u64>, port: u16, proto: u8) -> bool {
 #[inline(always)]
 pub fn set_flagged() {
     if let Some(v) = FLAGGED.get_ptr_mut(0) {
-        // SAFETY: a plain aligned store into an array value; the value only goes 0 -> 1.
-        unsafe { *v = 1 };
+        // SAFETY: a plain aligned store into an array value; the value only goes 0 -> 1, and
+        // only when 0, so a flood does not bounce the cache line between CPUs.
+        unsafe {
+            if *v == 0 {
+                *v = 1;
+            }
+        }
     }
 }
 

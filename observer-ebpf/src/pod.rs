@@ -4,7 +4,7 @@
 use aya_ebpf::{helpers::bpf_ktime_get_coarse_ns, programs::TcContext};
 use observer_common::{
     maps::{FlowKey, PodFlow, health},
-    packet::{Packet, Status, parse},
+    packet::{IPPROTO_TCP, Packet, Status, parse},
     pod::{answer_of, opened_by, opened_leaving_node},
 };
 
@@ -14,6 +14,7 @@ use crate::{
         port_may_have_entry,
     },
     skb::{Skb, ifindex},
+    staged,
 };
 
 /// A packet going out of the host-side veth into the pod.
@@ -47,7 +48,7 @@ pub fn to_pod(ctx: &TcContext) {
 pub fn from_pod(ctx: &TcContext) {
     health(health::FROM_POD_PACKETS);
     let mut p = Packet::EMPTY;
-    if parse(&Skb(ctx), &mut p) != Status::Ip || mark_answer(&p) {
+    if parse(&Skb(ctx), &mut p) != Status::Ip || mark_answer(ctx, &p) {
         return;
     }
     if let Some(key) = opened_by(&p) {
@@ -62,7 +63,7 @@ pub fn from_pod(ctx: &TcContext) {
 pub fn leaving_node(ctx: &TcContext) {
     health(health::UPLINK_EGRESS_PACKETS);
     let mut p = Packet::EMPTY;
-    if parse(&Skb(ctx), &mut p) != Status::Ip || mark_answer(&p) {
+    if parse(&Skb(ctx), &mut p) != Status::Ip || mark_answer(ctx, &p) {
         return;
     }
     if let Some(key) = opened_leaving_node(&p, &Maps) {
@@ -70,14 +71,25 @@ pub fn leaving_node(ctx: &TcContext) {
     }
 }
 
-/// Marks the flagged flow this packet answers, if any: true if it did.
+/// Marks the flagged flow this packet answers, if any: true if it did. A TCP flow the uplink
+/// staged (its SYN alone so far) is marked in the staged ring, others in `FLOWS`.
 #[inline(always)]
-fn mark_answer(p: &Packet) -> bool {
-    if let Some(a) = answer_of(p)
-        && any_flagged()
-        && port_may_have_entry(&FLAGGED_PORTS, a.key.dport, a.key.proto)
-        && let Some(s) = FLOWS.get_ptr_mut(&a.key)
+fn mark_answer(ctx: &TcContext, p: &Packet) -> bool {
+    let Some(a) = answer_of(p) else {
+        return false;
+    };
+    if !any_flagged() || !port_may_have_entry(&FLAGGED_PORTS, a.key.dport, a.key.proto) {
+        return false;
+    }
+    if a.key.proto == IPPROTO_TCP
+        && let Some(marked) = staged::mark(&a.key, a.refused, ifindex(ctx))
     {
+        if marked {
+            health(health::ANSWER_MARKS);
+        }
+        return true;
+    }
+    if let Some(s) = FLOWS.get_ptr_mut(&a.key) {
         // SAFETY: a single byte store into a map value.
         unsafe {
             if a.refused {

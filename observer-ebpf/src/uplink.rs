@@ -1,5 +1,5 @@
 //! Uplink ingress: one verdict per packet, counted; flagged flows go into `FLOWS`, and a new
-//! one also into `EVENTS`.
+//! one also into `EVENTS`, except a pure SYN, which is staged (`staged.rs`).
 
 use aya_ebpf::{
     bindings::{BPF_NOEXIST, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
@@ -7,8 +7,11 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use observer_common::{
-    maps::{FlowEvent, FlowStats, events, health, proto_class, proto_class_of, stats_index},
-    packet::{Packet, Status, parse},
+    maps::{
+        FlowEvent, FlowStats, events, health, origin, proto_class, proto_class_of, staged,
+        stats_index,
+    },
+    packet::{IPPROTO_TCP, Packet, Status, parse},
     verdict::{Decision, Settings, Verdict, decide, origin_of, remember_fragment, unjudged},
 };
 
@@ -109,6 +112,26 @@ fn update(s: *mut FlowStats, len: u32, now: u64, tcp_flags: u8) {
 #[inline(always)]
 fn track(ctx: &TcContext, p: &Packet, d: &Decision, len: u32) {
     let key = p.key();
+    if p.proto == IPPROTO_TCP && staged::pure_syn(p.tcp_flags) {
+        // A flow's first packet by definition: no lookup, no insert, no shared ring, while this
+        // CPU's staged ring has room.
+        mark_port(&FLAGGED_PORTS, key.dport, key.proto);
+        set_flagged();
+        let syn = crate::staged::Syn {
+            key: &key,
+            ifindex: ifindex(ctx),
+            bytes: len,
+            verdict: d.verdict as u8,
+            reason: d.reason as u8,
+            origin: origin_of(p),
+            tcp_flags: p.tcp_flags,
+        };
+        if crate::staged::syn(&syn) {
+            return;
+        }
+        // This CPU's ring is full (the agent is behind): the table path, as any first packet,
+        // so the flow's next packets find it and it is counted once.
+    }
     if let Some(s) = FLOWS.get_ptr_mut(&key) {
         update(s, len, last_seen_clock(), p.tcp_flags);
         return;
@@ -117,7 +140,13 @@ fn track(ctx: &TcContext, p: &Packet, d: &Decision, len: u32) {
     // SAFETY: a helper without preconditions.
     let now = unsafe { bpf_ktime_get_coarse_ns() };
     let ifindex = ifindex(ctx);
-    let origin = origin_of(p);
+    // The outsider's ACK after a SYN this CPU staged: the same flow, seen from its start.
+    let continued = p.proto == IPPROTO_TCP && crate::staged::continues(&key);
+    let origin = if continued {
+        origin::START
+    } else {
+        origin_of(p)
+    };
     // The pod-veth programs look a flow up only if its pod-side port has its bit.
     mark_port(&FLAGGED_PORTS, key.dport, key.proto);
     let stats = FlowStats {
@@ -159,7 +188,12 @@ fn track(ctx: &TcContext, p: &Packet, d: &Decision, len: u32) {
                 reason: d.reason as u8,
                 origin,
                 tcp_flags: p.tcp_flags,
-                _pad: [0; 4],
+                kind: if continued {
+                    staged::CONTINUED
+                } else {
+                    staged::NEW_FLOW
+                },
+                _pad: [0; 3],
             });
             // No wakeup (an interrupt, dear in a VM) unless this record fills the ring past
             // the mark: the agent polls the ring.

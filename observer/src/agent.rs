@@ -22,7 +22,7 @@ use observer::{
     netlink::{NetEvent, Netlink, NodeView},
     state::{Shared, Snapshot},
 };
-use observer::{inventory::PodRef, k8s::KubeMsg};
+use observer::{inventory::PodRef, k8s::KubeMsg, staged::StagedRings};
 use observer_common::verdict::Settings;
 use std::{collections::HashMap, net::IpAddr};
 use tokio::{io::unix::AsyncFd, signal::unix::SignalKind};
@@ -235,7 +235,11 @@ impl Controller {
 
 /// Reads flow events every [`observer::defaults::EVENTS_POLL`], and at once when the kernel wakes the
 /// agent (a flood filling the ring past its mark).
-async fn read_events(ring: RingBuf<MapData>, shared: Arc<Shared>) -> anyhow::Result<()> {
+async fn read_events(
+    ring: RingBuf<MapData>,
+    mut rings: StagedRings,
+    shared: Arc<Shared>,
+) -> anyhow::Result<()> {
     // SAFETY: the ring buffer owns its map fd, which stays open and the same for as long as
     // the AsyncFd owns the ring buffer.
     let mut fd = unsafe { AsyncFd::register(ring) }
@@ -243,20 +247,34 @@ async fn read_events(ring: RingBuf<MapData>, shared: Arc<Shared>) -> anyhow::Res
     let mut poll = tokio::time::interval(observer::defaults::EVENTS_POLL);
     poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // Reused across reads: a flood must not reallocate per batch.
-    let mut events = Vec::new();
+    let (mut events, mut staged) = (Vec::new(), Vec::new());
+    // A read that found the staged rings a quarter full is followed by another at once (a
+    // flood): they fill without waking the agent.
+    let mut busy = false;
     loop {
-        tokio::select! {
-            guard = fd.readable_mut() => guard?.clear_ready(),
-            _ = poll.tick() => {}
+        if busy {
+            tokio::time::sleep(observer::defaults::STAGED_BUSY_POLL).await;
+        } else {
+            tokio::select! {
+                guard = fd.readable_mut() => guard?.clear_ready(),
+                _ = poll.tick() => {}
+            }
         }
         events.clear();
+        staged.clear();
+        // The events first, then the staged rings: a flow's event (its second packet) is read
+        // with or after its staged SYN, never before it.
         let bad = kmaps::drain_events(fd.get_mut(), &mut events);
-        if events.is_empty() && bad == 0 {
+        busy = rings.drain(&mut staged) >= rings.slots() as usize / 4;
+        if events.is_empty() && staged.is_empty() && bad == 0 {
             continue;
         }
         let dir = shared.dir.read().unwrap_or_else(|p| p.into_inner());
         let mut t = shared.tracker.lock().unwrap_or_else(|p| p.into_inner());
         t.bad_events += bad;
+        for e in &staged {
+            t.on_staged(e, &dir, &shared.maps, &shared.metrics);
+        }
         for e in &events {
             t.on_event(e, &dir, &shared.maps, &shared.metrics);
         }
@@ -340,6 +358,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         "programs loaded (verified)"
     );
     let (maps, ring) = Maps::take(&mut ebpf)?;
+    let rings = StagedRings::take(&mut ebpf)?;
     let settings = Settings {
         nodeport_min: cfg.nodeport_min,
         nodeport_max: cfg.nodeport_max,
@@ -445,10 +464,17 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         "started"
     );
 
+    // Handled before the debug API and the readiness probe answer: whoever waits for the agent
+    // to be ready and then stops it gets a clean exit. (Not before the programs are loaded: a
+    // signal handled during BPF_PROG_LOAD interrupts the verifier, and aya's retry with the
+    // verifier log took 7 s; a SIGTERM then is the default death, and the next start replaces
+    // what a killed run left.)
+    let mut term = tokio::signal::unix::signal(SignalKind::terminate())?;
+    let mut int = tokio::signal::unix::signal(SignalKind::interrupt())?;
     let mut tasks = tokio::task::JoinSet::new();
     tasks.spawn(api::serve(listener, shared.clone()).then_ok());
     tasks.spawn(metrics_server(cfg.metrics_addr, shared.clone()));
-    tasks.spawn(read_events(ring, shared.clone()));
+    tasks.spawn(read_events(ring, rings, shared.clone()));
     {
         let shared = shared.clone();
         let every = cfg.refresh_interval;
@@ -490,8 +516,6 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     }
     shared.ready.store(true, Ordering::Relaxed);
 
-    let mut term = tokio::signal::unix::signal(SignalKind::terminate())?;
-    let mut int = tokio::signal::unix::signal(SignalKind::interrupt())?;
     let mut reconcile = tokio::time::interval(cfg.reconcile_interval);
     reconcile.tick().await;
     let result = loop {

@@ -6,8 +6,9 @@ use aya::{
 };
 use observer_common::{
     names::{
-        GLOBAL_NODEPORT_MAX, GLOBAL_NODEPORT_MIN, GLOBAL_ROLE_CACHE, GLOBAL_TRACE,
-        GLOBAL_TRACK_MASK, MAP_FLOWS, MAP_IP_ROLES, PROGRAMS,
+        GLOBAL_NODEPORT_MAX, GLOBAL_NODEPORT_MIN, GLOBAL_ROLE_CACHE, GLOBAL_STAGED_SLOTS,
+        GLOBAL_TRACE, GLOBAL_TRACK_MASK, MAP_FLOWS, MAP_IP_ROLES, MAP_STAGED, MAP_STAGED_POSITIONS,
+        PROGRAMS,
     },
     verdict::Verdict,
 };
@@ -57,6 +58,8 @@ pub enum BpfError {
         "loading the eBPF object failed (needs Linux >= 5.15 and CAP_BPF, CAP_NET_ADMIN, CAP_PERFMON): {0}"
     )]
     Load(#[from] aya::EbpfError),
+    #[error("reading the number of possible CPUs from {0}: {1}")]
+    Cpus(&'static str, std::io::Error),
     #[error("the eBPF object has no program {0:?}")]
     MissingProgram(&'static str),
     #[error("program {name}: {source}")]
@@ -71,14 +74,20 @@ pub enum BpfError {
 pub fn load(opts: &LoadOptions) -> Result<Ebpf, BpfError> {
     let trace = u8::from(opts.trace);
     let role_cache = u8::from(opts.role_cache);
+    // A staged ring per possible CPU (`bpf_get_smp_processor_id` is below it).
+    let cpus = aya::util::nr_cpus().map_err(|(path, e)| BpfError::Cpus(path, e))? as u32;
+    let slots = observer_common::maps::staged::slots_for(cpus);
     let mut ebpf = EbpfLoader::new()
         .override_global(GLOBAL_NODEPORT_MIN, &opts.nodeport_min, true)
         .override_global(GLOBAL_NODEPORT_MAX, &opts.nodeport_max, true)
         .override_global(GLOBAL_TRACK_MASK, &opts.track_mask, true)
         .override_global(GLOBAL_TRACE, &trace, true)
         .override_global(GLOBAL_ROLE_CACHE, &role_cache, true)
+        .override_global(GLOBAL_STAGED_SLOTS, &slots, true)
         .map_max_entries(MAP_FLOWS, opts.flow_table_entries)
         .map_max_entries(MAP_IP_ROLES, opts.address_table_entries)
+        .map_max_entries(MAP_STAGED, cpus * slots)
+        .map_max_entries(MAP_STAGED_POSITIONS, cpus)
         .load(OBJECT)?;
     for &name in &opts.programs {
         load_program(&mut ebpf, name)?;

@@ -40,6 +40,9 @@ pub const SETTLE: Duration = Duration::from_secs(2);
 /// past an eighth (`observer_common::maps::events`): a new flow reaches the view at most this
 /// late, and a flood is read before the ring is full.
 pub const EVENTS_POLL: Duration = Duration::from_millis(20);
+/// The next read of the staged SYN rings after one that found a ring a quarter full: a SYN
+/// flood is read as fast as it comes, without the kernel waking the agent.
+pub const STAGED_BUSY_POLL: Duration = Duration::from_millis(1);
 /// How often the flow view is refreshed from the kernel table.
 pub const REFRESH_INTERVAL: Duration = Duration::from_secs(1);
 /// How often, within [`FRONT_MOVES_WINDOW`], the agent puts its netlink filters back in front

@@ -21,4 +21,5 @@ pub mod origins;
 pub mod podcounts;
 pub mod remedy;
 pub mod roles;
+pub mod staged;
 pub mod state;

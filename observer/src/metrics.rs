@@ -167,7 +167,7 @@ impl Metrics {
             events_lost: counter(
                 &r,
                 "observer_events_lost_total",
-                "New-flow events the kernel could not queue (the flows are still counted and kept in the flow table).",
+                "New-flow events the kernel could not queue (the event ring was full; SYNs go there once their CPU's staged ring is full): the flows are still counted, kept in the flow table and counted against their pod.",
             ),
             datapath: counter_vec(
                 &r,

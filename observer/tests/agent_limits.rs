@@ -111,14 +111,46 @@ fn bad_requests_on_the_socket_get_errors() {
 const BPF_MAP_TYPE_RINGBUF: u32 = 27;
 
 /// A flood while the agent is stalled (SIGSTOP): far more new flows than the ring buffer and a
-/// 1,024-entry flow table hold. Once resumed, the agent runs on, counts exactly what arrived,
-/// reports the events it lost and a full table (`ObserverBlind`'s inputs), and still serves.
+/// 1,024-entry flow table hold, of datagrams (and of mid-stream TCP alike: both take the
+/// `FLOWS` path). Once resumed, the agent runs on, counts exactly what arrived, reports the
+/// events it lost and a full table (`ObserverBlind`'s inputs), and still serves.
 #[test]
 fn a_stalled_agent_under_a_flood_counts_what_it_lost() {
-    ports_from(19_270);
+    stalled_flood(Flood::Datagrams, 19_270);
+}
+
+/// The same with spoofed SYNs, which are staged until the rings of their CPUs are full and then
+/// take the table path: every SYN is a record read, an event read, or an event counted lost,
+/// and the agent reads no more than the staged rings and the event ring hold.
+#[test]
+fn a_stalled_agent_under_a_syn_flood_counts_what_it_lost() {
+    stalled_flood(Flood::Syns, 19_275);
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Flood {
+    Datagrams,
+    Syns,
+}
+
+fn stalled_flood(kind: Flood, ports: u16) {
+    ports_from(ports);
     let n = Node::new(Layout::VpcCni);
-    let agent = start(&n, "stall", &["--flow-table-entries", "1024"]);
-    let mut frame = Frame::tcp(n.outside_ip, n.pods[0].ip, 40000, 80, TCP_SYN).build();
+    let name = match kind {
+        Flood::Datagrams => "stall",
+        Flood::Syns => "stall-syn",
+    };
+    let agent = start(&n, name, &["--flow-table-entries", "1024"]);
+    let (mut frame, proto) = match kind {
+        Flood::Datagrams => (
+            Frame::udp(n.outside_ip, n.pods[0].ip, 40000, 5353).build(),
+            "udp",
+        ),
+        Flood::Syns => (
+            Frame::tcp(n.outside_ip, n.pods[0].ip, 40000, 80, TCP_SYN).build(),
+            "tcp",
+        ),
+    };
     frame[..6].copy_from_slice(&mac_of(&n.node, n.uplinks[0]));
     agent.stop();
     let sent = raw_flood(&n.outside, "eth0", frame, 1.0, 1, 0);
@@ -129,14 +161,13 @@ fn a_stalled_agent_under_a_flood_counts_what_it_lost() {
         m = metrics(&n, &agent);
         sample(&m, "observer_events_lost_total", "").is_some_and(|v| v > 0.0)
     });
+    let flows_label = format!("protocol=\"{proto}\",verdict=\"direct_to_pod\"");
     // Events still in the ring when the agent resumed are read after the first scrape: wait
-    // until every SYN is accounted for (or fail after 15 s with the figures below).
+    // until every packet is accounted for (or fail after 15 s with the figures below).
     let accounted = |m: &str| {
         let c = |name: &str, labels: &str| sample(m, name, labels).unwrap_or(0.0) as u64;
-        c(
-            "observer_flows_total",
-            "protocol=\"tcp\",verdict=\"direct_to_pod\"",
-        ) + c("observer_events_lost_total", "")
+        c("observer_flows_total", &flows_label)
+            + c("observer_events_lost_total", "")
             + c(
                 "observer_datapath_events_total",
                 "event=\"flow_insert_failed\"",
@@ -144,8 +175,12 @@ fn a_stalled_agent_under_a_flood_counts_what_it_lost() {
     };
     // The table's fill is reported as of the last flow refresh: wait for one after the stall.
     let full = |m: &str| sample(m, "observer_flow_table_entries", "").unwrap_or(0.0) > 0.8 * 1024.0;
+    let settled = |m: &str| match kind {
+        Flood::Datagrams => full(m),
+        Flood::Syns => status(&agent)["flow_refreshes"].as_u64().unwrap_or(0) > 2,
+    };
     let deadline = std::time::Instant::now() + Duration::from_secs(15);
-    while (accounted(&m) < sent || !full(&m)) && std::time::Instant::now() < deadline {
+    while (accounted(&m) < sent || !settled(&m)) && std::time::Instant::now() < deadline {
         thread::sleep(Duration::from_millis(100));
         m = metrics(&n, &agent);
     }
@@ -153,15 +188,12 @@ fn a_stalled_agent_under_a_flood_counts_what_it_lost() {
     let count = |name: &str, labels: &str| sample(&m, name, labels).unwrap_or(0.0) as u64;
     let seen = count(
         "observer_packets_total",
-        "protocol=\"tcp\",verdict=\"direct_to_pod\"",
+        &format!("protocol=\"{proto}\",verdict=\"direct_to_pod\""),
     );
     assert_eq!(seen, sent, "every flood packet counted in the kernel");
-    // Every SYN is a new flow (disjoint sources): each one is an event read, an event lost,
-    // or a failed table insert, and nothing else.
-    let read = count(
-        "observer_flows_total",
-        "protocol=\"tcp\",verdict=\"direct_to_pod\"",
-    );
+    // Every packet is a new flow (disjoint sources): each one is an event read, an event
+    // lost, or a failed table insert, and nothing else.
+    let read = count("observer_flows_total", &flows_label);
     let lost = count("observer_events_lost_total", "");
     let insert_failed = count(
         "observer_datapath_events_total",
@@ -172,30 +204,52 @@ fn a_stalled_agent_under_a_flood_counts_what_it_lost() {
         sent,
         "{read} read + {lost} lost + {insert_failed} not inserted"
     );
-    // While the agent was stopped the ring could hold no more than its size, as the kernel
-    // reports it: records of a FlowEvent behind an 8-byte header, in 8-byte steps, with at
-    // most size - 1 bytes pending.
-    let rings = agent.map_sizes(BPF_MAP_TYPE_RINGBUF);
-    assert_eq!(rings.len(), 1, "the agent holds one ring buffer: {rings:?}");
-    let record = (std::mem::size_of::<FlowEvent>() as u64 + 8).next_multiple_of(8);
-    let capacity = (rings[0] - 1) / record;
-    assert!(
-        read <= capacity,
-        "{read} events read from a ring of {} bytes ({capacity} records)",
-        rings[0]
-    );
     assert!(lost > 0 && read > 0, "{read} read, {lost} lost");
-    println!(
-        "{sent} sent: {read} read, {lost} lost, {insert_failed} not inserted; ring {} bytes, {capacity} records",
-        rings[0]
-    );
     let entries = sample(&m, "observer_flow_table_entries", "").unwrap();
     let capacity = sample(&m, "observer_flow_table_capacity", "").unwrap();
     assert_eq!(capacity, 1024.0);
-    assert!(
-        entries > 0.8 * capacity && entries <= capacity,
-        "{entries} entries: ObserverBlind's table input must show a full table"
-    );
+    match kind {
+        Flood::Datagrams => {
+            // While the agent was stopped the ring could hold no more than its size, as the
+            // kernel reports it: records of a FlowEvent behind an 8-byte header, in 8-byte
+            // steps, with at most size - 1 bytes pending.
+            let rings = agent.map_sizes(BPF_MAP_TYPE_RINGBUF);
+            assert_eq!(rings.len(), 1, "the agent holds one ring buffer: {rings:?}");
+            let record = (std::mem::size_of::<FlowEvent>() as u64 + 8).next_multiple_of(8);
+            let ring_capacity = (rings[0] - 1) / record;
+            assert!(
+                read <= ring_capacity,
+                "{read} events read from a ring of {} bytes ({ring_capacity} records)",
+                rings[0]
+            );
+            println!(
+                "{sent} sent: {read} read, {lost} lost, {insert_failed} not inserted; ring {} bytes, {ring_capacity} records",
+                rings[0]
+            );
+            assert!(
+                entries > 0.8 * capacity && entries <= capacity,
+                "{entries} entries: ObserverBlind's table input must show a full table"
+            );
+        }
+        Flood::Syns => {
+            // A ring per CPU, each holding its slots while nobody reads them, then the event
+            // ring (the table path).
+            let cpus = aya::util::nr_cpus().unwrap() as u32;
+            let slots = observer_common::maps::staged::slots_for(cpus);
+            let rings = agent.map_sizes(BPF_MAP_TYPE_RINGBUF);
+            let record = (std::mem::size_of::<FlowEvent>() as u64 + 8).next_multiple_of(8);
+            let capacity_read = u64::from(cpus * slots) + (rings[0] - 1) / record;
+            assert!(
+                read <= capacity_read,
+                "{read} SYNs read from {cpus} staged rings of {slots} records and the event ring"
+            );
+            println!("{sent} SYNs sent: {read} read, {lost} lost; {cpus} staged rings of {slots}");
+            assert!(
+                entries > 0.8 * capacity && entries <= capacity,
+                "{entries} entries: the SYNs past the staged rings fill the table"
+            );
+        }
+    }
     assert!(!m.contains("198.18."), "no source address in the metrics");
     // Still serving, with a bounded view.
     let s = status(&agent);

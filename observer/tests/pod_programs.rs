@@ -1,6 +1,7 @@
 //! The pod-side programs and the uplink together, through BPF_PROG_TEST_RUN: pod-opened flows
 //! make replies "reply", flagged flows are delivered / answered / refused, and each new
-//! flagged flow yields exactly one event. The pod's packets go through the pod veth's ingress
+//! flagged flow yields exactly one event, or (a pure SYN) one staged record, which the pod's
+//! answer marks. The pod's packets go through the pod veth's ingress
 //! program, or (`uplink-egress` mode) the uplink's egress program, which must find the same.
 
 use aya::{
@@ -10,10 +11,11 @@ use aya::{
 use observer::{
     bpf::{self, LoadOptions},
     kmaps::{self, Maps},
+    staged::StagedRings,
 };
 use observer_common::testing::flow_key as key;
 use observer_common::{
-    maps::{FlowKey, FlowStats, health, origin},
+    maps::{FlowEvent, FlowKey, FlowStats, health, origin, staged},
     names::{PROG_EGRESS, PROG_FROM_POD, PROG_TO_POD, PROG_UPLINK},
     packet::{TCP_ACK, TCP_PSH, TCP_RST, TCP_SYN},
     testing::{
@@ -40,6 +42,9 @@ fn flow(maps: &Maps, k: &FlowKey) -> Option<FlowStats> {
 }
 
 fn setup() -> (Ebpf, Maps, RingBuf<MapData>) {
+    // One CPU throughout: the pod's answer runs on the CPU that received the SYN, as in the
+    // kernel's own path, so it finds the staged SYN in that CPU's index.
+    testbed::cpu::pin_current();
     let mut ebpf = bpf::load(&LoadOptions::default())
         .expect("loading the eBPF object (this test needs root and a kernel that runs eBPF)");
     // A node with one pod and no pod-opened flows yet.
@@ -178,7 +183,8 @@ fn flagged_flows_are_answered_or_refused_at_uplink_egress() {
 fn flagged_flows(pod_side: &'static str) {
     let veths = pod_side == PROG_FROM_POD;
     let (mut ebpf, maps, mut events) = setup();
-    // Row 1/15: SYN to an open port (answered) and to a closed one (refused).
+    let mut rings = StagedRings::take(&mut ebpf).unwrap();
+    // Row 1/15: SYN to an open port (answered) and to a closed one (refused): staged.
     let open = Frame::tcp(OUTSIDE, POD_A, 51000, 80, TCP_SYN);
     let closed = Frame::tcp(OUTSIDE, POD_A, 51020, 81, TCP_SYN);
     // Row 11: UDP answered; row 10: ping answered; UDP to a closed port: ICMP unreachable.
@@ -193,13 +199,12 @@ fn flagged_flows(pod_side: &'static str) {
             run(&mut ebpf, PROG_TO_POD, f);
         }
     }
-    // Retransmitted SYN: same flow, no new event.
+    // Retransmitted SYN: staged again (the agent adds it to the flow).
     run(&mut ebpf, PROG_UPLINK, &open);
-    run(
-        &mut ebpf,
-        pod_side,
-        &Frame::tcp(POD_A, OUTSIDE, 80, 51000, TCP_SYN | TCP_ACK),
-    );
+    let synack = Frame::tcp(POD_A, OUTSIDE, 80, 51000, TCP_SYN | TCP_ACK);
+    run(&mut ebpf, pod_side, &synack);
+    // A retransmitted SYN-ACK marks nothing more.
+    run(&mut ebpf, pod_side, &synack);
     run(
         &mut ebpf,
         pod_side,
@@ -231,40 +236,160 @@ fn flagged_flows(pod_side: &'static str) {
         (s.delivered, s.answered, s.refused)
     };
     let d = u8::from(veths);
-    assert_eq!(state(key(OUTSIDE, POD_A, 51000, 80, 6)), (d, 1, 0));
-    assert_eq!(state(key(OUTSIDE, POD_A, 51020, 81, 6)), (d, 0, 1));
     assert_eq!(state(key(OUTSIDE, POD_A, 51013, 5353, 17)), (d, 1, 0));
     assert_eq!(state(key(OUTSIDE, POD_A, 10, 0, 1)), (d, 1, 0));
     assert_eq!(state(key(OUTSIDE, POD_A, 51014, 9, 17)), (d, 0, 1));
     assert_eq!(state(key(OUTSIDE, POD_A, 51021, 80, 6)), (d, 0, 0));
-
-    let open_stats = flow(&maps, &key(OUTSIDE, POD_A, 51000, 80, 6)).unwrap();
-    assert_eq!(open_stats.packets, 2);
-    assert_eq!(open_stats.bytes, 2 * open.build().len() as u64);
-    assert_eq!(open_stats.origin, origin::START);
-    assert_eq!(open_stats.verdict, Verdict::DirectToPod as u8);
-    assert_eq!(open_stats.reason, Reason::DirectNewConnection as u8);
-    assert_eq!(open_stats.tcp_flags, TCP_SYN);
-    assert!(open_stats.last_seen_ns >= open_stats.first_seen_ns && open_stats.first_seen_ns > 0);
     let mid_stats = flow(&maps, &key(OUTSIDE, POD_A, 51021, 80, 6)).unwrap();
     assert_eq!(mid_stats.origin, origin::MID_STREAM);
     assert_eq!(mid_stats.reason, Reason::DirectMidStream as u8);
 
+    // The SYNs are in the staged ring, not in the table, with the pod's answers after them.
+    let open_key = key(OUTSIDE, POD_A, 51000, 80, 6);
+    let closed_key = key(OUTSIDE, POD_A, 51020, 81, 6);
+    assert!(flow(&maps, &open_key).is_none() && flow(&maps, &closed_key).is_none());
+    let mut records: Vec<FlowEvent> = Vec::new();
+    rings.drain(&mut records);
+    let kinds: Vec<(FlowKey, u8)> = records.iter().map(|r| (r.key, r.kind)).collect();
+    assert_eq!(
+        kinds,
+        vec![
+            (open_key, staged::SYN),
+            (closed_key, staged::SYN),
+            (open_key, staged::SYN),
+            (open_key, staged::ANSWERED),
+            (closed_key, staged::REFUSED),
+        ]
+    );
+    for syn in [&records[0], &records[2]] {
+        assert_eq!(syn.bytes, open.build().len() as u32);
+        assert_eq!(syn.origin, origin::START);
+        assert_eq!(syn.verdict, Verdict::DirectToPod as u8);
+        assert_eq!(syn.reason, Reason::DirectNewConnection as u8);
+        assert_eq!(syn.tcp_flags, TCP_SYN);
+        assert!(syn.ts_ns > 0);
+    }
+    assert!(records[2].ts_ns >= records[0].ts_ns);
+    // The marks name the interface the answer was read on.
+    assert!(records[3].ifindex > 0 && records[3].ifindex == records[4].ifindex);
+
     // The pod's answers are not taken for flows it opened.
     assert!(maps.pod_flows().unwrap().is_empty());
-    // One event per new flagged flow, none lost.
+    // One event per new flagged flow that is not staged, none lost.
     let mut got = Vec::new();
     let bad = kmaps::drain_events(&mut events, &mut got);
     assert_eq!(bad, 0);
-    assert_eq!(got.len(), 6, "{got:?}");
+    assert_eq!(got.len(), 4, "{got:?}");
     assert!(got.iter().all(|e| e.verdict == Verdict::DirectToPod as u8));
-    assert_eq!(got[0].key, key(OUTSIDE, POD_A, 51000, 80, 6));
+    assert!(got.iter().all(|e| e.kind == staged::NEW_FLOW));
+    assert_eq!(got[0].key, key(OUTSIDE, POD_A, 51013, 5353, 17));
     let h = maps.health_counts().unwrap();
     assert_eq!(h[health::EVENTS_LOST as usize], 0);
-    assert_eq!(h[health::DELIVERED_MARKS as usize], 6 * u64::from(veths));
+    // Staged SYNs are not marked delivered (nothing reads it for a SYN alone).
+    assert_eq!(h[health::DELIVERED_MARKS as usize], 4 * u64::from(veths));
     assert_eq!(h[health::ANSWER_MARKS as usize], 5);
     assert_eq!(h[health::TO_POD_PACKETS as usize], 6 * u64::from(veths));
-    assert_eq!(h[seen_counter(pod_side)], 5);
+    assert_eq!(h[seen_counter(pod_side)], 6);
+}
+
+/// A softirq batch: 64 SYNs from one client reach the CPU before the pod answers any (the
+/// answers come when the batch has been handed to the pods), then half are answered and half
+/// refused. Every answer finds its SYN through this CPU's index, none marks another's.
+#[test]
+fn a_batch_of_syns_is_marked_answer_by_answer() {
+    let (mut ebpf, _maps, _events) = setup();
+    let mut rings = StagedRings::take(&mut ebpf).unwrap();
+    const BATCH: u16 = 64;
+    for i in 0..BATCH {
+        run(
+            &mut ebpf,
+            PROG_UPLINK,
+            &Frame::tcp(OUTSIDE, POD_A, 42000 + i, 80 + i % 2, TCP_SYN),
+        );
+    }
+    for i in (0..BATCH).rev() {
+        let flags = if i % 2 == 0 {
+            TCP_SYN | TCP_ACK
+        } else {
+            TCP_RST | TCP_ACK
+        };
+        run(
+            &mut ebpf,
+            PROG_FROM_POD,
+            &Frame::tcp(POD_A, OUTSIDE, 80 + i % 2, 42000 + i, flags),
+        );
+    }
+    let mut records: Vec<FlowEvent> = Vec::new();
+    rings.drain(&mut records);
+    let (syns, marks) = records.split_at(usize::from(BATCH));
+    assert!(syns.iter().all(|r| r.kind == staged::SYN));
+    assert_eq!(
+        marks.len(),
+        usize::from(BATCH),
+        "an answer without its mark"
+    );
+    for m in marks {
+        let i = m.key.sport - 42000;
+        assert_eq!(m.key, key(OUTSIDE, POD_A, 42000 + i, 80 + i % 2, 6));
+        let want = if i % 2 == 0 {
+            staged::ANSWERED
+        } else {
+            staged::REFUSED
+        };
+        assert_eq!(m.kind, want, "{i}");
+    }
+}
+
+/// The outsider's ACK after a staged SYN puts the flow in the table as the same flow: its
+/// start seen, its event a continuation (the agent counted it from the SYN), and the pod's
+/// later packets mark nothing twice.
+#[test]
+fn a_staged_flows_next_packet_continues_it() {
+    let (mut ebpf, maps, mut events) = setup();
+    let mut rings = StagedRings::take(&mut ebpf).unwrap();
+    let k = key(OUTSIDE, POD_A, 51000, 80, 6);
+    run(
+        &mut ebpf,
+        PROG_UPLINK,
+        &Frame::tcp(OUTSIDE, POD_A, 51000, 80, TCP_SYN),
+    );
+    let synack = Frame::tcp(POD_A, OUTSIDE, 80, 51000, TCP_SYN | TCP_ACK);
+    run(&mut ebpf, PROG_FROM_POD, &synack);
+    run(
+        &mut ebpf,
+        PROG_UPLINK,
+        &Frame::tcp(OUTSIDE, POD_A, 51000, 80, TCP_ACK),
+    );
+    run(&mut ebpf, PROG_FROM_POD, &synack);
+    // A flow this CPU never staged starts as what it is.
+    run(
+        &mut ebpf,
+        PROG_UPLINK,
+        &Frame::tcp(OUTSIDE, POD_A, 51001, 80, TCP_ACK),
+    );
+    let s = flow(&maps, &k).expect("in the table from its second packet");
+    assert_eq!((s.packets, s.origin), (1, origin::START));
+    let mut got = Vec::new();
+    kmaps::drain_events(&mut events, &mut got);
+    let kinds: Vec<(u16, u8, u8)> = got
+        .iter()
+        .map(|e| (e.key.sport, e.kind, e.origin))
+        .collect();
+    assert_eq!(
+        kinds,
+        vec![
+            (51000, staged::CONTINUED, origin::START),
+            (51001, staged::NEW_FLOW, origin::MID_STREAM)
+        ]
+    );
+    let mut records: Vec<FlowEvent> = Vec::new();
+    rings.drain(&mut records);
+    let kinds: Vec<u8> = records.iter().map(|r| r.kind).collect();
+    assert_eq!(kinds, vec![staged::SYN, staged::ANSWERED]);
+    assert_eq!(
+        maps.health_counts().unwrap()[health::ANSWER_MARKS as usize],
+        1
+    );
 }
 
 #[test]
@@ -292,7 +417,7 @@ fn known_flows_are_stamped_with_the_agents_clock() {
     run(
         &mut ebpf,
         PROG_UPLINK,
-        &Frame::tcp(OUTSIDE, POD_A, 51000, 80, TCP_SYN),
+        &Frame::tcp(OUTSIDE, POD_A, 51000, 80, TCP_ACK | TCP_PSH),
     );
     let first = flow(&maps, &k).unwrap();
     assert!(first.first_seen_ns >= before);
@@ -312,7 +437,7 @@ fn known_flows_are_stamped_with_the_agents_clock() {
     run(
         &mut ebpf,
         PROG_UPLINK,
-        &Frame::tcp(OUTSIDE, POD_A, 51001, 80, TCP_SYN),
+        &Frame::tcp(OUTSIDE, POD_A, 51001, 80, TCP_ACK | TCP_PSH),
     );
     let new = flow(&maps, &key(OUTSIDE, POD_A, 51001, 80, 6)).unwrap();
     assert!(new.first_seen_ns >= before && new.first_seen_ns < later);

@@ -231,69 +231,105 @@ fn main() {
     println!("{}", serde_json::Value::Object(out));
 }
 
-/// The first SYN of a new direct flow: a new flow each run (repeat 1), minus the empty program
-/// at repeat 1, against the same SYN decided but not kept. The event ring buffer is read the
-/// two ways the agent reads it: after every SYN (a lone access, the agent keeping up: each
-/// event finds the ring empty, where a submit with a wakeup would interrupt the CPU), and after
-/// every 1,000 (a flood, the agent behind). Every SYN has its flow and its event (the rows say
-/// so).
+/// The first packet of a new direct flow: a new flow each run (repeat 1), minus the empty
+/// program at repeat 1. A pure SYN is staged (a record in this CPU's ring); a first datagram
+/// takes the `FLOWS` path (lookup, insert, event). Each is read the two ways the agent reads:
+/// after every packet (a lone access, the agent keeping up: each event finds the ring empty,
+/// where a submit with a wakeup would interrupt the CPU), and after every 1,000 (a flood, the
+/// agent behind). Every packet has its record or its flow and event (the rows say so). Last,
+/// the same SYN decided but not kept.
 fn first_syn() -> serde_json::Map<String, serde_json::Value> {
+    use observer::staged::StagedRings;
     use vpc::*;
     const N: u32 = 40_000;
     let (mut ebpf, maps, mut events) = node_with_events(&LoadOptions::default());
+    let mut rings = StagedRings::take(&mut ebpf).expect("staged rings");
     let (mut untracked, _untracked_maps) = node(&LoadOptions {
         track_mask: 0,
         ..LoadOptions::default()
     });
     fn time(obj: &mut Ebpf, prog: &'static str, frame: &[u8]) -> f64 {
-        let r = bpf::test_run(obj, prog, frame, 1).expect("syn");
+        let r = bpf::test_run(obj, prog, frame, 1).expect("first packet");
         r.duration.as_nanos() as f64
     }
     let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
     let mut out = serde_json::Map::new();
     let mut syn_untracked = Vec::new();
     let mut syn_floor = Vec::new();
-    for (row, read_every) in [
-        ("agent keeping up: ring read after each SYN", 1),
-        ("agent behind: ring read after each 1,000", 1_000),
+    let mut records = Vec::new();
+    for (packet, datagram) in [
+        ("SYN (staged)", false),
+        ("UDP datagram (table + event)", true),
     ] {
-        let mut syn = Vec::new();
-        let mut received = 0u64;
-        for i in 0..N {
-            let sport = 10_000 + (i % 50_000) as u16;
-            let f = Frame::tcp(OUTSIDE, POD_B, sport, 80, TCP_SYN).build();
-            syn.push(time(&mut ebpf, PROG_UPLINK, &f));
-            syn_untracked.push(time(&mut untracked, PROG_UPLINK, &f));
-            syn_floor.push(time(&mut ebpf, PROG_NOOP, &f));
-            let _ = maps.remove_flow(&FlowKey::new(
-                key_of(OUTSIDE.parse().unwrap()),
-                key_of(POD_B.parse().unwrap()),
-                sport,
-                80,
-                6,
-            ));
-            if (i + 1) % read_every == 0 {
-                while events.next().is_some() {
-                    received += 1;
+        for (row, read_every) in [
+            ("agent keeping up: read after each packet", 1),
+            ("agent behind: read after each 1,000", 1_000),
+        ] {
+            let mut first = Vec::new();
+            let mut floor = Vec::new();
+            let mut received = 0u64;
+            let lost_before = maps
+                .health_counts()
+                .map(|h| h[health::EVENTS_LOST as usize])
+                .unwrap_or(u64::MAX);
+            for i in 0..N {
+                let sport = 10_000 + (i % 50_000) as u16;
+                let (f, key) = if datagram {
+                    (
+                        Frame::udp(OUTSIDE, POD_B, sport, 5353).build(),
+                        FlowKey::new(
+                            key_of(OUTSIDE.parse().unwrap()),
+                            key_of(POD_B.parse().unwrap()),
+                            sport,
+                            5353,
+                            17,
+                        ),
+                    )
+                } else {
+                    (
+                        Frame::tcp(OUTSIDE, POD_B, sport, 80, TCP_SYN).build(),
+                        FlowKey::default(),
+                    )
+                };
+                first.push(time(&mut ebpf, PROG_UPLINK, &f));
+                floor.push(time(&mut ebpf, PROG_NOOP, &f));
+                if !datagram && read_every == 1 {
+                    syn_untracked.push(time(&mut untracked, PROG_UPLINK, &f));
+                    syn_floor.push(floor[floor.len() - 1]);
+                }
+                if datagram {
+                    let _ = maps.remove_flow(&key);
+                }
+                if (i + 1) % read_every == 0 {
+                    while events.next().is_some() {
+                        received += 1;
+                    }
+                    records.clear();
+                    rings.drain(&mut records);
+                    received += records.len() as u64;
                 }
             }
+            while events.next().is_some() {
+                received += 1;
+            }
+            records.clear();
+            rings.drain(&mut records);
+            received += records.len() as u64;
+            let lost = maps
+                .health_counts()
+                .map(|h| h[health::EVENTS_LOST as usize])
+                .unwrap_or(u64::MAX)
+                - lost_before;
+            out.insert(
+                format!("uplink: direct-to-pod first {packet}, {row}"),
+                serde_json::json!({
+                    "mean_ns_above_floor": mean(&first) - mean(&floor),
+                    "samples": first.len(),
+                    "events_received": received,
+                    "events_lost": lost,
+                }),
+            );
         }
-        while events.next().is_some() {
-            received += 1;
-        }
-        let lost = maps
-            .health_counts()
-            .map(|h| h[health::EVENTS_LOST as usize])
-            .unwrap_or(u64::MAX);
-        out.insert(
-            format!("uplink: direct-to-pod first SYN (new flow + event), {row}"),
-            serde_json::json!({
-                "mean_ns_above_floor": mean(&syn) - mean(&syn_floor),
-                "samples": syn.len(),
-                "events_received": received,
-                "events_lost": lost,
-            }),
-        );
     }
     out.insert(
         "uplink: direct-to-pod first SYN, decided but not kept (TRACK_MASK 0)".into(),
