@@ -4,7 +4,7 @@
 use aya_ebpf::{helpers::bpf_ktime_get_coarse_ns, programs::TcContext};
 use observer_common::{
     maps::{FlowKey, PodFlow, health},
-    packet::{IPPROTO_TCP, Packet, Status, parse},
+    packet::{IPPROTO_TCP, Packet, Status, TCP_RST, TCP_SYN, parse},
     pod::{answer_of, opened_by, opened_leaving_node},
 };
 
@@ -81,7 +81,10 @@ fn mark_answer(ctx: &TcContext, p: &Packet) -> bool {
     if !any_flagged() || !port_may_have_entry(&FLAGGED_PORTS, a.key.dport, a.key.proto) {
         return false;
     }
+    // Only a SYN-ACK, an RST or an ICMP error can answer a SYN alone: the pod's other TCP
+    // packets (a Service connection's data on a flagged port) skip the staged index.
     if a.key.proto == IPPROTO_TCP
+        && (p.quoted().is_some() || p.tcp_flags & (TCP_SYN | TCP_RST) != 0)
         && let Some(marked) = staged::mark(&a.key, a.refused, ifindex(ctx))
     {
         if marked {

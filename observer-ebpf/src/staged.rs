@@ -36,40 +36,23 @@ fn append(cpu: u32, fill: impl FnOnce(&mut FlowEvent)) -> Option<u64> {
     Some(head)
 }
 
-/// The first packet of a flagged flow that is a pure SYN, as the uplink saw it.
-pub struct Syn<'a> {
-    pub key: &'a FlowKey,
-    pub ifindex: u32,
-    pub bytes: u32,
-    pub verdict: u8,
-    pub reason: u8,
-    pub origin: u8,
-    pub tcp_flags: u8,
-}
-
-/// Stages a pure SYN; false if this CPU's ring is full (the caller then takes the `FLOWS`
-/// path).
+/// Stages a pure SYN with this key: `fill` writes what the uplink saw into the record in
+/// place; the stamp and the kind are set here. False if this CPU's ring is full (the caller
+/// then takes the `FLOWS` path).
 #[inline(always)]
-pub fn syn(s: &Syn) -> bool {
+pub fn syn(key: &FlowKey, fill: impl FnOnce(&mut FlowEvent)) -> bool {
     // SAFETY: helpers without preconditions.
     let cpu = unsafe { bpf_get_smp_processor_id() };
     let ts_ns = unsafe { bpf_ktime_get_coarse_ns() };
     let position = append(cpu, |r| {
-        r.key = *s.key;
+        fill(r);
         r.ts_ns = ts_ns;
-        r.ifindex = s.ifindex;
-        r.bytes = s.bytes;
-        r.verdict = s.verdict;
-        r.reason = s.reason;
-        r.origin = s.origin;
-        r.tcp_flags = s.tcp_flags;
         r.kind = staged::SYN;
-        r._pad = [0; 3];
     });
     let Some(position) = position else {
         return false;
     };
-    let fingerprint = staged::fingerprint(s.key);
+    let fingerprint = staged::fingerprint(key);
     if let Some(set) = STAGED_INDEX.get_ptr_mut(staged::index_slot(fingerprint)) {
         // SAFETY: a per-CPU slot.
         unsafe {

@@ -117,16 +117,17 @@ fn track(ctx: &TcContext, p: &Packet, d: &Decision, len: u32) {
         // CPU's staged ring has room.
         mark_port(&FLAGGED_PORTS, key.dport, key.proto);
         set_flagged();
-        let syn = crate::staged::Syn {
-            key: &key,
-            ifindex: ifindex(ctx),
-            bytes: len,
-            verdict: d.verdict as u8,
-            reason: d.reason as u8,
-            origin: origin_of(p),
-            tcp_flags: p.tcp_flags,
-        };
-        if crate::staged::syn(&syn) {
+        let staged = crate::staged::syn(&key, |r| {
+            r.key = key;
+            r.ifindex = ifindex(ctx);
+            r.bytes = len;
+            r.verdict = d.verdict as u8;
+            r.reason = d.reason as u8;
+            r.origin = origin_of(p);
+            r.tcp_flags = p.tcp_flags;
+            r._pad = [0; 3];
+        });
+        if staged {
             return;
         }
         // This CPU's ring is full (the agent is behind): the table path, as any first packet,
