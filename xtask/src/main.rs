@@ -164,12 +164,22 @@ fn real_main() -> Result<()> {
         }
         Task::Test { args } => {
             timed("toolchain check", || toolchain::ensure(&[]))?;
+            checks::disk_space(&root.join("target"))?;
+            // A full run builds every test binary once: incremental state would only add a
+            // gigabyte of disk (CI starts from a clean checkout).
             timed("build (userspace on stable, eBPF on debian-web)", || {
-                run(cargo().args(["build", "--all-targets"]))
+                run(cargo()
+                    .args(["build", "--all-targets"])
+                    .env("CARGO_INCREMENTAL", "0"))
             })?;
             let mut totals = (0, 0);
             let mut result = timed("tests", || {
-                totals = run_tests(cargo().arg("test").args(&args))?;
+                totals = run_tests(
+                    cargo()
+                        .arg("test")
+                        .args(&args)
+                        .env("CARGO_INCREMENTAL", "0"),
+                )?;
                 Ok(())
             });
             if result.is_ok() && args.is_empty() {
