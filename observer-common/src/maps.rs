@@ -332,7 +332,15 @@ pub mod staged {
     pub struct Positions {
         /// Records written (the kernel, atomically after the record).
         pub head: u64,
-        pub _pad0: [u64; 7],
+        /// The kernel's last read of `tail`: a ring with room by this one needs no read of the
+        /// agent's line, which the agent's every read makes a cache miss on the packet's CPU.
+        /// Only ever behind `tail`, so a ring it says is full is read again before it is.
+        pub tail_seen: u64,
+        /// The kernel's coarse clock as read at `clock_jiffies`: a record of the same tick is
+        /// stamped with it, no clock helper called (see [`stamp`]).
+        pub clock_jiffies: u64,
+        pub clock_ns: u64,
+        pub _pad0: [u64; 4],
         /// Records the agent has read; the kernel writes no record past `tail + slots`.
         pub tail: u64,
         pub _pad1: [u64; 7],
@@ -449,6 +457,19 @@ pub mod staged {
         cpu * slots + (position as u32 & (slots - 1))
     }
 
+    /// The stamp of a record written at tick `jiffies`: the coarse clock cached in `p` if it
+    /// was read in this tick, else `read()`, cached. The coarse clock only moves at a tick, so
+    /// this is the value the helper would give (at most one tick behind, as it always is),
+    /// while the helper is called at most once per tick per CPU.
+    #[inline(always)]
+    pub fn stamp(p: &mut Positions, jiffies: u64, read: impl FnOnce() -> u64) -> u64 {
+        if p.clock_jiffies != jiffies || p.clock_ns == 0 {
+            p.clock_ns = read();
+            p.clock_jiffies = jiffies;
+        }
+        p.clock_ns
+    }
+
     /// Whether a ring of `slots` records with these positions has no free slot.
     #[inline(always)]
     pub const fn full(head: u64, tail: u64, slots: u32) -> bool {
@@ -536,6 +557,32 @@ mod tests {
     extern crate std;
     use super::events::{RECORD_BYTES, RING_BYTES, WAKE_AT_BYTES, wakes};
     use std::vec::Vec;
+
+    #[test]
+    fn a_staged_stamp_reads_the_clock_once_per_tick() {
+        use super::staged::{Positions, stamp};
+        use core::cell::Cell;
+        let reads = Cell::new(0);
+        let at = |p: &mut Positions, jiffies: u64, clock_ns: u64| {
+            stamp(p, jiffies, || {
+                reads.set(reads.get() + 1);
+                clock_ns
+            })
+        };
+        let mut p = Positions::default();
+        // The first record of a tick reads the clock; the rest of that tick reuse it.
+        assert_eq!(at(&mut p, 100, 4_000_000), 4_000_000);
+        assert_eq!(at(&mut p, 100, 4_000_123), 4_000_000);
+        assert_eq!(at(&mut p, 100, 4_000_456), 4_000_000);
+        assert_eq!(reads.get(), 1);
+        // The next tick reads it again, and so does a tick long after (no stale stamp).
+        assert_eq!(at(&mut p, 101, 8_000_000), 8_000_000);
+        assert_eq!(at(&mut p, 90_101, 360_008_000_000), 360_008_000_000);
+        assert_eq!(reads.get(), 3);
+        // An unset cache at jiffies 0 is read, not taken as a stamp of 0.
+        assert_eq!(at(&mut Positions::default(), 0, 77), 77);
+        assert_eq!(reads.get(), 4);
+    }
 
     #[test]
     fn staged_ring_layout_and_fingerprints() {

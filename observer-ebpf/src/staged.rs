@@ -2,7 +2,7 @@
 //! this CPU's index, instead of a `FLOWS` insert and an `EVENTS` record (see
 //! `observer_common::maps::staged`). The pod side marks a staged SYN by appending its answer.
 
-use aya_ebpf::helpers::{bpf_get_smp_processor_id, bpf_ktime_get_coarse_ns};
+use aya_ebpf::helpers::{bpf_get_smp_processor_id, bpf_jiffies64, bpf_ktime_get_coarse_ns};
 use observer_common::maps::{
     FlowEvent, FlowKey,
     staged::{self, IndexEntry},
@@ -13,24 +13,35 @@ use crate::{
     maps::{STAGED, STAGED_INDEX, STAGED_POSITIONS, staged_slots},
 };
 
-/// Appends a record to this CPU's ring, written in place by `fill` (no copy on the 512-byte
-/// stack); None if the ring is full (the agent is behind) or the CPU has no ring. Returns the
-/// record's position.
+/// Appends a record to this CPU's ring, written in place by `fill` with the record's stamp
+/// (no copy on the 512-byte stack); None if the ring is full (the agent is behind) or the CPU
+/// has no ring. Returns the record's position.
 #[inline(always)]
-fn append(cpu: u32, fill: impl FnOnce(&mut FlowEvent)) -> Option<u64> {
+fn append(cpu: u32, fill: impl FnOnce(&mut FlowEvent, u64)) -> Option<u64> {
     let pos = STAGED_POSITIONS.get_ptr_mut(cpu)?;
-    // SAFETY: this CPU's positions; only this CPU writes `head` (softirq, no preemption), and
-    // `tail` is the agent's aligned u64, read once.
-    let (head, tail) = unsafe { ((*pos).head, core::ptr::read_volatile(&(*pos).tail)) };
     let slots = staged_slots();
-    if staged::full(head, tail, slots) {
-        return None;
-    }
+    // SAFETY: this CPU's positions; only this CPU writes `head` and `tail_seen` (softirq, no
+    // preemption), and `tail` is the agent's aligned u64, read only when the ring looks full.
+    let head = unsafe {
+        let head = (*pos).head;
+        if staged::full(head, (*pos).tail_seen, slots) {
+            let tail = core::ptr::read_volatile(&(*pos).tail);
+            (*pos).tail_seen = tail;
+            if staged::full(head, tail, slots) {
+                return None;
+            }
+        }
+        head
+    };
     let slot = STAGED.get_ptr_mut(staged::slot(cpu, head, slots))?;
+    // The coarse clock, read once per tick per CPU (the helper cost about 30 ns a SYN; the
+    // jiffies helper is inlined by the verifier into a load).
+    // SAFETY: helpers without preconditions; this CPU's positions, as above.
+    let ts_ns = unsafe { staged::stamp(&mut *pos, bpf_jiffies64(), || bpf_ktime_get_coarse_ns()) };
     // SAFETY: a slot the agent has read (or never had), so only this CPU touches it until the
     // head below publishes it; then the record, then the head, fully ordered.
     unsafe {
-        fill(&mut *slot);
+        fill(&mut *slot, ts_ns);
         atomic::publish_add(&raw mut (*pos).head, 1);
     }
     Some(head)
@@ -43,8 +54,7 @@ fn append(cpu: u32, fill: impl FnOnce(&mut FlowEvent)) -> Option<u64> {
 pub fn syn(key: &FlowKey, fill: impl FnOnce(&mut FlowEvent)) -> bool {
     // SAFETY: helpers without preconditions.
     let cpu = unsafe { bpf_get_smp_processor_id() };
-    let ts_ns = unsafe { bpf_ktime_get_coarse_ns() };
-    let position = append(cpu, |r| {
+    let position = append(cpu, |r, ts_ns| {
         fill(r);
         r.ts_ns = ts_ns;
         r.kind = staged::SYN;
@@ -110,9 +120,7 @@ pub fn mark(key: &FlowKey, refused: bool, pod_ifindex: u32) -> Option<bool> {
         }
         (*entry).position |= staged::MARKED;
     }
-    // SAFETY: as above.
-    let ts_ns = unsafe { bpf_ktime_get_coarse_ns() };
-    let appended = append(cpu, |r| {
+    let appended = append(cpu, |r, ts_ns| {
         *r = FlowEvent {
             key: *key,
             ts_ns,

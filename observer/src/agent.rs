@@ -272,6 +272,7 @@ async fn read_events(
         let dir = shared.dir.read().unwrap_or_else(|p| p.into_inner());
         let mut t = shared.tracker.lock().unwrap_or_else(|p| p.into_inner());
         t.bad_events += bad;
+        t.note_in_table(&events);
         for e in &staged {
             t.on_staged(e, &dir, &shared.maps, &shared.metrics);
         }

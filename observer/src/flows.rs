@@ -81,6 +81,10 @@ struct Record {
     /// What the staged ring told of the flow (its pure SYNs and the pod's answers to them),
     /// which `FLOWS` never holds; zero for a flow whose first packet was not a pure SYN.
     staged: FlowStats,
+    /// The kernel table holds (or held) the flow: its first packet went through `FLOWS`, or a
+    /// later one did (the ACK that continued a staged SYN). False for a flow the staged ring
+    /// alone told of (a SYN flood's), whose eviction then reads nothing from the kernel.
+    in_table: bool,
     first_seen_ns: u64,
     /// How the flow began, as rows, metrics and alerts name it ([`origin_label`]).
     origin_label: &'static str,
@@ -225,6 +229,9 @@ pub struct Tracker {
     last_refresh_ns: Option<u64>,
     /// The inventory has not had its first full sync: new flagged flows are held.
     hold: bool,
+    /// Flows this read's events continue whose staged SYN is in the same read, not yet a record
+    /// ([`Tracker::note_in_table`]).
+    continued: FlowMap<()>,
     /// Refreshes from the kernel table so far (`status`: a stalled agent shows).
     pub refreshes: u64,
     /// Events seen, and events of an unexpected size.
@@ -249,6 +256,7 @@ impl Tracker {
             pusher: None,
             last_refresh_ns: None,
             hold: false,
+            continued: FlowMap::default(),
             refreshes: 0,
             events: 0,
             bad_events: 0,
@@ -350,6 +358,22 @@ impl Tracker {
         self.records.is_empty()
     }
 
+    /// Takes from one read's events, before its staged records, which flows are in the kernel
+    /// table: the staged records may push a flow out of the view (reading its table entry
+    /// only if it is there) before the event that continued it would be reached.
+    pub fn note_in_table(&mut self, events: &[FlowEvent]) {
+        self.continued.clear();
+        for e in events {
+            match self.records.get_mut(&e.key) {
+                Some(r) => r.in_table = true,
+                None if e.kind == staged::CONTINUED => {
+                    self.continued.insert(e.key, ());
+                }
+                None => {}
+            }
+        }
+    }
+
     /// A record of the staged rings: a pure SYN of a flagged flow (a new flow, or another SYN
     /// of one already shown), or the pod's answer to one. Read before the `EVENTS` of the same
     /// read, so that a flow's later packets find it.
@@ -391,10 +415,14 @@ impl Tracker {
             return;
         };
         let reason = Reason::from_u8(e.reason).unwrap_or(Reason::DirectOtherProtocol);
-        if self.records.contains_key(&e.key) || e.kind == staged::CONTINUED {
-            // The flow's next packet after its staged SYN (counted from that SYN, even if the
-            // view has let it go since), or the kernel re-created an expired flow we still
-            // show: the same flow, not a new one.
+        if let Some(r) = self.records.get_mut(&e.key) {
+            // The flow's next packet after its staged SYN, or the kernel re-created an expired
+            // flow we still show: the same flow, not a new one, and now in the table.
+            r.in_table = true;
+            return;
+        }
+        if e.kind == staged::CONTINUED {
+            // The same, for a flow the view has let go since: counted from its SYN.
             return;
         }
         metrics.count_flow(verdict, e.key.proto);
@@ -428,6 +456,10 @@ impl Tracker {
                 ..FlowStats::default()
             },
             staged: FlowStats::default(),
+            // A staged SYN's record comes through here too (`on_staged`), and is not in the
+            // table unless an event of the same read continued it.
+            in_table: !matches!(e.kind, staged::SYN | staged::ANSWERED | staged::REFUSED)
+                || self.continued.contains_key(&e.key),
             first_seen_ns: e.ts_ns,
             held,
             labels: None,
@@ -441,8 +473,9 @@ impl Tracker {
     }
 
     /// Makes room for a new flow: the oldest leaves the view. One that has not settled yet is
-    /// counted and alerted on first, with what the kernel knows of it now, so that a flood of
-    /// new flows cannot push a real access out uncounted.
+    /// counted and alerted on first, with what the kernel knows of it now (its packets too),
+    /// so that a flood of new flows cannot push a real access out uncounted. (A settled one
+    /// was counted at the last refresh.)
     fn evict(&mut self, key: FlowKey, maps: &Maps, metrics: &Metrics) {
         let Some(r) = self.records.get_mut(&key) else {
             return;
@@ -451,7 +484,11 @@ impl Tracker {
             // Not judged yet, and no inventory to judge it by: counted, never alerted on.
             metrics.presync.with_label_values(&["evicted"]).inc();
         } else if r.labels.is_none() {
-            if let Ok(Some(s)) = maps.flow(&key) {
+            // A flow only the staged ring told of has nothing in the table to read: a SYN
+            // flood's flows leave the view without a syscall each.
+            if r.in_table
+                && let Ok(Some(s)) = maps.flow(&key)
+            {
                 r.stats = merged(&r.staged, &s);
             }
             if r.pending {
@@ -460,6 +497,9 @@ impl Tracker {
             }
             metrics.settled_early.inc();
             self.settle(key, metrics);
+            if let Some(r) = self.records.get_mut(&key) {
+                r.count_moved(metrics);
+            }
         }
         self.records.remove(&key);
     }
@@ -571,6 +611,7 @@ impl Tracker {
         for (key, r) in self.records.iter_mut() {
             if let Some(s) = flows.get(key) {
                 r.stats = merged(&r.staged, s);
+                r.in_table = true;
             }
             let age_ns = now_ns.saturating_sub(r.first_seen_ns);
             if r.pending && age_ns >= wait_ns {

@@ -408,3 +408,66 @@ fn a_flood_to_one_pod_does_not_hide_an_access_to_another() {
     );
     drop(servers);
 }
+
+/// A real access pushed out of the view by a flood before it settled is counted with what the
+/// kernel table holds of it: its packets after the SYN (the ACK that continued its staged SYN,
+/// the request, the close), in the pod's direct-access packet counter. (Flows pushed out
+/// unsettled used to count as flows but never as packets; and a flood's flows, which only the
+/// staged ring knows, are read from no table.)
+#[test]
+fn an_access_pushed_out_by_a_flood_is_counted_with_its_packets() {
+    ports_from(19_285);
+    let n = Node::new(Layout::VpcCni);
+    let mut servers = Servers::new();
+    servers.tcp(&n.pods[1].ns, 80);
+    let agent = start(&n, "flood-evicts", &["--flow-table-entries", "1024"]);
+    let (_, got) = testbed::traffic::tcp_get(&n.outside, None, n.pods[1].ip, 80);
+    assert!(got.is_ok(), "pod B answered");
+    // Read by the agent (it polls every 20 ms), then pushed out long before it settles (2 s).
+    thread::sleep(Duration::from_millis(200));
+    let mut frame = Frame::tcp("198.18.0.1", n.pods[0].ip, 40000, 80, TCP_SYN).build();
+    frame[..6].copy_from_slice(&mac_of(&n.node, n.uplinks[0]));
+    let sent = raw_flood(&n.outside, "eth0", frame, 0.3, 1, 8);
+    assert!(sent > 4_096, "the flood sent only {sent} frames");
+    let veth_b = n.pods[1].veth;
+    let of_b = |m: &str, name: &str| -> f64 {
+        m.lines()
+            .filter(|l| {
+                l.starts_with(&format!("{name}{{")) && l.contains(&format!("pod_name=\"{veth_b}\""))
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+    let mut m = String::new();
+    wait_for("pod B's access counted", Duration::from_secs(10), || {
+        m = metrics(&n, &agent);
+        of_b(&m, "observer_direct_pod_access_flows_total") >= 1.0
+    });
+    promtool_check(&m);
+    assert_eq!(
+        of_b(&m, "observer_direct_pod_access_flows_total"),
+        1.0,
+        "{m}"
+    );
+    assert!(
+        sample(&m, "observer_direct_flows_settled_early_total", "").unwrap_or(0.0) > 0.0,
+        "the flood pushed unsettled flows out: {m}"
+    );
+    // SYN, ACK, request, FIN and the last ACK came from outside; the SYN alone is 1.
+    let packets = of_b(&m, "observer_direct_pod_access_packets_total");
+    assert!(
+        packets >= 3.0,
+        "pod B's flow counted with {packets} packets, not what the kernel table held: {m}"
+    );
+    // The flood's own flows were counted, packets too.
+    let flood_packets: f64 = m
+        .lines()
+        .filter(|l| {
+            l.starts_with("observer_direct_pod_access_packets_total{")
+                && l.contains(&format!("pod_name=\"{}\"", n.pods[0].veth))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert!(flood_packets > 0.0, "{m}");
+    drop(servers);
+}

@@ -33,6 +33,8 @@ pub fn disk_space(target: &Path) -> Result<()> {
         ));
         return Ok(());
     }
+    // The field types are u64 on 64-bit Linux, narrower on some 32-bit targets.
+    #[allow(clippy::useless_conversion)]
     let free = u64::from(fs.f_bavail) * u64::from(fs.f_frsize);
     let gib = |b: u64| b as f64 / f64::from(1u32 << 30);
     step(&format!(
