@@ -21,10 +21,20 @@ struct FloodRun {
     cpu: f64,
 }
 
+/// The runs: (column, `--attach-mode`, dropped after the observer). The pod-side attach modes
+/// only differ where the SYNs reach the pod.
+const RUNS: [(&str, &str, bool); 4] = [
+    ("through the node", "auto", false),
+    ("dropped after the observer", "auto", true),
+    ("through the node, `netlink-pods`", "netlink-pods", false),
+    ("through the node, `uplink-egress`", "uplink-egress", false),
+];
+
 /// Spoofed-source SYN floods to a pod IP from the outside host, on a simulated node with a
-/// running agent: once through the whole node (the SYNs reach the pod, which answers), and
-/// once dropped by nftables right after the observer's hook, so the figure is what the observer
-/// itself keeps up with rather than what the node's forwarding path does.
+/// running agent: through the whole node (the SYNs reach the pod, which answers) in each
+/// attach mode, and once dropped by nftables right after the observer's hook, so the figure
+/// is what the observer itself keeps up with rather than what the node's forwarding path
+/// does.
 pub fn run(bin: &Path) -> Result<(Value, String)> {
     use observer_common::{packet::TCP_SYN, testing::frames::Frame};
     use testbed::{
@@ -35,13 +45,16 @@ pub fn run(bin: &Path) -> Result<(Value, String)> {
     let n = Node::new(Layout::Calico);
     let dir = std::env::temp_dir().join(format!("observer-bench-flood-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
-    let agent = AgentProc::start(
-        bin,
-        &n.node,
-        &dir,
-        19_704,
-        &["--cluster-cidr", "172.16.0.0/16"],
-    );
+    let start = |mode: &str| {
+        AgentProc::start(
+            bin,
+            &n.node,
+            &dir,
+            19_704,
+            &["--cluster-cidr", "172.16.0.0/16", "--attach-mode", mode],
+        )
+    };
+    let mut agent = start("auto");
     let threads = std::thread::available_parallelism().map_or(2, |n| n.get().min(8));
     let mut frame = Frame::tcp(n.outside_ip, n.pods[0].ip, 40000, 80, TCP_SYN).build();
     frame[..6].copy_from_slice(&mac_of(&n.node, "eth0"));
@@ -80,8 +93,19 @@ pub fn run(bin: &Path) -> Result<(Value, String)> {
             .unwrap_or(0)
     };
     let series_before = series(&metrics()?);
+    let (mut series_after, mut rss, mut hwm) = (0, 0, 0);
     let mut runs = Vec::new();
-    for drop_after in [false, true] {
+    for (k, &(_, mode, drop_after)) in RUNS.iter().enumerate() {
+        if k > 0 && mode != RUNS[k - 1].1 {
+            if k == 2 {
+                // The default mode's figures, before its agent goes.
+                (rss, hwm) = rss_kib(agent.pid());
+                series_after = series(&metrics()?);
+            }
+            agent.signal(libc::SIGTERM);
+            drop(agent);
+            agent = start(mode);
+        }
         if drop_after {
             n.node.sh(&["nft", "add table netdev bench"]);
             n.node.sh(&[
@@ -90,18 +114,14 @@ pub fn run(bin: &Path) -> Result<(Value, String)> {
             ]);
         }
         println!(
-            "==> spoofed-source SYN flood to a pod IP ({SECS} s, {threads} sender threads{})",
-            if drop_after {
-                ", dropped after the observer"
-            } else {
-                ", through the node"
-            }
+            "==> spoofed-source SYN flood to a pod IP ({SECS} s, {threads} sender threads, {})",
+            RUNS[k].0
         );
         let (seen0, events0, lost0, failed0) = figures(&metrics()?);
         let rx0 = rx();
         let cpu0 = cpu_ticks(agent.pid());
-        // The second run's sources follow the first's, so none is a flow already in the table.
-        let first_block = if drop_after { threads as u32 } else { 0 };
+        // Each run's sources follow the last's, so none is a flow already in the table.
+        let first_block = (k * threads) as u32;
         let sent = raw_flood(
             &n.outside,
             "eth0",
@@ -117,7 +137,7 @@ pub fn run(bin: &Path) -> Result<(Value, String)> {
         // SAFETY: sysconf has no preconditions.
         let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
         runs.push((
-            drop_after,
+            k,
             FloodRun {
                 sent,
                 arrived: rx() - rx0,
@@ -132,13 +152,16 @@ pub fn run(bin: &Path) -> Result<(Value, String)> {
             n.node.sh(&["nft", "delete table netdev bench"]);
         }
     }
-    let (rss, hwm) = rss_kib(agent.pid());
-    let series_after = series(&metrics()?);
     let mut md = format!(
-        "## Spoofed-source SYN flood to one pod ({SECS} s, {threads} sender threads, a new source per frame)\n\n| figure | through the node | dropped after the observer |\n|---|---|---|\n"
+        "## Spoofed-source SYN flood to one pod ({SECS} s, {threads} sender threads, a new source per frame)\n\n| figure |"
     );
+    for (column, _, _) in RUNS {
+        md.push_str(&format!(" {column} |"));
+    }
+    md.push_str(&format!("\n|---|{}\n", "---|".repeat(RUNS.len())));
     let row = |name: &str, f: &dyn Fn(&FloodRun) -> String| {
-        format!("| {name} | {} | {} |\n", f(&runs[0].1), f(&runs[1].1))
+        let cells: String = runs.iter().map(|(_, r)| format!(" {} |", f(r))).collect();
+        format!("| {name} |{cells}\n")
     };
     md.push_str(&row("frames sent", &|r| r.sent.to_string()));
     md.push_str(&row("frames that reached the uplink", &|r| {
@@ -157,15 +180,16 @@ pub fn run(bin: &Path) -> Result<(Value, String)> {
         format!("{:.2}", r.cpu)
     }));
     md.push_str(&format!(
-        "\nAgent RSS after both {:.1} MiB, peak {:.1} MiB. Direct-access series before / after: {series_before} / {series_after}.\n\n",
+        "\nDefault mode's agent: RSS after its two floods {:.1} MiB, peak {:.1} MiB; direct-access series before / after: {series_before} / {series_after}.\n\n",
         rss as f64 / 1024.0,
         hwm as f64 / 1024.0
     ));
     let json_runs: Vec<Value> = runs
         .iter()
-        .map(|(drop_after, r)| {
+        .map(|&(k, ref r)| {
             json!({
-                "dropped_after_the_observer": drop_after, "seconds": SECS, "sender_threads": threads,
+                "attach_mode": RUNS[k].1, "dropped_after_the_observer": RUNS[k].2,
+                "seconds": SECS, "sender_threads": threads,
                 "frames_sent": r.sent, "frames_at_the_uplink": r.arrived,
                 "syns_seen_by_the_uplink": r.seen, "new_flows_per_second_seen": r.seen / SECS,
                 "events_delivered": r.events, "events_lost": r.lost,

@@ -19,11 +19,13 @@ use testbed::{
 };
 
 const ROUNDS: usize = 5;
-/// The node bare, observed (default attach mode), and observed with the pod side read at the
-/// uplinks' egress: (label, `--attach-mode`).
-const VARIANTS: [(&str, Option<&str>); 3] = [
+/// The node bare, observed (default attach mode: TCX on pod veths), with netlink-attached
+/// filters on pod veths, and with the pod side read at the uplinks' egress: (label,
+/// `--attach-mode`). The first two are the bare and observed columns; the others follow.
+const VARIANTS: [(&str, Option<&str>); 4] = [
     ("bare", None),
     ("observed", Some("auto")),
+    ("netlink-pods", Some("netlink-pods")),
     ("uplink-egress", Some("uplink-egress")),
 ];
 const SECONDS: u32 = 3;
@@ -128,7 +130,7 @@ pub fn run(bin: &Path) -> Result<(Value, String)> {
     std::thread::sleep(Duration::from_millis(300));
     let dir = std::env::temp_dir().join(format!("observer-bench-ab-{}", std::process::id()));
     let cluster = format!("172.16.0.0/16,{}/32", n.peer_ip);
-    // Samples per variant (bare, observed, observed with `uplink-egress`) and test.
+    // Samples per variant (`VARIANTS`) and test.
     let mut samples: Vec<Vec<Vec<f64>>> = vec![vec![Vec::new(); TESTS.len()]; VARIANTS.len()];
     // Packets (skbs: GSO/GRO aggregates) per second the uplink program ran on, observed rounds.
     let mut skbs: Vec<Vec<f64>> = vec![Vec::new(); TESTS.len()];
@@ -180,18 +182,19 @@ pub fn run(bin: &Path) -> Result<(Value, String)> {
     let _ = std::fs::remove_dir_all(&dir);
     result?;
     let mut md = String::from(
-        "## Throughput, observed vs bare node (iperf3, medians of alternating rounds)\n\n| test | bare (min-max) | observed (min-max) | ratio of medians | uplink program runs/s | observed, `uplink-egress` (min-max) | ratio of medians |\n|---|---|---|---|---|---|---|\n",
+        "## Throughput, observed vs bare node (iperf3, medians of alternating rounds)\n\n| test | bare (min-max) | observed (min-max) | ratio of medians | uplink program runs/s |",
     );
+    for (label, _) in &VARIANTS[2..] {
+        md.push_str(&format!(
+            " observed, `{label}` (min-max) | ratio of medians |"
+        ));
+    }
+    md.push_str("\n|---|---|---|---|---|");
+    md.push_str(&"---|---|".repeat(VARIANTS.len() - 2));
+    md.push('\n');
     let mut out = serde_json::Map::new();
-    let [off, on, egress] = &mut samples[..] else {
-        bail!("three variants");
-    };
     for (i, t) in TESTS.iter().enumerate() {
-        let (a, b, e) = (
-            median(&mut off[i]),
-            median(&mut on[i]),
-            median(&mut egress[i]),
-        );
+        let medians: Vec<f64> = samples.iter_mut().map(|v| median(&mut v[i])).collect();
         let unit = if t.udp { "datagrams/s" } else { "bit/s" };
         let fmt = |v: f64| {
             if t.udp {
@@ -203,26 +206,34 @@ pub fn run(bin: &Path) -> Result<(Value, String)> {
         // median() sorted the samples: first and last are min and max.
         let spread = |v: &[f64]| format!("({}-{})", fmt(v[0]), fmt(v[v.len() - 1]));
         let runs = median(&mut skbs[i]);
+        let bare = medians[0];
         md.push_str(&format!(
-            "| {} | {} {} | {} {} | {:.1} % | {:.0} k | {} {} | {:.1} % |\n",
+            "| {} | {} {} | {} {} | {:.1} % | {:.0} k |",
             t.name,
-            fmt(a),
-            spread(&off[i]),
-            fmt(b),
-            spread(&on[i]),
-            100.0 * b / a,
+            fmt(bare),
+            spread(&samples[0][i]),
+            fmt(medians[1]),
+            spread(&samples[1][i]),
+            100.0 * medians[1] / bare,
             runs / 1e3,
-            fmt(e),
-            spread(&egress[i]),
-            100.0 * e / a,
         ));
-        out.insert(
-            t.name.into(),
-            json!({"unit": unit, "bare_median": a, "observed_median": b, "ratio": b / a,
-                   "bare": off[i], "observed": on[i], "uplink_program_runs_per_s": runs,
-                   "uplink_egress_median": e, "uplink_egress_ratio": e / a,
-                   "uplink_egress": egress[i]}),
-        );
+        let mut row = json!({"unit": unit, "bare_median": bare, "observed_median": medians[1],
+                   "ratio": medians[1] / bare, "bare": samples[0][i], "observed": samples[1][i],
+                   "uplink_program_runs_per_s": runs});
+        for (v, (label, _)) in VARIANTS.iter().enumerate().skip(2) {
+            md.push_str(&format!(
+                " {} {} | {:.1} % |",
+                fmt(medians[v]),
+                spread(&samples[v][i]),
+                100.0 * medians[v] / bare,
+            ));
+            let name = label.replace('-', "_");
+            row[format!("{name}_median")] = json!(medians[v]);
+            row[format!("{name}_ratio")] = json!(medians[v] / bare);
+            row[name] = json!(samples[v][i]);
+        }
+        md.push('\n');
+        out.insert(t.name.into(), row);
     }
     md.push_str(
         "\nTargets: TCP >= 98 %, small-packet pps >= 95 %. On a shared 2-core machine a bare \
