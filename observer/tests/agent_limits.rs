@@ -336,14 +336,7 @@ fn a_flood_to_one_pod_does_not_hide_an_access_to_another() {
     let veth_b = n.pods[1].veth;
     let mut m = String::new();
     // Pod B's flow, in detail or (its event lost in the flood) counted per pod by the kernel.
-    let of_b = |m: &str, name: &str| -> f64 {
-        m.lines()
-            .filter(|l| {
-                l.starts_with(&format!("{name}{{")) && l.contains(&format!("pod_name=\"{veth_b}\""))
-            })
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum()
-    };
+    let of_b = |m: &str, name: &str| of_pod(m, name, veth_b);
     let b_counted = |m: &str| {
         of_b(m, "observer_direct_pod_access_flows_total")
             + of_b(m, "observer_direct_pod_access_lost_flows_total")
@@ -430,14 +423,7 @@ fn an_access_pushed_out_by_a_flood_is_counted_with_its_packets() {
     let sent = raw_flood(&n.outside, "eth0", frame, 0.3, 1, 8);
     assert!(sent > 4_096, "the flood sent only {sent} frames");
     let veth_b = n.pods[1].veth;
-    let of_b = |m: &str, name: &str| -> f64 {
-        m.lines()
-            .filter(|l| {
-                l.starts_with(&format!("{name}{{")) && l.contains(&format!("pod_name=\"{veth_b}\""))
-            })
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum()
-    };
+    let of_b = |m: &str, name: &str| of_pod(m, name, veth_b);
     let mut m = String::new();
     wait_for("pod B's access counted", Duration::from_secs(10), || {
         m = metrics(&n, &agent);
@@ -460,14 +446,21 @@ fn an_access_pushed_out_by_a_flood_is_counted_with_its_packets() {
         "pod B's flow counted with {packets} packets, not what the kernel table held: {m}"
     );
     // The flood's own flows were counted, packets too.
-    let flood_packets: f64 = m
-        .lines()
-        .filter(|l| {
-            l.starts_with("observer_direct_pod_access_packets_total{")
-                && l.contains(&format!("pod_name=\"{}\"", n.pods[0].veth))
-        })
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum();
+    let flood_packets = of_pod(
+        &m,
+        "observer_direct_pod_access_packets_total",
+        n.pods[0].veth,
+    );
     assert!(flood_packets > 0.0, "{m}");
     drop(servers);
+}
+
+/// The sum of a metric's series of one pod (named by its veth, no Kubernetes inventory).
+fn of_pod(m: &str, name: &str, pod: &str) -> f64 {
+    m.lines()
+        .filter(|l| {
+            l.starts_with(&format!("{name}{{")) && l.contains(&format!("pod_name=\"{pod}\""))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
 }
