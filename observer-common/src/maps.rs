@@ -459,8 +459,9 @@ pub mod staged {
 
     /// The stamp of a record written at tick `jiffies`: the coarse clock cached in `p` if it
     /// was read in this tick, else `read()`, cached. The coarse clock only moves at a tick, so
-    /// this is the value the helper would give (at most one tick behind, as it always is),
-    /// while the helper is called at most once per tick per CPU.
+    /// this is the value the helper would give, while the helper is called at most once per
+    /// tick per CPU. (A read in the instant between a tick's jiffies update and its clock
+    /// update stamps the rest of that tick one tick early: a few ms, the clock's resolution.)
     #[inline(always)]
     pub fn stamp(p: &mut Positions, jiffies: u64, read: impl FnOnce() -> u64) -> u64 {
         if p.clock_jiffies != jiffies || p.clock_ns == 0 {
