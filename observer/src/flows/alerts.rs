@@ -43,8 +43,8 @@ pub(super) struct Target {
 const SOURCES_PER_TARGET: usize = 16;
 
 /// The keys of folds whose window has ended.
-fn ended<K: Clone, V>(
-    m: &std::collections::HashMap<K, V>,
+fn ended<K: Clone, V, S>(
+    m: &std::collections::HashMap<K, V, S>,
     since: impl Fn(&V) -> Instant,
     window: std::time::Duration,
 ) -> Vec<K> {
