@@ -28,6 +28,7 @@ use crate::{
 
 mod alerts;
 mod merge;
+mod series;
 use alerts::{Fold, Scan, Target};
 pub use merge::kernel_view;
 use merge::{add_staged, merged};
@@ -141,23 +142,6 @@ fn state_of(s: &FlowStats) -> &'static str {
 }
 
 impl Record {
-    /// Adds what the flow's counters moved since the last refresh to its direct-access metrics
-    /// (a settled flow only). Flows that did not move pay for no label hashing.
-    fn count_moved(&mut self, metrics: &Metrics) {
-        let Some(labels) = &self.labels else {
-            return;
-        };
-        let packets = self.stats.packets.saturating_sub(self.counted_packets);
-        let bytes = self.stats.bytes.saturating_sub(self.counted_bytes);
-        if packets > 0 || bytes > 0 {
-            let l: Vec<&str> = labels.iter().map(String::as_str).collect();
-            metrics.direct_packets.with_label_values(&l).inc_by(packets);
-            metrics.direct_bytes.with_label_values(&l).inc_by(bytes);
-        }
-        self.counted_packets = self.counted_packets.max(self.stats.packets);
-        self.counted_bytes = self.counted_bytes.max(self.stats.bytes);
-    }
-
     fn row(&self) -> FlowRow {
         let pod = self.pod.clone().unwrap_or_default();
         FlowRow {
@@ -563,32 +547,6 @@ impl Tracker {
         }
     }
 
-    fn port_label(&mut self, pod_ref: &PodRef, key: &FlowKey) -> String {
-        let (ns, pod) = (pod_ref.namespace.as_str(), pod_ref.name.as_str());
-        let port = match key.proto {
-            6 | 17 | 132 => key.dport.to_string(),
-            _ => return "none".to_string(),
-        };
-        // With the Kubernetes inventory, ports the pod does not declare are one label.
-        if let Some(declared) = &pod_ref.declared_ports {
-            return if declared.contains(&key.dport) {
-                port
-            } else {
-                "undeclared".to_string()
-            };
-        }
-        let set = self
-            .ports
-            .entry((ns.to_string(), pod.to_string()))
-            .or_default();
-        if set.contains(&port) || set.len() < self.cfg.ports_per_pod {
-            set.insert(port.clone());
-            port
-        } else {
-            "other".to_string()
-        }
-    }
-
     /// Refreshes the view from a read of the kernel table taken at `now_ns` (the agent's
     /// clock, written to `CLOCK` just before; see [`read_flows`]): counters and state, settling
     /// (metrics and alert), idle expiry, pod series removal, alert folding windows. No syscall:
@@ -705,42 +663,6 @@ impl Tracker {
         if r.verdict.alerts() {
             let target = format!("{}/{}", pod.namespace, pod.name);
             self.alert(key, target, metrics);
-        }
-    }
-
-    /// Removes the metric series of pods that have been gone for the grace period.
-    fn remove_gone_pods(&mut self, dir: &Directory, metrics: &Metrics) {
-        let present: HashSet<(String, String)> = dir
-            .pods
-            .values()
-            .map(|p| (p.namespace.clone(), p.name.clone()))
-            .collect();
-        let now = Instant::now();
-        let mut remove = Vec::new();
-        for pod in self.series.keys() {
-            if present.contains(pod) {
-                self.gone_since.remove(pod);
-                continue;
-            }
-            let since = *self.gone_since.entry(pod.clone()).or_insert(now);
-            if now.duration_since(since) >= self.cfg.pod_grace {
-                remove.push(pod.clone());
-            }
-        }
-        for pod in remove {
-            for labels in self.series.remove(&pod).unwrap_or_default() {
-                let l: Vec<&str> = labels.iter().map(String::as_str).collect();
-                let _ = metrics.direct_flows.remove_label_values(&l);
-                let _ = metrics.direct_packets.remove_label_values(&l);
-                let _ = metrics.direct_bytes.remove_label_values(&l);
-            }
-            self.ports.remove(&pod);
-            self.gone_since.remove(&pod);
-            tracing::info!(
-                namespace = pod.0,
-                pod = pod.1,
-                "removed the metric series of a pod that is gone"
-            );
         }
     }
 

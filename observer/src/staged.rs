@@ -34,6 +34,8 @@ pub enum StagedError {
         size: u32,
         expected: usize,
     },
+    #[error("map {MAP_STAGED}: {records} records for {cpus} CPUs, not a power-of-two ring per CPU")]
+    Rings { records: u32, cpus: u32 },
     #[error("mapping {name} into memory: {source}")]
     Mmap {
         name: &'static str,
@@ -121,11 +123,9 @@ impl StagedRings {
         let positions = Mapping::new(ebpf, MAP_STAGED_POSITIONS, size_of::<staged::Positions>())?;
         let slots = records.entries / positions.entries.max(1);
         if !slots.is_power_of_two() || records.entries != positions.entries * slots {
-            return Err(StagedError::Layout {
-                name: MAP_STAGED,
-                found: records.entries,
-                size: size_of::<FlowEvent>() as u32,
-                expected: size_of::<FlowEvent>(),
+            return Err(StagedError::Rings {
+                records: records.entries,
+                cpus: positions.entries,
             });
         }
         Ok(StagedRings {
