@@ -12,7 +12,7 @@ use prometheus::{
     Encoder, Gauge, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
-use crate::kmaps::Maps;
+use crate::kernel::maps::Maps;
 
 pub struct Metrics {
     registry: Registry,

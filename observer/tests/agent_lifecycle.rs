@@ -311,8 +311,10 @@ fn netlink_mode_replaces_leftovers_and_leaves_others_alone() {
     use aya::programs::tc::{NlOptions, TcAttachOptions};
     let n = Node::new(Layout::Calico);
     // Another agent's filter on eth0 (clsact ingress, priority 200).
-    let mut other = observer::bpf::load(&observer::bpf::LoadOptions::default()).expect("load");
-    observer::bpf::load_noop(&mut other).expect("load tc_noop");
+    let mut other =
+        observer::kernel::object::load(&observer::kernel::object::LoadOptions::default())
+            .expect("load");
+    observer::kernel::object::load_noop(&mut other).expect("load tc_noop");
     let node_ns = format!("/run/netns/{}", n.node.name);
     std::thread::scope(|s| {
         s.spawn(|| {
@@ -324,7 +326,8 @@ fn netlink_mode_replaces_leftovers_and_leaves_others_alone() {
             );
             let _ = aya::programs::tc::qdisc_add_clsact("eth0");
             let p =
-                observer::bpf::classifier(&mut other, observer_common::names::PROG_NOOP).unwrap();
+                observer::kernel::object::classifier(&mut other, observer_common::names::PROG_NOOP)
+                    .unwrap();
             let opts = TcAttachOptions::Netlink(NlOptions {
                 priority: 200,
                 ..NlOptions::default()

@@ -8,7 +8,7 @@ mod support;
 
 use std::{path::Path, time::Duration};
 
-use observer::alertmanager::{AmAuth, AmClient, AmTarget};
+use observer::export::alertmanager::{AmAuth, AmClient, AmTarget};
 use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair, SanType};
 use support::*;
 use testbed::{

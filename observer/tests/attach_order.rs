@@ -34,9 +34,11 @@ fn tcx_order(ns: &Netns, iface: &'static str) -> Vec<String> {
 /// attached while the returned link lives.
 fn attach_in_front(ns: &Netns, iface: &'static str) -> SchedClassifierLink {
     ns.run(move || {
-        let mut other = observer::bpf::load(&observer::bpf::LoadOptions::default()).expect("load");
-        observer::bpf::load_noop(&mut other).expect("load tc_noop");
-        let p = observer::bpf::classifier(&mut other, observer_common::names::PROG_NOOP)
+        let mut other =
+            observer::kernel::object::load(&observer::kernel::object::LoadOptions::default())
+                .expect("load");
+        observer::kernel::object::load_noop(&mut other).expect("load tc_noop");
+        let p = observer::kernel::object::classifier(&mut other, observer_common::names::PROG_NOOP)
             .expect("tc_noop");
         let id = p
             .attach_with_options(

@@ -12,9 +12,9 @@ use std::collections::BTreeMap;
 use observer_common::{addr::IpKey, user::Inventory};
 
 use aya::Ebpf;
-use observer::{
-    bpf::{self, LoadOptions},
-    kmaps::Maps,
+use observer::kernel::{
+    maps::Maps,
+    object::{self, LoadOptions},
 };
 use observer_common::{
     names::{PROG_EGRESS, PROG_FROM_POD, PROG_TO_POD, PROG_UPLINK},
@@ -33,7 +33,7 @@ const RANDOM_FRAMES_PER_LAYOUT: usize = 540_000;
 const UNSPEC: u32 = u32::MAX;
 
 fn load(layout: &Layout) -> (Ebpf, Maps) {
-    let mut ebpf = bpf::load(&LoadOptions {
+    let mut ebpf = object::load(&LoadOptions {
         trace: true,
         ..LoadOptions::default()
     })
@@ -59,7 +59,7 @@ fn refused_by_test_run(frame: &[u8]) -> bool {
 /// Runs a frame through the uplink program; returns its return code and decision.
 fn run_uplink(ebpf: &mut Ebpf, maps: &Maps, cpu: usize, frame: &[u8]) -> (u32, Decision) {
     let before = maps.trace(cpu).expect("trace").seq;
-    let r = bpf::test_run(ebpf, PROG_UPLINK, frame, 1).unwrap_or_else(|e| {
+    let r = object::test_run(ebpf, PROG_UPLINK, frame, 1).unwrap_or_else(|e| {
         panic!(
             "test_run of a {}-byte frame {frame:02x?}: {e:?}",
             frame.len()
@@ -111,7 +111,7 @@ fn kernel_unjudged(maps: &Maps) -> BTreeMap<(IpKey, usize), u64> {
 /// whatever it is, each returns TC_ACT_UNSPEC.
 fn run_pod_programs(ebpf: &mut Ebpf, frame: &[u8]) {
     for prog in [PROG_TO_POD, PROG_FROM_POD, PROG_EGRESS] {
-        let r = bpf::test_run(ebpf, prog, frame, 1)
+        let r = object::test_run(ebpf, prog, frame, 1)
             .unwrap_or_else(|e| panic!("test_run of {prog}: {e:?}"));
         assert_eq!(
             r.return_value, UNSPEC,

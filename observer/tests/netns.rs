@@ -8,15 +8,15 @@
 
 use std::{net::IpAddr, thread, time::Duration};
 
-use observer::{
+use observer::kernel::{
     attach::{self, Role},
-    bpf::{self, LoadOptions},
-    kmaps::{self, Maps},
+    maps::{self, Maps},
+    object::{self, LoadOptions},
 };
-use observer_common::testing::flow_key as key;
 use observer_common::{
     addr::ip_of,
     maps::{FlowKey, FlowStats, origin, role},
+    testing::flow_key as key,
     user::Inventory,
     verdict::Verdict,
 };
@@ -67,10 +67,10 @@ fn inventory(n: &Node) -> Inventory {
 
 fn run_layout(layout: Layout) {
     let n = Node::new(layout);
-    let mut ebpf = bpf::load(&LoadOptions::default())
+    let mut ebpf = object::load(&LoadOptions::default())
         .expect("loading the eBPF object (this test needs root and a kernel that runs eBPF)");
     let (maps, mut events) = Maps::take(&mut ebpf).expect("maps");
-    let mut rings = observer::staged::StagedRings::take(&mut ebpf).expect("staged rings");
+    let mut rings = observer::kernel::staged::StagedRings::take(&mut ebpf).expect("staged rings");
     maps.write_inventory(&inventory(&n))
         .expect("filling the maps");
     // Attach inside the node namespace.
@@ -258,7 +258,7 @@ fn run_layout(layout: Layout) {
     // One event per flow in the table, none lost; every flagged flow announced by its event or
     // its staged SYN.
     let mut got = Vec::new();
-    let bad = kmaps::drain_events(&mut events, &mut got);
+    let bad = maps::drain_events(&mut events, &mut got);
     assert_eq!(bad, 0);
     assert_eq!(got.len(), maps.flows().unwrap().len(), "{got:?}");
     let announced: std::collections::HashSet<FlowKey> = got

@@ -8,9 +8,9 @@
 //!
 //! Needs root and a kernel that runs eBPF; without them it fails, it never skips.
 
-use observer::{
-    bpf::{self, LoadOptions},
-    kmaps::{Maps, drain_events},
+use observer::kernel::{
+    maps::{Maps, drain_events},
+    object::{self, LoadOptions},
     staged::StagedRings,
 };
 use observer_common::{
@@ -36,7 +36,7 @@ const FLOOD: u32 = 20_000;
 /// source would mostly be.
 fn node() -> (aya::Ebpf, Maps, aya::maps::RingBuf<aya::maps::MapData>) {
     testbed::cpu::pin_current();
-    let mut ebpf = bpf::load(&LoadOptions {
+    let mut ebpf = object::load(&LoadOptions {
         flow_table_entries: TABLE,
         ..LoadOptions::default()
     })
@@ -63,7 +63,7 @@ fn flood_past_the_flow_table_and_the_ring_buffer() {
 
     for i in 0..FLOOD {
         let frame = datagram(i);
-        let r = bpf::test_run(&mut ebpf, PROG_UPLINK, &frame, 1).expect("test_run");
+        let r = object::test_run(&mut ebpf, PROG_UPLINK, &frame, 1).expect("test_run");
         assert_eq!(r.return_value, u32::MAX, "packet {i} was not passed on");
     }
 
@@ -116,7 +116,7 @@ fn flood_past_the_flow_table_and_the_ring_buffer() {
     assert_eq!(oldest, 0, "{oldest} flows older than the table's span kept");
 
     // The table recovers: a flow that was evicted comes back as a new flow with an event.
-    bpf::test_run(&mut ebpf, PROG_UPLINK, &datagram(0), 1).expect("test_run");
+    object::test_run(&mut ebpf, PROG_UPLINK, &datagram(0), 1).expect("test_run");
     assert!(present(0));
     let mut events = Vec::new();
     let _ = drain_events(&mut ring, &mut events);
@@ -153,7 +153,7 @@ fn lone_events_do_not_wake_the_reader_a_flood_does() {
         0
     );
     let syn = |ebpf: &mut aya::Ebpf, i: u32| {
-        bpf::test_run(ebpf, PROG_UPLINK, &datagram(i), 1).expect("test_run");
+        object::test_run(ebpf, PROG_UPLINK, &datagram(i), 1).expect("test_run");
     };
 
     // A lone access, the reader keeping up: the event is there, and nothing woke the reader.
@@ -230,7 +230,7 @@ fn a_syn_flood_is_staged_then_falls_back_to_the_flow_table() {
     let past = 20_000;
     let flood = slots + past;
     for i in 0..flood {
-        let r = bpf::test_run(&mut ebpf, PROG_UPLINK, &syn(i), 1).expect("test_run");
+        let r = object::test_run(&mut ebpf, PROG_UPLINK, &syn(i), 1).expect("test_run");
         assert_eq!(r.return_value, u32::MAX, "packet {i} was not passed on");
     }
     let counts = maps.verdict_counts().expect("counters");
@@ -277,7 +277,7 @@ fn a_syn_flood_is_staged_then_falls_back_to_the_flow_table() {
         "staged SYNs stay out"
     );
     // Read, the ring takes SYNs again.
-    bpf::test_run(&mut ebpf, PROG_UPLINK, &syn(flood), 1).expect("test_run");
+    object::test_run(&mut ebpf, PROG_UPLINK, &syn(flood), 1).expect("test_run");
     records.clear();
     rings.drain(&mut records);
     assert_eq!(records.len(), 1);

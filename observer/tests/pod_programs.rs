@@ -8,17 +8,17 @@ use aya::{
     Ebpf,
     maps::{MapData, RingBuf},
 };
-use observer::{
-    bpf::{self, LoadOptions},
-    kmaps::{self, Maps},
+use observer::kernel::{
+    maps::{self, Maps},
+    object::{self, LoadOptions},
     staged::StagedRings,
 };
-use observer_common::testing::flow_key as key;
 use observer_common::{
     maps::{FlowEvent, FlowKey, FlowStats, health, origin, staged},
     names::{PROG_EGRESS, PROG_FROM_POD, PROG_TO_POD, PROG_UPLINK},
     packet::{TCP_ACK, TCP_PSH, TCP_RST, TCP_SYN},
     testing::{
+        flow_key as key,
         frames::{Frame, L4},
         scenarios::vpc::{INTERNET, NODE_ETH0, OUTSIDE, POD_A, VPC_DNS},
     },
@@ -29,7 +29,7 @@ use observer_common::{
 const UNSPEC: u32 = u32::MAX;
 
 fn run(ebpf: &mut Ebpf, prog: &'static str, frame: &Frame) {
-    let r = bpf::test_run(ebpf, prog, &frame.build(), 1).expect("test_run");
+    let r = object::test_run(ebpf, prog, &frame.build(), 1).expect("test_run");
     assert_eq!(r.return_value, UNSPEC, "{prog} must return TC_ACT_UNSPEC");
 }
 
@@ -45,7 +45,7 @@ fn setup() -> (Ebpf, Maps, RingBuf<MapData>) {
     // One CPU throughout: the pod's answer runs on the CPU that received the SYN, as in the
     // kernel's own path, so it finds the staged SYN in that CPU's index.
     testbed::cpu::pin_current();
-    let mut ebpf = bpf::load(&LoadOptions::default())
+    let mut ebpf = object::load(&LoadOptions::default())
         .expect("loading the eBPF object (this test needs root and a kernel that runs eBPF)");
     // A node with one pod and no pod-opened flows yet.
     let mut inv = Inventory::new();
@@ -277,7 +277,7 @@ fn flagged_flows(pod_side: &'static str) {
     assert!(maps.pod_flows().unwrap().is_empty());
     // One event per new flagged flow that is not staged, none lost.
     let mut got = Vec::new();
-    let bad = kmaps::drain_events(&mut events, &mut got);
+    let bad = maps::drain_events(&mut events, &mut got);
     assert_eq!(bad, 0);
     assert_eq!(got.len(), 4, "{got:?}");
     assert!(got.iter().all(|e| e.verdict == Verdict::DirectToPod as u8));
@@ -370,7 +370,7 @@ fn a_staged_flows_next_packet_continues_it() {
     let s = flow(&maps, &k).expect("in the table from its second packet");
     assert_eq!((s.packets, s.origin), (1, origin::START));
     let mut got = Vec::new();
-    kmaps::drain_events(&mut events, &mut got);
+    maps::drain_events(&mut events, &mut got);
     let kinds: Vec<(u16, u8, u8)> = got
         .iter()
         .map(|e| (e.key.sport, e.kind, e.origin))
@@ -401,7 +401,7 @@ fn every_program_returns_unspec_on_garbage() {
             vec![0xff; 60],
             observer_common::testing::frames::non_ip(0x0806, 28),
         ] {
-            let r = bpf::test_run(&mut ebpf, prog, &bytes, 1).unwrap();
+            let r = object::test_run(&mut ebpf, prog, &bytes, 1).unwrap();
             assert_eq!(r.return_value, UNSPEC);
         }
     }
@@ -413,7 +413,7 @@ fn every_program_returns_unspec_on_garbage() {
 fn known_flows_are_stamped_with_the_agents_clock() {
     let (mut ebpf, maps, _events) = setup();
     let k = key(OUTSIDE, POD_A, 51000, 80, 6);
-    let before = observer::clock::kernel_ns();
+    let before = observer::kernel::clock::kernel_ns();
     run(
         &mut ebpf,
         PROG_UPLINK,

@@ -9,9 +9,9 @@ use aya::{
     maps::{MapData, RingBuf},
 };
 
-use observer::{
-    bpf::{self, LoadOptions},
-    kmaps::Maps,
+use observer::kernel::{
+    maps::Maps,
+    object::{self, LoadOptions},
 };
 use observer_common::{
     addr::key_of,
@@ -35,13 +35,14 @@ fn median(v: &mut [f64]) -> f64 {
 /// The VPC CNI seed node's maps in a freshly loaded object (with the empty program), and its
 /// event ring buffer.
 fn node_with_events(opts: &LoadOptions) -> (Ebpf, Maps, RingBuf<MapData>) {
-    let mut ebpf = bpf::load(opts).expect("load (root and a BPF-capable kernel)");
-    bpf::load_noop(&mut ebpf).expect("load tc_noop");
+    let mut ebpf = object::load(opts).expect("load (root and a BPF-capable kernel)");
+    object::load_noop(&mut ebpf).expect("load tc_noop");
     let (maps, events) = Maps::take(&mut ebpf).expect("maps");
     maps.write_inventory(&vpc_cni().inventory)
         .expect("inventory");
     // As the agent does at every flow refresh.
-    maps.set_clock(observer::clock::kernel_ns()).expect("clock");
+    maps.set_clock(observer::kernel::clock::kernel_ns())
+        .expect("clock");
     (ebpf, maps, events)
 }
 
@@ -86,7 +87,7 @@ fn main() {
     let pod_udp = Frame::udp(POD_A, VPC_DNS, 40001, 53).payload(64).build();
     // A flagged flow that already exists (established), and a pod-opened flow (replies).
     let est = tcp(OUTSIDE, POD_A, 52000, 80, TCP_ACK | TCP_PSH);
-    bpf::test_run(&mut ebpf, PROG_UPLINK, &est, 1).expect("seed the flow");
+    object::test_run(&mut ebpf, PROG_UPLINK, &est, 1).expect("seed the flow");
     let classes: Vec<(&str, &str, Vec<u8>)> = vec![
         ("uplink", "in-cluster TCP to a pod", in_cluster.clone()),
         ("uplink", "TCP to the node itself", to_node.clone()),
@@ -191,7 +192,7 @@ fn main() {
     let mut floor = Vec::new();
     // Interleaved rounds: the floor and every class in each round, so noise hits all alike.
     for _ in 0..ROUNDS {
-        let r = bpf::test_run(&mut ebpf, PROG_NOOP, &floor_frame, REPEAT).expect("noop");
+        let r = object::test_run(&mut ebpf, PROG_NOOP, &floor_frame, REPEAT).expect("noop");
         let f = r.duration.as_nanos() as f64;
         floor.push(f);
         for (obj, list) in [
@@ -200,7 +201,7 @@ fn main() {
             (&mut uncached, &uncached_classes),
         ] {
             for (p, name, frame) in list {
-                let r = bpf::test_run(obj, prog(p), frame, REPEAT).expect("test_run");
+                let r = object::test_run(obj, prog(p), frame, REPEAT).expect("test_run");
                 samples
                     .entry(format!("{p}: {name}"))
                     .or_default()
@@ -239,7 +240,7 @@ fn main() {
 /// agent behind). Every packet has its record or its flow and event (the rows say so). Last,
 /// the same SYN decided but not kept.
 fn first_syn() -> serde_json::Map<String, serde_json::Value> {
-    use observer::staged::StagedRings;
+    use observer::kernel::staged::StagedRings;
     use vpc::*;
     const N: u32 = 40_000;
     let (mut ebpf, maps, mut events) = node_with_events(&LoadOptions::default());
@@ -249,7 +250,7 @@ fn first_syn() -> serde_json::Map<String, serde_json::Value> {
         ..LoadOptions::default()
     });
     fn time(obj: &mut Ebpf, prog: &'static str, frame: &[u8]) -> f64 {
-        let r = bpf::test_run(obj, prog, frame, 1).expect("first packet");
+        let r = object::test_run(obj, prog, frame, 1).expect("first packet");
         r.duration.as_nanos() as f64
     }
     let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
@@ -355,7 +356,7 @@ fn refresh_costs(maps: &Maps) -> serde_json::Value {
     use observer_common::maps::{FlowEvent, FlowStats, origin};
     use std::time::{Duration, Instant};
     let capacity = maps.flow_table_use().expect("FLOWS").1 as usize;
-    let now = observer::clock::kernel_ns();
+    let now = observer::kernel::clock::kernel_ns();
     let keys: Vec<FlowKey> = (0..capacity as u32)
         .map(|i| {
             let src = [11, (i >> 16) as u8, (i >> 8) as u8, i as u8];

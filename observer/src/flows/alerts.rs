@@ -1,8 +1,9 @@
 //! Alert lines of the flow tracker: one per new direct access, repeats folded per (source,
 //! pod, port), a port scan per (source, pod), a spoofed flood per (pod, port), and once the
 //! fold tables are full, per pod; each fold ends in one summary line after the alert window.
-//! This is the one folding path: every line written is also what the Alertmanager push sends
-//! (`--alertmanager-url`), and a folded repeat is counted once, here.
+//! This is the one folding path: every line written is also offered to the tracker's
+//! [`AlertSink`] (the Alertmanager push, `--alertmanager-url`), and a folded repeat is counted
+//! once, here.
 
 use std::time::Instant;
 
@@ -10,6 +11,14 @@ use observer_common::{addr::ip_of, maps::FlowKey};
 
 use super::{FlowRow, ORIGIN_UNKNOWN, Record, Tracker};
 use crate::metrics::Metrics;
+
+/// Where the tracker's alert lines go besides the log: each line written is offered, with
+/// the number of accesses it stands for. The tracker owns this type; an output implements it
+/// (`export::alertmanager::Pusher`), so the tracker never imports the outputs. An offer must
+/// never wait: it runs under the tracker's lock.
+pub trait AlertSink: Send {
+    fn offer(&self, row: &FlowRow, count: u64);
+}
 
 /// Folded alerts kept at most; beyond, repeats are only counted.
 const MAX_FOLDS: usize = 10_000;
@@ -63,17 +72,17 @@ fn fold(first: FlowRow) -> Fold {
 }
 
 impl Tracker {
-    /// Writes an alert line and pushes it to Alertmanager (if configured).
+    /// Writes an alert line and offers it to the sink (if any).
     fn emit(&self, row: &FlowRow, count: u64, metrics: &Metrics) {
         log_alert(row, count);
         metrics.alerts.inc();
         self.push(row, count);
     }
 
-    /// Offers an alert to the Alertmanager push, if configured (never waits).
+    /// Offers an alert line to the sink, if any (never waits).
     fn push(&self, row: &FlowRow, count: u64) {
-        if let Some(p) = &self.pusher {
-            p.offer(row, count);
+        if let Some(sink) = &self.sink {
+            sink.offer(row, count);
         }
     }
 

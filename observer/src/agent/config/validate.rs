@@ -1,253 +1,16 @@
-//! `observer run` settings: flags (each also an `OBSERVER_*` environment variable), an
-//! optional YAML or TOML file with the same keys, and the defaults in [`crate::defaults`].
-//! Flags win over the file, the file over the defaults. Everything is validated once into a
-//! typed [`Config`]; a bad value is an error that names the key and the value.
+//! How the settings are read and checked: the file, each kind of value (interface patterns,
+//! CIDRs, durations, numbers, the NodePort range), and flags over the file over the defaults
+//! into one [`Config`]. Every error names the key and the value.
 
 use std::{
-    fmt,
-    net::SocketAddr,
     path::{Path, PathBuf},
     time::Duration,
 };
 
 use observer_common::user::Cidr;
-use serde::Deserialize;
 
-use crate::defaults;
-
-/// Flags of `observer run`.
-#[derive(Debug, Default, clap::Args)]
-pub struct RunArgs {
-    /// Uplink interface patterns (`*` and `?` globs); repeatable or comma-separated.
-    #[arg(long = "uplink", env = "OBSERVER_UPLINK", value_delimiter = ',')]
-    pub uplink: Vec<String>,
-    /// Pod interface patterns (host-side veths); repeatable or comma-separated.
-    #[arg(long = "pod-iface", env = "OBSERVER_POD_IFACE", value_delimiter = ',')]
-    pub pod_iface: Vec<String>,
-    /// CIDRs inside the cluster (pod and node networks); repeatable or comma-separated.
-    #[arg(
-        long = "cluster-cidr",
-        env = "OBSERVER_CLUSTER_CIDR",
-        value_delimiter = ','
-    )]
-    pub cluster_cidr: Vec<String>,
-    /// Sources allowed to reach pod IPs directly (LB subnets, health checkers).
-    #[arg(
-        long = "allow-source",
-        env = "OBSERVER_ALLOW_SOURCE",
-        value_delimiter = ','
-    )]
-    pub allow_source: Vec<String>,
-    /// The Service CIDR(s).
-    #[arg(
-        long = "service-cidr",
-        env = "OBSERVER_SERVICE_CIDR",
-        value_delimiter = ','
-    )]
-    pub service_cidr: Vec<String>,
-    /// NodePort range, `MIN-MAX` [default: 30000-32767].
-    #[arg(long = "nodeport-range", env = "OBSERVER_NODEPORT_RANGE")]
-    pub nodeport_range: Option<String>,
-    /// Prometheus endpoint address [default: 0.0.0.0:19962].
-    #[arg(long = "metrics-addr", env = "OBSERVER_METRICS_ADDR")]
-    pub metrics_addr: Option<String>,
-    /// How to attach: auto (TCX on Linux >= 6.6, else netlink), tcx, netlink, netlink-pods
-    /// (uplinks as auto, pod veths netlink: cheaper pod churn), or uplink-egress (uplinks as
-    /// auto at ingress and egress, nothing on pod veths: pod churn costs nothing, flows are
-    /// not known as delivered) [default: auto].
-    #[arg(long = "attach-mode", env = "OBSERVER_ATTACH_MODE")]
-    pub attach_mode: Option<String>,
-    /// Also push each alert line to this Alertmanager (http[s]://host[:port][/prefix])
-    /// [default: off].
-    #[arg(long = "alertmanager-url", env = "OBSERVER_ALERTMANAGER_URL")]
-    pub alertmanager_url: Option<String>,
-    /// PEM CA certificates to trust for an https Alertmanager [default: the system's roots].
-    #[arg(long = "alertmanager-ca-file", env = "OBSERVER_ALERTMANAGER_CA_FILE")]
-    pub alertmanager_ca_file: Option<PathBuf>,
-    /// A file holding a bearer token for Alertmanager (read at each push) [default: none].
-    #[arg(
-        long = "alertmanager-bearer-token-file",
-        env = "OBSERVER_ALERTMANAGER_BEARER_TOKEN_FILE"
-    )]
-    pub alertmanager_bearer_token_file: Option<PathBuf>,
-    /// A basic-auth user for Alertmanager, with --alertmanager-password-file [default: none].
-    #[arg(long = "alertmanager-user", env = "OBSERVER_ALERTMANAGER_USER")]
-    pub alertmanager_user: Option<String>,
-    /// A file holding the basic-auth password (read at each push) [default: none].
-    #[arg(
-        long = "alertmanager-password-file",
-        env = "OBSERVER_ALERTMANAGER_PASSWORD_FILE"
-    )]
-    pub alertmanager_password_file: Option<PathBuf>,
-    /// Use the Kubernetes API for the inventory: auto (when in-cluster config or KUBECONFIG is
-    /// found), on, or off [default: auto].
-    #[arg(long = "kubernetes", env = "OBSERVER_KUBERNETES")]
-    pub kubernetes: Option<String>,
-    /// Which pods to watch: all (every pod's address is in the cluster) or local (this node's
-    /// pods only; other pods' addresses must be covered by --cluster-cidr): a watch of ~100
-    /// pods instead of the cluster's [default: all].
-    #[arg(long = "kubernetes-pods", env = "OBSERVER_KUBERNETES_PODS")]
-    pub kubernetes_pods: Option<String>,
-    /// This node's name in Kubernetes [default: the host name].
-    #[arg(long = "node-name", env = "OBSERVER_NODE_NAME")]
-    pub node_name: Option<String>,
-    /// Only validate the settings (flags, environment, file) and exit: 0 if usable, 2 if not.
-    #[arg(long = "check-config", env = "OBSERVER_CHECK_CONFIG")]
-    pub check_config: bool,
-    /// A YAML (.yaml/.yml) or TOML (.toml) file with the same keys as these flags.
-    #[arg(long = "config", env = "OBSERVER_CONFIG")]
-    pub config: Option<PathBuf>,
-    /// Log format: text or json [default: text].
-    #[arg(long = "log-format", env = "OBSERVER_LOG_FORMAT")]
-    pub log_format: Option<String>,
-    /// Log filter, e.g. info or observer=debug [default: info].
-    #[arg(long = "log-level", env = "OBSERVER_LOG_LEVEL")]
-    pub log_level: Option<String>,
-    /// Full reconcile period, e.g. 30s [default: 30s].
-    #[arg(long = "reconcile-interval", env = "OBSERVER_RECONCILE_INTERVAL")]
-    pub reconcile_interval: Option<String>,
-    /// Idle time after which a flagged flow is forgotten [default: 300s].
-    #[arg(long = "flow-idle-timeout", env = "OBSERVER_FLOW_IDLE_TIMEOUT")]
-    pub flow_idle_timeout: Option<String>,
-    /// Window in which repeated alerts for one (source, pod, port) are folded [default: 60s].
-    #[arg(long = "alert-window", env = "OBSERVER_ALERT_WINDOW")]
-    pub alert_window: Option<String>,
-    /// Distinct port labels per pod before `port="other"` [default: 16].
-    #[arg(long = "ports-per-pod", env = "OBSERVER_PORTS_PER_POD")]
-    pub ports_per_pod: Option<String>,
-    /// Capacity of the kernel's table of flagged flows. LRU: when full, the least recently
-    /// seen flow is evicted, never a new one refused [default: 65536].
-    #[arg(long = "flow-table-entries", env = "OBSERVER_FLOW_TABLE_ENTRIES")]
-    pub flow_table_entries: Option<String>,
-    /// Capacity of the kernel's table of exact addresses (every node and pod of the cluster).
-    /// When the cluster outgrows it, the addresses that do not fit are kept, retried and
-    /// reported (observer_inventory_unwritten_changes) [default: 262144].
-    #[arg(long = "address-table-entries", env = "OBSERVER_ADDRESS_TABLE_ENTRIES")]
-    pub address_table_entries: Option<String>,
-    /// How long metric series of a vanished pod are kept [default: 600s].
-    #[arg(long = "pod-grace", env = "OBSERVER_POD_GRACE")]
-    pub pod_grace: Option<String>,
-}
-
-/// The same keys in a file.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "kebab-case")]
-struct FileConfig {
-    #[serde(default)]
-    uplink: Vec<String>,
-    #[serde(default)]
-    pod_iface: Vec<String>,
-    #[serde(default)]
-    cluster_cidr: Vec<String>,
-    #[serde(default)]
-    allow_source: Vec<String>,
-    #[serde(default)]
-    service_cidr: Vec<String>,
-    nodeport_range: Option<String>,
-    metrics_addr: Option<String>,
-    attach_mode: Option<String>,
-    alertmanager_url: Option<String>,
-    alertmanager_ca_file: Option<PathBuf>,
-    alertmanager_bearer_token_file: Option<PathBuf>,
-    alertmanager_user: Option<String>,
-    alertmanager_password_file: Option<PathBuf>,
-    kubernetes: Option<String>,
-    kubernetes_pods: Option<String>,
-    node_name: Option<String>,
-    log_format: Option<String>,
-    log_level: Option<String>,
-    reconcile_interval: Option<String>,
-    flow_idle_timeout: Option<String>,
-    alert_window: Option<String>,
-    ports_per_pod: Option<u64>,
-    flow_table_entries: Option<u64>,
-    address_table_entries: Option<u64>,
-    pod_grace: Option<String>,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum LogFormat {
-    Text,
-    Json,
-}
-
-/// An interface name pattern with `*` (any run) and `?` (one character).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Pattern(String);
-
-impl Pattern {
-    pub fn matches(&self, name: &str) -> bool {
-        fn m(p: &[u8], s: &[u8]) -> bool {
-            match (p.first(), s.first()) {
-                (None, None) => true,
-                (Some(b'*'), _) => m(&p[1..], s) || (!s.is_empty() && m(p, &s[1..])),
-                (Some(b'?'), Some(_)) => m(&p[1..], &s[1..]),
-                (Some(a), Some(b)) if a == b => m(&p[1..], &s[1..]),
-                _ => false,
-            }
-        }
-        m(self.0.as_bytes(), name.as_bytes())
-    }
-}
-
-impl fmt::Display for Pattern {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-/// The validated settings of `observer run`.
-#[derive(Clone, Debug)]
-pub struct Config {
-    pub uplinks: Vec<Pattern>,
-    pub pod_ifaces: Vec<Pattern>,
-    pub cluster_cidrs: Vec<Cidr>,
-    pub allow_sources: Vec<Cidr>,
-    pub service_cidrs: Vec<Cidr>,
-    pub nodeport_min: u16,
-    pub nodeport_max: u16,
-    pub metrics_addr: SocketAddr,
-    pub attach_mode: crate::attach::Modes,
-    /// Where and how to push alerts (`--alertmanager-*`).
-    pub alertmanager: Option<crate::alertmanager::AmTarget>,
-    /// Use the Kubernetes API (resolved from auto).
-    pub kubernetes: bool,
-    /// Watch only this node's pods (`--kubernetes-pods local`).
-    pub kubernetes_local_pods: bool,
-    pub node_name: String,
-    pub socket: PathBuf,
-    pub log_format: LogFormat,
-    pub log_level: String,
-    pub reconcile_interval: Duration,
-    pub flow_idle_timeout: Duration,
-    pub alert_window: Duration,
-    pub ports_per_pod: usize,
-    pub flow_table_entries: u32,
-    pub address_table_entries: u32,
-    pub pod_grace: Duration,
-    pub recent_flows: usize,
-    pub settle: Duration,
-    pub refresh_interval: Duration,
-}
-
-/// A setting that cannot be used, with the key, the value and why.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    #[error("invalid {key} {value:?}: {problem}")]
-    Invalid {
-        key: &'static str,
-        value: String,
-        problem: String,
-    },
-    #[error("cannot read config file {path}: {source}")]
-    Read {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("config file {path}: {problem}")]
-    Parse { path: PathBuf, problem: String },
-}
+use super::{Config, ConfigError, FileConfig, LogFormat, RunArgs};
+use crate::{defaults, kernel::ifaces::Pattern};
 
 fn invalid(key: &'static str, value: &str, problem: impl Into<String>) -> ConfigError {
     ConfigError::Invalid {
@@ -290,27 +53,7 @@ fn pick(flag: Vec<String>, file: Vec<String>, default: &[&str]) -> Vec<String> {
 fn patterns(key: &'static str, values: Vec<String>) -> Result<Vec<Pattern>, ConfigError> {
     values
         .into_iter()
-        .map(|v| {
-            let v = v.trim().to_string();
-            if v.is_empty() || v.len() > 64 {
-                return Err(invalid(
-                    key,
-                    &v,
-                    "an interface pattern of 1 to 64 characters",
-                ));
-            }
-            if let Some(c) = v
-                .chars()
-                .find(|c| !(c.is_ascii_alphanumeric() || "*?._-@:".contains(*c)))
-            {
-                return Err(invalid(
-                    key,
-                    &v,
-                    format!("character {c:?} cannot be in an interface name"),
-                ));
-            }
-            Ok(Pattern(v))
-        })
+        .map(|v| Pattern::new(v.trim()).map_err(|why| invalid(key, v.trim(), why)))
         .collect()
 }
 
@@ -420,22 +163,23 @@ impl Config {
             "json" => LogFormat::Json,
             other => return Err(invalid("log-format", other, "text or json")),
         };
-        let attach_mode =
-            match one(args.attach_mode, file.attach_mode, defaults::ATTACH_MODE).as_str() {
-                "auto" => crate::attach::Modes::auto(),
-                "tcx" => crate::attach::Modes::all(crate::attach::Mode::Tcx),
-                "netlink" => crate::attach::Modes::all(crate::attach::Mode::Netlink),
-                "netlink-pods" => crate::attach::Modes::netlink_pods(),
-                "uplink-egress" => crate::attach::Modes::uplink_egress(),
-                other => {
-                    return Err(invalid(
-                        "attach-mode",
-                        other,
-                        "auto, tcx, netlink, netlink-pods or uplink-egress",
-                    ));
-                }
-            };
-        let alertmanager = crate::alertmanager::AmTarget::from_settings(
+        let attach_mode = match one(args.attach_mode, file.attach_mode, defaults::ATTACH_MODE)
+            .as_str()
+        {
+            "auto" => crate::kernel::attach::Modes::auto(),
+            "tcx" => crate::kernel::attach::Modes::all(crate::kernel::attach::Mode::Tcx),
+            "netlink" => crate::kernel::attach::Modes::all(crate::kernel::attach::Mode::Netlink),
+            "netlink-pods" => crate::kernel::attach::Modes::netlink_pods(),
+            "uplink-egress" => crate::kernel::attach::Modes::uplink_egress(),
+            other => {
+                return Err(invalid(
+                    "attach-mode",
+                    other,
+                    "auto, tcx, netlink, netlink-pods or uplink-egress",
+                ));
+            }
+        };
+        let alertmanager = crate::export::alertmanager::AmTarget::from_settings(
             args.alertmanager_url.or(file.alertmanager_url),
             args.alertmanager_ca_file.or(file.alertmanager_ca_file),
             args.alertmanager_bearer_token_file
@@ -447,7 +191,7 @@ impl Config {
         .map_err(|e| invalid(e.key, &e.value, e.problem))?;
         let kubernetes = match one(args.kubernetes, file.kubernetes, defaults::KUBERNETES).as_str()
         {
-            "auto" => crate::k8s::configured(),
+            "auto" => crate::inventory::kubernetes::configured(),
             "on" => true,
             "off" => false,
             other => return Err(invalid("kubernetes", other, "auto, on or off")),
@@ -607,7 +351,7 @@ mod tests {
 
     #[test]
     fn attach_modes_choose_programs_and_hooks() {
-        use crate::attach::Role;
+        use crate::kernel::attach::Role;
         use aya::programs::TcAttachType::{Egress, Ingress};
         use observer_common::names::{PROG_EGRESS, PROG_FROM_POD, PROG_TO_POD, PROG_UPLINK};
         let modes = |m: &str| {
@@ -641,17 +385,9 @@ mod tests {
             egress.name(),
             format!(
                 "uplinks {} (ingress and egress), pod veths none",
-                crate::attach::Mode::auto().name()
+                crate::kernel::attach::Mode::auto().name()
             )
         );
-    }
-
-    #[test]
-    fn patterns_glob() {
-        let p = Pattern("cali*".into());
-        assert!(p.matches("calibe254a7a7ea") && p.matches("cali") && !p.matches("xcali"));
-        let q = Pattern("eth?".into());
-        assert!(q.matches("eth1") && !q.matches("eth10"));
     }
 
     #[test]

@@ -21,7 +21,7 @@ use prometheus::IntCounterVec;
 
 use crate::{
     inventory::{Directory, PodRef},
-    kmaps::{KmapError, Maps},
+    kernel::maps::{KmapError, Maps},
     metrics::Metrics,
 };
 

@@ -1,4 +1,8 @@
-//! The command line: `observer run` and the debug clients `flows`, `status`, `explain`.
+//! The command line: `observer run` and the debug clients `flows`, `status`, `explain`,
+//! with [`flows`] (the `flows` output: formats, filters, `--follow`) and [`plugin`]
+//! (`kubectl observer`: finds the agent of a node and runs the command there). The clients
+//! speak the agent's wire types (`observer::agent::api`); `run` hands a validated
+//! `observer::agent::config::Config` to the agent's runtime.
 
 use std::{io::Write, path::PathBuf, process::ExitCode};
 
@@ -6,13 +10,16 @@ use clap::{Parser, Subcommand};
 
 use std::path::Path;
 
-use crate::flows_cli::{self, Filters, Output};
+mod flows;
+mod plugin;
+
+use flows::{Filters, Output};
 use observer::{
-    api::{self, Request},
-    config::{Config, LogFormat, RunArgs},
+    agent::{
+        api::{self, Explanation, FlowRow, Request},
+        config::{Config, LogFormat, RunArgs},
+    },
     defaults,
-    explain::Explanation,
-    flows::FlowRow,
 };
 use tokio::{
     io::{AsyncBufReadExt, AsyncWriteExt, BufReader},
@@ -78,7 +85,7 @@ pub enum Command {
     },
     /// The kubectl plugin (installed as `kubectl-observer`): run a command on the agent of a
     /// node (`--node`, `--pod`), or `flows` on every node's agent (`-A`).
-    Kubectl(crate::plugin::PluginArgs),
+    Kubectl(plugin::PluginArgs),
     /// A shell completion script for the command line (bash, zsh, fish, elvish, powershell).
     Completion { shell: clap_complete::Shell },
 }
@@ -128,7 +135,7 @@ async fn client(socket: PathBuf, command: Command) -> anyhow::Result<u8> {
     let mut stdout = std::io::stdout();
     match command {
         Command::Run(_) | Command::Completion { .. } => unreachable!("handled by main"),
-        Command::Kubectl(args) => crate::plugin::run(args).await,
+        Command::Kubectl(args) => plugin::run(args).await,
         Command::Flows {
             suggest_policy: true,
             output,
@@ -141,7 +148,7 @@ async fn client(socket: PathBuf, command: Command) -> anyhow::Result<u8> {
             request(
                 &socket,
                 &Request::Suggest {},
-                |l| match serde_json::from_str::<observer::remedy::Remedy>(l) {
+                |l| match serde_json::from_str::<api::Remedy>(l) {
                     Ok(r) => remedies.push(r),
                     Err(e) => bad = Some(e),
                 },
@@ -182,7 +189,7 @@ async fn client(socket: PathBuf, command: Command) -> anyhow::Result<u8> {
             };
             if follow {
                 if output != Output::Json {
-                    let _ = write!(stdout, "{}", flows_cli::follow_header(wide));
+                    let _ = write!(stdout, "{}", flows::follow_header(wide));
                     let _ = stdout.flush();
                 }
                 request(&socket, &req, |l| {
@@ -195,7 +202,7 @@ async fn client(socket: PathBuf, command: Command) -> anyhow::Result<u8> {
                     if output == Output::Json {
                         let _ = writeln!(stdout, "{l}");
                     } else {
-                        let _ = write!(stdout, "{}", flows_cli::follow_row(&r, wide));
+                        let _ = write!(stdout, "{}", flows::follow_row(&r, wide));
                     }
                     let _ = stdout.flush();
                 })
@@ -220,7 +227,7 @@ async fn client(socket: PathBuf, command: Command) -> anyhow::Result<u8> {
                     }
                 }
                 _ if rows.is_empty() => eprintln!("no flagged flows"),
-                _ => print!("{}", flows_cli::table(&rows, wide)),
+                _ => print!("{}", flows::table(&rows, wide)),
             }
             Ok(if fail_if_any && !rows.is_empty() {
                 EXIT_MATCHED
@@ -267,7 +274,7 @@ async fn client(socket: PathBuf, command: Command) -> anyhow::Result<u8> {
                 s.inventory.pods,
                 s.inventory.node_ips,
                 s.inventory.cidrs,
-                observer::clock::rfc3339(
+                observer::kernel::clock::rfc3339(
                     std::time::UNIX_EPOCH
                         + std::time::Duration::from_secs_f64(s.inventory.last_update_unix.max(0.0))
                 )
@@ -393,7 +400,7 @@ pub fn main() -> ExitCode {
                 return ExitCode::SUCCESS;
             }
             init_logs(&cfg);
-            match runtime.block_on(crate::agent::run(cfg)) {
+            match runtime.block_on(observer::agent::runtime::run(cfg)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     tracing::error!(error = format!("{e:#}"), "observer stopped");

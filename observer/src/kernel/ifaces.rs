@@ -2,7 +2,7 @@
 //! attached as they appear, forgotten as they vanish, and re-checked on every reconcile. One
 //! interface failing to attach is counted and retried; it never stops the others.
 
-use std::{collections::BTreeMap, time::Instant};
+use std::{collections::BTreeMap, fmt, time::Instant};
 
 use aya::{
     Ebpf,
@@ -14,11 +14,52 @@ use aya::{
 use serde::Serialize;
 
 use crate::{
-    attach::{self, Mode, Modes, Role},
-    config::Pattern,
     defaults,
-    netlink::Netlink,
+    kernel::{
+        attach::{self, Mode, Modes, Role},
+        netlink::Netlink,
+    },
 };
+
+/// An interface name pattern with `*` (any run) and `?` (one character).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Pattern(String);
+
+impl Pattern {
+    /// A pattern of 1 to 64 characters, each one that can be in an interface name (or `*`,
+    /// `?`); otherwise what is wrong with it.
+    pub fn new(v: &str) -> Result<Pattern, String> {
+        if v.is_empty() || v.len() > 64 {
+            return Err("an interface pattern of 1 to 64 characters".into());
+        }
+        if let Some(c) = v
+            .chars()
+            .find(|c| !(c.is_ascii_alphanumeric() || "*?._-@:".contains(*c)))
+        {
+            return Err(format!("character {c:?} cannot be in an interface name"));
+        }
+        Ok(Pattern(v.to_string()))
+    }
+
+    pub fn matches(&self, name: &str) -> bool {
+        fn m(p: &[u8], s: &[u8]) -> bool {
+            match (p.first(), s.first()) {
+                (None, None) => true,
+                (Some(b'*'), _) => m(&p[1..], s) || (!s.is_empty() && m(p, &s[1..])),
+                (Some(b'?'), Some(_)) => m(&p[1..], &s[1..]),
+                (Some(a), Some(b)) if a == b => m(&p[1..], &s[1..]),
+                _ => false,
+            }
+        }
+        m(self.0.as_bytes(), name.as_bytes())
+    }
+}
+
+impl fmt::Display for Pattern {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
 
 /// Our program names as the kernel shows them (truncated to 15 bytes).
 fn is_ours(name: &str) -> bool {
@@ -395,4 +436,17 @@ fn foreign_tcx(iface: &str) -> Vec<String> {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn patterns_glob() {
+        let p = Pattern::new("cali*").unwrap();
+        assert!(p.matches("calibe254a7a7ea") && p.matches("cali") && !p.matches("xcali"));
+        let q = Pattern::new("eth?").unwrap();
+        assert!(q.matches("eth1") && !q.matches("eth10"));
+    }
 }

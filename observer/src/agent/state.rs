@@ -6,13 +6,15 @@ use std::sync::{Arc, Mutex, RwLock, atomic::AtomicBool};
 use observer_common::{maps::health, verdict::Settings};
 
 use crate::{
-    api,
-    explain::{self, ExplainError, Explanation},
+    agent::{
+        api,
+        explain::{self, ExplainError, Explanation},
+    },
+    export::remedy,
     flows::Tracker,
     inventory::Directory,
-    kmaps::Maps,
+    kernel::maps::Maps,
     metrics::Metrics,
-    remedy,
 };
 
 /// What the agent's tasks share.

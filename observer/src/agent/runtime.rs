@@ -7,22 +7,26 @@ use std::sync::{
     atomic::{AtomicBool, Ordering},
 };
 
+use crate::{
+    agent::{
+        api,
+        config::Config,
+        state::{Shared, Snapshot},
+    },
+    export::alertmanager::Pusher,
+    flows::{Tracker, TrackerConfig},
+    inventory::{Directory, PodRef, kubernetes::KubeMsg, standalone::Standalone},
+    kernel::{
+        ifaces::Ifaces,
+        maps::{self, Maps},
+        netlink::{NetEvent, Netlink, NodeView},
+        object::{self, LoadOptions},
+        staged::StagedRings,
+    },
+    metrics::Metrics,
+};
 use anyhow::Context as _;
 use aya::maps::{MapData, RingBuf};
-use observer::{
-    alertmanager::Pusher,
-    api,
-    bpf::{self, LoadOptions},
-    config::Config,
-    flows::{Tracker, TrackerConfig},
-    ifaces::Ifaces,
-    inventory::{Directory, Standalone},
-    kmaps::{self, Maps},
-    metrics::Metrics,
-    netlink::{NetEvent, Netlink, NodeView},
-    state::{Shared, Snapshot},
-};
-use observer::{inventory::PodRef, k8s::KubeMsg, staged::StagedRings};
 use observer_common::verdict::Settings;
 use std::{collections::HashMap, net::IpAddr};
 use tokio::{io::unix::AsyncFd, signal::unix::SignalKind};
@@ -35,7 +39,7 @@ struct Controller {
     /// Local pods as the Kubernetes API describes them (empty without it).
     kube_pods: HashMap<IpAddr, PodRef>,
     /// NodePorts allocated by Services, by Service, and what the kernel map holds.
-    nodeports: HashMap<observer::roles::Owner, Vec<(u16, u8)>>,
+    nodeports: HashMap<crate::inventory::roles::Owner, Vec<(u16, u8)>>,
     nodeports_written: std::collections::HashSet<(u16, u8)>,
     nodeports_dirty: bool,
     /// The first full sync arrived and its flows are still to be released.
@@ -55,7 +59,7 @@ impl Controller {
     fn sync_inventory(&mut self) {
         let ifaces = &self.ifaces;
         let (ips, mut dir) = self.inventory.desired(&self.view, |name| {
-            ifaces.role_of(name) == Some(observer::attach::Role::Pod)
+            ifaces.role_of(name) == Some(crate::kernel::attach::Role::Pod)
         });
         // The API's view of local pods names them; the interface comes from the host route,
         // else from the CNI naming rule if such a link exists.
@@ -68,7 +72,9 @@ impl Controller {
                 .or_else(|| {
                     ["eni", "cali"]
                         .iter()
-                        .map(|p| observer::k8s::veth_name(p, &meta.namespace, &meta.name))
+                        .map(|p| {
+                            crate::inventory::kubernetes::veth_name(p, &meta.namespace, &meta.name)
+                        })
                         .find(|n| links.contains(n))
                 })
                 .unwrap_or_else(|| meta.iface.clone());
@@ -233,7 +239,7 @@ impl Controller {
     }
 }
 
-/// Reads flow events every [`observer::defaults::EVENTS_POLL`], and at once when the kernel wakes the
+/// Reads flow events every [`crate::defaults::EVENTS_POLL`], and at once when the kernel wakes the
 /// agent (a flood filling the ring past its mark).
 async fn read_events(
     ring: RingBuf<MapData>,
@@ -244,7 +250,7 @@ async fn read_events(
     // the AsyncFd owns the ring buffer.
     let mut fd = unsafe { AsyncFd::register(ring) }
         .map_err(|e| anyhow::anyhow!("polling the event ring buffer: {e}"))?;
-    let mut poll = tokio::time::interval(observer::defaults::EVENTS_POLL);
+    let mut poll = tokio::time::interval(crate::defaults::EVENTS_POLL);
     poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // Reused across reads: a flood must not reallocate per batch.
     let (mut events, mut staged) = (Vec::new(), Vec::new());
@@ -253,7 +259,7 @@ async fn read_events(
     let mut busy = false;
     loop {
         if busy {
-            tokio::time::sleep(observer::defaults::STAGED_BUSY_POLL).await;
+            tokio::time::sleep(crate::defaults::STAGED_BUSY_POLL).await;
         } else {
             tokio::select! {
                 guard = fd.readable_mut() => guard?.clear_ready(),
@@ -264,7 +270,7 @@ async fn read_events(
         staged.clear();
         // The events first, then the staged rings: a flow's event (its second packet) is read
         // with or after its staged SYN, never before it.
-        let bad = kmaps::drain_events(fd.get_mut(), &mut events);
+        let bad = maps::drain_events(fd.get_mut(), &mut events);
         busy = rings.drain(&mut staged) >= rings.slots() as usize / 4;
         if events.is_empty() && staged.is_empty() && bad == 0 {
             continue;
@@ -331,11 +337,11 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     // The Kubernetes lists start first: a large cluster's take seconds, and loading the
     // programs (the verifier) takes about one; the objects wait in the channel meanwhile.
     let kube_rx = if cfg.kubernetes {
-        let client = observer::k8s::client()
+        let client = crate::inventory::kubernetes::client()
             .await
             .context("connecting to the Kubernetes API (--kubernetes)")?;
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-        tokio::spawn(observer::k8s::run(
+        tokio::spawn(crate::inventory::kubernetes::run(
             client,
             cfg.node_name.clone(),
             "eni".into(),
@@ -346,7 +352,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     } else {
         None
     };
-    let mut ebpf = bpf::load(&LoadOptions {
+    let mut ebpf = object::load(&LoadOptions {
         nodeport_min: cfg.nodeport_min,
         nodeport_max: cfg.nodeport_max,
         flow_table_entries: cfg.flow_table_entries,
@@ -386,14 +392,14 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             tls = target.url.https,
             "pushing direct-access alerts to Alertmanager"
         );
-        let client = observer::alertmanager::AmClient::new(target.clone())
+        let client = crate::export::alertmanager::AmClient::new(target.clone())
             .context("the Alertmanager client")?;
-        tracker.set_pusher(Pusher::spawn(
+        tracker.set_sink(Box::new(Pusher::spawn(
             client,
             cfg.alert_window,
             metrics.clone(),
             cfg.node_name.clone(),
-        ));
+        )));
     }
     let shared = Arc::new(Shared {
         maps: Arc::new(maps),
@@ -406,7 +412,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         snapshot: Mutex::new(Snapshot::default()),
         ready: AtomicBool::new(false),
     });
-    let listener = api::bind(&cfg.socket).await?;
+    let listener = api::server::bind(&cfg.socket).await?;
     let (netlink, mut events) = Netlink::open()?;
     let mut ctl = Controller {
         view: netlink.dump().await?,
@@ -452,7 +458,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     // The programs run now: connections pods opened from here on are recorded by them; the
     // ones already open are learnt from conntrack, and any packet that slipped between is
     // looked up again when its flow is judged.
-    let mut origins = observer::origins::Origins::open();
+    let mut origins = crate::inventory::origins::Origins::open();
     {
         let dir = shared.dir.read().unwrap_or_else(|p| p.into_inner()).clone();
         origins.seed(&dir, &shared.maps, &shared.metrics);
@@ -473,16 +479,17 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let mut term = tokio::signal::unix::signal(SignalKind::terminate())?;
     let mut int = tokio::signal::unix::signal(SignalKind::interrupt())?;
     let mut tasks = tokio::task::JoinSet::new();
-    tasks.spawn(api::serve(listener, shared.clone()).then_ok());
+    tasks.spawn(api::server::serve(listener, shared.clone()).then_ok());
     tasks.spawn(metrics_server(cfg.metrics_addr, shared.clone()));
     tasks.spawn(read_events(ring, rings, shared.clone()));
     {
         let shared = shared.clone();
         let every = cfg.refresh_interval;
         let alert_window = cfg.alert_window;
-        let mut lost = observer::podcounts::PodCounts::new(observer::podcounts::Family::Lost);
+        let mut lost =
+            crate::flows::podcounts::PodCounts::new(crate::flows::podcounts::Family::Lost);
         let mut unjudged =
-            observer::podcounts::PodCounts::new(observer::podcounts::Family::Unjudged);
+            crate::flows::podcounts::PodCounts::new(crate::flows::podcounts::Family::Unjudged);
         tasks.spawn(async move {
             let mut tick = tokio::time::interval(every);
             loop {
@@ -493,14 +500,14 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
                     .tracker
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
-                    .pending_origins(observer::defaults::ORIGIN_LOOKUPS);
+                    .pending_origins(crate::defaults::ORIGIN_LOOKUPS);
                 let resolved: Vec<_> = pending
                     .iter()
                     .map(|k| (*k, origins.lookup(k, &dir)))
                     .collect();
                 // The kernel table is read and expired flows deleted outside the tracker's lock:
                 // events keep flowing meanwhile.
-                let (flows, now_ns) = observer::flows::read_flows(&shared.maps);
+                let (flows, now_ns) = crate::flows::read_flows(&shared.maps);
                 let mut t = shared.tracker.lock().unwrap_or_else(|p| p.into_inner());
                 for (k, r) in &resolved {
                     t.resolve(k, *r, &shared.maps, &shared.metrics);

@@ -30,7 +30,11 @@ use rustls::pki_types::{CertificateDer, pem::PemObject as _};
 use serde_json::json;
 use tokio::sync::mpsc;
 
-use crate::{clock, flows::FlowRow, metrics::Metrics};
+use crate::{
+    flows::{AlertSink, FlowRow, ORIGIN_UNKNOWN},
+    kernel::clock,
+    metrics::Metrics,
+};
 
 /// Alerts waiting for the push task.
 const QUEUE: usize = 1024;
@@ -403,10 +407,12 @@ impl Pusher {
         tokio::spawn(run(client, window, rx, metrics.clone(), node));
         Pusher { tx, metrics }
     }
+}
 
+impl AlertSink for Pusher {
     /// Offers an alert line standing for `count` accesses; never waits. A full queue drops it,
     /// counted in `observer_alertmanager_dropped_total`.
-    pub fn offer(&self, row: &FlowRow, count: u64) {
+    fn offer(&self, row: &FlowRow, count: u64) {
         let alert = Alert {
             row: row.clone(),
             count,
@@ -436,7 +442,7 @@ fn alert_json(a: &Alert, node: &str, now: SystemTime, window: Duration) -> serde
     };
     // As the rules name them: a flow nobody can place is its own, lesser alert; the agent's
     // severity (Kubernetes inventory) maps to the rules' vocabulary, critical without it.
-    let (alertname, severity) = if row.origin == crate::flows::ORIGIN_UNKNOWN {
+    let (alertname, severity) = if row.origin == ORIGIN_UNKNOWN {
         ("ObserverDirectPodAccessUnknownOrigin", "warning")
     } else {
         ("ObserverDirectPodAccess", alert_severity(&row.severity))

@@ -1,6 +1,13 @@
-//! The userspace side of flagged flows: events from the kernel become records with a pod and
-//! an interface, a bounded recent-flows view for the debug API, alert events (one per new
-//! direct flow, repeats folded), and the direct-access metrics with bounded labels.
+//! The userspace side of flagged flows. This file is the tracker: events from the kernel
+//! become records with a pod and an interface, a bounded recent-flows view for the debug API,
+//! alert events (one per new direct flow, repeats folded) and the direct-access metrics with
+//! bounded labels. Beside it: `alerts` (alert lines, their folding, and the [`AlertSink`]
+//! the outputs implement), `merge` (staged records with what `FLOWS` holds), `series` (the
+//! direct-access metric series) and [`podcounts`] (what the kernel counted per pod when it
+//! could not hand over a flow).
+//!
+//! Uses [`crate::kernel`], [`crate::metrics`] and [`crate::inventory`]; the outputs and the
+//! agent take what it produces ([`FlowRow`], alert lines through [`AlertSink`]).
 
 use std::{
     collections::{BTreeSet, HashMap, HashSet, VecDeque},
@@ -19,16 +26,16 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 
 use crate::{
-    alertmanager::Pusher,
-    clock,
-    inventory::{Directory, PodRef},
-    kmaps::Maps,
+    inventory::{Directory, PodRef, origins::Resolution},
+    kernel::{clock, maps::Maps},
     metrics::{Metrics, protocol_label},
 };
 
 mod alerts;
 mod merge;
+pub mod podcounts;
 mod series;
+pub use alerts::AlertSink;
 use alerts::{Fold, Scan, Target};
 pub use merge::kernel_view;
 use merge::{add_staged, merged};
@@ -117,17 +124,6 @@ pub const ORIGIN_UNKNOWN: &str = "unknown";
 /// A flow the observer did not see start that conntrack shows the outsider opened.
 pub const ORIGIN_OUTSIDER: &str = "outsider";
 
-/// What conntrack said about a flow whose start the observer did not see.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Resolution {
-    /// A local pod opened it: its packets are replies. The `POD_FLOWS` key to learn.
-    PodOpened(FlowKey),
-    /// The outsider opened it.
-    Outsider,
-    /// Conntrack does not know, or cannot tell.
-    Unknown,
-}
-
 /// How long a flow may wait for its origin before it is judged with what is known.
 const ORIGIN_WAIT: Duration = Duration::from_secs(10);
 
@@ -211,7 +207,8 @@ pub struct Tracker {
     series: Table<(String, String), HashSet<[String; 8], foldhash::fast::RandomState>>,
     gone_since: Table<(String, String), Instant>,
     updates: broadcast::Sender<FlowRow>,
-    pusher: Option<Pusher>,
+    /// Where alert lines go besides the log ([`AlertSink`]).
+    sink: Option<Box<dyn AlertSink>>,
     /// `clock::kernel_ns()` at the previous refresh.
     last_refresh_ns: Option<u64>,
     /// The inventory has not had its first full sync: new flagged flows are held.
@@ -240,7 +237,7 @@ impl Tracker {
             series: Table::default(),
             gone_since: Table::default(),
             updates: broadcast::channel(1024).0,
-            pusher: None,
+            sink: None,
             last_refresh_ns: None,
             hold: false,
             continued: FlowMap::default(),
@@ -327,9 +324,9 @@ impl Tracker {
         (confirmed, cleared)
     }
 
-    /// Pushes each new direct flow to Alertmanager as it is seen.
-    pub fn set_pusher(&mut self, p: Pusher) {
-        self.pusher = Some(p);
+    /// Offers every alert line written to `sink` as well (the Alertmanager push).
+    pub fn set_sink(&mut self, sink: Box<dyn AlertSink>) {
+        self.sink = Some(sink);
     }
 
     /// New and updated flows, for `observer flows --follow`.

@@ -22,8 +22,8 @@ use observer_common::{
 };
 use tokio::sync::mpsc;
 
-use crate::{
-    inventory::PodRef,
+use crate::inventory::{
+    PodRef,
     roles::{Kind, ObjectId, Owner},
 };
 

@@ -27,7 +27,7 @@ pub struct Explanation {
     pub pod: Option<PodRef>,
     /// For a direct access: the NetworkPolicy and network change that would close it.
     #[serde(default)]
-    pub remedy: Option<crate::remedy::Remedy>,
+    pub remedy: Option<crate::export::remedy::Remedy>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]

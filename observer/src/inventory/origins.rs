@@ -5,13 +5,25 @@
 //! once before it is counted or alerted on.
 
 use crate::{
-    conntrack::{Conntrack, CtTuple, Opener},
-    flows::Resolution,
-    inventory::Directory,
-    kmaps::Maps,
+    inventory::{
+        Directory,
+        conntrack::{Conntrack, CtTuple, Opener},
+    },
+    kernel::maps::Maps,
     metrics::Metrics,
 };
 use observer_common::maps::FlowKey;
+
+/// What conntrack said about a flow whose start the observer did not see.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Resolution {
+    /// A local pod opened it: its packets are replies. The `POD_FLOWS` key to learn.
+    PodOpened(FlowKey),
+    /// The outsider opened it.
+    Outsider,
+    /// Conntrack does not know, or cannot tell.
+    Unknown,
+}
 
 /// Conntrack, if the node has it; without it every unseen start stays unknown.
 pub struct Origins {

@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use clap::{Args, ValueEnum, builder::PossibleValuesParser};
-use observer::flows::FlowRow;
+use observer::agent::api::FlowRow;
 use observer_common::{user::Cidr, verdict::Verdict};
 
 /// How rows are printed.
@@ -71,7 +71,7 @@ fn parse_cidr(s: &str) -> Result<Cidr, String> {
 }
 
 fn parse_since(s: &str) -> Result<Duration, String> {
-    observer::config::parse_duration("since", s).map_err(|e| e.to_string())
+    observer::agent::config::parse_duration("since", s).map_err(|e| e.to_string())
 }
 
 impl Filters {

@@ -27,7 +27,7 @@ use observer_common::names::{
     PROG_EGRESS, PROG_FROM_POD, PROG_TO_POD, PROG_UPLINK, PROGRAMS_ALT, other_copy,
 };
 
-use crate::bpf::{BpfError, classifier};
+use crate::kernel::object::{BpfError, classifier};
 
 /// Netlink filters: priority 1 (ahead of filters that might drop before we count) and a
 /// handle of our own, so that a restart finds and replaces its leftovers by name.
@@ -298,7 +298,7 @@ fn attach_programs(
             first
         };
         // Programs outside the mode's set, and the second copies, load on first use.
-        crate::bpf::load_program(ebpf, program)?;
+        crate::kernel::object::load_program(ebpf, program)?;
         let options = match mode {
             Mode::Tcx => TcAttachOptions::TcxOrder(LinkOrder::first()),
             Mode::Netlink => TcAttachOptions::Netlink(NlOptions {

@@ -10,7 +10,7 @@ use anyhow::{Context as _, bail};
 use clap::Args;
 use k8s_openapi::api::core::v1::Pod;
 use kube::{Api, api::ListParams};
-use observer::flows::FlowRow;
+use observer::agent::api::FlowRow;
 
 /// Options of `kubectl observer`; what follows them is the observer command to run.
 #[derive(Debug, Args)]
@@ -44,7 +44,7 @@ async fn agents(a: &PluginArgs) -> anyhow::Result<BTreeMap<String, String>> {
         .agent_selector
         .split_once('=')
         .context("--agent-selector is KEY=VALUE")?;
-    let client = observer::k8s::client()
+    let client = observer::inventory::kubernetes::client()
         .await
         .context("connecting to the Kubernetes API (KUBECONFIG)")?;
     let pods: Api<Pod> = Api::namespaced(client, &a.agent_namespace);
@@ -71,7 +71,7 @@ async fn agents(a: &PluginArgs) -> anyhow::Result<BTreeMap<String, String>> {
 /// The node a pod runs on.
 async fn node_of(pod: &str) -> anyhow::Result<String> {
     let (ns, name) = pod.split_once('/').unwrap_or(("default", pod));
-    let client = observer::k8s::client()
+    let client = observer::inventory::kubernetes::client()
         .await
         .context("connecting to the Kubernetes API (KUBECONFIG)")?;
     let p = Api::<Pod>::namespaced(client, ns)
@@ -166,7 +166,7 @@ fn all_nodes(a: &PluginArgs, agents: &BTreeMap<String, String>) -> anyhow::Resul
         eprintln!("no flagged flows on {} nodes", agents.len());
     } else {
         let flows: Vec<FlowRow> = rows.iter().map(|(_, r)| r.clone()).collect();
-        let table = crate::flows_cli::table(&flows, false);
+        let table = super::flows::table(&flows, false);
         let width = rows.iter().map(|(n, _)| n.len()).max().unwrap_or(4).max(4);
         for (i, line) in table.lines().enumerate() {
             let node = if i == 0 { "NODE" } else { &rows[i - 1].0 };

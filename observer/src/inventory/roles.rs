@@ -14,7 +14,7 @@ use std::{
 use observer_common::{addr::IpKey, maps::role, user::Cidr};
 use smallvec::SmallVec;
 
-use crate::kmaps::{KmapError, Maps};
+use crate::kernel::maps::{KmapError, Maps};
 
 /// Who asserts a role for an address or CIDR. Small and `Copy`: in a 150k-pod cluster each
 /// address has its owner stored twice (by address and by owner), so an owner is 17 bytes,
