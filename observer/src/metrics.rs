@@ -1,6 +1,10 @@
 //! Prometheus metrics. The list is a public contract, documented in `docs/metrics.md`.
 //! Labels are bounded: never a source address; ports per pod are capped; series of vanished
-//! pods are removed after a grace period (see `flows.rs`).
+//! pods are removed after a grace period (see `flows/series.rs`).
+//!
+//! Every part of the agent counts into these (the inventory, the tracker, the outputs, the
+//! runtime); the kernel's own counters are sampled here at each scrape. Uses only
+//! [`crate::kernel`], so that everything above may count.
 
 use std::sync::Mutex;
 

@@ -1,5 +1,5 @@
 //! `cargo xtask bench`: figures, never pass/fail. Results go to target/bench/report.json and
-//! report.md.
+//! report.md; `--write-docs` also renders docs/performance.md from the report (`perfdoc`).
 //!
 //! Sections (all by default, or some with `--only`): the datapath cost per program and packet
 //! class, throughput A/B, pod veth churn, spoofed-source floods, and the Kubernetes inventory at
@@ -181,7 +181,7 @@ pub enum Section {
 }
 
 impl Section {
-    const ALL: [Section; 5] = [
+    pub(crate) const ALL: [Section; 5] = [
         Section::Datapath,
         Section::Throughput,
         Section::Churn,
@@ -189,7 +189,8 @@ impl Section {
         Section::Inventory,
     ];
 
-    fn key(self) -> &'static str {
+    /// The section's key in report.json.
+    pub(crate) fn key(self) -> &'static str {
         match self {
             Section::Datapath => "datapath",
             Section::Throughput => "throughput",
@@ -201,7 +202,12 @@ impl Section {
 }
 
 /// Runs the benchmark (every section, or only those given) with the release binary `bin`.
+/// The report (target/bench/report.json) also keeps when and where it ran, under
+/// `perfdoc::META_KEY`.
 pub fn run(bin: &Path, root: &Path, only: &[Section]) -> Result<()> {
+    // Another build than the checkout's (XTASK_BENCH_AGENT) is named on the page.
+    let other_agent = std::env::var_os("XTASK_BENCH_AGENT").map(|_| bin);
+    let meta = crate::perfdoc::Meta::collect(std::time::SystemTime::now(), other_agent);
     let mut report = serde_json::Map::new();
     let mut md = String::from("# observer bench\n\n");
     for section in Section::ALL {
@@ -219,6 +225,7 @@ pub fn run(bin: &Path, root: &Path, only: &[Section]) -> Result<()> {
         report.insert(section.key().into(), value);
         md.push_str(&text);
     }
+    report.insert(crate::perfdoc::META_KEY.into(), meta.to_json());
     let out = root.join("target/bench");
     std::fs::create_dir_all(&out)?;
     std::fs::write(

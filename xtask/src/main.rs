@@ -7,6 +7,7 @@ mod demo;
 mod flood;
 mod generated;
 mod image;
+mod perfdoc;
 mod throughput;
 mod toolchain;
 
@@ -40,6 +41,14 @@ enum Task {
         /// Run only these sections (comma-separated); all by default.
         #[arg(long, value_enum, value_delimiter = ',')]
         only: Vec<bench::Section>,
+        /// After the run, write docs/performance.md from target/bench/report.json (the sections
+        /// the report has, each with its method, the run's date and machine).
+        #[arg(long)]
+        write_docs: bool,
+        /// With --write-docs: only render docs/performance.md from the existing
+        /// target/bench/report.json, without running the bench.
+        #[arg(long, requires = "write_docs", conflicts_with = "only")]
+        from_report: bool,
     },
     /// Fuzz the host parser and verdict (cargo fuzz) for a while.
     Fuzz {
@@ -264,7 +273,14 @@ fn real_main() -> Result<()> {
             })?;
             demo::run(&root.join("target/debug/observer"))
         }
-        Task::Bench { only } => {
+        Task::Bench {
+            only,
+            write_docs,
+            from_report,
+        } => {
+            if from_report {
+                return perfdoc::write(&root);
+            }
             timed("toolchain check", || {
                 toolchain::ensure(&["iperf3", "nftables"])
             })?;
@@ -284,7 +300,11 @@ fn real_main() -> Result<()> {
             let bin = std::env::var_os("XTASK_BENCH_AGENT")
                 .map(std::path::PathBuf::from)
                 .unwrap_or(root.join("target/release/observer"));
-            bench::run(&bin, &root, &only)
+            bench::run(&bin, &root, &only)?;
+            if write_docs {
+                perfdoc::write(&root)?;
+            }
+            Ok(())
         }
     }
 }
