@@ -35,6 +35,13 @@ pub const ADDRESS_TABLE_ENTRIES: u32 = 262_144;
 /// How long after its first packet a direct flow's state (answered/refused/silent) is settled
 /// for the metrics.
 pub const SETTLE: Duration = Duration::from_secs(2);
+/// How long a new pod's address may take to reach the agent after its first packets
+/// (`--peer-wait`, Kubernetes inventory only): the kubelet writes a pod's IP into its status
+/// only at the sync after the one that created the sandbox and started the containers, on the
+/// PLEG's next relist (every second), through its rate-limited API client (50 requests a
+/// second since 1.27: a node starting 110 pods at once needs about 10 s for the last one);
+/// then the API server's watch brings it here. See docs/configuration.md for the timeline.
+pub const PEER_WAIT: Duration = Duration::from_secs(15);
 /// How often the agent reads the flow event ring. The kernel submits events without waking
 /// the agent (a wakeup costs the packet's CPU about 6 µs in a VM), except when the ring fills
 /// past an eighth (`observer_common::maps::events`): a new flow reaches the view at most this

@@ -47,6 +47,7 @@ pub struct Metrics {
     pub origin_lookups: IntCounterVec,
     pub inventory_write_errors: IntCounter,
     pub settled_early: IntCounter,
+    pub direct_cleared: IntCounter,
     pub direct_lost: IntCounterVec,
     pub unjudged: IntCounterVec,
     pub presync: IntCounterVec,
@@ -284,6 +285,11 @@ impl Metrics {
                 &r,
                 "observer_inventory_synced",
                 "1 once the inventory had its first full sync (always 1 without Kubernetes); until then new direct flows are held, not alerted on.",
+            ),
+            direct_cleared: counter(
+                &r,
+                "observer_direct_flows_cleared_total",
+                "Flows first judged direct that were judged again when they settled and found not to be: their source joined the cluster or the allowed sources after their first packets (a new pod or node whose address reached the agent late, within --peer-wait). Neither counted as direct accesses nor alerted on.",
             ),
             settled_early: counter(
                 &r,

@@ -261,7 +261,7 @@ fn every_row(layout: Layout, side: PodSide) {
     promtool_check(&m);
     let l = |port: &str, proto: &str, state: &str, pod: &str| {
         format!(
-            "origin=\"seen_start\",pod_name=\"{pod}\",pod_namespace=\"\",pod_workload=\"\",port=\"{port}\",protocol=\"{proto}\",severity=\"\",state=\"{state}\""
+            "origin=\"seen_start\",pod_name=\"{pod}\",pod_namespace=\"\",pod_workload=\"\",port=\"{port}\",protocol=\"{proto}\",severity=\"unrated\",state=\"{state}\""
         )
     };
     assert_eq!(

@@ -355,7 +355,7 @@ fn a_flood_to_one_pod_does_not_hide_an_access_to_another() {
     if of_b(&m, "observer_direct_pod_access_flows_total") == 1.0 {
         assert!(
             m.contains(&format!(
-                "pod_name=\"{veth_b}\",pod_namespace=\"\",pod_workload=\"\",port=\"80\",protocol=\"tcp\",severity=\"\",state=\"answered\""
+                "pod_name=\"{veth_b}\",pod_namespace=\"\",pod_workload=\"\",port=\"80\",protocol=\"tcp\",severity=\"unrated\",state=\"answered\""
             )),
             "pod B's access counted as answered: {m}"
         );
@@ -382,7 +382,7 @@ fn a_flood_to_one_pod_does_not_hide_an_access_to_another() {
     // agent's next refresh; pod B's flow may be the one other lost event).
     let lost_a = |m: &str| {
         let labels = format!(
-            "pod_name=\"{}\",pod_namespace=\"\",pod_workload=\"\",severity=\"\"",
+            "pod_name=\"{}\",pod_namespace=\"\",pod_workload=\"\",severity=\"unrated\"",
             n.pods[0].veth
         );
         sample(m, "observer_direct_pod_access_lost_flows_total", &labels).unwrap_or(0.0)

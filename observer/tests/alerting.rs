@@ -308,8 +308,9 @@ fn the_agent_pushes_to_alertmanager_folds_repeats_and_survives_it_being_down() {
         started.elapsed()
     );
     assert_eq!(pod_b.len(), 1, "{pod_b:#?}");
-    // The labels of the rule it stands for: the agent's severity (critical without Kubernetes),
-    // the node, the state the pod's answer settled to, the origin, the team.
+    // The labels of the rule it stands for: the agent's severity (`unrated` without
+    // Kubernetes: critical), the node, the state the pod's answer settled to, the origin, the
+    // team.
     let labels = &pod_b[0]["labels"];
     let node = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
     for (k, v) in [

@@ -83,7 +83,8 @@ fn flows_before_the_first_sync_are_held_and_judged_again() {
     wait_for("the first sync", Duration::from_secs(20), || {
         status(&agent)["inventory"]["synced"] == true
     });
-    wait_for("the outsider's alert", Duration::from_secs(10), || {
+    // Judged `--peer-wait` (15 s) after its first packet, as every direct flow.
+    wait_for("the outsider's alert", Duration::from_secs(30), || {
         !alert_lines(&agent).is_empty()
     });
     let alerts = alert_lines(&agent);
@@ -105,7 +106,7 @@ fn flows_before_the_first_sync_are_held_and_judged_again() {
     );
     wait_for(
         "the outsider's flow counted",
-        Duration::from_secs(5),
+        Duration::from_secs(10),
         || {
             scrape(&n, &agent)
                 .lines()

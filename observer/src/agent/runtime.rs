@@ -15,7 +15,7 @@ use crate::{
     },
     export::alertmanager::Pusher,
     flows::{Tracker, TrackerConfig},
-    inventory::{Directory, PodRef, kubernetes::KubeMsg, standalone::Standalone},
+    inventory::{Directory, PodRef, joined::Joined, kubernetes::KubeMsg, standalone::Standalone},
     kernel::{
         ifaces::Ifaces,
         maps::{self, Maps},
@@ -47,6 +47,12 @@ struct Controller {
     shared: Arc<Shared>,
     /// When the agent started, for the startup timings it logs.
     started: std::time::Instant,
+    /// Sources that joined the cluster recently, and the copy the directory shares with the
+    /// flow tracker (made again only when they change).
+    joined: Joined,
+    joined_shared: Arc<Joined>,
+    /// How long a joined source is remembered: past the last settle of a flow it could clear.
+    joined_keep: std::time::Duration,
 }
 
 impl Controller {
@@ -125,7 +131,18 @@ impl Controller {
             }
             self.nodeports_dirty = failures > 0;
         }
-        let flushed = self.inventory.sync(&self.shared.maps, &ips, &dir);
+        let mut flushed = self.inventory.sync(&self.shared.maps, &ips, &dir);
+        let now = std::time::Instant::now();
+        let membership = std::mem::take(&mut flushed.membership);
+        let mut changed = !membership.is_empty();
+        self.joined.apply(&membership, now);
+        if let Some(before) = now.checked_sub(self.joined_keep) {
+            changed |= self.joined.prune(before);
+        }
+        if changed {
+            self.joined_shared = Arc::new(self.joined.clone());
+        }
+        dir.joined = self.joined_shared.clone();
         self.inventory.status.syncs += 1;
         self.inventory.status.writes += flushed.changes as u64;
         if flushed.changes > 0 {
@@ -214,6 +231,9 @@ impl Controller {
                 );
                 self.first_sync = !self.inventory.status.synced;
                 self.inventory.status.synced = true;
+                // Held flows are judged again against the whole first sync; from here on a
+                // source that joins is noted, for the flows its first packets began.
+                self.inventory.roles.track_membership = true;
             }
         }
     }
@@ -382,6 +402,13 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         capacity: cfg.recent_flows,
         idle: cfg.flow_idle_timeout,
         settle: cfg.settle,
+        // Standalone, no source joins late: the roles come from the flags and the node's own
+        // interfaces.
+        peer_wait: if cfg.kubernetes {
+            cfg.peer_wait
+        } else {
+            std::time::Duration::ZERO
+        },
         alert_window: cfg.alert_window,
         ports_per_pod: cfg.ports_per_pod,
         pod_grace: cfg.pod_grace,
@@ -434,6 +461,9 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         first_sync: false,
         shared: shared.clone(),
         started,
+        joined: Joined::default(),
+        joined_shared: Arc::default(),
+        joined_keep: 2 * cfg.peer_wait.max(cfg.settle) + std::time::Duration::from_secs(10),
     };
     let mut kube_rx = if let Some(rx) = kube_rx {
         ctl.inventory.status.mode = "kubernetes";
@@ -447,6 +477,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         Some(rx)
     } else {
         ctl.inventory.status.synced = true;
+        ctl.inventory.roles.track_membership = true;
         None
     };
     metrics

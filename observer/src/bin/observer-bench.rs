@@ -413,6 +413,7 @@ fn refresh_costs(maps: &Maps) -> serde_json::Value {
         capacity,
         idle: Duration::from_secs(300),
         settle: Duration::ZERO,
+        peer_wait: Duration::ZERO,
         alert_window: Duration::from_secs(60),
         ports_per_pod: 16,
         pod_grace: Duration::from_secs(300),

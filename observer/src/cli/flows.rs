@@ -46,8 +46,8 @@ pub struct Filters {
     /// Only flows in this state.
     #[arg(long, value_parser = ["answered", "refused", "silent"])]
     pub state: Option<String>,
-    /// Only accesses of this severity (Kubernetes inventory).
-    #[arg(long, value_parser = ["high", "medium", "low"])]
+    /// Only accesses of this severity (`unrated`: the inventory does not know the pod).
+    #[arg(long, value_parser = ["high", "medium", "low", "unrated"])]
     pub severity: Option<String>,
     /// Only flows seen within this long (30s, 5m, 1h).
     #[arg(long, value_parser = parse_since)]

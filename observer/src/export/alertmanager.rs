@@ -32,6 +32,7 @@ use tokio::sync::mpsc;
 
 use crate::{
     flows::{AlertSink, FlowRow, ORIGIN_UNKNOWN},
+    inventory::SEVERITY_UNRATED,
     kernel::clock,
     metrics::Metrics,
 };
@@ -423,12 +424,15 @@ impl AlertSink for Pusher {
     }
 }
 
-/// The agent's severity (high, medium, low; empty without the Kubernetes inventory) in the
-/// vocabulary of the rules and of Alertmanager routes.
+/// The agent's severity in the vocabulary of the rules and of Alertmanager routes: `high` and
+/// `unrated` (nothing tells whether the pod backs a Service) are `critical`, `medium` is
+/// `warning`, `low` is `info`. Any other value (an agent older than `unrated` sent an empty one)
+/// is `critical`, as the rules rate it: an access nothing lowers is never routed as minor.
 pub fn alert_severity(agent: &str) -> &'static str {
     match agent {
         "medium" => "warning",
         "low" => "info",
+        "high" | SEVERITY_UNRATED => "critical",
         _ => "critical",
     }
 }
@@ -545,6 +549,20 @@ async fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_agent_severity_maps_deliberately() {
+        // The same mapping as the rules' label_replace chain (deploy/prometheus).
+        for (agent, routed) in [
+            ("high", "critical"),
+            (SEVERITY_UNRATED, "critical"),
+            ("medium", "warning"),
+            ("low", "info"),
+            ("", "critical"),
+        ] {
+            assert_eq!(alert_severity(agent), routed, "{agent:?}");
+        }
+    }
 
     #[test]
     fn urls() {

@@ -59,7 +59,8 @@ pub struct FlowRow {
     pub origin: String,
     pub state: String,
     pub reason: String,
-    /// The pod's workload and the access's severity (Kubernetes inventory; empty otherwise).
+    /// The pod's workload (Kubernetes inventory; empty otherwise) and the access's severity
+    /// (`high`, `medium`, `low`, or `unrated` where the inventory does not know the pod).
     #[serde(default)]
     pub workload: String,
     #[serde(default)]
@@ -72,6 +73,9 @@ pub struct TrackerConfig {
     pub capacity: usize,
     pub idle: Duration,
     pub settle: Duration,
+    /// How long a direct flow waits for its source to join the inventory before it is
+    /// counted and alerted on (`--peer-wait`): judged again then.
+    pub peer_wait: Duration,
     pub alert_window: Duration,
     pub ports_per_pod: usize,
     pub pod_grace: Duration,
@@ -412,7 +416,7 @@ impl Tracker {
         metrics.count_flow(verdict, e.key.proto);
         while self.records.len() >= self.cfg.capacity {
             match self.order.pop_front() {
-                Some(old) => self.evict(old, maps, metrics),
+                Some(old) => self.evict(old, dir, maps, metrics),
                 None => break,
             }
         }
@@ -460,7 +464,15 @@ impl Tracker {
     /// counted and alerted on first, with what the kernel knows of it now (its packets too),
     /// so that a flood of new flows cannot push a real access out uncounted. (A settled one
     /// was counted at the last refresh.)
-    fn evict(&mut self, key: FlowKey, maps: &Maps, metrics: &Metrics) {
+    fn evict(&mut self, key: FlowKey, dir: &Directory, maps: &Maps, metrics: &Metrics) {
+        let Some(r) = self.records.get(&key) else {
+            return;
+        };
+        if !r.held && r.labels.is_none() && self.source_joined(&key, dir, metrics) {
+            let _ = maps.remove_flow(&key);
+            self.records.remove(&key);
+            return;
+        }
         let Some(r) = self.records.get_mut(&key) else {
             return;
         };
@@ -563,6 +575,8 @@ impl Tracker {
             .map_or(0, |prev| now_ns.saturating_sub(prev));
         let idle_ns = self.cfg.idle.as_nanos() as u64 + lag_ns;
         let settle_ns = self.cfg.settle.as_nanos() as u64;
+        // A direct flow is judged once its source had the time to join the inventory.
+        let judge_ns = self.cfg.settle.max(self.cfg.peer_wait).as_nanos() as u64;
         let wait_ns = ORIGIN_WAIT.as_nanos() as u64;
         let (mut timed_out, mut to_settle, mut expired) = (Vec::new(), Vec::new(), Vec::new());
         // One pass over the records: counters, and what needs more than that.
@@ -578,7 +592,12 @@ impl Tracker {
                 timed_out.push(*key);
             }
             if r.labels.is_none() {
-                if !r.pending && !r.held && age_ns >= settle_ns {
+                let due_ns = if r.verdict.alerts() {
+                    judge_ns
+                } else {
+                    settle_ns
+                };
+                if !r.pending && !r.held && age_ns >= due_ns {
                     to_settle.push(*key);
                 }
                 continue;
@@ -597,6 +616,10 @@ impl Tracker {
             }
         }
         for key in to_settle {
+            if self.source_joined(&key, dir, metrics) {
+                expired.push(key);
+                continue;
+            }
             self.settle(key, metrics);
             if let Some(r) = self.records.get_mut(&key)
                 && r.labels.is_some()
@@ -618,6 +641,28 @@ impl Tracker {
         self.flush_folds(metrics);
         self.remove_gone_pods(dir, metrics);
         expired
+    }
+
+    /// Whether a direct flow's source has joined the cluster (or the allowed sources) since
+    /// its first packet: a new pod or node whose address reached the agent after the flow
+    /// began. Such a flow was never a direct access: it is counted as cleared, and the caller
+    /// drops it from the view and the kernel table (its next packets are judged anew there).
+    fn source_joined(&mut self, key: &FlowKey, dir: &Directory, metrics: &Metrics) -> bool {
+        let Some(r) = self.records.get(key) else {
+            return false;
+        };
+        let src = ip_of(&key.src);
+        if !r.verdict.alerts() || dir.joined.is_empty() || !dir.joined.contains(&src) {
+            return false;
+        }
+        metrics.direct_cleared.inc();
+        tracing::info!(
+            src = %src,
+            dst = %ip_of(&key.dst),
+            dst_port = key.dport,
+            "a direct flow's source joined the cluster after its first packets: not a direct access"
+        );
+        true
     }
 
     /// The flow's state is taken as settled: count it and raise its alert.

@@ -77,12 +77,7 @@ impl Family {
     /// The fourth label: the access's severity, or the kind of unjudged packet.
     fn last_label(self, pod: &PodRef, kind: usize) -> String {
         match self {
-            Family::Lost => match pod.backs_service {
-                None => "",
-                Some(false) => "high",
-                Some(true) => "medium",
-            }
-            .to_string(),
+            Family::Lost => pod.severity_any_port().to_string(),
             Family::Unjudged => unjudged::NAMES[kind].to_string(),
         }
     }

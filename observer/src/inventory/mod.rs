@@ -6,6 +6,7 @@
 //! tracker, the outputs and the debug API. Uses [`crate::kernel`] and [`crate::metrics`].
 
 pub mod conntrack;
+pub mod joined;
 pub mod kubernetes;
 pub mod origins;
 pub mod roles;
@@ -42,15 +43,31 @@ pub struct PodRef {
     pub lb_ports: Vec<u16>,
 }
 
+/// The severity of a direct access to a pod nothing tells about: no Kubernetes inventory
+/// (standalone mode), or a pod the inventory has not named yet. Nothing lowers it, so the rules
+/// and the Alertmanager push rate it as they rate `high`: `critical`.
+pub const SEVERITY_UNRATED: &str = "unrated";
+
 impl PodRef {
     /// Severity of a direct access to this pod's `port`: `high` if it backs no Service,
-    /// `low` on a port where it is a load-balancer IP target, `medium` otherwise; empty when
-    /// unknown (standalone mode; the alert rule treats that as high).
+    /// `low` on a port where it is a load-balancer IP target, `medium` otherwise;
+    /// [`SEVERITY_UNRATED`] when the inventory does not know (standalone mode, or a pod the
+    /// Kubernetes inventory has not named yet).
     pub fn severity(&self, port: u16) -> &'static str {
         match self.backs_service {
-            None => "",
+            None => SEVERITY_UNRATED,
             Some(false) => "high",
             Some(true) if self.lb_ports.contains(&port) => "low",
+            Some(true) => "medium",
+        }
+    }
+
+    /// Severity of direct accesses to this pod whose port is not known (flows the kernel
+    /// counted per pod): as [`PodRef::severity`], without the load-balancer port's `low`.
+    pub fn severity_any_port(&self) -> &'static str {
+        match self.backs_service {
+            None => SEVERITY_UNRATED,
+            Some(false) => "high",
             Some(true) => "medium",
         }
     }
@@ -62,6 +79,8 @@ impl PodRef {
 pub struct Directory {
     pub pods: HashMap<IpAddr, Arc<PodRef>>,
     pub ifaces: BTreeMap<u32, String>,
+    /// Sources that joined the cluster recently ([`joined`]).
+    pub joined: Arc<joined::Joined>,
 }
 
 impl Directory {

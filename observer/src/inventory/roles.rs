@@ -14,6 +14,7 @@ use std::{
 use observer_common::{addr::IpKey, maps::role, user::Cidr};
 use smallvec::SmallVec;
 
+use super::joined::{Membership, is_member};
 use crate::kernel::maps::{KmapError, Maps};
 
 /// Who asserts a role for an address or CIDR. Small and `Copy`: in a 150k-pod cluster each
@@ -112,6 +113,9 @@ pub struct Flushed {
     pub pending: usize,
     /// The first refusal.
     pub error: Option<KmapError>,
+    /// Addresses and CIDRs that became members (in the cluster or allowed) or stopped being
+    /// ones, as written; only while [`Roles::track_membership`] is set.
+    pub membership: Membership,
 }
 
 impl Flushed {
@@ -186,6 +190,9 @@ pub struct Roles {
     index: OnceLock<PrefixIndex>,
     /// Entries of `written` with the node role.
     node_written: usize,
+    /// Report membership changes in [`Flushed::membership`]: off for a first full sync, whose
+    /// 150k addresses all join at once, and where held flows are judged again anyway.
+    pub track_membership: bool,
 }
 
 impl Roles {
@@ -303,8 +310,16 @@ impl Roles {
                 if self.written_cidrs.get(c) != Some(r) {
                     match w.set_cidr(c, *r) {
                         Ok(()) => {
-                            self.written_cidrs.insert(*c, *r);
+                            let old = self.written_cidrs.insert(*c, *r);
                             out.changes += 1;
+                            if self.track_membership && is_member(Some(*r)) != is_member(old) {
+                                let m = &mut out.membership;
+                                if is_member(Some(*r)) {
+                                    m.joined_cidrs.push(*c);
+                                } else {
+                                    m.left_cidrs.push(*c);
+                                }
+                            }
                         }
                         Err(e) => out.fail(e, &mut failed),
                     }
@@ -319,8 +334,11 @@ impl Roles {
             for c in gone {
                 match w.remove_cidr(&c) {
                     Ok(()) => {
-                        self.written_cidrs.remove(&c);
+                        let old = self.written_cidrs.remove(&c);
                         out.changes += 1;
+                        if self.track_membership && is_member(old) {
+                            out.membership.left_cidrs.push(c);
+                        }
                     }
                     Err(e) => out.fail(e, &mut failed),
                 }
@@ -349,6 +367,14 @@ impl Roles {
                         self.count_node(old, -1);
                         self.count_node(Some(r), 1);
                         out.changes += 1;
+                        if self.track_membership && is_member(Some(r)) != is_member(old) {
+                            let m = &mut out.membership;
+                            if is_member(Some(r)) {
+                                m.joined.push(k);
+                            } else {
+                                m.left.push(k);
+                            }
+                        }
                         true
                     }
                     Err(e) => {
@@ -364,6 +390,9 @@ impl Roles {
                             let old = self.written.remove(&k);
                             self.count_node(old, -1);
                             out.changes += 1;
+                            if self.track_membership && is_member(old) {
+                                out.membership.left.push(k);
+                            }
                             true
                         }
                         Err(e) => {

@@ -53,6 +53,7 @@ impl Standalone {
         let mut dir = Directory {
             pods: HashMap::new(),
             ifaces: view.links.clone(),
+            ..Directory::default()
         };
         for (index, addrs) in &view.addrs {
             let on_pod_iface = view.links.get(index).is_some_and(|n| is_pod_iface(n));

@@ -129,6 +129,14 @@ pub struct RunArgs {
     /// How long metric series of a vanished pod are kept [default: 600s].
     #[arg(long = "pod-grace", env = "OBSERVER_POD_GRACE")]
     pub pod_grace: Option<String>,
+    /// With the Kubernetes inventory: how long a new pod's or node's address may take to reach
+    /// this agent after its first packets here (the CNI assigns it, the kubelet reports it in
+    /// the Pod's status, the API server's watch brings it). A direct flow is counted and
+    /// alerted on only this long after its first packet, judged again then: from an address
+    /// that has joined the cluster meanwhile, it is not a direct access. At most 60s
+    /// [default: 15s].
+    #[arg(long = "peer-wait", env = "OBSERVER_PEER_WAIT")]
+    pub peer_wait: Option<String>,
 }
 
 /// The same keys in a file.
@@ -165,6 +173,7 @@ struct FileConfig {
     flow_table_entries: Option<u64>,
     address_table_entries: Option<u64>,
     pod_grace: Option<String>,
+    peer_wait: Option<String>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -202,6 +211,8 @@ pub struct Config {
     pub flow_table_entries: u32,
     pub address_table_entries: u32,
     pub pod_grace: Duration,
+    /// How long a direct flow waits for its source to join the inventory (`--peer-wait`).
+    pub peer_wait: Duration,
     pub recent_flows: usize,
     pub settle: Duration,
     pub refresh_interval: Duration,

@@ -92,6 +92,9 @@ pub fn parse_duration(key: &'static str, v: &str) -> Result<Duration, ConfigErro
     Ok(d)
 }
 
+/// The longest `--peer-wait`: every direct access is alerted on this much later.
+const PEER_WAIT_MAX: Duration = Duration::from_secs(60);
+
 /// A whole number from the flag, else the file, else the default, within `range`.
 fn number(
     key: &'static str,
@@ -229,6 +232,20 @@ impl Config {
                     None => Ok(default),
                 }
             };
+        let peer_wait = dur(
+            "peer-wait",
+            args.peer_wait.clone(),
+            file.peer_wait.clone(),
+            defaults::PEER_WAIT,
+        )?;
+        if peer_wait > PEER_WAIT_MAX {
+            let v = args.peer_wait.or(file.peer_wait).unwrap_or_default();
+            return Err(invalid(
+                "peer-wait",
+                &v,
+                "at most 60s: every direct access waits this long before it is alerted on",
+            ));
+        }
         let ports_per_pod = number(
             "ports-per-pod",
             args.ports_per_pod,
@@ -321,6 +338,7 @@ impl Config {
                 file.pod_grace,
                 defaults::POD_GRACE,
             )?,
+            peer_wait,
             // The view holds as many flows as the kernel's table: every flow in one is in the
             // other until it is counted.
             recent_flows: flow_table_entries as usize,
