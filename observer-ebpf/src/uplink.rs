@@ -207,7 +207,11 @@ fn track(ctx: &TcContext, p: &Packet, d: &Decision, len: u32) {
         }
         None => {
             health(health::EVENTS_LOST);
-            pod_lost(&key.dst);
+            // A continued flow is known to the agent from its staged SYN, and its packets from
+            // here on from `FLOWS`: counting it lost too would count it twice.
+            if !continued {
+                pod_lost(&key.dst);
+            }
         }
     }
 }
