@@ -140,6 +140,15 @@ pub struct FlowStats {
     pub _pad: u8,
 }
 
+/// Capacity of `POD_FLOWS` (LRU).
+pub const POD_FLOWS_ENTRIES: u32 = 131_072;
+
+/// The version of what the agent keeps across its restarts (`POD_FLOWS` and `POD_PORTS`,
+/// pinned in bpffs under `v<KEPT_STATE_VERSION>`). Bump it whenever their keys or values change
+/// meaning, even at the same size: a new agent then drops the old maps (counted) instead of
+/// reading them with the new meaning.
+pub const KEPT_STATE_VERSION: u32 = 1;
+
 /// Value of `POD_FLOWS`: a flow a local pod opened, keyed by its [`FlowKey`] as the pod sent it.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

@@ -48,19 +48,34 @@ pub fn answer_of(p: &Packet) -> Option<Answer> {
     })
 }
 
+/// Destination roles whose answers never need `POD_FLOWS`: they come back from a source the
+/// verdict places before it looks for a reply (an address in the cluster: a node, a pod of
+/// any node, a cluster CIDR), never cross an uplink (this node, its pods), or come from the
+/// backend a Service was translated to. An allowed destination is not among them: its answer
+/// stays a `reply`, not `allowed`.
+pub const ANSWERED_FROM_INSIDE: u32 = role::CLUSTER | role::NODE | role::LOCAL_POD | role::SERVICE;
+
 /// The key under which a packet leaving a pod is recorded as a pod-opened flow, if it opens or
-/// may open one: TCP SYN, SCTP INIT, ICMP echo request, and any UDP datagram that answers no
-/// flagged flow.
+/// may open one towards an address outside the cluster: TCP SYN, SCTP INIT, ICMP echo request,
+/// and any UDP datagram that answers no flagged flow. A flow to an address in the cluster opens
+/// nothing (see [`ANSWERED_FROM_INSIDE`]): a UDP server's answers to its in-cluster and Service
+/// clients (CoreDNS, NodeLocal DNSCache), and pods' calls to each other, would otherwise cycle
+/// the LRU `POD_FLOWS` and push out the flows pods opened to servers outside the cluster, whose
+/// next answers would then look like direct accesses.
 #[inline(always)]
-pub fn opened_by(p: &Packet) -> Option<FlowKey> {
+pub fn opened_by<L: Lookup + ?Sized>(p: &Packet, l: &L) -> Option<FlowKey> {
     if p.fragment || p.has_quoted {
         return None;
     }
-    match p.proto {
-        IPPROTO_UDP => Some(p.key()),
-        IPPROTO_TCP | IPPROTO_SCTP | IPPROTO_ICMP | IPPROTO_ICMPV6 if p.flow_start => Some(p.key()),
-        _ => None,
+    let key = match p.proto {
+        IPPROTO_UDP => p.key(),
+        IPPROTO_TCP | IPPROTO_SCTP | IPPROTO_ICMP | IPPROTO_ICMPV6 if p.flow_start => p.key(),
+        _ => return None,
+    };
+    if l.roles(&p.dst) & ANSWERED_FROM_INSIDE != 0 {
+        return None;
     }
+    Some(key)
 }
 
 /// The key under which a packet leaving the node on an uplink is recorded as a pod-opened
@@ -69,7 +84,7 @@ pub fn opened_by(p: &Packet) -> Option<FlowKey> {
 /// the node's address, which the uplink judges `host`.
 #[inline(always)]
 pub fn opened_leaving_node<L: Lookup + ?Sized>(p: &Packet, l: &L) -> Option<FlowKey> {
-    let key = opened_by(p)?;
+    let key = opened_by(p, l)?;
     if l.roles(&p.src) & role::LOCAL_POD != 0 {
         Some(key)
     } else {

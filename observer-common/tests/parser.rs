@@ -63,7 +63,7 @@ fn pod_answers_and_openings() {
         (a.key, a.refused),
         (flow_key("10.0.6.245", "10.0.3.240", 51000, 80, 6), false)
     );
-    assert_eq!(opened_by(&p), None);
+    assert_eq!(opened_by(&p, &LAYOUT.inventory), None);
     // RST: refused.
     let (_, p) =
         parse_frame(&Frame::tcp("10.0.3.240", "10.0.6.245", 81, 51020, TCP_RST | TCP_ACK).build());
@@ -73,13 +73,16 @@ fn pod_answers_and_openings() {
         parse_frame(&Frame::tcp("10.0.3.240", "198.51.100.7", 40000, 443, TCP_SYN).build());
     assert_eq!(answer_of(&p), None);
     assert_eq!(
-        opened_by(&p),
+        opened_by(&p, &LAYOUT.inventory),
         Some(flow_key("10.0.3.240", "198.51.100.7", 40000, 443, 6))
     );
     // Echo request from the pod opens; its reply's reversed key matches.
     let (_, req) = parse_frame(&Frame::echo("10.0.3.240", "198.51.100.7", true, 77).build());
     let (_, rep) = parse_frame(&Frame::echo("198.51.100.7", "10.0.3.240", false, 77).build());
-    assert_eq!(opened_by(&req), Some(rep.key().reversed()));
+    assert_eq!(
+        opened_by(&req, &LAYOUT.inventory),
+        Some(rep.key().reversed())
+    );
     // ICMP port unreachable from the pod about an outsider's UDP: refused.
     let quoted = Frame::udp("10.0.6.245", "10.0.3.240", 5000, 9).ip_packet();
     let (_, p) = parse_frame(
@@ -97,7 +100,7 @@ fn pod_answers_and_openings() {
     let a = answer_of(&p).unwrap();
     assert!(a.refused);
     assert_eq!(a.key, flow_key("10.0.6.245", "10.0.3.240", 5000, 9, 17));
-    assert_eq!(opened_by(&p), None);
+    assert_eq!(opened_by(&p, &LAYOUT.inventory), None);
 }
 
 #[test]
@@ -106,17 +109,45 @@ fn only_local_pods_open_flows_leaving_the_node() {
     let l = &LAYOUT.inventory;
     let pod = vpc::POD_A;
     let (_, p) = parse_frame(&Frame::tcp(pod, "198.51.100.7", 40000, 443, TCP_SYN).build());
-    assert_eq!(opened_leaving_node(&p, l), opened_by(&p));
-    assert!(opened_by(&p).is_some());
+    assert_eq!(opened_leaving_node(&p, l), opened_by(&p, &LAYOUT.inventory));
+    assert!(opened_by(&p, &LAYOUT.inventory).is_some());
     let node = vpc::NODE_ETH0;
     let (_, p) = parse_frame(&Frame::tcp(node, "198.51.100.7", 40000, 443, TCP_SYN).build());
-    assert!(opened_by(&p).is_some());
+    assert!(opened_by(&p, &LAYOUT.inventory).is_some());
     assert_eq!(opened_leaving_node(&p, l), None, "the node's own flow");
     let (_, p) = parse_frame(&Frame::udp(node, "198.51.100.7", 40001, 53).build());
     assert_eq!(opened_leaving_node(&p, l), None, "the node's own datagram");
     // Not an opening at all, from a pod: nothing.
     let (_, p) = parse_frame(&Frame::tcp(pod, "198.51.100.7", 40000, 443, TCP_ACK).build());
     assert_eq!(opened_leaving_node(&p, l), None);
+}
+
+/// SCENARIOS row 21: a pod's datagrams and connections to addresses in the cluster open nothing
+/// (their answers come from sources the verdict places first), so a busy UDP server's answers
+/// to its clients cannot cycle `POD_FLOWS`; to an outside server they open a flow.
+#[test]
+fn flows_to_the_cluster_open_nothing() {
+    let l = &LAYOUT.inventory;
+    let pod = vpc::POD_A;
+    for (dst, what) in [
+        (vpc::PEER_NODE, "a peer node"),
+        (vpc::PEER_POD, "a pod of another node"),
+        (vpc::POD_B, "a pod of this node"),
+        (vpc::NODE_ETH0, "this node"),
+        (vpc::SERVICE_IP, "a Service"),
+    ] {
+        let (_, p) = parse_frame(&Frame::udp(pod, dst, 53, 41000).build());
+        assert_eq!(opened_by(&p, l), None, "a DNS answer to {what}");
+        let (_, p) = parse_frame(&Frame::tcp(pod, dst, 40000, 443, TCP_SYN).build());
+        assert_eq!(opened_by(&p, l), None, "a connection to {what}");
+        assert_eq!(opened_leaving_node(&p, l), None, "{what}, leaving the node");
+    }
+    let (_, p) = parse_frame(&Frame::udp(pod, "198.51.100.7", 41000, 53).build());
+    assert_eq!(
+        opened_by(&p, l),
+        Some(flow_key(pod, "198.51.100.7", 41000, 53, 17)),
+        "a query to a resolver outside the cluster"
+    );
 }
 
 /// Every crafted frame of the corpus, built once.
@@ -136,7 +167,7 @@ proptest! {
         let (status, p) = parse_frame(&bytes);
         let _ = decide(status, &p, &SETTINGS, &LAYOUT.inventory);
         let _ = answer_of(&p);
-        let _ = opened_by(&p);
+        let _ = opened_by(&p, &LAYOUT.inventory);
         let _ = opened_leaving_node(&p, &LAYOUT.inventory);
     }
 

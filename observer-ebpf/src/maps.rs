@@ -24,6 +24,11 @@
 //! | `STAGED` | array, mmapped, a ring per CPU | slot → `FlowEvent`: a pure SYN of a flagged flow (not in `FLOWS`), or the pod's answer to one | uplink (SYN), pod veths, uplink egress (marks) | agent (every 20 ms) |
 //! | `STAGED_POSITIONS` | array, mmapped | CPU → head (kernel), tail (agent) | uplink, pod side; agent | both |
 //! | `STAGED_INDEX` | per-CPU array | fingerprint slot → fingerprint, ring position of a staged SYN | uplink | pod veths, uplink egress |
+//!
+//! `POD_FLOWS` and `POD_PORTS` outlive the agent: it pins them in bpffs and adopts them at its
+//! next start (`observer/src/kernel/state.rs`), so the flows pods opened before a restart stay
+//! known where no netfilter conntrack could tell them again. Change their key or value and
+//! bump `observer_common::maps::KEPT_STATE_VERSION`.
 
 use aya_ebpf::{
     bindings::BPF_F_MMAPABLE,
@@ -34,9 +39,9 @@ use aya_ebpf::{
 use observer_common::{
     addr::IpKey,
     maps::{
-        FlowEvent, FlowKey, FlowStats, FragKey, PORT_BITMAP_WORDS, PodFlow, PodUnjudged,
-        ROLE_CACHE_SLOTS, RoleCacheEntry, STATS_ENTRIES, TraceRecord, VerdictStats, events, health,
-        port_bit, role_cache_slot, staged,
+        FlowEvent, FlowKey, FlowStats, FragKey, POD_FLOWS_ENTRIES, PORT_BITMAP_WORDS, PodFlow,
+        PodUnjudged, ROLE_CACHE_SLOTS, RoleCacheEntry, STATS_ENTRIES, TraceRecord, VerdictStats,
+        events, health, port_bit, role_cache_slot, staged,
     },
     verdict::{Lookup, uncached_roles},
 };
@@ -65,7 +70,8 @@ pub static ROLES_GENERATION: Array<u64> = Array::with_max_entries(1, 0);
 
 /// Flows local pods opened; LRU so a busy pod cannot fill it for good.
 #[map]
-pub static POD_FLOWS: LruHashMap<FlowKey, PodFlow> = LruHashMap::with_max_entries(131_072, 0);
+pub static POD_FLOWS: LruHashMap<FlowKey, PodFlow> =
+    LruHashMap::with_max_entries(POD_FLOWS_ENTRIES, 0);
 
 /// Pod-side ports (TCP, UDP, SCTP) local pods opened a flow from: a clear bit proves
 /// `POD_FLOWS` holds no flow with that port, so a packet to a pod's listening port skips the

@@ -51,7 +51,7 @@ pub fn from_pod(ctx: &TcContext) {
     if parse(&Skb(ctx), &mut p) != Status::Ip || mark_answer(ctx, &p) {
         return;
     }
-    if let Some(key) = opened_by(&p) {
+    if let Some(key) = opened_by(&p, &Maps) {
         record_opened(ctx, &key);
     }
 }

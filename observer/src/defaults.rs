@@ -11,6 +11,8 @@ pub const NODEPORT_RANGE: &str = "30000-32767";
 pub const METRICS_ADDR: &str = "0.0.0.0:19962";
 /// The debug API's unix socket (mode 0600, never on the network).
 pub const SOCKET: &str = "/run/observer/observer.sock";
+/// Where the flows pods opened are pinned, to outlive the agent (`--state-dir`).
+pub const STATE_DIR: &str = "/sys/fs/bpf/observer";
 /// auto: TCX on Linux >= 6.6, clsact/netlink before.
 pub const ATTACH_MODE: &str = "auto";
 /// auto: use the Kubernetes API when in-cluster config or KUBECONFIG is found.

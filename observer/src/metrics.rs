@@ -48,6 +48,8 @@ pub struct Metrics {
     pub inventory_write_errors: IntCounter,
     pub settled_early: IntCounter,
     pub direct_cleared: IntCounter,
+    pub kept_adopted: IntGaugeVec,
+    pub kept_dropped: IntCounterVec,
     pub direct_lost: IntCounterVec,
     pub unjudged: IntCounterVec,
     pub presync: IntCounterVec,
@@ -285,6 +287,18 @@ impl Metrics {
                 &r,
                 "observer_inventory_synced",
                 "1 once the inventory had its first full sync (always 1 without Kubernetes); until then new direct flows are held, not alerted on.",
+            ),
+            kept_adopted: gauge_vec(
+                &r,
+                "observer_kept_state_adopted",
+                "1 for each map the agent adopted at start from what the previous agent kept pinned (--state-dir): POD_FLOWS, the flows local pods opened, and POD_PORTS, their ports; 0 when it started without it (first start, --state-dir none, no bpffs, or dropped).",
+                &["map"],
+            ),
+            kept_dropped: counter_vec(
+                &r,
+                "observer_kept_state_dropped_total",
+                "Pinned maps the agent did not adopt at start, by map and reason: version (kept by another version of the agent), layout (this version's name with another type, key, value or size). The agent starts with that map empty: the flows pods opened before are learnt again only where conntrack knows them.",
+                &["map", "reason"],
             ),
             direct_cleared: counter(
                 &r,

@@ -61,8 +61,23 @@ fn the_daemonset_is_least_privilege_and_complete() {
     let vols = spec["volumes"].as_sequence().unwrap();
     let vol = vols.iter().find(|v| v["name"] == run["name"]).unwrap();
     assert!(vol["emptyDir"].is_mapping());
-    // No bpffs mount: nothing is pinned.
-    assert!(!mounts.iter().any(|m| m["mountPath"] == "/sys/fs/bpf"));
+    // Of the host's bpffs, only the agent's own directory, where it keeps the flows pods opened
+    // across its restarts; nothing else of the host.
+    let state = mounts
+        .iter()
+        .find(|m| m["name"] == "state")
+        .expect("kept state mount");
+    let vol = vols.iter().find(|v| v["name"] == "state").unwrap();
+    assert_eq!(vol["hostPath"]["path"], "/sys/fs/bpf/observer");
+    let host_paths: Vec<&Value> = vols.iter().filter(|v| !v["hostPath"].is_null()).collect();
+    assert_eq!(host_paths.len(), 1, "{host_paths:?}");
+    let state_env = c["env"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .find(|e| e["name"] == "OBSERVER_STATE_DIR")
+        .expect("OBSERVER_STATE_DIR");
+    assert_eq!(state_env["value"], state["mountPath"]);
     let env: Vec<&str> = c["env"]
         .as_sequence()
         .unwrap()

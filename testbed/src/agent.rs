@@ -50,12 +50,20 @@ impl AgentProc {
             .open(&log)
             .expect("agent log");
         let metrics = format!("127.0.0.1:{metrics_port}");
+        // bpffs is the machine's, not the node namespace's: agents of parallel tests would
+        // share the default state directory. A test of kept state passes its own.
+        let state: &[&str] = if args.contains(&"--state-dir") {
+            &[]
+        } else {
+            &["--state-dir", "none"]
+        };
         let child = Command::new("ip")
             .args(["netns", "exec", &ns.name])
             .arg(bin)
             .arg("--socket")
             .arg(&socket)
             .args(["run", "--metrics-addr", &metrics, "--log-format", "json"])
+            .args(state)
             .args(args)
             .envs(env.iter().copied())
             .stdin(Stdio::null())

@@ -3,6 +3,7 @@
 //! toolchain exists. Every namespace is created here and deleted on drop.
 
 pub mod agent;
+pub mod bpffs;
 pub mod cpu;
 pub mod evasion;
 pub mod kubeapi;

@@ -8,7 +8,9 @@
 //!
 //! The outside host routes pod IPs to the node, as a VPC does for VPC CNI secondary IPs and
 //! as a routed pod CIDR does for Calico. kube-proxy is played by iptables DNAT rules for one
-//! NodePort and one ClusterIP. Every namespace is the test's own and is deleted on drop.
+//! NodePort and one ClusterIP ([`Dataplane::KubeProxy`]); a node whose kube-proxy is replaced
+//! by an eBPF dataplane has none ([`Dataplane::Ebpf`]). Every namespace is the test's own and
+//! is deleted on drop.
 
 use crate::netns::Netns;
 
@@ -16,6 +18,19 @@ use crate::netns::Netns;
 pub enum Layout {
     VpcCni,
     Calico,
+}
+
+/// Who translates Services on the node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Dataplane {
+    /// kube-proxy's iptables: DNAT (and so netfilter connection tracking) in the node's
+    /// namespace.
+    KubeProxy,
+    /// kube-proxy replaced (Cilium, Calico's eBPF dataplane): Services are translated in TC
+    /// programs with their own connection tables, and nothing in the node's namespace uses
+    /// netfilter, so the kernel tracks no connection there. Here: no netfilter rule at all
+    /// (the Service and NodePort of the topology are then not translated).
+    Ebpf,
 }
 
 pub struct Pod {
@@ -74,6 +89,10 @@ fn host_settings(ns: &Netns) {
 
 impl Node {
     pub fn new(layout: Layout) -> Node {
+        Node::with_dataplane(layout, Dataplane::KubeProxy)
+    }
+
+    pub fn with_dataplane(layout: Layout, dataplane: Dataplane) -> Node {
         let vpc = Netns::new("vpc");
         let node = Netns::new("node");
         let outside = Netns::new("out");
@@ -244,9 +263,11 @@ impl Node {
         outside.sh(&["ip", "route", "add", service_cidr, "via", node_ip]);
 
         // kube-proxy: one NodePort and one ClusterIP, both to pod A:80.
-        let pod_a = format!("{}:80", pods[0].ip);
-        dnat(&node, node_ip, 30080, &pod_a);
-        dnat(&node, service_ip, 80, &pod_a);
+        if dataplane == Dataplane::KubeProxy {
+            let pod_a = format!("{}:80", pods[0].ip);
+            dnat(&node, node_ip, 30080, &pod_a);
+            dnat(&node, service_ip, 80, &pod_a);
+        }
 
         Node {
             layout,

@@ -289,6 +289,33 @@ pub fn raw_frames(ns: &Netns, iface: &'static str, frames: Vec<Vec<u8>>) {
     });
 }
 
+/// Sends many well-formed Ethernet frames out of `iface` in `ns` through one AF_PACKET socket
+/// ([`raw_frames`] opens one per frame, and closing one waits for an RCU grace period: fine for
+/// a few crafted frames, not for a hundred thousand). A full queue is waited out.
+pub fn raw_burst(ns: &Netns, iface: &'static str, frames: Vec<Vec<u8>>) {
+    let Some(first) = frames.first() else {
+        return;
+    };
+    let mac = first[..6].to_vec();
+    ns.run(move || {
+        let (fd, addr) = packet_socket(iface, &mac);
+        for f in &frames {
+            let mut tries = 0;
+            while !send_frame(fd, &addr, f) {
+                let e = std::io::Error::last_os_error();
+                tries += 1;
+                assert!(
+                    e.raw_os_error() == Some(libc::ENOBUFS) && tries < 1_000,
+                    "sendto: {e}"
+                );
+                thread::sleep(std::time::Duration::from_millis(1));
+            }
+        }
+        // SAFETY: closing the socket packet_socket opened.
+        unsafe { libc::close(fd) };
+    });
+}
+
 /// FNV-1a, 64 bits: enough to tell a byte stream arrived intact.
 pub fn fnv1a(data: &[u8]) -> u64 {
     data.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {

@@ -16,6 +16,8 @@ pub const PACKAGES: &[&str] = &[
     "llvm-22-dev",
     "iproute2",
     "iptables",
+    // What the node's namespace tracks (tests of nodes without netfilter users).
+    "conntrack",
     "iputils-ping",
     "procps",
     "prometheus",

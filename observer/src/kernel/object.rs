@@ -35,6 +35,8 @@ pub struct LoadOptions {
     /// attach mode, as each costs the verifier 0.2-0.6 s of CPU. Others are loaded the first
     /// time they are attached.
     pub programs: Vec<&'static str>,
+    /// Maps pinned at these paths, adopted if pinned already ([`crate::kernel::state`]).
+    pub pins: Vec<(&'static str, std::path::PathBuf)>,
 }
 
 impl Default for LoadOptions {
@@ -48,6 +50,7 @@ impl Default for LoadOptions {
             flow_table_entries: crate::defaults::FLOW_TABLE_ENTRIES,
             address_table_entries: crate::defaults::ADDRESS_TABLE_ENTRIES,
             programs: PROGRAMS.to_vec(),
+            pins: Vec::new(),
         }
     }
 }
@@ -77,7 +80,8 @@ pub fn load(opts: &LoadOptions) -> Result<Ebpf, BpfError> {
     // A staged ring per possible CPU (`bpf_get_smp_processor_id` is below it).
     let cpus = aya::util::nr_cpus().map_err(|(path, e)| BpfError::Cpus(path, e))? as u32;
     let slots = observer_common::maps::staged::slots_for(cpus);
-    let mut ebpf = EbpfLoader::new()
+    let mut loader = EbpfLoader::new();
+    loader
         .override_global(GLOBAL_NODEPORT_MIN, &opts.nodeport_min, true)
         .override_global(GLOBAL_NODEPORT_MAX, &opts.nodeport_max, true)
         .override_global(GLOBAL_TRACK_MASK, &opts.track_mask, true)
@@ -87,8 +91,11 @@ pub fn load(opts: &LoadOptions) -> Result<Ebpf, BpfError> {
         .map_max_entries(MAP_FLOWS, opts.flow_table_entries)
         .map_max_entries(MAP_IP_ROLES, opts.address_table_entries)
         .map_max_entries(MAP_STAGED, cpus * slots)
-        .map_max_entries(MAP_STAGED_POSITIONS, cpus)
-        .load(OBJECT)?;
+        .map_max_entries(MAP_STAGED_POSITIONS, cpus);
+    for (name, path) in &opts.pins {
+        loader.map_pin_path(name, path.as_path());
+    }
+    let mut ebpf = loader.load(OBJECT)?;
     for &name in &opts.programs {
         load_program(&mut ebpf, name)?;
     }

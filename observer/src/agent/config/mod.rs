@@ -137,6 +137,11 @@ pub struct RunArgs {
     /// [default: 15s].
     #[arg(long = "peer-wait", env = "OBSERVER_PEER_WAIT")]
     pub peer_wait: Option<String>,
+    /// A directory on bpffs where the flows pods opened are kept across the agent's restarts
+    /// and upgrades (pinned maps, adopted at start), or `none` to keep nothing
+    /// [default: /sys/fs/bpf/observer].
+    #[arg(long = "state-dir", env = "OBSERVER_STATE_DIR")]
+    pub state_dir: Option<String>,
 }
 
 /// The same keys in a file.
@@ -174,6 +179,7 @@ struct FileConfig {
     address_table_entries: Option<u64>,
     pod_grace: Option<String>,
     peer_wait: Option<String>,
+    state_dir: Option<String>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -213,6 +219,8 @@ pub struct Config {
     pub pod_grace: Duration,
     /// How long a direct flow waits for its source to join the inventory (`--peer-wait`).
     pub peer_wait: Duration,
+    /// Where the kept state is pinned (`--state-dir`); `None`: nothing is kept.
+    pub state_dir: Option<PathBuf>,
     pub recent_flows: usize,
     pub settle: Duration,
     pub refresh_interval: Duration,

@@ -92,6 +92,23 @@ pub fn parse_duration(key: &'static str, v: &str) -> Result<Duration, ConfigErro
     Ok(d)
 }
 
+/// `--state-dir`: an absolute path, or `none`.
+fn state_dir(v: String) -> Result<Option<PathBuf>, ConfigError> {
+    let t = v.trim();
+    if t == "none" {
+        return Ok(None);
+    }
+    let p = PathBuf::from(t);
+    if !p.is_absolute() {
+        return Err(invalid(
+            "state-dir",
+            &v,
+            "an absolute path on bpffs (such as /sys/fs/bpf/observer), or none",
+        ));
+    }
+    Ok(Some(p))
+}
+
 /// The longest `--peer-wait`: every direct access is alerted on this much later.
 const PEER_WAIT_MAX: Duration = Duration::from_secs(60);
 
@@ -339,6 +356,7 @@ impl Config {
                 defaults::POD_GRACE,
             )?,
             peer_wait,
+            state_dir: state_dir(one(args.state_dir, file.state_dir, defaults::STATE_DIR))?,
             // The view holds as many flows as the kernel's table: every flow in one is in the
             // other until it is counted.
             recent_flows: flow_table_entries as usize,
@@ -409,8 +427,39 @@ mod tests {
     }
 
     #[test]
+    fn kept_state_and_peer_wait() {
+        let c = cfg(RunArgs::default()).unwrap();
+        assert_eq!(
+            c.state_dir.as_deref(),
+            Some(std::path::Path::new(defaults::STATE_DIR))
+        );
+        assert_eq!(c.peer_wait, defaults::PEER_WAIT);
+        let c = cfg(RunArgs {
+            state_dir: Some("none".into()),
+            peer_wait: Some("30s".into()),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!((c.state_dir, c.peer_wait), (None, Duration::from_secs(30)));
+    }
+
+    #[test]
     fn bad_values_name_key_and_value() {
         let cases: Vec<(RunArgs, &str)> = vec![
+            (
+                RunArgs {
+                    state_dir: Some("observer-state".into()),
+                    ..Default::default()
+                },
+                "state-dir \"observer-state\"",
+            ),
+            (
+                RunArgs {
+                    peer_wait: Some("2m".into()),
+                    ..Default::default()
+                },
+                "peer-wait \"2m\"",
+            ),
             (
                 RunArgs {
                     nodeport_range: Some("32767-30000".into()),
