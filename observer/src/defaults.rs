@@ -7,6 +7,10 @@ pub const UPLINKS: &[&str] = &["eth*", "ens*", "enp*", "eno*", "bond*"];
 /// Pod interfaces: host-side veths of VPC CNI (eni*), Calico (cali*), security groups per pod
 /// (vlan*) and generic CNIs (veth*).
 pub const POD_IFACES: &[&str] = &["eni*", "cali*", "vlan*", "veth*"];
+/// Interfaces that carry no program whatever the patterns above say: the VPC CNI's VLAN links
+/// of a trunk ENI (`vlan.eth.<vlan id>`, security groups for pods), which `vlan*` would take
+/// for a pod's veth. The trunk's traffic is judged on the trunk ENI itself (an uplink).
+pub const EXCLUDE_IFACES: &[&str] = &["vlan.eth.*"];
 pub const NODEPORT_RANGE: &str = "30000-32767";
 pub const METRICS_ADDR: &str = "0.0.0.0:19962";
 /// The debug API's unix socket (mode 0600, never on the network).

@@ -296,6 +296,68 @@ impl Node {
 
 impl Node {
     /// Adds a pod after the fact (SCENARIOS row 13), routed like the others from outside.
+    /// VPC CNI, security groups for pods: a pod on a branch ENI of the trunk ENI (`ens6`, eth1
+    /// on older AMIs), behind a `vlan…` veth, whose route lives only in its VLAN's
+    /// policy-routing table (`table`, 100 + VLAN id), never in main; the trunk's VLAN link
+    /// `vlan.eth.<id>` beside it. This kernel has no VLAN devices: the branch ENI's traffic
+    /// arrives untagged on the trunk itself, the rules match the pod's address (`to <pod>`)
+    /// and its veth (`iif vlan…`) instead of `iif vlan.eth.<id>`, and `vlan.eth.<id>` is a veth
+    /// whose peer is in the VPC namespace, carrying nothing: what the observer must learn (the
+    /// route in a rule's table) and leave alone (the VLAN link) is as on a real node.
+    pub fn add_branch_pod(&mut self, ip: &'static str, veth_name: &'static str, vlan: u16) -> &Pod {
+        assert_eq!(self.layout, Layout::VpcCni, "branch ENIs are the VPC CNI's");
+        let trunk = self.uplinks[1];
+        let table = (100 + u32::from(vlan)).to_string();
+        let vlan_link = format!("vlan.eth.{vlan}");
+        veth(&self.node, &vlan_link, &self.vpc, &format!("trunk{vlan}"));
+        let pod = add_pod(&self.node, self.layout, ip, veth_name);
+        // Move the pod's route from main to the VLAN's table.
+        self.node
+            .sh(&["ip", "route", "del", &format!("{ip}/32"), "dev", veth_name]);
+        self.node.sh(&[
+            "ip",
+            "route",
+            "add",
+            &format!("{ip}/32"),
+            "dev",
+            veth_name,
+            "scope",
+            "link",
+            "table",
+            &table,
+        ]);
+        self.node.sh(&[
+            "ip",
+            "route",
+            "add",
+            "10.0.0.0/20",
+            "dev",
+            trunk,
+            "scope",
+            "link",
+            "table",
+            &table,
+        ]);
+        self.node
+            .sh(&["ip", "rule", "del", "to", ip, "lookup", "main"]);
+        self.node.sh(&[
+            "ip", "rule", "add", "to", ip, "lookup", &table, "prio", "10",
+        ]);
+        self.node.sh(&[
+            "ip", "rule", "add", "iif", veth_name, "lookup", &table, "prio", "10",
+        ]);
+        self.outside.sh(&[
+            "ip",
+            "route",
+            "add",
+            &format!("{ip}/32"),
+            "via",
+            "10.0.15.193",
+        ]);
+        self.pods.push(pod);
+        self.pods.last().expect("just pushed")
+    }
+
     pub fn add_pod(&mut self, ip: &'static str, veth_name: &'static str) -> &Pod {
         let pod = add_pod(&self.node, self.layout, ip, veth_name);
         let via = match self.layout {

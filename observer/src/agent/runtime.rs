@@ -255,7 +255,7 @@ impl Controller {
             | NetEvent::AddrGone { .. }
             | NetEvent::Route(_)
             | NetEvent::RouteGone(_) => self.sync_inventory(),
-            NetEvent::TcFilter { .. } | NetEvent::Resync => {}
+            NetEvent::Rules | NetEvent::TcFilter { .. } | NetEvent::Resync => {}
         }
     }
 }
@@ -501,6 +501,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             ebpf,
             cfg.uplinks.clone(),
             cfg.pod_ifaces.clone(),
+            cfg.exclude_ifaces.clone(),
             cfg.attach_mode,
         ),
         inventory: Standalone::new(
@@ -629,6 +630,14 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
                         Err(err) => tracing::error!(error = %err, "netlink dump failed"),
                     }
                 }
+                Some(NetEvent::Rules) => match netlink.rule_tables().await {
+                    // The pods whose routes live in a table a rule now uses (or no longer).
+                    Ok(t) => {
+                        ctl.view.rule_tables = t;
+                        ctl.sync_inventory();
+                    }
+                    Err(err) => tracing::error!(error = %err, "reading the routing rules failed"),
+                },
                 Some(NetEvent::TcFilter { index }) => {
                     ctl.ifaces.keep_first(&netlink, Some(index)).await;
                     ctl.publish();

@@ -66,7 +66,7 @@ impl Standalone {
                 ips.push((key_of(*a), role::NODE | role::CLUSTER));
             }
         }
-        for r in &view.routes {
+        for r in view.live_routes() {
             let Some(name) = view.links.get(&r.oif) else {
                 continue;
             };
@@ -120,7 +120,7 @@ mod tests {
     use std::collections::BTreeMap;
 
     use super::*;
-    use crate::kernel::netlink::HostRoute;
+    use crate::kernel::netlink::{HostRoute, MAIN_TABLE};
 
     #[test]
     fn pods_from_routes_nodes_from_addresses() {
@@ -134,15 +134,40 @@ mod tests {
         view.routes.push(HostRoute {
             dst: "10.0.3.240".parse().unwrap(),
             oif: 6,
+            table: MAIN_TABLE,
         });
         view.routes.push(HostRoute {
             dst: "169.254.169.254".parse().unwrap(),
             oif: 2,
+            table: MAIN_TABLE,
         });
+        // A branch ENI pod (security groups for pods): its route only in its VLAN's table,
+        // which a rule sends traffic to; and a leftover in a table no rule uses.
+        view.links.insert(9, "vlan1a2b3c4d5e6".into());
+        view.links.insert(10, "vlan.eth.1".into());
+        view.routes.push(HostRoute {
+            dst: "10.0.5.21".parse().unwrap(),
+            oif: 9,
+            table: 101,
+        });
+        view.routes.push(HostRoute {
+            dst: "10.0.5.22".parse().unwrap(),
+            oif: 9,
+            table: 102,
+        });
+        view.rule_tables.insert(101);
         let s = Standalone::new(vec!["10.0.12.0/24".parse().unwrap()], vec![], vec![]);
-        let (inv, dir) = s.desired(&view, |n| n.starts_with("eni"));
+        let (inv, dir) = s.desired(&view, |n| n.starts_with("eni") || n == "vlan1a2b3c4d5e6");
         let ips: BTreeMap<IpKey, u32> = inv.into_iter().collect();
-        assert_eq!(ips.len(), 2, "{ips:?}");
+        assert_eq!(ips.len(), 3, "{ips:?}");
+        assert_eq!(
+            ips[&key_of("10.0.5.21".parse().unwrap())],
+            role::LOCAL_POD | role::CLUSTER
+        );
+        assert_eq!(
+            dir.pod(&"10.0.5.21".parse().unwrap()).unwrap().iface,
+            "vlan1a2b3c4d5e6"
+        );
         assert_eq!(
             ips[&key_of("10.0.3.240".parse().unwrap())],
             role::LOCAL_POD | role::CLUSTER

@@ -102,6 +102,8 @@ pub struct Ifaces {
     ebpf: Ebpf,
     uplinks: Vec<Pattern>,
     pod_ifaces: Vec<Pattern>,
+    /// Never attached, whatever the patterns above match.
+    exclude: Vec<Pattern>,
     attached: BTreeMap<u32, Attached>,
     /// Interfaces whose last attach failed: index → (name, error).
     failing: BTreeMap<u32, (String, String)>,
@@ -121,11 +123,18 @@ pub fn role_name(role: Role) -> &'static str {
 }
 
 impl Ifaces {
-    pub fn new(ebpf: Ebpf, uplinks: Vec<Pattern>, pod_ifaces: Vec<Pattern>, modes: Modes) -> Self {
+    pub fn new(
+        ebpf: Ebpf,
+        uplinks: Vec<Pattern>,
+        pod_ifaces: Vec<Pattern>,
+        exclude: Vec<Pattern>,
+        modes: Modes,
+    ) -> Self {
         Ifaces {
             ebpf,
             uplinks,
             pod_ifaces,
+            exclude,
             attached: BTreeMap::new(),
             failing: BTreeMap::new(),
             errors: 0,
@@ -140,7 +149,7 @@ impl Ifaces {
 
     /// The role an interface name gets, if any. Uplink patterns win.
     pub fn role_of(&self, name: &str) -> Option<Role> {
-        if name == "lo" {
+        if name == "lo" || self.exclude.iter().any(|p| p.matches(name)) {
             None
         } else if self.uplinks.iter().any(|p| p.matches(name)) {
             Some(Role::Uplink)

@@ -1,21 +1,24 @@
 //! The node's links, addresses and routes from rtnetlink: dumps for a full reconcile, and a
 //! stream of change events (multicast groups), so nothing is polled. TC filter additions are
-//! followed too, so a filter put ahead of ours is seen at once.
+//! followed too, so a filter put ahead of ours is seen at once. Host routes are kept from
+//! every table, with the tables policy-routing rules send traffic to: the VPC CNI puts the
+//! route of a pod with its own security group (a branch ENI) only in a per-VLAN table.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet},
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
 };
 
 use futures::{StreamExt, TryStreamExt, channel::mpsc::UnboundedReceiver};
 use rtnetlink::{
-    Handle, MulticastGroup, RouteMessageBuilder, new_multicast_connection,
+    Handle, IpVersion, MulticastGroup, RouteMessageBuilder, new_multicast_connection,
     packet_core::{NetlinkMessage, NetlinkPayload},
     packet_route::{
         RouteNetlinkMessage,
         address::{AddressAttribute, AddressMessage},
         link::{LinkAttribute, LinkMessage},
         route::{RouteAddress, RouteAttribute, RouteMessage, RouteType},
+        rule::{RuleAction, RuleAttribute, RuleMessage},
         tc::{TcAttribute, TcFilterBpfOption, TcHandle, TcOption},
     },
     sys::{AsyncSocket, SocketAddr},
@@ -33,11 +36,18 @@ pub enum NetlinkError {
     },
 }
 
-/// A host route to one address through one interface (`10.0.3.240 dev eni… scope link`).
+/// The main routing table.
+pub const MAIN_TABLE: u32 = 254;
+/// The local table (the node's own addresses): never a pod's route.
+const LOCAL_TABLE: u32 = 255;
+
+/// A host route to one address through one interface (`10.0.3.240 dev eni… scope link`), in
+/// a routing table.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub struct HostRoute {
     pub dst: IpAddr,
     pub oif: u32,
+    pub table: u32,
 }
 
 /// A change the kernel announced.
@@ -60,6 +70,9 @@ pub enum NetEvent {
     },
     Route(HostRoute),
     RouteGone(HostRoute),
+    /// A policy-routing rule was added or removed: the tables rules send traffic to are read
+    /// again.
+    Rules,
     /// A TC filter was added or changed on this interface (someone may have put theirs ahead
     /// of ours).
     TcFilter {
@@ -78,12 +91,14 @@ pub struct TcFilter {
     pub priority: u16,
 }
 
-/// What the node looks like: links by index, addresses and host routes.
+/// What the node looks like: links by index, addresses, host routes of every table, and the
+/// tables policy-routing rules send traffic to.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct NodeView {
     pub links: BTreeMap<u32, String>,
     pub addrs: BTreeMap<u32, Vec<IpAddr>>,
     pub routes: Vec<HostRoute>,
+    pub rule_tables: BTreeSet<u32>,
 }
 
 impl NodeView {
@@ -115,9 +130,33 @@ impl NodeView {
                 }
             }
             NetEvent::RouteGone(r) => self.routes.retain(|x| x != r),
-            NetEvent::TcFilter { .. } | NetEvent::Resync => {}
+            NetEvent::Rules | NetEvent::TcFilter { .. } | NetEvent::Resync => {}
         }
     }
+
+    /// The host routes traffic can take: those of the main table and of every table a rule
+    /// sends traffic to.
+    pub fn live_routes(&self) -> impl Iterator<Item = &HostRoute> {
+        self.routes
+            .iter()
+            .filter(|r| r.table == MAIN_TABLE || self.rule_tables.contains(&r.table))
+    }
+}
+
+/// The table a rule sends traffic to, if it is a lookup rule.
+fn rule_table(m: &RuleMessage) -> Option<u32> {
+    if m.header.action != RuleAction::ToTable {
+        return None;
+    }
+    let table = m
+        .attributes
+        .iter()
+        .find_map(|a| match a {
+            RuleAttribute::Table(t) => Some(*t),
+            _ => None,
+        })
+        .unwrap_or(u32::from(m.header.table));
+    (table != 0 && table != LOCAL_TABLE).then_some(table)
 }
 
 fn link_of(m: &LinkMessage) -> Option<(u32, String)> {
@@ -140,9 +179,18 @@ fn addr_of(m: &AddressMessage) -> Option<(u32, IpAddr)> {
     local.or(addr).map(|ip| (m.header.index, ip))
 }
 
-/// A unicast route of the main table to a single address through one interface.
+/// A unicast route to a single address through one interface, in any table but the local one.
 fn host_route_of(m: &RouteMessage) -> Option<HostRoute> {
-    if m.header.kind != RouteType::Unicast || m.header.table != 254 {
+    // Tables above 255 are only in the attribute.
+    let table = m
+        .attributes
+        .iter()
+        .find_map(|a| match a {
+            RouteAttribute::Table(t) => Some(*t),
+            _ => None,
+        })
+        .unwrap_or(u32::from(m.header.table));
+    if m.header.kind != RouteType::Unicast || table == LOCAL_TABLE {
         return None;
     }
     let dst = m.attributes.iter().find_map(|a| match a {
@@ -158,7 +206,7 @@ fn host_route_of(m: &RouteMessage) -> Option<HostRoute> {
         RouteAttribute::Oif(i) => Some(*i),
         _ => None,
     })?;
-    Some(HostRoute { dst, oif })
+    Some(HostRoute { dst, oif, table })
 }
 
 fn event_of(msg: NetlinkMessage<RouteNetlinkMessage>) -> Option<NetEvent> {
@@ -178,6 +226,9 @@ fn event_of(msg: NetlinkMessage<RouteNetlinkMessage>) -> Option<NetEvent> {
             }
             RouteNetlinkMessage::NewRoute(r) => host_route_of(&r).map(NetEvent::Route),
             RouteNetlinkMessage::DelRoute(r) => host_route_of(&r).map(NetEvent::RouteGone),
+            RouteNetlinkMessage::NewRule(_) | RouteNetlinkMessage::DelRule(_) => {
+                Some(NetEvent::Rules)
+            }
             RouteNetlinkMessage::NewTrafficFilter(f) => u32::try_from(f.header.index)
                 .ok()
                 .map(|index| NetEvent::TcFilter { index }),
@@ -205,6 +256,8 @@ impl Netlink {
             MulticastGroup::Ipv6Ifaddr,
             MulticastGroup::Ipv4Route,
             MulticastGroup::Ipv6Route,
+            MulticastGroup::Ipv4Rule,
+            MulticastGroup::Ipv6Rule,
             MulticastGroup::Tc,
         ])?;
         // A large receive buffer keeps bursts (pods churning) from overrunning the socket.
@@ -244,9 +297,10 @@ impl Netlink {
                 view.addrs.entry(i).or_default().push(a);
             }
         }
+        // Every table (0: unspecified), also where the kernel checks dump requests strictly.
         for query in [
-            RouteMessageBuilder::<Ipv4Addr>::new().build(),
-            RouteMessageBuilder::<Ipv6Addr>::new().build(),
+            RouteMessageBuilder::<Ipv4Addr>::new().table_id(0).build(),
+            RouteMessageBuilder::<Ipv6Addr>::new().table_id(0).build(),
         ] {
             let mut routes = self.handle.route().get(query).execute();
             while let Some(m) = routes
@@ -262,7 +316,27 @@ impl Netlink {
                 }
             }
         }
+        view.rule_tables = self.rule_tables().await?;
         Ok(view)
+    }
+
+    /// The tables policy-routing rules (IPv4 and IPv6) send traffic to.
+    pub async fn rule_tables(&self) -> Result<BTreeSet<u32>, NetlinkError> {
+        let mut tables = BTreeSet::new();
+        for v in [IpVersion::V4, IpVersion::V6] {
+            let mut rules = self.handle.rule().get(v).execute();
+            while let Some(m) = rules
+                .try_next()
+                .await
+                .map_err(|source| NetlinkError::Dump {
+                    what: "rules",
+                    source,
+                })?
+            {
+                tables.extend(rule_table(&m));
+            }
+        }
+        Ok(tables)
     }
 }
 

@@ -26,6 +26,14 @@ pub struct RunArgs {
     /// Pod interface patterns (host-side veths); repeatable or comma-separated.
     #[arg(long = "pod-iface", env = "OBSERVER_POD_IFACE", value_delimiter = ',')]
     pub pod_iface: Vec<String>,
+    /// Interfaces never attached, whatever --uplink and --pod-iface match (the VPC CNI's
+    /// trunk VLAN links); repeatable or comma-separated [default: vlan.eth.*].
+    #[arg(
+        long = "exclude-iface",
+        env = "OBSERVER_EXCLUDE_IFACE",
+        value_delimiter = ','
+    )]
+    pub exclude_iface: Vec<String>,
     /// CIDRs inside the cluster (pod and node networks); repeatable or comma-separated.
     #[arg(
         long = "cluster-cidr",
@@ -153,6 +161,8 @@ struct FileConfig {
     #[serde(default)]
     pod_iface: Vec<String>,
     #[serde(default)]
+    exclude_iface: Vec<String>,
+    #[serde(default)]
     cluster_cidr: Vec<String>,
     #[serde(default)]
     allow_source: Vec<String>,
@@ -193,6 +203,7 @@ pub enum LogFormat {
 pub struct Config {
     pub uplinks: Vec<Pattern>,
     pub pod_ifaces: Vec<Pattern>,
+    pub exclude_ifaces: Vec<Pattern>,
     pub cluster_cidrs: Vec<Cidr>,
     pub allow_sources: Vec<Cidr>,
     pub service_cidrs: Vec<Cidr>,

@@ -289,6 +289,14 @@ impl Config {
             "pod-iface",
             pick(args.pod_iface, file.pod_iface, defaults::POD_IFACES),
         )?;
+        let exclude_ifaces = patterns(
+            "exclude-iface",
+            pick(
+                args.exclude_iface,
+                file.exclude_iface,
+                defaults::EXCLUDE_IFACES,
+            ),
+        )?;
         if socket.as_os_str().is_empty() {
             return Err(invalid("socket", "", "a path"));
         }
@@ -308,6 +316,7 @@ impl Config {
         Ok(Config {
             uplinks,
             pod_ifaces,
+            exclude_ifaces,
             cluster_cidrs,
             allow_sources: cidrs(
                 "allow-source",
