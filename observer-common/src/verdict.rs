@@ -122,10 +122,12 @@ pub enum Reason {
     DirectDatagram = 24,
     DirectIcmp = 25,
     DirectOtherProtocol = 26,
+    IcmpErrorForServedFlow = 27,
+    DirectIcmpErrorUnseenFlow = 28,
 }
 
 /// Number of reasons.
-pub const REASON_COUNT: usize = 27;
+pub const REASON_COUNT: usize = 29;
 
 impl Reason {
     pub const ALL: [Reason; REASON_COUNT] = [
@@ -156,6 +158,8 @@ impl Reason {
         Reason::DirectDatagram,
         Reason::DirectIcmp,
         Reason::DirectOtherProtocol,
+        Reason::IcmpErrorForServedFlow,
+        Reason::DirectIcmpErrorUnseenFlow,
     ];
 
     /// The reason of a map byte, if it is one.
@@ -225,6 +229,12 @@ impl Reason {
             Reason::DirectOtherProtocol => {
                 "an IP packet of another protocol from outside the cluster straight to the pod IP"
             }
+            Reason::IcmpErrorForServedFlow => {
+                "an ICMP error about the pod's answer in a flow it serves (the node saw it come in, or its peer is in the cluster or allowed)"
+            }
+            Reason::DirectIcmpErrorUnseenFlow => {
+                "an ICMP error from outside the cluster about a flow this node never saw (who opened that flow is unknown)"
+            }
         }
     }
 }
@@ -254,6 +264,9 @@ pub trait Lookup {
     fn cidr_roles(&self, addr: &IpKey) -> u32;
     /// Whether a local pod opened this flow (`POD_FLOWS`); the key is as the pod sent it.
     fn pod_flow(&self, key: &FlowKey) -> bool;
+    /// Whether the node saw this flow come in from outside the cluster to a local pod
+    /// (`FLOWS`); the key is as the outsider sent it.
+    fn served_flow(&self, key: &FlowKey) -> bool;
     /// Whether this port is an allocated NodePort (`NODEPORTS`), in or out of the range.
     fn nodeport(&self, port: u16, proto: u8) -> bool;
     /// Whether the first fragment of this datagram was judged a reply or a direct access
@@ -338,8 +351,19 @@ fn to_local_pod<L: Lookup + ?Sized>(p: &Packet, l: &L) -> Decision {
 #[inline(always)]
 fn reply_reason<L: Lookup + ?Sized>(p: &Packet, l: &L) -> Option<Reason> {
     if let Some(quoted) = p.quoted() {
-        // An ICMP error quotes the pod's own packet: its key is as the pod sent it.
-        return l.pod_flow(quoted).then_some(Reason::IcmpErrorForPodFlow);
+        // An ICMP error (fragmentation needed, packet too big, unreachable) quotes the pod's own
+        // packet: its key is as the pod sent it. It is judged by the flow it quotes: one the pod
+        // opened, or one it serves (its peer in the cluster or allowed, or a flow the node saw
+        // come in: a load balancer's IP target answering a client whose address it keeps).
+        if l.pod_flow(quoted) {
+            return Some(Reason::IcmpErrorForPodFlow);
+        }
+        if l.roles(&quoted.dst) & (role::CLUSTER | role::ALLOWED) != 0
+            || l.served_flow(&quoted.reversed())
+        {
+            return Some(Reason::IcmpErrorForServedFlow);
+        }
+        return None;
     }
     // A packet that opens a flow (SYN, INIT, echo request) is never a reply.
     if p.flow_start {
@@ -359,6 +383,7 @@ fn direct_reason(p: &Packet) -> Reason {
         IPPROTO_TCP | IPPROTO_SCTP if p.flow_start => Reason::DirectNewConnection,
         IPPROTO_TCP | IPPROTO_SCTP => Reason::DirectMidStream,
         IPPROTO_UDP => Reason::DirectDatagram,
+        IPPROTO_ICMP | IPPROTO_ICMPV6 if p.has_quoted => Reason::DirectIcmpErrorUnseenFlow,
         IPPROTO_ICMP | IPPROTO_ICMPV6 => Reason::DirectIcmp,
         _ => Reason::DirectOtherProtocol,
     }
@@ -411,7 +436,9 @@ pub fn remember_fragment(p: &Packet, d: &Decision) -> bool {
 pub fn origin_of(p: &Packet) -> u8 {
     if p.flow_start {
         origin::START
-    } else if matches!(p.proto, IPPROTO_TCP | IPPROTO_SCTP) {
+    } else if p.has_quoted || matches!(p.proto, IPPROTO_TCP | IPPROTO_SCTP) {
+        // An ICMP error about a flow nobody saw: who opened that flow is as unknown as for a
+        // segment picked up mid-stream (its own, lesser alert).
         origin::MID_STREAM
     } else {
         origin::DATAGRAM

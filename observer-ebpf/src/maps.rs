@@ -350,6 +350,12 @@ impl Lookup for Maps {
     }
 
     #[inline(always)]
+    fn served_flow(&self, key: &FlowKey) -> bool {
+        // The key is as the outsider sent it: `dport` is the pod's port.
+        port_may_have_entry(&FLAGGED_PORTS, key.dport, key.proto) && FLOWS.get_ptr(key).is_some()
+    }
+
+    #[inline(always)]
     fn nodeport(&self, port: u16, proto: u8) -> bool {
         let Some((word, bit)) = port_bit(port, proto) else {
             return false;

@@ -9,7 +9,12 @@
 
 use std::collections::BTreeMap;
 
-use observer_common::{addr::IpKey, user::Inventory};
+use observer_common::{
+    addr::IpKey,
+    maps::{FlowKey, FragKey},
+    user::Inventory,
+    verdict::Lookup,
+};
 
 use aya::Ebpf;
 use observer::kernel::{
@@ -74,9 +79,42 @@ fn run_uplink(ebpf: &mut Ebpf, maps: &Maps, cpu: usize, frame: &[u8]) -> (u32, D
     (r.return_value, d)
 }
 
-fn host(layout: &Layout, frame: &[u8]) -> Decision {
+/// The host's view of the maps: the layout's inventory, and the kernel's `FLOWS` as it is before
+/// the frame runs (the flows the node saw come in are state the earlier frames made: the
+/// uplink keeps direct flows there, or stages their pure SYNs while its ring has room).
+struct HostView<'a> {
+    inv: &'a Inventory,
+    flows: &'a Maps,
+}
+
+impl Lookup for HostView<'_> {
+    fn exact_roles(&self, addr: &IpKey) -> Option<u32> {
+        self.inv.exact_roles(addr)
+    }
+    fn cidr_roles(&self, addr: &IpKey) -> u32 {
+        self.inv.cidr_roles(addr)
+    }
+    fn pod_flow(&self, key: &FlowKey) -> bool {
+        self.inv.pod_flow(key)
+    }
+    fn served_flow(&self, key: &FlowKey) -> bool {
+        self.flows.served_flow(key)
+    }
+    fn nodeport(&self, port: u16, proto: u8) -> bool {
+        self.inv.nodeport(port, proto)
+    }
+    fn fragment_judged(&self, key: &FragKey) -> bool {
+        self.inv.fragment_judged(key)
+    }
+}
+
+fn host(layout: &Layout, maps: &Maps, frame: &[u8]) -> Decision {
     let (status, p) = parse_frame(frame);
-    decide(status, &p, &SETTINGS, &layout.inventory)
+    let view = HostView {
+        inv: &layout.inventory,
+        flows: maps,
+    };
+    decide(status, &p, &SETTINGS, &view)
 }
 
 /// Per pod address and kind, the unjudged packets the host counts for these frames, in order:
@@ -286,7 +324,7 @@ fn kernel_and_host_agree_on_every_frame() {
         let mut want_unjudged = BTreeMap::new();
         // The SCENARIOS corpus: the host must give the row's verdict, the kernel the host's.
         for c in &cases {
-            let h = host(&layout, &c.bytes);
+            let h = host(&layout, &maps, &c.bytes);
             assert_eq!(
                 h.verdict, c.expect,
                 "{} row {}: {}",
@@ -337,7 +375,7 @@ fn kernel_and_host_agree_on_every_frame() {
                 2 => mutated(&mut rng, &cases),
                 _ => random_bytes(&mut rng),
             };
-            let h = host(&layout, &frame);
+            let h = host(&layout, &maps, &frame);
             if refused_by_test_run(&frame) {
                 continue;
             }
@@ -419,7 +457,7 @@ fn role_changes_reach_cached_addresses() {
         for _ in 0..3 {
             let (rc, d) = run_uplink(&mut ebpf, &maps, cpu, frame);
             assert_eq!(rc, UNSPEC);
-            assert_eq!(d, host(layout, frame), "kernel and host disagree");
+            assert_eq!(d, host(layout, &maps, frame), "kernel and host disagree");
             assert_eq!(d.verdict, want);
         }
     };

@@ -138,6 +138,10 @@ pub fn vpc_cni() -> Layout {
     inv.add_pod_flow(flow_key(POD_A, INTERNET, 77, 0, 1));
     inv.add_pod_flow(flow_key(POD6, INTERNET6, 40002, 443, 6));
     inv.add_pod_flow(flow_key(POD6, INTERNET6, 40003, 53, 17));
+    // Row 20: connections the node saw come in, that the pod serves (a load balancer's IP
+    // target answering clients whose addresses it keeps).
+    inv.add_served_flow(flow_key(INTERNET, POD_A, 51100, 8443, 6));
+    inv.add_served_flow(flow_key(INTERNET6, POD6, 51101, 8443, 6));
     let cases = rows(&Addrs {
         node: NODE_ETH0,
         node_second: NODE_ETH1,
@@ -185,6 +189,10 @@ pub fn calico() -> Layout {
     inv.add_pod_flow(flow_key(POD_A, INTERNET, 77, 0, 1));
     inv.add_pod_flow(flow_key(POD6, INTERNET6, 40002, 443, 6));
     inv.add_pod_flow(flow_key(POD6, INTERNET6, 40003, 53, 17));
+    // Row 20: connections the node saw come in, that the pod serves (a load balancer's IP
+    // target answering clients whose addresses it keeps).
+    inv.add_served_flow(flow_key(INTERNET, POD_A, 51100, 8443, 6));
+    inv.add_served_flow(flow_key(INTERNET6, POD6, 51101, 8443, 6));
     let cases = rows(&Addrs {
         node: NODE,
         node_second: VXLAN,
@@ -329,6 +337,62 @@ fn rows(a: &Addrs) -> Vec<Case> {
                 },
             ),
             Reply,
+        ),
+        case(
+            "20",
+            "a router's fragmentation-needed about the pod's answer in a flow it serves",
+            Frame::new(
+                a.internet,
+                a.pod,
+                L4::IcmpError {
+                    ty: 3,
+                    code: 4,
+                    quoted: Frame::tcp(a.pod, a.internet, 8443, 51100, data).ip_packet(),
+                },
+            ),
+            Reply,
+        ),
+        case(
+            "20",
+            "a router's packet-too-big about the pod's IPv6 answer in a flow it serves",
+            Frame::new(
+                a.internet6,
+                a.pod6,
+                L4::IcmpError {
+                    ty: 2,
+                    code: 0,
+                    quoted: Frame::tcp(a.pod6, a.internet6, 8443, 51101, data).ip_packet(),
+                },
+            ),
+            Reply,
+        ),
+        case(
+            "20",
+            "an unreachable about the pod's answer to an allowed client",
+            Frame::new(
+                a.internet,
+                a.pod,
+                L4::IcmpError {
+                    ty: 3,
+                    code: 1,
+                    quoted: Frame::udp(a.pod, a.allowed, 53, 51102).ip_packet(),
+                },
+            ),
+            Reply,
+        ),
+        case(
+            "20",
+            "an ICMP error about a flow the node never saw",
+            Frame::new(
+                a.internet,
+                a.pod,
+                L4::IcmpError {
+                    ty: 3,
+                    code: 4,
+                    quoted: Frame::tcp(a.pod, a.internet, 8443, 51199, data).ip_packet(),
+                },
+            ),
+            DirectToPod,
         ),
         case(
             "6",

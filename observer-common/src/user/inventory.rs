@@ -23,6 +23,7 @@ pub struct Inventory {
     ips: BTreeMap<IpKey, u32>,
     cidrs: BTreeMap<Cidr, u32>,
     pod_flows: BTreeSet<FlowKey>,
+    served_flows: BTreeSet<FlowKey>,
     nodeports: BTreeSet<(u16, u8)>,
     fragments: BTreeSet<FragKey>,
 }
@@ -104,6 +105,17 @@ impl Inventory {
     pub fn pod_flow_entries(&self) -> impl Iterator<Item = &FlowKey> {
         self.pod_flows.iter()
     }
+
+    /// Records a flow the node saw come in from outside to a local pod (what `FLOWS` holds),
+    /// keyed as the outsider sent it.
+    pub fn add_served_flow(&mut self, key: FlowKey) {
+        self.served_flows.insert(key);
+    }
+
+    /// The flows the node saw come in.
+    pub fn served_flow_entries(&self) -> impl Iterator<Item = &FlowKey> {
+        self.served_flows.iter()
+    }
 }
 
 impl Lookup for Inventory {
@@ -117,6 +129,10 @@ impl Lookup for Inventory {
 
     fn pod_flow(&self, key: &FlowKey) -> bool {
         self.pod_flows.contains(key)
+    }
+
+    fn served_flow(&self, key: &FlowKey) -> bool {
+        self.served_flows.contains(key)
     }
 
     fn nodeport(&self, port: u16, proto: u8) -> bool {

@@ -25,8 +25,8 @@ use observer_common::{
         VerdictStats, health, port_bit, proto_class,
     },
     names::{
-        MAP_CIDR_ROLES, MAP_CLOCK, MAP_EVENTS, MAP_FLOWS, MAP_FRAGS, MAP_HEALTH, MAP_IP_ROLES,
-        MAP_NODEPORTS, MAP_POD_FLOWS, MAP_POD_LOST, MAP_POD_PORTS, MAP_POD_UNJUDGED,
+        MAP_CIDR_ROLES, MAP_CLOCK, MAP_EVENTS, MAP_FLAGGED_PORTS, MAP_FLOWS, MAP_FRAGS, MAP_HEALTH,
+        MAP_IP_ROLES, MAP_NODEPORTS, MAP_POD_FLOWS, MAP_POD_LOST, MAP_POD_PORTS, MAP_POD_UNJUDGED,
         MAP_ROLES_GENERATION, MAP_TRACE, MAP_VERDICT_STATS,
     },
     user::{Cidr, Inventory},
@@ -92,6 +92,7 @@ pub struct Maps {
     cidr_roles: Mutex<LpmTrie<MapData, IpKey, u32>>,
     pod_flows: Mutex<HashMap<MapData, FlowKey, PodFlow>>,
     pod_ports: Mutex<Array<MapData, u64>>,
+    flagged_ports: Mutex<Array<MapData, u64>>,
     nodeports: Mutex<Array<MapData, u64>>,
     roles_generation: Mutex<Array<MapData, u64>>,
     clock: Mutex<Array<MapData, u64>>,
@@ -121,6 +122,7 @@ impl Maps {
             cidr_roles: Mutex::new(take(ebpf, MAP_CIDR_ROLES)?),
             pod_flows: Mutex::new(take(ebpf, MAP_POD_FLOWS)?),
             pod_ports: Mutex::new(take(ebpf, MAP_POD_PORTS)?),
+            flagged_ports: Mutex::new(take(ebpf, MAP_FLAGGED_PORTS)?),
             nodeports: Mutex::new(take(ebpf, MAP_NODEPORTS)?),
             roles_generation: Mutex::new(take(ebpf, MAP_ROLES_GENERATION)?),
             clock: Mutex::new(take(ebpf, MAP_CLOCK)?),
@@ -167,6 +169,20 @@ impl Maps {
             flows
                 .insert(*k, PodFlow::default(), 0)
                 .map_err(err(MAP_POD_FLOWS))?;
+        }
+        drop((flows, ports));
+        let mut ports = lock(&self.flagged_ports);
+        for k in inv.served_flow_entries() {
+            // As the uplink does: the port's bit before the entry.
+            if let Some((index, bit)) = port_bit(k.dport, k.proto) {
+                let word = ports.get(&index, 0).map_err(err(MAP_FLAGGED_PORTS))?;
+                ports
+                    .set(index, word | bit, 0)
+                    .map_err(err(MAP_FLAGGED_PORTS))?;
+            }
+            lock(&self.flows)
+                .insert(*k, FlowStats::default(), 0)
+                .map_err(err(MAP_FLOWS))?;
         }
         Ok(())
     }
@@ -469,6 +485,10 @@ impl Lookup for Maps {
 
     fn pod_flow(&self, key: &FlowKey) -> bool {
         lock(&self.pod_flows).get(key, 0).is_ok()
+    }
+
+    fn served_flow(&self, key: &FlowKey) -> bool {
+        matches!(self.flow(key), Ok(Some(_)))
     }
 
     fn nodeport(&self, port: u16, proto: u8) -> bool {
