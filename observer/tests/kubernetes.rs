@@ -18,7 +18,7 @@ use testbed::{
     agent::AgentProc,
     kubeapi::{
         ENDPOINT_SLICES, KubeApi, NODES, PODS, SERVICE_CIDRS, SERVICES, TARGET_GROUP_BINDINGS,
-        fixtures::{node, pod, service, slice},
+        fixtures::{node, pod, service, slice, vpc_node, web_pod},
     },
     topology::{Layout, Node},
     traffic::{Servers, http_get, tcp_get},
@@ -783,23 +783,9 @@ fn a_new_pod_elsewhere_is_no_outsider_while_its_ip_is_on_its_way() {
     const ME: &str = "ip-10-0-7-223.ec2.internal";
     const PEER: &str = "ip-10-0-12-177.ec2.internal";
     let api = KubeApi::start(&n.node, port());
-    let mut me = node(ME, "10.0.7.223", "10.0.0.0/32");
-    me["spec"] = json!({});
-    api.apply(NODES, me);
-    let mut peer = node(PEER, n.peer_ip, "10.0.0.0/32");
-    peer["spec"] = json!({});
-    api.apply(NODES, peer);
-    api.apply(
-        PODS,
-        pod(
-            "shop",
-            "web-7854ff8877-z5nh5",
-            "web",
-            ME,
-            n.pods[0].ip,
-            &[80],
-        ),
-    );
+    api.apply(NODES, vpc_node(ME, "10.0.7.223"));
+    api.apply(NODES, vpc_node(PEER, n.peer_ip));
+    api.apply(PODS, web_pod(ME, n.pods[0].ip));
     let servers = Servers::for_node(&n);
     let agent = start_with_api(&n, &api, "late-peer", ME, &[]);
     let pod_a = n.pods[0].ip;
