@@ -84,10 +84,9 @@ pub fn opened_by<L: Lookup + ?Sized>(p: &Packet, l: &L) -> Option<FlowKey> {
 /// the node's address, which the uplink judges `host`.
 #[inline(always)]
 pub fn opened_leaving_node<L: Lookup + ?Sized>(p: &Packet, l: &L) -> Option<FlowKey> {
-    let key = opened_by(p, l)?;
-    if l.roles(&p.src) & role::LOCAL_POD != 0 {
-        Some(key)
-    } else {
-        None
+    // The source first: most packets leaving the node are the node's own.
+    if l.roles(&p.src) & role::LOCAL_POD == 0 {
+        return None;
     }
+    opened_by(p, l)
 }

@@ -230,7 +230,7 @@ impl Reason {
                 "an IP packet of another protocol from outside the cluster straight to the pod IP"
             }
             Reason::IcmpErrorForServedFlow => {
-                "an ICMP error about the pod's answer in a flow it serves (the node saw it come in, or its peer is in the cluster or allowed)"
+                "an ICMP error about the pod's answer in a flow it serves, which the node saw come in"
             }
             Reason::DirectIcmpErrorUnseenFlow => {
                 "an ICMP error from outside the cluster about a flow this node never saw (who opened that flow is unknown)"
@@ -352,15 +352,17 @@ fn to_local_pod<L: Lookup + ?Sized>(p: &Packet, l: &L) -> Decision {
 fn reply_reason<L: Lookup + ?Sized>(p: &Packet, l: &L) -> Option<Reason> {
     if let Some(quoted) = p.quoted() {
         // An ICMP error (fragmentation needed, packet too big, unreachable) quotes the pod's own
-        // packet: its key is as the pod sent it. It is judged by the flow it quotes: one the pod
-        // opened, or one it serves (its peer in the cluster or allowed, or a flow the node saw
-        // come in: a load balancer's IP target answering a client whose address it keeps).
+        // packet: its key is as the pod sent it. It is judged by the flow it quotes, which the
+        // sender chose: only a quote of this very pod's packet in a flow the maps hold counts,
+        // one the pod opened (`POD_FLOWS`) or one the node saw come in (`FLOWS`: a load
+        // balancer's IP target answering a client whose address it keeps).
+        if quoted.src != p.dst {
+            return None;
+        }
         if l.pod_flow(quoted) {
             return Some(Reason::IcmpErrorForPodFlow);
         }
-        if l.roles(&quoted.dst) & (role::CLUSTER | role::ALLOWED) != 0
-            || l.served_flow(&quoted.reversed())
-        {
+        if l.served_flow(&quoted.reversed()) {
             return Some(Reason::IcmpErrorForServedFlow);
         }
         return None;

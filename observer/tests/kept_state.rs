@@ -138,6 +138,10 @@ fn a_kept_map_of_another_layout_or_version_is_dropped_and_counted() {
     std::fs::create_dir_all(&this).unwrap();
     pin_map(&old.join("POD_FLOWS"), MAP_TYPE_HASH, 40, 16, 1024).unwrap();
     pin_map(&this.join("POD_FLOWS"), MAP_TYPE_HASH, 40, 8, 131_072).unwrap();
+    // Another dataplane's map beside them (a state directory shared by mistake): untouched.
+    let foreign = state.path.join("calico");
+    std::fs::create_dir_all(&foreign).unwrap();
+    pin_map(&foreign.join("cali_v4_ct"), MAP_TYPE_HASH, 40, 8, 1024).unwrap();
 
     let agent = start(&n, "upgrade", &["--state-dir", state.arg()]);
     let m = metrics(&n, &agent);
@@ -163,8 +167,10 @@ fn a_kept_map_of_another_layout_or_version_is_dropped_and_counted() {
         ),
         2
     );
-    // The other version's directory is gone; this version's map is the agent's own now.
+    // The other version's directory is gone, another dataplane's map is not; this version's
+    // map is the agent's own now.
     assert!(!old.exists());
+    assert!(foreign.join("cali_v4_ct").exists());
     let info = aya::maps::MapInfo::from_pin(this.join("POD_FLOWS")).unwrap();
     assert_eq!(
         (info.map_type().unwrap(), info.value_size()),

@@ -368,7 +368,7 @@ fn rows(a: &Addrs) -> Vec<Case> {
         ),
         case(
             "20",
-            "an unreachable about the pod's answer to an allowed client",
+            "an unreachable about the pod's answer to a client the node never saw, allowed or not",
             Frame::new(
                 a.internet,
                 a.pod,
@@ -378,7 +378,21 @@ fn rows(a: &Addrs) -> Vec<Case> {
                     quoted: Frame::udp(a.pod, a.allowed, 53, 51102).ip_packet(),
                 },
             ),
-            Reply,
+            DirectToPod,
+        ),
+        case(
+            "20",
+            "an error to one pod quoting another pod's connection",
+            Frame::new(
+                a.internet,
+                a.pod_late,
+                L4::IcmpError {
+                    ty: 3,
+                    code: 4,
+                    quoted: pod_syn_out.ip_packet(),
+                },
+            ),
+            DirectToPod,
         ),
         case(
             "20",

@@ -232,9 +232,6 @@ impl Controller {
                 );
                 self.first_sync = !self.inventory.status.synced;
                 self.inventory.status.synced = true;
-                // Held flows are judged again against the whole first sync; from here on a
-                // source that joins is noted, for the flows its first packets began.
-                self.inventory.roles.track_membership = true;
             }
         }
     }
@@ -654,6 +651,10 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
                 }
                 ctl.sync_inventory();
                 if std::mem::take(&mut ctl.first_sync) {
+                    // Held flows are judged again against the whole first sync, now in the
+                    // maps; from here on a source that joins is noted, for the flows its first
+                    // packets began (not the first sync's tail: every address joins then).
+                    ctl.inventory.roles.track_membership = true;
                     // The first full sync is in the maps: judge the held flows again.
                     let dir = shared.dir.read().unwrap_or_else(|p| p.into_inner());
                     let (confirmed, cleared) = shared

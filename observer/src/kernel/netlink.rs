@@ -297,7 +297,8 @@ impl Netlink {
                 view.addrs.entry(i).or_default().push(a);
             }
         }
-        // Every table (0: unspecified), also where the kernel checks dump requests strictly.
+        // Every table (0: unspecified). The kernel filters a route dump by its header only on a
+        // socket with strict checking (NETLINK_GET_STRICT_CHK), which this one is not.
         for query in [
             RouteMessageBuilder::<Ipv4Addr>::new().table_id(0).build(),
             RouteMessageBuilder::<Ipv6Addr>::new().table_id(0).build(),
@@ -316,24 +317,42 @@ impl Netlink {
                 }
             }
         }
-        view.rule_tables = self.rule_tables().await?;
+        // A node view without the rules' tables is still a view: their pods are missing until
+        // the rules can be read again (every reconcile), not every pod.
+        view.rule_tables = match self.rule_tables().await {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::warn!(error = %e, "reading the routing rules failed; pods whose routes are only in policy-routing tables are not seen");
+                BTreeSet::new()
+            }
+        };
         Ok(view)
     }
 
     /// The tables policy-routing rules (IPv4 and IPv6) send traffic to.
     pub async fn rule_tables(&self) -> Result<BTreeSet<u32>, NetlinkError> {
         let mut tables = BTreeSet::new();
-        for v in [IpVersion::V4, IpVersion::V6] {
+        for (v, v6) in [(IpVersion::V4, false), (IpVersion::V6, true)] {
             let mut rules = self.handle.rule().get(v).execute();
-            while let Some(m) = rules
-                .try_next()
-                .await
-                .map_err(|source| NetlinkError::Dump {
-                    what: "rules",
-                    source,
-                })?
-            {
-                tables.extend(rule_table(&m));
+            loop {
+                match rules.try_next().await {
+                    Ok(Some(m)) => tables.extend(rule_table(&m)),
+                    Ok(None) => break,
+                    // A kernel without IPv6 (ipv6.disable=1), or without its multiple tables:
+                    // no IPv6 rules.
+                    Err(rtnetlink::Error::NetlinkError(e))
+                        if v6
+                            && [libc::EAFNOSUPPORT, libc::EOPNOTSUPP].contains(&-e.raw_code()) =>
+                    {
+                        break;
+                    }
+                    Err(source) => {
+                        return Err(NetlinkError::Dump {
+                            what: "rules",
+                            source,
+                        });
+                    }
+                }
             }
         }
         Ok(tables)

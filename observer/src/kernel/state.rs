@@ -108,9 +108,11 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> StateError + '_ {
     }
 }
 
-/// Makes `<state_dir>/v<KEPT_STATE_VERSION>` ready: created if missing; every other entry of
-/// `state_dir` (another version's maps) removed; each map pinned there checked against
-/// [`layouts`], and unpinned when it differs (or is no map). What stays is adopted.
+/// Makes `<state_dir>/v<KEPT_STATE_VERSION>` ready: created if missing; every other version's
+/// directory of `state_dir` (`v<number>`) removed with its maps; each map pinned in this
+/// version's checked against [`layouts`], and unpinned when it differs (or is no map). What
+/// stays is adopted. Nothing else in `state_dir` is touched, so a directory shared by mistake
+/// (the bpffs root, with another dataplane's maps) loses nothing but versions of ours.
 pub fn prepare(state_dir: &Path) -> Result<Prepared, StateError> {
     fs::create_dir_all(state_dir).map_err(io(state_dir))?;
     if !on_bpffs(state_dir)? {
@@ -124,22 +126,16 @@ pub fn prepare(state_dir: &Path) -> Result<Prepared, StateError> {
     for entry in fs::read_dir(state_dir).map_err(io(state_dir))? {
         let entry = entry.map_err(io(state_dir))?;
         let name = entry.file_name().to_string_lossy().into_owned();
-        if name == current {
+        let path = entry.path();
+        if name == current || !is_version(&name) || !path.is_dir() {
             continue;
         }
-        let path = entry.path();
-        let maps = if path.is_dir() {
-            let names = fs::read_dir(&path)
-                .map_err(io(&path))?
-                .filter_map(Result::ok)
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .collect();
-            fs::remove_dir_all(&path).map_err(io(&path))?;
-            names
-        } else {
-            fs::remove_file(&path).map_err(io(&path))?;
-            vec![name.clone()]
-        };
+        let maps: Vec<String> = fs::read_dir(&path)
+            .map_err(io(&path))?
+            .filter_map(Result::ok)
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        fs::remove_dir_all(&path).map_err(io(&path))?;
         for map in maps {
             out.dropped.push(Dropped {
                 map,
@@ -177,6 +173,12 @@ pub fn prepare(state_dir: &Path) -> Result<Prepared, StateError> {
         }
     }
     Ok(out)
+}
+
+/// Whether a directory name is one of the agent's versions (`v` and digits).
+fn is_version(name: &str) -> bool {
+    name.strip_prefix('v')
+        .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
 }
 
 /// How a pinned map differs from this version's layout, if it does.
@@ -218,6 +220,14 @@ fn on_bpffs(path: &Path) -> Result<bool, StateError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_versions_of_ours_are_removed() {
+        assert!(is_version("v0") && is_version("v12"));
+        for other in ["v", "vx", "tc", "calico", "observer", "v1a"] {
+            assert!(!is_version(other), "{other}");
+        }
+    }
 
     #[test]
     fn the_layouts_are_the_shared_types() {
