@@ -544,7 +544,8 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let mut origins = crate::inventory::origins::Origins::open();
     {
         let dir = shared.dir.read().unwrap_or_else(|p| p.into_inner()).clone();
-        origins.seed(&dir, &shared.maps, &shared.metrics);
+        // A blocking read of the whole table: off the runtime's workers' duty meanwhile.
+        tokio::task::block_in_place(|| origins.seed(&dir, &shared.maps, &shared.metrics));
     }
     let (up, pods) = ctl.ifaces.counts();
     tracing::info!(

@@ -147,13 +147,20 @@ impl Conntrack {
         })
     }
 
-    /// Every tracked TCP, UDP and SCTP connection of both families.
-    pub fn dump(&mut self) -> Result<Vec<CtEntry>, ConntrackError> {
-        let mut out = Vec::new();
+    /// Hands every tracked TCP, UDP and SCTP connection of both families to `each`, as the
+    /// kernel's answer is read: nothing is collected, so a node tracking millions of
+    /// connections (NAT-heavy nodes, big instances) costs the agent one receive buffer, not a
+    /// copy of its table. Returns how many were read. Blocking: call it off the runtime's
+    /// workers.
+    pub fn dump(&mut self, mut each: impl FnMut(CtEntry)) -> Result<usize, ConntrackError> {
+        let mut n = 0;
         for family in [NetfilterProtoFamily::IPv4, NetfilterProtoFamily::IPv6] {
-            self.request(family, NLM_F_REQUEST | NLM_F_DUMP, Vec::new(), &mut out)?;
+            self.request(family, NLM_F_REQUEST | NLM_F_DUMP, Vec::new(), &mut |e| {
+                n += 1;
+                each(e);
+            })?;
         }
-        Ok(out)
+        Ok(n)
     }
 
     /// The tracked connection one packet belongs to (in either direction), if any.
@@ -174,9 +181,9 @@ impl Conntrack {
                 ProtoTuple::DestinationPort(packet.dport),
             ]),
         ]);
-        let mut out = Vec::new();
-        match self.request(family, NLM_F_REQUEST, vec![tuple], &mut out) {
-            Ok(()) => Ok(out.into_iter().next()),
+        let mut out = None;
+        match self.request(family, NLM_F_REQUEST, vec![tuple], &mut |e| out = Some(e)) {
+            Ok(()) => Ok(out),
             Err(ConntrackError::Kernel(e)) if e == -libc::ENOENT => Ok(None),
             Err(e) => Err(e),
         }
@@ -187,7 +194,7 @@ impl Conntrack {
         family: NetfilterProtoFamily,
         flags: u16,
         attributes: Vec<ConntrackAttribute>,
-        out: &mut Vec<CtEntry>,
+        out: &mut dyn FnMut(CtEntry),
     ) -> Result<(), ConntrackError> {
         self.seq = self.seq.wrapping_add(1);
         let mut header = NetlinkHeader::default();
@@ -233,7 +240,7 @@ impl Conntrack {
                         ..
                     }) => {
                         if let Some(entry) = entry_of(&c) {
-                            out.push(entry);
+                            out(entry);
                         }
                         if !dump {
                             return Ok(());

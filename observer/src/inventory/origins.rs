@@ -53,26 +53,35 @@ impl Origins {
         let Some(ct) = self.ct.as_mut() else {
             return 0;
         };
-        let entries = match ct.dump() {
-            Ok(e) => e,
-            Err(e) => {
-                tracing::warn!(error = %e, "dumping conntrack failed; open connections are learnt one by one as they show");
-                return 0;
-            }
-        };
+        // Each connection is judged as it is read: only the pods' own are kept (written to
+        // the kernel), whatever the size of the node's table.
         let mut n = 0;
-        for e in &entries {
+        let mut failed = 0usize;
+        let tracked = match ct.dump(|e| {
             if let Opener::Pod(key) = e.opener(|ip| dir.pods.contains_key(ip)) {
                 match maps.seed_pod_flow(&key) {
                     Ok(()) => n += 1,
-                    Err(err) => tracing::warn!(error = %err, "learning a pod's open connection"),
+                    Err(err) => {
+                        failed += 1;
+                        if failed == 1 {
+                            tracing::warn!(error = %err, "learning a pod's open connection");
+                        }
+                    }
                 }
             }
-        }
+        }) {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::warn!(error = %e, learnt = n, "dumping conntrack failed; open connections are learnt one by one as they show");
+                metrics.pod_flows_seeded.inc_by(n as u64);
+                return n;
+            }
+        };
         metrics.pod_flows_seeded.inc_by(n as u64);
         tracing::info!(
-            tracked = entries.len(),
+            tracked,
             pod_opened = n,
+            failed,
             "learnt the connections local pods had open"
         );
         n
