@@ -815,6 +815,9 @@ fn a_new_pod_elsewhere_is_no_outsider_while_its_ip_is_on_its_way() {
         // Its first connection, through a Service DNATed on its own node to pod A here.
         let started = Instant::now();
         assert!(tcp_get(&n.outside, None, pod_a, 80).1.is_ok());
+        // The kubelet's status report, `late` after the first packet: the scenario's own
+        // timeline, not a wait for something to (not) happen; the check below waits for the
+        // agent's judgement itself.
         thread::sleep(Duration::from_millis(late).saturating_sub(started.elapsed()));
         api.apply(PODS, pod("shop", &name, "api", PEER, new_pod, &[8080]));
         // The flow is judged once --peer-wait has passed: cleared, not counted, no alert.

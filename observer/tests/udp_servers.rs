@@ -94,6 +94,7 @@ fn a_busy_dns_pod_does_not_push_out_the_flows_pods_opened() {
         sent += u64::from(CHUNK);
         let deadline = Instant::now() + Duration::from_millis(500);
         while answered.load(Ordering::Relaxed) < sent * 99 / 100 && Instant::now() < deadline {
+            // Pacing the sender on the server's answers (polled), so its socket never overflows.
             std::thread::sleep(Duration::from_micros(200));
         }
     }

@@ -1,11 +1,16 @@
 //! Network namespaces made by a test: created with `ip netns add`, deleted on drop (also when
-//! the test panics). Code runs inside one on a thread of its own (`setns` is per thread).
+//! the test panics). A test process killed outright (SIGKILL, a timeout) runs no drop: the
+//! first namespace any later test process makes sweeps the namespaces of processes that are
+//! gone. Code runs inside one on a thread of its own (`setns` is per thread).
 
 use std::{
     fs::File,
     os::fd::AsRawFd,
     process::Command,
-    sync::atomic::{AtomicU32, Ordering},
+    sync::{
+        Once,
+        atomic::{AtomicU32, Ordering},
+    },
     thread,
 };
 
@@ -39,10 +44,32 @@ pub struct Netns {
 }
 
 static SEQ: AtomicU32 = AtomicU32::new(0);
+static SWEEP: Once = Once::new();
+
+/// Deletes `obs<pid>-…` namespaces whose process no longer exists (killed before its drops ran).
+fn sweep_orphans() {
+    let Ok(dir) = std::fs::read_dir("/run/netns") else {
+        return;
+    };
+    for entry in dir.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name
+            .strip_prefix("obs")
+            .and_then(|rest| rest.split('-').next())
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if pid != std::process::id() && !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = Command::new("ip").args(["netns", "del", &name]).output();
+        }
+    }
+}
 
 impl Netns {
     /// Creates `obs<pid>-<n>-<role>`, unique to this process.
     pub fn new(role: &str) -> Netns {
+        SWEEP.call_once(sweep_orphans);
         let name = format!(
             "obs{}-{}-{role}",
             std::process::id(),

@@ -6,5 +6,6 @@
 pub mod api;
 pub mod config;
 pub mod explain;
+pub mod kept;
 pub mod runtime;
 pub mod state;

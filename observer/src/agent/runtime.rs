@@ -11,6 +11,7 @@ use crate::{
     agent::{
         api,
         config::Config,
+        kept,
         state::{Shared, Snapshot},
     },
     export::alertmanager::Pusher,
@@ -22,7 +23,7 @@ use crate::{
         netlink::{NetEvent, Netlink, NodeView},
         object::{self, LoadOptions},
         staged::StagedRings,
-        state::{self, Prepared},
+        state::Prepared,
     },
     metrics::Metrics,
 };
@@ -350,56 +351,6 @@ async fn metrics_server(addr: std::net::SocketAddr, shared: Arc<Shared>) -> anyh
 }
 
 /// Runs the agent until SIGTERM or SIGINT.
-/// The state the previous agent kept (`--state-dir`), ready for the loader. Without it (none
-/// configured, no bpffs) the agent runs as before and says so: the flows pods opened are then
-/// learnt again only where conntrack knows them.
-fn kept_state(cfg: &Config) -> Option<Prepared> {
-    let dir = cfg.state_dir.as_ref()?;
-    match state::prepare(dir) {
-        Ok(p) => {
-            for d in &p.dropped {
-                tracing::warn!(
-                    map = d.map,
-                    reason = d.reason,
-                    detail = d.detail,
-                    "a map kept by a previous agent was dropped, not adopted"
-                );
-            }
-            Some(p)
-        }
-        Err(e) => {
-            tracing::warn!(error = %e, "nothing is kept across restarts");
-            None
-        }
-    }
-}
-
-fn record_kept_state(kept: Option<&Prepared>, metrics: &Metrics, maps: &Maps) {
-    for l in state::layouts() {
-        let adopted = kept.is_some_and(|k| k.adopted.contains(&l.name));
-        metrics
-            .kept_adopted
-            .with_label_values(&[l.name])
-            .set(i64::from(adopted));
-    }
-    let Some(kept) = kept else {
-        return;
-    };
-    for d in &kept.dropped {
-        metrics
-            .kept_dropped
-            .with_label_values(&[&d.map, d.reason])
-            .inc();
-    }
-    let pod_flows = maps.pod_flows().map(|f| f.len()).unwrap_or(0);
-    tracing::info!(
-        dir = %kept.dir.display(),
-        adopted = ?kept.adopted,
-        pod_flows,
-        "kept state: the flows pods opened outlive this agent"
-    );
-}
-
 pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let started = std::time::Instant::now();
     // The Kubernetes lists start first: a large cluster's take seconds, and loading the
@@ -420,7 +371,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     } else {
         None
     };
-    let kept = kept_state(&cfg);
+    let kept = kept::prepare(&cfg);
     let mut ebpf = object::load(&LoadOptions {
         nodeport_min: cfg.nodeport_min,
         nodeport_max: cfg.nodeport_max,
@@ -448,7 +399,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             cfg.attach_mode.pod_veths_name(),
         ])
         .set(1);
-    record_kept_state(kept.as_ref(), &metrics, &maps);
+    kept::record(kept.as_ref(), &metrics, &maps);
     let mut tracker = Tracker::new(TrackerConfig {
         capacity: cfg.recent_flows,
         idle: cfg.flow_idle_timeout,

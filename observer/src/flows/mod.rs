@@ -1,7 +1,8 @@
 //! The userspace side of flagged flows. This file is the tracker: events from the kernel
 //! become records with a pod and an interface, a bounded recent-flows view for the debug API,
 //! alert events (one per new direct flow, repeats folded) and the direct-access metrics with
-//! bounded labels. Beside it: `alerts` (alert lines, their folding, and the [`AlertSink`]
+//! bounded labels. Beside it: `rejudge` (flows judged again once the inventory knows more: the
+//! first sync, sources that joined late), `alerts` (alert lines, their folding, and the [`AlertSink`]
 //! the outputs implement), `merge` (staged records with what `FLOWS` holds), `series` (the
 //! direct-access metric series) and [`podcounts`] (what the kernel counted per pod when it
 //! could not hand over a flow).
@@ -19,8 +20,7 @@ use std::{
 use observer_common::{
     addr::ip_of,
     maps::{FlowEvent, FlowKey, FlowStats, origin, staged},
-    packet::{Packet, Status},
-    verdict::{Lookup, Reason, Settings, Verdict, decide},
+    verdict::{Reason, Verdict},
 };
 use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
@@ -34,6 +34,7 @@ use crate::{
 mod alerts;
 mod merge;
 pub mod podcounts;
+mod rejudge;
 mod series;
 pub use alerts::AlertSink;
 use alerts::{Fold, Scan, Target};
@@ -260,72 +261,6 @@ impl Tracker {
     /// Flows held for the first sync.
     pub fn held(&self) -> usize {
         self.records.values().filter(|r| r.held).count()
-    }
-
-    /// The first full sync is in the maps: each held flow is judged again with the same
-    /// function the kernel runs, over the maps as they are now. A flow still direct is counted
-    /// and alerted on as usual; one that is not (a peer node, a pod of another node, an
-    /// allowed source) leaves the view and the kernel table. The pod is named from the synced
-    /// directory. Returns (confirmed, cleared).
-    pub fn release_held<L: Lookup + ?Sized>(
-        &mut self,
-        lookup: &L,
-        settings: &Settings,
-        dir: &Directory,
-        maps: &Maps,
-        metrics: &Metrics,
-    ) -> (usize, usize) {
-        self.hold = false;
-        let held: Vec<FlowKey> = self
-            .order
-            .iter()
-            .filter(|k| self.records.get(k).is_some_and(|r| r.held))
-            .copied()
-            .collect();
-        let (mut confirmed, mut cleared) = (0, 0);
-        for key in held {
-            let Some(r) = self.records.get_mut(&key) else {
-                continue;
-            };
-            let p = Packet {
-                src: key.src,
-                dst: key.dst,
-                proto: key.proto,
-                sport: key.sport,
-                dport: key.dport,
-                tcp_flags: r.stats.tcp_flags,
-                flow_start: r.origin == origin::START,
-                ..Packet::EMPTY
-            };
-            let d = decide(Status::Ip, &p, settings, lookup);
-            if d.verdict.alerts() {
-                r.held = false;
-                if let Some(pod) = dir.pod_shared(&ip_of(&key.dst)) {
-                    r.pod = Some(pod);
-                }
-                confirmed += 1;
-                metrics.presync.with_label_values(&["confirmed"]).inc();
-                if !r.pending
-                    && let Some(r) = self.records.get(&key)
-                {
-                    self.announce(r);
-                }
-            } else {
-                cleared += 1;
-                metrics.presync.with_label_values(&["cleared"]).inc();
-                tracing::info!(
-                    src = %ip_of(&key.src),
-                    dst = %ip_of(&key.dst),
-                    dst_port = key.dport,
-                    verdict = d.verdict.name(),
-                    "a flow first seen before the inventory synced is not a direct access"
-                );
-                let _ = maps.remove_flow(&key);
-                self.records.remove(&key);
-                self.order.retain(|k| *k != key);
-            }
-        }
-        (confirmed, cleared)
     }
 
     /// Offers every alert line written to `sink` as well (the Alertmanager push).
@@ -641,28 +576,6 @@ impl Tracker {
         self.flush_folds(metrics);
         self.remove_gone_pods(dir, metrics);
         expired
-    }
-
-    /// Whether a direct flow's source has joined the cluster (or the allowed sources) since
-    /// its first packet: a new pod or node whose address reached the agent after the flow
-    /// began. Such a flow was never a direct access: it is counted as cleared, and the caller
-    /// drops it from the view and the kernel table (its next packets are judged anew there).
-    fn source_joined(&mut self, key: &FlowKey, dir: &Directory, metrics: &Metrics) -> bool {
-        let Some(r) = self.records.get(key) else {
-            return false;
-        };
-        let src = ip_of(&key.src);
-        if !r.verdict.alerts() || dir.joined.is_empty() || !dir.joined.contains(&src) {
-            return false;
-        }
-        metrics.direct_cleared.inc();
-        tracing::info!(
-            src = %src,
-            dst = %ip_of(&key.dst),
-            dst_port = key.dport,
-            "a direct flow's source joined the cluster after its first packets: not a direct access"
-        );
-        true
     }
 
     /// The flow's state is taken as settled: count it and raise its alert.
