@@ -72,6 +72,8 @@ pub const MAP_HEALTH: &str = "HEALTH";
 pub const MAP_POD_LOST: &str = "POD_LOST";
 /// Fragmented datagrams whose first fragment was judged.
 pub const MAP_FRAGS: &str = "FRAGS";
+/// Connections recognised by a DSR mark on their first packet.
+pub const MAP_DSR_FLOWS: &str = "DSR_FLOWS";
 /// Per pod, packets from outside whose flow could not be read.
 pub const MAP_POD_UNJUDGED: &str = "POD_UNJUDGED";
 /// Ring buffer of [`crate::maps::FlowEvent`], one per new flagged flow.
@@ -93,5 +95,7 @@ pub const GLOBAL_TRACK_MASK: &str = "TRACK_MASK";
 pub const GLOBAL_ROLE_CACHE: &str = "ROLE_CACHE_ENABLED";
 /// Records per CPU in `STAGED` (`maps::staged::slots_for` of the possible CPUs).
 pub const GLOBAL_STAGED_SLOTS: &str = "STAGED_SLOTS";
+/// Non-zero: trust Cilium's DSR marks naming a Service of the cluster (u8, load-time global).
+pub const GLOBAL_DSR_MARKS: &str = "DSR_MARKS";
 /// Non-zero: write each uplink decision into [`MAP_TRACE`] (u8, load-time global; tests only).
 pub const GLOBAL_TRACE: &str = "TRACE_ENABLED";

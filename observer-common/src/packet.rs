@@ -73,6 +73,15 @@ const IPV6_FRAGMENT: u8 = 44;
 const IPV6_AH: u8 = 51;
 const IPV6_DSTOPTS: u8 = 60;
 
+/// Cilium's DSR mark (`loadBalancer.dsrDispatch=opt`): an IPv4 option of this type, 8 bytes
+/// long, first after the fixed header, carrying the Service's port and address.
+pub const DSR_OPT_V4: u8 = 0x9a;
+pub const DSR_OPT_V4_LEN: u8 = 8;
+/// The IPv6 form: a Destination Options header of 24 bytes (header length 2) whose first option
+/// is of this type, 20 bytes long: the Service's address, its port, two bytes of padding.
+pub const DSR_OPT_V6: u8 = 0x1b;
+pub const DSR_OPT_V6_LEN: u8 = 20;
+
 pub const TCP_FIN: u8 = 0x01;
 pub const TCP_SYN: u8 = 0x02;
 pub const TCP_RST: u8 = 0x04;
@@ -129,6 +138,23 @@ pub struct Packet {
     pub has_quoted: bool,
     /// For an ICMP error: the flow of the packet it quotes, as that packet's sender sent it.
     pub quoted: FlowKey,
+    /// The frame's DSR mark ([`dsr_mark`]), as [`parse_frame`] reads it on the host. The
+    /// kernel leaves it empty and judges the mark before parsing
+    /// ([`crate::verdict::Lookup::dsr_marked`]).
+    pub dsr: Option<DsrMark>,
+}
+
+/// A DSR mark: another node's load balancer forwarded the packet with the client's address
+/// kept, and wrote the Service frontend the client addressed into it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DsrMark {
+    /// The frontend's address (IPv4 mapped), as read: byte-reversed for IPv4 by Cilium up to
+    /// 1.18 (see [`dsr_mark`]).
+    pub addr: IpKey,
+    /// The frontend's port, read likewise.
+    pub port: u16,
+    /// The protocol of the packet it marks; 0 when other IPv6 extension headers follow the mark.
+    pub proto: u8,
 }
 
 impl Packet {
@@ -148,6 +174,7 @@ impl Packet {
         flow_start: false,
         has_quoted: false,
         quoted: FlowKey::new([0; 16], [0; 16], 0, 0, 0),
+        dsr: None,
     };
 
     /// The packet's own flow key.
@@ -223,6 +250,7 @@ pub fn parse<B: Bytes + ?Sized>(b: &B, p: &mut Packet) -> Status {
 pub fn parse_frame(frame: &[u8]) -> (Status, Packet) {
     let mut p = Packet::EMPTY;
     let status = parse(frame, &mut p);
+    p.dsr = dsr_mark(frame);
     (status, p)
 }
 
@@ -326,6 +354,71 @@ fn parse_ipv6<B: Bytes + ?Sized>(b: &B, off: usize, p: &mut Packet) -> Status {
     }
     p.proto = next;
     parse_l4(b, l4, end, p)
+}
+
+/// Cilium's DSR mark of a frame (behind as many VLAN tags as [`parse`] follows), if it has one
+/// (on IPv4, only on a protocol Cilium's load balancer forwards: TCP, UDP, SCTP):
+/// - IPv4: the first option, `DSR_OPT_V4` of 8 bytes: the port, then the address. Cilium 1.12
+///   to 1.18 swap both once more than network order (`bpf_htons`/`bpf_htonl` of big-endian
+///   values), so on the little-endian nodes it runs on they are byte-reversed: read so here
+///   (the verdict also tries network order).
+/// - IPv6: a Destination Options header first after the fixed header, 24 bytes, whose first
+///   option is `DSR_OPT_V6` of 20 bytes: the address, the port (network order), padding.
+///
+/// Where Cilium puts its marks and looks for them; anything else is no mark.
+#[inline(always)]
+pub fn dsr_mark<B: Bytes + ?Sized>(b: &B) -> Option<DsrMark> {
+    let eth = b.read::<2>(12)?;
+    let mut ethertype = be16(eth[0], eth[1]);
+    let mut off = ETH_HLEN;
+    for _ in 0..MAX_VLAN_TAGS {
+        if !is_vlan(ethertype) {
+            break;
+        }
+        let tag = b.read::<2>(off + 2)?;
+        ethertype = be16(tag[0], tag[1]);
+        off += 4;
+    }
+    match ethertype {
+        ETH_P_IP => {
+            let h = b.read::<10>(off)?;
+            let o = b.read::<8>(off + 20)?;
+            let marked = h[0] >> 4 == 4
+                && (h[0] & 0x0f) as usize * 4 >= 20 + DSR_OPT_V4_LEN as usize
+                && o[0] == DSR_OPT_V4
+                && o[1] == DSR_OPT_V4_LEN;
+            (marked && forwarded(h[9])).then(|| DsrMark {
+                addr: v4_mapped([o[7], o[6], o[5], o[4]]),
+                port: u16::from_le_bytes([o[2], o[3]]),
+                proto: h[9],
+            })
+        }
+        ETH_P_IPV6 => {
+            let h = b.read::<8>(off)?;
+            let e = b.read::<24>(off + 40)?;
+            let marked = h[0] >> 4 == 6
+                && h[6] == IPV6_DSTOPTS
+                && e[1] == 2
+                && e[2] == DSR_OPT_V6
+                && e[3] == DSR_OPT_V6_LEN;
+            let mut addr = [0u8; 16];
+            addr.copy_from_slice(&e[4..20]);
+            // Cilium puts its header first, in front of any the client sent: the protocol is
+            // known here only when none did (0 otherwise; the verdict checks the packet's own).
+            marked.then_some(DsrMark {
+                addr,
+                port: be16(e[20], e[21]),
+                proto: if forwarded(e[0]) { e[0] } else { 0 },
+            })
+        }
+        _ => None,
+    }
+}
+
+/// Whether Cilium's load balancer forwards this protocol (and so may mark it).
+#[inline(always)]
+fn forwarded(proto: u8) -> bool {
+    matches!(proto, IPPROTO_TCP | IPPROTO_UDP | IPPROTO_SCTP)
 }
 
 #[inline(always)]

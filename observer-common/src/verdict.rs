@@ -5,10 +5,11 @@
 //! the same answer by construction; the differential test proves it on the real kernel.
 
 use crate::{
-    addr::IpKey,
+    addr::{IpKey, is_v4},
     maps::{FlowKey, FragKey, origin, role},
     packet::{
-        IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_SCTP, IPPROTO_TCP, IPPROTO_UDP, Packet, Status,
+        DsrMark, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_SCTP, IPPROTO_TCP, IPPROTO_UDP, Packet,
+        Status,
     },
 };
 
@@ -124,10 +125,12 @@ pub enum Reason {
     DirectOtherProtocol = 26,
     IcmpErrorForServedFlow = 27,
     DirectIcmpErrorUnseenFlow = 28,
+    DsrMarked = 29,
+    DsrFlow = 30,
 }
 
 /// Number of reasons.
-pub const REASON_COUNT: usize = 29;
+pub const REASON_COUNT: usize = 31;
 
 impl Reason {
     pub const ALL: [Reason; REASON_COUNT] = [
@@ -160,6 +163,8 @@ impl Reason {
         Reason::DirectOtherProtocol,
         Reason::IcmpErrorForServedFlow,
         Reason::DirectIcmpErrorUnseenFlow,
+        Reason::DsrMarked,
+        Reason::DsrFlow,
     ];
 
     /// The reason of a map byte, if it is one.
@@ -235,6 +240,12 @@ impl Reason {
             Reason::DirectIcmpErrorUnseenFlow => {
                 "an ICMP error from outside the cluster about a flow this node never saw (who opened that flow is unknown)"
             }
+            Reason::DsrMarked => {
+                "forwarded by another node's load balancer in DSR mode: it carries the mark of a Service this cluster has"
+            }
+            Reason::DsrFlow => {
+                "a later packet of a connection whose first packet carried a DSR mark of a Service"
+            }
         }
     }
 }
@@ -272,6 +283,18 @@ pub trait Lookup {
     /// Whether the first fragment of this datagram was judged a reply or a direct access
     /// (`FRAGS`), so its other fragments need no judgement of their own.
     fn fragment_judged(&self, key: &FragKey) -> bool;
+    /// Whether this connection's first packet carried a recognised DSR mark (`DSR_FLOWS`); the
+    /// key is as the client sent it.
+    fn dsr_flow(&self, key: &FlowKey) -> bool;
+    /// Whether the packet carries a DSR mark naming a frontend of this cluster
+    /// ([`dsr_names_frontend`]). The host judges the mark the parser kept ([`Packet::dsr`]);
+    /// the kernel judges the frame's mark before parsing it, in the program's one first
+    /// state rather than once per packet shape the parse makes, and answers from that.
+    #[inline(always)]
+    fn dsr_marked(&self, p: &Packet, settings: &Settings) -> bool {
+        p.dsr
+            .is_some_and(|m| dsr_names_frontend(&m, settings, self))
+    }
     /// The roles of an address: the exact map first, the CIDR trie only on a miss. The kernel
     /// answers repeated addresses from a per-CPU cache in front of both.
     #[inline(always)]
@@ -294,6 +317,16 @@ pub fn uncached_roles<L: Lookup + ?Sized>(l: &L, addr: &IpKey) -> u32 {
 pub struct Settings {
     pub nodeport_min: u16,
     pub nodeport_max: u16,
+    /// Trust Cilium's DSR marks (`--dsr-marks`): a marked packet naming a Service this cluster
+    /// has, and its connection's later packets, are Service traffic.
+    pub dsr_marks: bool,
+}
+
+impl Settings {
+    #[inline(always)]
+    fn nodeport(&self, port: u16, proto: u8, l: &(impl Lookup + ?Sized)) -> bool {
+        (port >= self.nodeport_min && port <= self.nodeport_max) || l.nodeport(port, proto)
+    }
 }
 
 /// The verdict of a packet entering the node on an uplink, before any DNAT, from what
@@ -315,13 +348,10 @@ pub fn decide<L: Lookup + ?Sized>(
     }
     let dst = l.roles(&p.dst);
     if dst & role::LOCAL_POD != 0 {
-        return to_local_pod(p, l);
+        return to_local_pod(p, settings, l);
     }
     if dst & role::NODE != 0 {
-        if p.has_ports()
-            && ((p.dport >= settings.nodeport_min && p.dport <= settings.nodeport_max)
-                || l.nodeport(p.dport, p.proto))
-        {
+        if p.has_ports() && settings.nodeport(p.dport, p.proto, l) {
             return Decision::of(Verdict::NodePort, Reason::DstNodePort);
         }
         return Decision::of(Verdict::Host, Reason::DstNodeAddress);
@@ -333,7 +363,7 @@ pub fn decide<L: Lookup + ?Sized>(
 }
 
 #[inline(always)]
-fn to_local_pod<L: Lookup + ?Sized>(p: &Packet, l: &L) -> Decision {
+fn to_local_pod<L: Lookup + ?Sized>(p: &Packet, settings: &Settings, l: &L) -> Decision {
     let src = l.roles(&p.src);
     if src & role::CLUSTER != 0 {
         return Decision::of(Verdict::InCluster, Reason::SrcInCluster);
@@ -344,7 +374,57 @@ fn to_local_pod<L: Lookup + ?Sized>(p: &Packet, l: &L) -> Decision {
     if src & role::ALLOWED != 0 {
         return Decision::of(Verdict::Allowed, Reason::SrcAllowed);
     }
+    if settings.dsr_marks && p.has_ports() && l.dsr_marked(p, settings) {
+        return Decision::of(Verdict::Service, Reason::DsrMarked);
+    }
+    // A later packet of a connection whose first packet was marked.
+    if settings.dsr_marks
+        && matches!(p.proto, IPPROTO_TCP | IPPROTO_SCTP)
+        && !p.flow_start
+        && l.dsr_flow(&p.key())
+    {
+        return Decision::of(Verdict::Service, Reason::DsrFlow);
+    }
     Decision::of(Verdict::DirectToPod, direct_reason(p))
+}
+
+/// Whether a DSR mark names a frontend of this cluster ([`dsr_frontend`]), read as Cilium up to
+/// 1.18 writes it or, for IPv4, in network order (newer Cilium's test fixtures).
+#[inline(always)]
+pub fn dsr_names_frontend<L: Lookup + ?Sized>(m: &DsrMark, settings: &Settings, l: &L) -> bool {
+    if dsr_frontend(&m.addr, m.port, m.proto, settings, l) {
+        return true;
+    }
+    if !is_v4(&m.addr) {
+        return false;
+    }
+    let mut addr = m.addr;
+    addr.swap(12, 15);
+    addr.swap(13, 14);
+    dsr_frontend(&addr, m.port.swap_bytes(), m.proto, settings, l)
+}
+
+/// Whether a DSR mark's address and port are a frontend of this cluster: a Service address, or
+/// a cluster address on a NodePort.
+#[inline(always)]
+pub fn dsr_frontend<L: Lookup + ?Sized>(
+    addr: &IpKey,
+    port: u16,
+    proto: u8,
+    settings: &Settings,
+    l: &L,
+) -> bool {
+    // Uncached: marked packets are few, and the cache's code is not inlined again.
+    let roles = uncached_roles(l, addr);
+    roles & role::SERVICE != 0
+        || (roles & (role::NODE | role::CLUSTER) != 0 && settings.nodeport(port, proto, l))
+}
+
+/// Whether the uplink remembers this packet's flow in `DSR_FLOWS`: a recognised mark on a
+/// connection's first packet, whose later packets carry none.
+#[inline(always)]
+pub fn remember_dsr(p: &Packet, d: &Decision) -> bool {
+    d.reason as u8 == Reason::DsrMarked as u8 && matches!(p.proto, IPPROTO_TCP | IPPROTO_SCTP)
 }
 
 /// Whether the packet answers a flow a local pod opened, and how.

@@ -32,10 +32,10 @@ fn every_row_gets_its_verdict_on_both_layouts() {
         }
     }
     // Rows 1-17 all have cases, and of rows 18-24 those a frame at the uplink can show (20:
-    // ICMP errors). The others are timelines (18: an IP reaching the inventory late, 19: an
+    // ICMP errors, 24: DSR marks). The others are timelines (18: an IP reaching the inventory late, 19: an
     // agent restart), the pod side (21: a UDP server's answers), routing (22: branch ENIs) or
     // the API (23), tested end to end in the agent's tests.
-    assert_eq!(rows_seen, (1..=17).chain([20]).collect());
+    assert_eq!(rows_seen, (1..=17).chain([20, 24]).collect());
     assert!(checked > 300, "{checked} cases");
 }
 
@@ -139,6 +139,7 @@ fn nodeport_range_is_a_setting() {
     let narrow = observer_common::verdict::Settings {
         nodeport_min: 31000,
         nodeport_max: 31100,
+        ..observer_common::testing::scenarios::SETTINGS
     };
     assert_eq!(
         decide(status, &p, &narrow, &l.inventory).verdict,
@@ -148,4 +149,35 @@ fn nodeport_range_is_a_setting() {
         decide(status, &p, &SETTINGS, &l.inventory).verdict,
         Verdict::NodePort
     );
+}
+
+/// Row 24 holds only where the marks are trusted (`--dsr-marks`): with them off, every marked
+/// packet from outside to a pod is what it would be unmarked, a direct access.
+#[test]
+fn dsr_marks_count_only_when_trusted() {
+    let off = observer_common::verdict::Settings {
+        dsr_marks: false,
+        ..SETTINGS
+    };
+    for l in [vpc_cni(), calico()] {
+        let marked: Vec<_> = l.cases.iter().filter(|c| c.row == "24").collect();
+        assert_eq!(marked.len(), 7, "{}", l.name);
+        for c in marked {
+            let (status, p) = parse_frame(&c.bytes);
+            assert_eq!(
+                decide(status, &p, &SETTINGS, &l.inventory).verdict,
+                Verdict::Service,
+                "{}: {}",
+                l.name,
+                c.what
+            );
+            assert_eq!(
+                decide(status, &p, &off, &l.inventory).verdict,
+                Verdict::DirectToPod,
+                "{}: {} with the marks off",
+                l.name,
+                c.what
+            );
+        }
+    }
 }

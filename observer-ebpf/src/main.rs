@@ -10,6 +10,7 @@
 )]
 
 mod atomic;
+mod dsr;
 mod maps;
 mod pod;
 mod skb;

@@ -19,6 +19,7 @@
 //! | `EVENTS` | ring buffer | `FlowEvent` per new flagged flow, submitted without a wakeup (the agent polls) | uplink | agent |
 //! | `POD_LOST` | hash | pod address → u64 flagged flows to it whose event (or table entry) was lost | uplink (only then) | agent |
 //! | `FRAGS` | LRU hash | `FragKey` of a fragmented datagram → verdict of its first fragment (reply or direct only) | uplink | uplink (non-first fragments) |
+//! | `DSR_FLOWS` | LRU hash | 5-tuple as the client sent it → first-seen ns, of a connection whose first packet carried a recognised DSR mark | uplink | uplink (its later packets) |
 //! | `POD_UNJUDGED` | hash | pod address → `PodUnjudged` packets from outside to it whose flow could not be read (tiny fragments, header chains, unmatched fragments) | uplink (only then) | agent |
 //! | `TRACE` | per-CPU array | 0 → `TraceRecord`, only with `TRACE_ENABLED` | uplink | tests |
 //! | `STAGED` | array, mmapped, a ring per CPU | slot → `FlowEvent`: a pure SYN of a flagged flow (not in `FLOWS`), or the pod's answer to one | uplink (SYN), pod veths, uplink egress (marks) | agent (every 20 ms) |
@@ -122,6 +123,11 @@ pub static POD_LOST: HashMap<IpKey, u64> = HashMap::with_max_entries(16_384, 0);
 #[map]
 pub static FRAGS: LruHashMap<FragKey, u32> = LruHashMap::with_max_entries(8_192, 0);
 
+/// Connections another node's load balancer forwarded in DSR mode, recognised by the mark on
+/// their first packet (only with `DSR_MARKS`): their later packets carry no mark.
+#[map]
+pub static DSR_FLOWS: LruHashMap<FlowKey, u64> = LruHashMap::with_max_entries(65_536, 0);
+
 /// Per local pod address, packets from outside the cluster whose flow the parser could not read
 /// ([`observer_common::verdict::unjudged`]): a connection hidden in tiny fragments or behind a
 /// long header chain is still counted against the pod it reached.
@@ -159,6 +165,9 @@ static TRACK_MASK: u32 = 1 << 9;
 static TRACE_ENABLED: u8 = 0;
 #[unsafe(no_mangle)]
 static ROLE_CACHE_ENABLED: u8 = 1;
+/// Non-zero: trust Cilium's DSR marks that name a Service of the cluster.
+#[unsafe(no_mangle)]
+static DSR_MARKS: u8 = 0;
 /// Records per CPU in `STAGED` (a power of two, `staged::slots_for`).
 #[unsafe(no_mangle)]
 static STAGED_SLOTS: u32 = staged::MIN_SLOTS;
@@ -178,6 +187,12 @@ pub fn nodeport_range() -> (u16, u16) {
             core::ptr::read_volatile(&NODEPORT_MAX),
         )
     }
+}
+
+#[inline(always)]
+pub fn dsr_marks() -> bool {
+    // SAFETY: as above.
+    unsafe { core::ptr::read_volatile(&DSR_MARKS) != 0 }
 }
 
 #[inline(always)]
@@ -366,6 +381,11 @@ impl Lookup for Maps {
     #[inline(always)]
     fn fragment_judged(&self, key: &FragKey) -> bool {
         FRAGS.get_ptr(key).is_some()
+    }
+
+    #[inline(always)]
+    fn dsr_flow(&self, key: &FlowKey) -> bool {
+        DSR_FLOWS.get_ptr(key).is_some()
     }
 
     #[inline(always)]

@@ -7,33 +7,45 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use observer_common::{
+    addr::IpKey,
     maps::{
-        FlowEvent, FlowStats, events, health, origin, proto_class, proto_class_of, staged,
-        stats_index,
+        FlowEvent, FlowKey, FlowStats, FragKey, events, health, origin, proto_class,
+        proto_class_of, staged, stats_index,
     },
     packet::{IPPROTO_TCP, Packet, Status, parse},
-    verdict::{Decision, Settings, Verdict, decide, origin_of, remember_fragment, unjudged},
+    verdict::{
+        Decision, Lookup, Settings, Verdict, decide, origin_of, remember_dsr, remember_fragment,
+        unjudged,
+    },
 };
 
 use crate::{
     atomic,
     maps::{
-        EVENTS, FLAGGED_PORTS, FLOWS, FRAGS, Maps, TRACE, VERDICT_STATS, health, last_seen_clock,
-        mark_port, nodeport_range, pod_lost, pod_unjudged, set_flagged, trace_enabled, track_mask,
+        DSR_FLOWS, EVENTS, FLAGGED_PORTS, FLOWS, FRAGS, Maps, TRACE, VERDICT_STATS, dsr_marks,
+        health, last_seen_clock, mark_port, nodeport_range, pod_lost, pod_unjudged, set_flagged,
+        trace_enabled, track_mask,
     },
     skb::{Skb, ifindex},
 };
 
 #[inline(always)]
 pub fn observe(ctx: &TcContext) {
-    let mut p = Packet::EMPTY;
-    let status = parse(&Skb(ctx), &mut p);
     let (nodeport_min, nodeport_max) = nodeport_range();
     let settings = Settings {
         nodeport_min,
         nodeport_max,
+        dsr_marks: dsr_marks(),
     };
-    let d = decide(status, &p, &settings, &Maps);
+    // The mark is judged first, by a function the verifier checks on its own and whose answer
+    // it cannot know: judged inline after the parse, its lookups were walked once per packet
+    // shape, and their outcomes parted the rest of the program (twice the whole program).
+    let view = View {
+        dsr_marked: crate::dsr::judge(ctx, settings.dsr_marks),
+    };
+    let mut p = Packet::EMPTY;
+    let status = parse(&Skb(ctx), &mut p);
+    let d = decide(status, &p, &settings, &view);
     let len = ctx.len();
     if status == Status::Ip {
         count(&d, proto_class_of(p.proto), len, p.flow_start);
@@ -43,12 +55,17 @@ pub fn observe(ctx: &TcContext) {
         if remember_fragment(&p, &d) {
             let _ = FRAGS.insert(&p.frag_key(), &(d.verdict as u32), 0);
         }
+        if remember_dsr(&p, &d) {
+            // SAFETY: a helper without preconditions.
+            let now = unsafe { bpf_ktime_get_coarse_ns() };
+            let _ = DSR_FLOWS.insert(&p.key(), &now, 0);
+        }
     } else {
         count(&d, proto_class::OTHER, len, false);
     }
     // Only malformed and fragment packets pay for this.
     if matches!(d.verdict, Verdict::Malformed | Verdict::Fragment)
-        && let Some(kind) = unjudged(status, &p, &Maps)
+        && let Some(kind) = unjudged(status, &p, &view)
     {
         pod_unjudged(&p.dst, kind);
     }
@@ -63,6 +80,51 @@ pub fn observe(ctx: &TcContext) {
         d.reason as u8,
         p.proto
     );
+}
+
+/// The verdict's view at the uplink: the maps, and the frame's DSR mark judged before parsing.
+struct View {
+    /// Non-zero: the frame's mark names a frontend. A number the verifier does not know.
+    dsr_marked: u32,
+}
+
+impl Lookup for View {
+    #[inline(always)]
+    fn exact_roles(&self, addr: &IpKey) -> Option<u32> {
+        Maps.exact_roles(addr)
+    }
+    #[inline(always)]
+    fn cidr_roles(&self, addr: &IpKey) -> u32 {
+        Maps.cidr_roles(addr)
+    }
+    #[inline(always)]
+    fn pod_flow(&self, key: &FlowKey) -> bool {
+        Maps.pod_flow(key)
+    }
+    #[inline(always)]
+    fn served_flow(&self, key: &FlowKey) -> bool {
+        Maps.served_flow(key)
+    }
+    #[inline(always)]
+    fn nodeport(&self, port: u16, proto: u8) -> bool {
+        Maps.nodeport(port, proto)
+    }
+    #[inline(always)]
+    fn fragment_judged(&self, key: &FragKey) -> bool {
+        Maps.fragment_judged(key)
+    }
+    #[inline(always)]
+    fn dsr_flow(&self, key: &FlowKey) -> bool {
+        Maps.dsr_flow(key)
+    }
+    #[inline(always)]
+    fn dsr_marked(&self, _p: &Packet, _settings: &Settings) -> bool {
+        self.dsr_marked != 0
+    }
+    #[inline(always)]
+    fn roles(&self, addr: &IpKey) -> u32 {
+        Maps.roles(addr)
+    }
 }
 
 #[inline(always)]

@@ -19,6 +19,10 @@ pub const SOCKET: &str = "/run/observer/observer.sock";
 pub const STATE_DIR: &str = "/sys/fs/bpf/observer";
 /// auto: TCX on Linux >= 6.6, clsact/netlink before.
 pub const ATTACH_MODE: &str = "auto";
+/// Which DSR marks to trust (`--dsr-marks`): Cilium's when this node runs Cilium.
+pub const DSR_MARKS: &str = "auto";
+/// The interface Cilium creates on every node it runs (any routing, any load-balancer mode).
+pub const CILIUM_IFACE: &str = "cilium_host";
 /// auto: use the Kubernetes API when in-cluster config or KUBECONFIG is found.
 pub const KUBERNETES: &str = "auto";
 pub const KUBERNETES_PODS: &str = "all";

@@ -40,6 +40,7 @@ const UNSPEC: u32 = u32::MAX;
 fn load(layout: &Layout) -> (Ebpf, Maps) {
     let mut ebpf = object::load(&LoadOptions {
         trace: true,
+        dsr_marks: SETTINGS.dsr_marks,
         ..LoadOptions::default()
     })
     .expect("loading the eBPF object (this test needs root and a kernel that runs eBPF)");
@@ -105,6 +106,9 @@ impl Lookup for HostView<'_> {
     }
     fn fragment_judged(&self, key: &FragKey) -> bool {
         self.inv.fragment_judged(key)
+    }
+    fn dsr_flow(&self, key: &FlowKey) -> bool {
+        self.flows.dsr_flow(key)
     }
 }
 
@@ -262,8 +266,14 @@ fn structured(rng: &mut Rng, addrs4: &[String], addrs6: &[String]) -> Vec<u8> {
     if rng.below(5) == 0 {
         f = f.vlan(rng.below(4095) as u16);
     }
+    // A DSR mark naming one of the layout's addresses (a Service, a node) or a random one.
+    if rng.below(6) == 0 {
+        let frontend = addr(rng);
+        f = f.cilium_dsr(&frontend, port(rng));
+    }
     if !v6 && rng.below(5) == 0 {
-        f = f.ipv4_options(rng.below(11) as u8);
+        let most = if f.dsr.is_some() { 8 } else { 10 };
+        f = f.ipv4_options(rng.below(most + 1) as u8);
     }
     if v6 && rng.below(4) == 0 {
         let ext: Vec<u8> = (0..rng.below(8))

@@ -3,7 +3,9 @@
 
 use std::{net::IpAddr, vec::Vec};
 
-use crate::packet::{ETH_P_8021Q, ETH_P_IP, ETH_P_IPV6};
+use crate::packet::{
+    DSR_OPT_V4, DSR_OPT_V4_LEN, DSR_OPT_V6, DSR_OPT_V6_LEN, ETH_P_8021Q, ETH_P_IP, ETH_P_IPV6,
+};
 
 /// The upper-layer header of a crafted packet.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -54,6 +56,11 @@ pub struct Frame {
     pub fragment_offset: u16,
     pub more_fragments: bool,
     pub payload: Vec<u8>,
+    /// Cilium's DSR mark with this Service address and port: the first IPv4 option, or a first
+    /// IPv6 Destination Options header.
+    pub dsr: Option<(IpAddr, u16)>,
+    /// The IPv4 mark in network byte order (as newer Cilium test fixtures write it).
+    pub dsr_network_order: bool,
 }
 
 fn ip(s: &str) -> IpAddr {
@@ -75,6 +82,8 @@ impl Frame {
             fragment_offset: 0,
             more_fragments: false,
             payload: Vec::new(),
+            dsr: None,
+            dsr_network_order: false,
         }
     }
 
@@ -112,6 +121,46 @@ impl Frame {
     pub fn ipv6_ext(mut self, types: &[u8]) -> Self {
         self.ipv6_ext = types.to_vec();
         self
+    }
+
+    /// Marks the packet as Cilium's DSR dispatch does (`loadBalancer.dsrDispatch=opt`).
+    pub fn cilium_dsr(mut self, service: &str, port: u16) -> Self {
+        let service = ip(service);
+        assert_eq!(
+            service.is_ipv4(),
+            self.v4(),
+            "the mark is of the packet's family"
+        );
+        self.dsr = Some((service, port));
+        self
+    }
+
+    /// As [`Frame::cilium_dsr`], with the IPv4 mark's fields in network byte order.
+    pub fn cilium_dsr_network_order(mut self, service: &str, port: u16) -> Self {
+        self.dsr_network_order = true;
+        self.cilium_dsr(service, port)
+    }
+
+    /// The IPv4 option bytes: the DSR mark, then `ipv4_option_words` of NOPs.
+    fn ipv4_option_bytes(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        if let Some((IpAddr::V4(a), port)) = self.dsr {
+            // Cilium (1.12 to 1.18 at least) swaps the big-endian port and address once more
+            // into the option: byte-reversed on the little-endian nodes it runs on.
+            out.extend([DSR_OPT_V4, DSR_OPT_V4_LEN]);
+            if self.dsr_network_order {
+                out.extend(port.to_be_bytes());
+                out.extend(a.octets());
+            } else {
+                out.extend(port.to_le_bytes());
+                out.extend(u32::from(a).to_le_bytes());
+            }
+        }
+        out.extend(std::iter::repeat_n(
+            1u8,
+            self.ipv4_option_words as usize * 4,
+        ));
+        out
     }
 
     pub fn fragment(mut self, offset: u16, more: bool) -> Self {
@@ -210,7 +259,7 @@ impl Frame {
     pub fn header_len(&self) -> usize {
         let l2 = 14 + 4 * self.vlans.len();
         let l3 = if self.v4() {
-            20 + 4 * self.ipv4_option_words as usize
+            20 + self.ipv4_option_bytes().len()
         } else {
             40 + self.ipv6_ext_bytes().len()
         };
@@ -227,8 +276,17 @@ impl Frame {
         l2 + l3 + l4
     }
 
+    /// The extension headers: the DSR mark's Destination Options first (where Cilium puts it),
+    /// then `ipv6_ext`.
     fn ipv6_ext_bytes(&self) -> Vec<u8> {
         let mut out = Vec::new();
+        if let Some((IpAddr::V6(a), port)) = self.dsr {
+            let next = self.ipv6_ext.first().copied().unwrap_or(self.proto());
+            out.extend([next, 2, DSR_OPT_V6, DSR_OPT_V6_LEN]);
+            out.extend(a.octets());
+            out.extend(port.to_be_bytes());
+            out.extend([0, 0]);
+        }
         for (i, ty) in self.ipv6_ext.iter().enumerate() {
             let next = self.ipv6_ext.get(i + 1).copied().unwrap_or(self.proto());
             match ty {
@@ -255,7 +313,8 @@ impl Frame {
         upper.extend(&self.payload);
         match (self.src, self.dst) {
             (IpAddr::V4(s), IpAddr::V4(d)) => {
-                let ihl = 5 + self.ipv4_option_words as usize;
+                let options = self.ipv4_option_bytes();
+                let ihl = 5 + options.len() / 4;
                 let total = (ihl * 4 + upper.len()) as u16;
                 let frag = self.fragment_offset | if self.more_fragments { 0x2000 } else { 0 };
                 let mut h = vec![0x40 | ihl as u8, 0];
@@ -265,10 +324,7 @@ impl Frame {
                 h.extend([64, self.proto(), 0, 0]);
                 h.extend(s.octets());
                 h.extend(d.octets());
-                h.extend(std::iter::repeat_n(
-                    1u8,
-                    self.ipv4_option_words as usize * 4,
-                ));
+                h.extend(options);
                 let sum = checksum(&h);
                 h[10..12].copy_from_slice(&sum.to_be_bytes());
                 h.extend(upper);
@@ -285,7 +341,9 @@ impl Frame {
                 } else {
                     self.ipv6_ext_bytes()
                 };
-                let first = if self.ipv6_ext.is_empty() && self.fragment_offset == 0 {
+                let first = if self.dsr.is_some() {
+                    60
+                } else if self.ipv6_ext.is_empty() && self.fragment_offset == 0 {
                     self.proto()
                 } else if self.ipv6_ext.is_empty() {
                     44

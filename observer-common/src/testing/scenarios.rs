@@ -21,6 +21,7 @@ use crate::{
 pub const SETTINGS: Settings = Settings {
     nodeport_min: 30000,
     nodeport_max: 32767,
+    dsr_marks: true,
 };
 
 /// One frame of a row and the verdict it must get.
@@ -142,6 +143,8 @@ pub fn vpc_cni() -> Layout {
     // target answering clients whose addresses it keeps).
     inv.add_served_flow(flow_key(INTERNET, POD_A, 51100, 8443, 6));
     inv.add_served_flow(flow_key(INTERNET6, POD6, 51101, 8443, 6));
+    // Row 24: a connection whose SYN carried a DSR mark (what the marked SYN's case makes).
+    inv.add_dsr_flow(flow_key(INTERNET, POD_A, 51200, 8080, 6));
     let cases = rows(&Addrs {
         node: NODE_ETH0,
         node_second: NODE_ETH1,
@@ -193,6 +196,8 @@ pub fn calico() -> Layout {
     // target answering clients whose addresses it keeps).
     inv.add_served_flow(flow_key(INTERNET, POD_A, 51100, 8443, 6));
     inv.add_served_flow(flow_key(INTERNET6, POD6, 51101, 8443, 6));
+    // Row 24: a connection whose SYN carried a DSR mark (what the marked SYN's case makes).
+    inv.add_dsr_flow(flow_key(INTERNET, POD_A, 51200, 8080, 6));
     let cases = rows(&Addrs {
         node: NODE,
         node_second: VXLAN,
@@ -406,6 +411,72 @@ fn rows(a: &Addrs) -> Vec<Case> {
                     quoted: Frame::tcp(a.pod, a.internet, 8443, 51199, data).ip_packet(),
                 },
             ),
+            DirectToPod,
+        ),
+        case(
+            "24",
+            "a client's SYN forwarded by Cilium DSR, marked with a Service address",
+            Frame::tcp(a.internet, a.pod, 51200, 8080, syn).cilium_dsr(a.service, 80),
+            Service,
+        ),
+        case(
+            "24",
+            "the next segment of that DSR connection, unmarked",
+            Frame::tcp(a.internet, a.pod, 51200, 8080, data),
+            Service,
+        ),
+        case(
+            "24",
+            "a SYN marked with a node address on a NodePort (DSR NodePort)",
+            Frame::tcp(a.internet, a.pod, 51201, 8080, syn).cilium_dsr(a.node, 30080),
+            Service,
+        ),
+        case(
+            "24",
+            "a SYN marked in network byte order (newer Cilium)",
+            Frame::tcp(a.internet, a.pod, 51208, 8080, syn).cilium_dsr_network_order(a.service, 80),
+            Service,
+        ),
+        case(
+            "24",
+            "a SYN marked with another node's address on a NodePort (it took the client's packet)",
+            Frame::tcp(a.internet, a.pod, 51209, 8080, syn).cilium_dsr(a.peer_node, 31000),
+            Service,
+        ),
+        case(
+            "24",
+            "a UDP datagram forwarded by Cilium DSR (every datagram is marked)",
+            Frame::udp(a.internet, a.pod, 51202, 53).cilium_dsr(a.service, 53),
+            Service,
+        ),
+        case(
+            "24",
+            "an IPv6 SYN marked (destination option) with a node address on a NodePort",
+            Frame::tcp(a.internet6, a.pod6, 51203, 8080, syn).cilium_dsr(a.node6, 30080),
+            Service,
+        ),
+        case(
+            "1",
+            "a forged DSR mark naming no Service of the cluster",
+            Frame::tcp(a.internet, a.pod, 51204, 8080, syn).cilium_dsr(a.internet, 80),
+            DirectToPod,
+        ),
+        case(
+            "1",
+            "a forged DSR mark naming a node address off any NodePort",
+            Frame::tcp(a.internet, a.pod, 51205, 22, syn).cilium_dsr(a.node, 22),
+            DirectToPod,
+        ),
+        case(
+            "1",
+            "a forged IPv6 DSR mark naming the client itself",
+            Frame::tcp(a.internet6, a.pod6, 51206, 8080, syn).cilium_dsr(a.internet6, 80),
+            DirectToPod,
+        ),
+        case(
+            "1",
+            "a segment of a flow whose SYN was never marked",
+            Frame::tcp(a.internet, a.pod, 51207, 8080, data),
             DirectToPod,
         ),
         case(
@@ -675,9 +746,11 @@ pub fn variants(c: &Case) -> Vec<Case> {
             f.clone().ipv4_options(3),
             c.expect,
         );
+        // The most options a header holds (a DSR mark takes two words of them).
+        let most = if f.dsr.is_some() { 8 } else { 10 };
         push(
-            "IPv4 with 10 option words",
-            f.clone().ipv4_options(10).vlan(7),
+            "IPv4 with the most option words",
+            f.clone().ipv4_options(most).vlan(7),
             c.expect,
         );
         push(

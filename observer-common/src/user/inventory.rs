@@ -26,6 +26,7 @@ pub struct Inventory {
     served_flows: BTreeSet<FlowKey>,
     nodeports: BTreeSet<(u16, u8)>,
     fragments: BTreeSet<FragKey>,
+    dsr_flows: BTreeSet<FlowKey>,
 }
 
 impl Inventory {
@@ -66,6 +67,12 @@ impl Inventory {
     /// Records a datagram whose first fragment was judged (what `FRAGS` holds).
     pub fn add_fragment(&mut self, key: FragKey) {
         self.fragments.insert(key);
+    }
+
+    /// Records a connection whose first packet carried a recognised DSR mark (what `DSR_FLOWS`
+    /// holds), keyed as the client sent it.
+    pub fn add_dsr_flow(&mut self, key: FlowKey) {
+        self.dsr_flows.insert(key);
     }
 
     /// The roles of every CIDR containing the key.
@@ -141,6 +148,10 @@ impl Lookup for Inventory {
 
     fn fragment_judged(&self, key: &FragKey) -> bool {
         self.fragments.contains(key)
+    }
+
+    fn dsr_flow(&self, key: &FlowKey) -> bool {
+        self.dsr_flows.contains(key)
     }
 }
 

@@ -372,9 +372,16 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         None
     };
     let kept = kept::prepare(&cfg);
+    let dsr_marks = cfg.dsr_marks.resolve();
+    tracing::info!(
+        setting = cfg.dsr_marks.name(),
+        trusted = if dsr_marks { "cilium" } else { "none" },
+        "DSR marks"
+    );
     let mut ebpf = object::load(&LoadOptions {
         nodeport_min: cfg.nodeport_min,
         nodeport_max: cfg.nodeport_max,
+        dsr_marks,
         flow_table_entries: cfg.flow_table_entries,
         address_table_entries: cfg.address_table_entries,
         programs: cfg.attach_mode.programs(),
@@ -390,6 +397,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let settings = Settings {
         nodeport_min: cfg.nodeport_min,
         nodeport_max: cfg.nodeport_max,
+        dsr_marks,
     };
     let metrics = Arc::new(Metrics::new());
     metrics

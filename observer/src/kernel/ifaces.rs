@@ -61,6 +61,15 @@ impl fmt::Display for Pattern {
     }
 }
 
+/// Whether this network namespace has an interface of this name.
+pub fn exists(name: &str) -> bool {
+    let Ok(c) = std::ffi::CString::new(name) else {
+        return false;
+    };
+    // SAFETY: a valid NUL-terminated string; the call reads it only.
+    unsafe { libc::if_nametoindex(c.as_ptr()) != 0 }
+}
+
 /// Our program names as the kernel shows them (truncated to 15 bytes).
 fn is_ours(name: &str) -> bool {
     observer_common::names::PROGRAMS

@@ -25,9 +25,9 @@ use observer_common::{
         VerdictStats, health, port_bit, proto_class,
     },
     names::{
-        MAP_CIDR_ROLES, MAP_CLOCK, MAP_EVENTS, MAP_FLAGGED_PORTS, MAP_FLOWS, MAP_FRAGS, MAP_HEALTH,
-        MAP_IP_ROLES, MAP_NODEPORTS, MAP_POD_FLOWS, MAP_POD_LOST, MAP_POD_PORTS, MAP_POD_UNJUDGED,
-        MAP_ROLES_GENERATION, MAP_TRACE, MAP_VERDICT_STATS,
+        MAP_CIDR_ROLES, MAP_CLOCK, MAP_DSR_FLOWS, MAP_EVENTS, MAP_FLAGGED_PORTS, MAP_FLOWS,
+        MAP_FRAGS, MAP_HEALTH, MAP_IP_ROLES, MAP_NODEPORTS, MAP_POD_FLOWS, MAP_POD_LOST,
+        MAP_POD_PORTS, MAP_POD_UNJUDGED, MAP_ROLES_GENERATION, MAP_TRACE, MAP_VERDICT_STATS,
     },
     user::{Cidr, Inventory},
     verdict::{Lookup, VERDICT_COUNT, Verdict},
@@ -102,6 +102,7 @@ pub struct Maps {
     pod_lost: Mutex<HashMap<MapData, IpKey, u64>>,
     pod_unjudged: Mutex<HashMap<MapData, IpKey, PodUnjudged>>,
     frags: Mutex<HashMap<MapData, FragKey, u32>>,
+    dsr_flows: Mutex<HashMap<MapData, FlowKey, u64>>,
     verdict_stats: PerCpuArray<MapData, VerdictStats>,
     health: PerCpuArray<MapData, u64>,
     trace: PerCpuArray<MapData, TraceRecord>,
@@ -131,6 +132,7 @@ impl Maps {
             pod_lost: Mutex::new(take(ebpf, MAP_POD_LOST)?),
             pod_unjudged: Mutex::new(take(ebpf, MAP_POD_UNJUDGED)?),
             frags: Mutex::new(take(ebpf, MAP_FRAGS)?),
+            dsr_flows: Mutex::new(take(ebpf, MAP_DSR_FLOWS)?),
             verdict_stats: take(ebpf, MAP_VERDICT_STATS)?,
             health: take(ebpf, MAP_HEALTH)?,
             trace: take(ebpf, MAP_TRACE)?,
@@ -502,6 +504,10 @@ impl Lookup for Maps {
 
     fn fragment_judged(&self, key: &FragKey) -> bool {
         lock(&self.frags).get(key, 0).is_ok()
+    }
+
+    fn dsr_flow(&self, key: &FlowKey) -> bool {
+        lock(&self.dsr_flows).get(key, 0).is_ok()
     }
 }
 

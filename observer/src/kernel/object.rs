@@ -6,9 +6,9 @@ use aya::{
 };
 use observer_common::{
     names::{
-        GLOBAL_NODEPORT_MAX, GLOBAL_NODEPORT_MIN, GLOBAL_ROLE_CACHE, GLOBAL_STAGED_SLOTS,
-        GLOBAL_TRACE, GLOBAL_TRACK_MASK, MAP_FLOWS, MAP_IP_ROLES, MAP_STAGED, MAP_STAGED_POSITIONS,
-        PROGRAMS,
+        GLOBAL_DSR_MARKS, GLOBAL_NODEPORT_MAX, GLOBAL_NODEPORT_MIN, GLOBAL_ROLE_CACHE,
+        GLOBAL_STAGED_SLOTS, GLOBAL_TRACE, GLOBAL_TRACK_MASK, MAP_FLOWS, MAP_IP_ROLES, MAP_STAGED,
+        MAP_STAGED_POSITIONS, PROGRAMS,
     },
     verdict::Verdict,
 };
@@ -21,6 +21,8 @@ pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), 
 pub struct LoadOptions {
     pub nodeport_min: u16,
     pub nodeport_max: u16,
+    /// Trust Cilium's DSR marks naming a Service of the cluster.
+    pub dsr_marks: bool,
     /// Verdicts whose flows are kept in `FLOWS` (bits of [`Verdict::bit`]).
     pub track_mask: u32,
     /// Record each uplink decision in `TRACE` (tests only; costs a map write per packet).
@@ -44,6 +46,7 @@ impl Default for LoadOptions {
         LoadOptions {
             nodeport_min: 30000,
             nodeport_max: 32767,
+            dsr_marks: false,
             track_mask: Verdict::DirectToPod.bit(),
             trace: false,
             role_cache: true,
@@ -77,6 +80,7 @@ pub enum BpfError {
 pub fn load(opts: &LoadOptions) -> Result<Ebpf, BpfError> {
     let trace = u8::from(opts.trace);
     let role_cache = u8::from(opts.role_cache);
+    let dsr_marks = u8::from(opts.dsr_marks);
     // A staged ring per possible CPU (`bpf_get_smp_processor_id` is below it).
     let cpus = aya::util::nr_cpus().map_err(|(path, e)| BpfError::Cpus(path, e))? as u32;
     let slots = observer_common::maps::staged::slots_for(cpus);
@@ -86,6 +90,7 @@ pub fn load(opts: &LoadOptions) -> Result<Ebpf, BpfError> {
         .override_global(GLOBAL_NODEPORT_MAX, &opts.nodeport_max, true)
         .override_global(GLOBAL_TRACK_MASK, &opts.track_mask, true)
         .override_global(GLOBAL_TRACE, &trace, true)
+        .override_global(GLOBAL_DSR_MARKS, &dsr_marks, true)
         .override_global(GLOBAL_ROLE_CACHE, &role_cache, true)
         .override_global(GLOBAL_STAGED_SLOTS, &slots, true)
         .map_max_entries(MAP_FLOWS, opts.flow_table_entries)

@@ -67,6 +67,12 @@ pub struct RunArgs {
     /// not known as delivered) [default: auto].
     #[arg(long = "attach-mode", env = "OBSERVER_ATTACH_MODE")]
     pub attach_mode: Option<String>,
+    /// Which direct-server-return marks to trust: cilium (a client's packet forwarded by another
+    /// node's load balancer with `loadBalancer.dsrDispatch=opt` carries the Service's address:
+    /// judged `service` when that is a Service or a node's NodePort of this cluster), off, or
+    /// auto (cilium when this node has a cilium_host interface) [default: auto].
+    #[arg(long = "dsr-marks", env = "OBSERVER_DSR_MARKS")]
+    pub dsr_marks: Option<String>,
     /// Also push each alert line to this Alertmanager (http[s]://host[:port][/prefix])
     /// [default: off].
     #[arg(long = "alertmanager-url", env = "OBSERVER_ALERTMANAGER_URL")]
@@ -171,6 +177,7 @@ struct FileConfig {
     nodeport_range: Option<String>,
     metrics_addr: Option<String>,
     attach_mode: Option<String>,
+    dsr_marks: Option<String>,
     alertmanager_url: Option<String>,
     alertmanager_ca_file: Option<PathBuf>,
     alertmanager_bearer_token_file: Option<PathBuf>,
@@ -192,6 +199,36 @@ struct FileConfig {
     state_dir: Option<String>,
 }
 
+/// Which direct-server-return marks the uplink trusts (`--dsr-marks`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DsrMarks {
+    /// Cilium's when the node runs Cilium (it has [`crate::defaults::CILIUM_IFACE`]).
+    Auto,
+    /// Cilium's IPv4 option and IPv6 destination option.
+    Cilium,
+    Off,
+}
+
+impl DsrMarks {
+    /// The setting's name, as `--dsr-marks` takes it.
+    pub fn name(self) -> &'static str {
+        match self {
+            DsrMarks::Auto => "auto",
+            DsrMarks::Cilium => "cilium",
+            DsrMarks::Off => "off",
+        }
+    }
+
+    /// Whether to trust Cilium's marks on this node.
+    pub fn resolve(self) -> bool {
+        match self {
+            DsrMarks::Cilium => true,
+            DsrMarks::Off => false,
+            DsrMarks::Auto => crate::kernel::ifaces::exists(crate::defaults::CILIUM_IFACE),
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum LogFormat {
     Text,
@@ -211,6 +248,8 @@ pub struct Config {
     pub nodeport_max: u16,
     pub metrics_addr: SocketAddr,
     pub attach_mode: crate::kernel::attach::Modes,
+    /// Which DSR marks to trust (`--dsr-marks`).
+    pub dsr_marks: DsrMarks,
     /// Where and how to push alerts (`--alertmanager-*`).
     pub alertmanager: Option<crate::export::alertmanager::AmTarget>,
     /// Use the Kubernetes API (resolved from auto).

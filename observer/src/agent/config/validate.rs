@@ -9,7 +9,7 @@ use std::{
 
 use observer_common::user::Cidr;
 
-use super::{Config, ConfigError, FileConfig, LogFormat, RunArgs};
+use super::{Config, ConfigError, DsrMarks, FileConfig, LogFormat, RunArgs};
 use crate::{defaults, kernel::ifaces::Pattern};
 
 fn invalid(key: &'static str, value: &str, problem: impl Into<String>) -> ConfigError {
@@ -183,6 +183,12 @@ impl Config {
             "json" => LogFormat::Json,
             other => return Err(invalid("log-format", other, "text or json")),
         };
+        let dsr_marks = match one(args.dsr_marks, file.dsr_marks, defaults::DSR_MARKS).as_str() {
+            "auto" => DsrMarks::Auto,
+            "cilium" => DsrMarks::Cilium,
+            "off" => DsrMarks::Off,
+            other => return Err(invalid("dsr-marks", other, "auto, cilium or off")),
+        };
         let attach_mode = match one(args.attach_mode, file.attach_mode, defaults::ATTACH_MODE)
             .as_str()
         {
@@ -330,6 +336,7 @@ impl Config {
             nodeport_max,
             metrics_addr,
             attach_mode,
+            dsr_marks,
             alertmanager,
             kubernetes,
             kubernetes_local_pods,
@@ -468,6 +475,13 @@ mod tests {
                     ..Default::default()
                 },
                 "peer-wait \"2m\"",
+            ),
+            (
+                RunArgs {
+                    dsr_marks: Some("on".into()),
+                    ..Default::default()
+                },
+                "dsr-marks \"on\"",
             ),
             (
                 RunArgs {
