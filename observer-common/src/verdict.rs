@@ -127,10 +127,12 @@ pub enum Reason {
     DirectIcmpErrorUnseenFlow = 28,
     DsrMarked = 29,
     DsrFlow = 30,
+    /// Given by the agent, never the kernel: a direct access from a source declared for the pod.
+    SrcDeclared = 31,
 }
 
 /// Number of reasons.
-pub const REASON_COUNT: usize = 31;
+pub const REASON_COUNT: usize = 32;
 
 impl Reason {
     pub const ALL: [Reason; REASON_COUNT] = [
@@ -165,6 +167,7 @@ impl Reason {
         Reason::DirectIcmpErrorUnseenFlow,
         Reason::DsrMarked,
         Reason::DsrFlow,
+        Reason::SrcDeclared,
     ];
 
     /// The reason of a map byte, if it is one.
@@ -245,6 +248,9 @@ impl Reason {
             }
             Reason::DsrFlow => {
                 "a later packet of a connection whose first packet carried a DSR mark of a Service"
+            }
+            Reason::SrcDeclared => {
+                "the source is declared allowed for this pod (a pod or namespace annotation)"
             }
         }
     }

@@ -48,6 +48,8 @@ pub struct Metrics {
     pub inventory_write_errors: IntCounter,
     pub settled_early: IntCounter,
     pub direct_cleared: IntCounter,
+    pub declared_flows: IntCounterVec,
+    pub declarations_refused: IntGaugeVec,
     pub kept_adopted: IntGaugeVec,
     pub kept_dropped: IntCounterVec,
     pub direct_lost: IntCounterVec,
@@ -304,6 +306,18 @@ impl Metrics {
                 &r,
                 "observer_direct_flows_cleared_total",
                 "Flows first judged direct that were judged again when they settled and found not to be: their source joined the cluster or the allowed sources after their first packets (a new pod or node whose address reached the agent late, within --peer-wait). Neither counted as direct accesses nor alerted on.",
+            ),
+            declared_flows: counter_vec(
+                &r,
+                "observer_declared_direct_flows_total",
+                "Flows from outside the cluster straight to a local pod's IP from a source the SREs declared for it (a pod or namespace annotation observer.io/allowed-sources): judged allowed, never alerted on. declared_by: pod or namespace.",
+                &["namespace", "workload", "declared_by"],
+            ),
+            declarations_refused: gauge_vec(
+                &r,
+                "observer_declarations_refused",
+                "1 for each object (a local pod, or a namespace) whose observer.io/allowed-sources annotation is malformed: refused whole, so nothing of it applies (the reason is in the log and `observer status`). Other declarations are unaffected.",
+                &["scope", "namespace", "name"],
             ),
             settled_early: counter(
                 &r,

@@ -50,6 +50,11 @@ pub const SERVICE_CIDRS: Kind = Kind {
     list_kind: "ServiceCIDRList",
     api_version: "networking.k8s.io/v1",
 };
+pub const NAMESPACES: Kind = Kind {
+    path: "/api/v1/namespaces",
+    list_kind: "NamespaceList",
+    api_version: "v1",
+};
 pub const TARGET_GROUP_BINDINGS: Kind = Kind {
     path: "/apis/elbv2.k8s.aws/v1beta1/targetgroupbindings",
     list_kind: "TargetGroupBindingList",
@@ -343,6 +348,7 @@ impl KubeApi {
             ENDPOINT_SLICES,
             SERVICE_CIDRS,
             TARGET_GROUP_BINDINGS,
+            NAMESPACES,
         ]
         .into_iter()
         .find(|k| k.path == path);

@@ -10,11 +10,11 @@ use observer_common::{
         ICMP_ECHO_REQUEST, ICMPV6_ECHO_REQUEST, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP,
         IPPROTO_UDP, Packet, Status, TCP_SYN,
     },
-    verdict::{Lookup, Settings, decide},
+    verdict::{Decision, Lookup, Reason, Settings, Verdict, decide},
 };
 use serde::{Deserialize, Serialize};
 
-use crate::inventory::PodRef;
+use crate::inventory::{PodRef, declared};
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Explanation {
@@ -28,6 +28,9 @@ pub struct Explanation {
     /// For a direct access: the NetworkPolicy and network change that would close it.
     #[serde(default)]
     pub remedy: Option<crate::export::remedy::Remedy>,
+    /// For a direct access from a source declared for the pod: the declaration.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rule: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -119,7 +122,20 @@ pub fn explain<L: Lookup + ?Sized>(
         }
         other => return Err(ExplainError::Protocol(other.to_string())),
     }
-    let d = decide(Status::Ip, &p, settings, lookup);
+    let mut d = decide(Status::Ip, &p, settings, lookup);
+    let pod = pod_of(&dst_ip);
+    // The agent's judgement over the kernel's: a direct access the pod's (or its namespace's)
+    // annotation declares is allowed, as the flow tracker judges it.
+    let rule = pod.as_ref().and_then(|pod| {
+        let a = declared::admitted(&pod.allowed, src_ip, p.proto, p.dport)?;
+        d.verdict.alerts().then(|| a.rule())
+    });
+    if rule.is_some() {
+        d = Decision {
+            verdict: Verdict::Allowed,
+            reason: Reason::SrcDeclared,
+        };
+    }
     let packet = match p.proto {
         IPPROTO_TCP | IPPROTO_UDP => {
             let dst_text = match dst_ip {
@@ -134,11 +150,15 @@ pub fn explain<L: Lookup + ?Sized>(
         packet,
         verdict: d.verdict.name().to_string(),
         alert: d.verdict.alerts(),
-        reason: d.reason.describe().to_string(),
+        reason: match &rule {
+            Some(rule) => format!("{}: {rule}", d.reason.describe()),
+            None => d.reason.describe().to_string(),
+        },
         src_roles: role_names(lookup.roles(&p.src)),
         dst_roles: role_names(lookup.roles(&p.dst)),
-        pod: pod_of(&dst_ip),
+        pod,
         remedy: None,
+        rule,
     })
 }
 

@@ -205,6 +205,15 @@ impl Controller {
             KubeMsg::Ips(owner, ips) => self.inventory.roles.set_ips(&owner, &ips),
             KubeMsg::Cidrs(owner, cidrs) => self.inventory.roles.set_cidrs(&owner, &cidrs),
             KubeMsg::LocalPods(p) => self.kube_pods = p,
+            KubeMsg::Refused(refused) => {
+                let m = &self.shared.metrics.declarations_refused;
+                m.reset();
+                for r in &refused {
+                    m.with_label_values(&[r.scope.name(), &r.namespace, &r.name])
+                        .set(1);
+                }
+                self.inventory.status.refused = refused;
+            }
             KubeMsg::NodePorts(owner, ports) => {
                 if ports.is_empty() {
                     self.nodeports.remove(&owner);

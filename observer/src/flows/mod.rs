@@ -26,7 +26,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 
 use crate::{
-    inventory::{Directory, PodRef, origins::Resolution},
+    inventory::{Directory, PodRef, declared, origins::Resolution},
     kernel::{clock, maps::Maps},
     metrics::{Metrics, protocol_label},
 };
@@ -66,6 +66,10 @@ pub struct FlowRow {
     pub workload: String,
     #[serde(default)]
     pub severity: String,
+    /// For a direct access from a source declared for the pod (verdict `allowed`): the
+    /// declaration (`pod annotation observer.io/allowed-sources: …`).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub rule: String,
 }
 
 /// Settings of the tracker.
@@ -112,6 +116,9 @@ struct Record {
     labels: Option<Box<[String; 8]>>,
     counted_packets: u64,
     counted_bytes: u64,
+    /// A direct access the pod's or its namespace's annotation declares: judged `allowed` when
+    /// it settled, counted apart and never alerted on. The declaration, as rows show it.
+    rule: Option<Box<str>>,
 }
 
 /// The label of a flow's origin as the kernel saw it; a mid-stream flow becomes `outsider`
@@ -163,7 +170,11 @@ impl Record {
             last_seen: clock::rfc3339(clock::wall_of(self.stats.last_seen_ns)),
             origin: self.origin_label.to_string(),
             state: state_of(&self.stats).to_string(),
-            reason: self.reason.describe().to_string(),
+            reason: match &self.rule {
+                Some(rule) => format!("{}: {rule}", self.reason.describe()),
+                None => self.reason.describe().to_string(),
+            },
+            rule: self.rule.as_deref().unwrap_or_default().to_string(),
         }
     }
 }
@@ -388,6 +399,7 @@ impl Tracker {
             labels: None,
             counted_packets: 0,
             counted_bytes: 0,
+            rule: None,
         };
         // A row is text (addresses, times, names): build it only for someone who reads it.
         self.announce(&rec);
@@ -591,6 +603,27 @@ impl Tracker {
                 ..PodRef::default()
             })
         });
+        if r.verdict.alerts()
+            && let Some(a) = declared::admitted(&pod.allowed, ip_of(&key.src), key.proto, key.dport)
+        {
+            let (rule, by) = (a.rule(), a.scope.name());
+            let Some(r) = self.records.get_mut(&key) else {
+                return;
+            };
+            r.verdict = Verdict::Allowed;
+            r.reason = Reason::SrcDeclared;
+            r.rule = Some(rule.into());
+            // Settled: its packets are not a direct access's (`count_moved` skips it).
+            r.labels = Some(Box::default());
+            metrics
+                .declared_flows
+                .with_label_values(&[&pod.namespace, &pod.workload, by])
+                .inc();
+            if self.updates.receiver_count() > 0 {
+                let _ = self.updates.send(r.row());
+            }
+            return;
+        }
         let port = self.port_label(&pod, &key);
         let Some(r) = self.records.get_mut(&key) else {
             return;

@@ -19,6 +19,10 @@ impl Record {
         let Some(labels) = &self.labels else {
             return;
         };
+        if self.rule.is_some() {
+            // Declared for the pod: not a direct access, counted apart when it settled.
+            return;
+        }
         let packets = self.stats.packets.saturating_sub(self.counted_packets);
         let bytes = self.stats.bytes.saturating_sub(self.counted_bytes);
         if packets > 0 || bytes > 0 {

@@ -6,6 +6,7 @@
 //! tracker, the outputs and the debug API. Uses [`crate::kernel`] and [`crate::metrics`].
 
 pub mod conntrack;
+pub mod declared;
 pub mod joined;
 pub mod kubernetes;
 pub mod origins;
@@ -41,6 +42,10 @@ pub struct PodRef {
     /// Ports on which the pod is a load-balancer IP target.
     #[serde(default)]
     pub lb_ports: Vec<u16>,
+    /// Sources declared allowed to reach it directly: its own annotation's, then its
+    /// namespace's ([`declared`]).
+    #[serde(skip)]
+    pub allowed: Vec<declared::Allowance>,
 }
 
 /// The severity of a direct access to a pod nothing tells about: no Kubernetes inventory
@@ -119,4 +124,6 @@ pub struct InventoryStatus {
     pub syncs: u64,
     /// Entries written to or removed from the address maps so far.
     pub writes: u64,
+    /// Declarations of allowed sources refused as malformed ([`declared`]).
+    pub refused: Vec<declared::Refused>,
 }

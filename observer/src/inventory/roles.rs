@@ -39,6 +39,7 @@ pub enum Kind {
     EndpointSlice,
     ServiceCidr,
     TargetGroupBinding,
+    Namespace,
 }
 
 impl Kind {
@@ -50,6 +51,7 @@ impl Kind {
             Kind::EndpointSlice => "EndpointSlice",
             Kind::ServiceCidr => "ServiceCIDR",
             Kind::TargetGroupBinding => "TargetGroupBinding",
+            Kind::Namespace => "Namespace",
         }
     }
 }

@@ -84,3 +84,25 @@ pub fn slice(ns: &str, svc: &str, ips: &[&str]) -> Value {
         "ports": [{"name": "http", "port": 80, "protocol": "TCP"}]
     })
 }
+
+/// A Namespace, with the observer's declaration of allowed sources if given.
+pub fn namespace(name: &str, allowed_sources: Option<&str>) -> Value {
+    let mut n =
+        json!({"kind": "Namespace", "metadata": {"name": name}, "status": {"phase": "Active"}});
+    if let Some(a) = allowed_sources {
+        n["metadata"]["annotations"] = json!({
+            "observer.io/allowed-sources": a,
+            "kubectl.kubernetes.io/last-applied-configuration": "{\"apiVersion\":\"v1\",\"kind\":\"Namespace\"}",
+        });
+    }
+    n
+}
+
+/// `pod` with the observer's declaration of allowed sources.
+pub fn with_allowed_sources(mut pod: Value, allowed_sources: &str) -> Value {
+    pod["metadata"]["annotations"] = json!({
+        "observer.io/allowed-sources": allowed_sources,
+        "prometheus.io/scrape": "true",
+    });
+    pod
+}

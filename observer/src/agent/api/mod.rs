@@ -115,6 +115,9 @@ pub struct InventoryOut {
     /// Entries written to or removed from the address maps so far.
     #[serde(default)]
     pub writes: u64,
+    /// Malformed declarations of allowed sources (pod or namespace annotations), refused.
+    #[serde(default)]
+    pub refused_declarations: Vec<crate::inventory::declared::Refused>,
 }
 
 impl From<InventoryStatus> for InventoryOut {
@@ -131,6 +134,7 @@ impl From<InventoryStatus> for InventoryOut {
             last_update_unix: s.last_update_unix,
             syncs: s.syncs,
             writes: s.writes,
+            refused_declarations: s.refused,
         }
     }
 }

@@ -1,12 +1,13 @@
 //! The Kubernetes inventory: list+watch (kube-rs watchers, resumable, with backoff) of Nodes,
 //! Pods, Services, EndpointSlices, ServiceCIDRs and AWS Load Balancer Controller
-//! TargetGroupBindings. It tells the controller which addresses are in the cluster, which are
-//! Services, which pods are local (with workload, labels, declared ports), and which pods back
-//! a Service or are load-balancer IP targets (for the severity). If the API becomes
+//! TargetGroupBindings, and Namespaces (their declared sources). It tells the controller which
+//! addresses are in the cluster, which are Services, which pods are local (with workload,
+//! labels, declared ports, declared sources), and which pods back a Service or are
+//! load-balancer IP targets (for the severity). If the API becomes
 //! unreachable the last inventory stays in force and the inventory is marked stale.
 
 use std::{
-    collections::{BTreeSet, HashMap, HashSet},
+    collections::{BTreeMap, BTreeSet, HashMap, HashSet},
     net::IpAddr,
 };
 
@@ -24,12 +25,13 @@ use tokio::sync::mpsc;
 
 use crate::inventory::{
     PodRef,
+    declared::{self, Allowance, Refused, Scope},
     roles::{Kind, ObjectId, Owner},
 };
 
 pub mod objects;
 
-use objects::{EndpointSlice, Node, Pod, Service, ServiceCidr, TargetGroupBinding};
+use objects::{EndpointSlice, Namespace, Node, Pod, Service, ServiceCidr, TargetGroupBinding};
 
 /// What the Kubernetes source tells the controller.
 #[derive(Clone, Debug, PartialEq)]
@@ -44,6 +46,9 @@ pub enum KubeMsg {
     LocalPods(HashMap<IpAddr, PodRef>),
     /// The API is (un)reachable: the inventory is stale while it is not.
     Stale(bool),
+    /// The declarations refused (malformed annotations of local pods and of namespaces), a
+    /// full replacement.
+    Refused(Vec<Refused>),
     /// Every watch listed once.
     Synced,
 }
@@ -94,6 +99,12 @@ struct State {
     lb_services: HashSet<String>,
     /// TargetGroupBinding uid -> referenced Service (namespace/name), IP targets only.
     tgb: HashMap<ObjectId, String>,
+    /// Namespaces' declared sources, by name (valid declarations only).
+    ns_allowed: HashMap<String, Vec<Allowance>>,
+    /// Declarations refused, by object: (scope, namespace, pod name or "") -> why.
+    refused: BTreeMap<(Scope, String, String), String>,
+    /// Namespace uid -> name, to forget a deleted namespace's declarations.
+    ns_names: HashMap<ObjectId, String>,
     /// Objects seen since the current relist of each kind.
     listing: HashMap<&'static str, HashSet<Owner>>,
     present: HashMap<&'static str, HashSet<Owner>>,
@@ -118,6 +129,9 @@ impl State {
             // A pod backs a Service if any of its addresses does (a single-stack Service of a
             // dual-stack pod lists one family).
             let mut m = meta.clone();
+            if let Some(ns) = self.ns_allowed.get(&m.namespace) {
+                m.allowed.extend(ns.iter().cloned());
+            }
             m.backs_service = Some(ips.iter().any(|ip| backed.contains_key(ip)));
             let ports: BTreeSet<u16> = ips
                 .iter()
@@ -144,6 +158,7 @@ enum Obj {
     Slice(Box<EndpointSlice>),
     SvcCidr(Box<ServiceCidr>),
     Tgb(Box<TargetGroupBinding>),
+    Namespace(Box<Namespace>),
 }
 
 fn stream<K>(
@@ -170,8 +185,9 @@ where
         .boxed()
 }
 
-/// Kinds whose absence from the API (older clusters, CRD not installed) is fine.
-const OPTIONAL: [&str; 2] = ["ServiceCIDR", "TargetGroupBinding"];
+/// Kinds whose absence from the API (older clusters, CRD not installed, or no right to list
+/// them: an older ClusterRole without namespaces) is fine.
+const OPTIONAL: [&str; 3] = ["ServiceCIDR", "TargetGroupBinding", "Namespace"];
 const REQUIRED: [&str; 4] = ["Node", "Pod", "Service", "EndpointSlice"];
 
 /// Runs the source until the channel closes. With `local_pods`, only this node's pods are
@@ -221,6 +237,12 @@ pub async fn run(
             "TargetGroupBinding",
             |o| Obj::Tgb(Box::new(o)),
         ),
+        stream(
+            Api::<Namespace>::all(client.clone()),
+            every(),
+            "Namespace",
+            |o| Obj::Namespace(Box::new(o)),
+        ),
     ];
     let mut all = futures::stream::select_all(streams);
     let mut st = State {
@@ -235,6 +257,7 @@ pub async fn run(
     let mut since_local = 0usize;
     let mut pending: Option<Ev> = None;
     let mut last_local: HashMap<IpAddr, PodRef> = HashMap::new();
+    let mut last_refused: BTreeMap<(Scope, String, String), String> = BTreeMap::new();
     let mut probe = tokio::time::interval(std::time::Duration::from_secs(2));
     loop {
         let (kind, item) = if let Some(p) = pending.take() {
@@ -278,7 +301,7 @@ pub async fn run(
         }
         local_dirty |= matches!(
             kind,
-            "Pod" | "EndpointSlice" | "Service" | "TargetGroupBinding"
+            "Pod" | "EndpointSlice" | "Service" | "TargetGroupBinding" | "Namespace"
         );
         match ev {
             watcher::Event::Init => {
@@ -327,6 +350,10 @@ pub async fn run(
                     last_local = local.clone();
                     let _ = tx.send(KubeMsg::LocalPods(local));
                 }
+                if st.refused != last_refused {
+                    last_refused = st.refused.clone();
+                    let _ = tx.send(KubeMsg::Refused(refused_list(&st.refused)));
+                }
             }
         }
         if !announced_sync && REQUIRED.iter().all(|k| synced.contains(k)) {
@@ -345,6 +372,7 @@ fn id_of(o: &Obj) -> (Kind, ObjectId) {
         Obj::Slice(x) => (Kind::EndpointSlice, &x.metadata),
         Obj::SvcCidr(x) => (Kind::ServiceCidr, &x.metadata),
         Obj::Tgb(x) => (Kind::TargetGroupBinding, &x.metadata),
+        Obj::Namespace(x) => (Kind::Namespace, &x.metadata),
     };
     let id = match &meta.uid {
         Some(uid) => ObjectId::new(uid),
@@ -366,13 +394,21 @@ fn forget(st: &mut State, owner: &Owner, tx: &mpsc::UnboundedSender<KubeMsg>) {
     if let Owner::Object(kind, id) = owner {
         match kind {
             Kind::Pod => {
-                st.local.remove(id);
+                if let Some((_, meta)) = st.local.remove(id) {
+                    st.refused.remove(&(Scope::Pod, meta.namespace, meta.name));
+                }
             }
             Kind::EndpointSlice => {
                 st.slices.remove(id);
             }
             Kind::TargetGroupBinding => {
                 st.tgb.remove(id);
+            }
+            Kind::Namespace => {
+                if let Some(name) = st.ns_names.remove(id) {
+                    st.ns_allowed.remove(&name);
+                    st.refused.remove(&(Scope::Namespace, name, String::new()));
+                }
             }
             _ => {}
         }
@@ -449,7 +485,15 @@ fn apply(st: &mut State, o: &Obj, tx: &mpsc::UnboundedSender<KubeMsg>) -> Owner 
                     .flat_map(|c| c.ports.iter())
                     .map(|port| port.container_port as u16)
                     .collect();
+                let allowed = declarations(
+                    &mut st.refused,
+                    Scope::Pod,
+                    &ns,
+                    &name,
+                    p.annotations().get(declared::ANNOTATION),
+                );
                 let meta = PodRef {
+                    allowed,
                     iface: veth_name(&st.veth_prefix, &ns, &name),
                     workload: workload_of(p),
                     labels: p.labels().clone(),
@@ -462,6 +506,8 @@ fn apply(st: &mut State, o: &Obj, tx: &mpsc::UnboundedSender<KubeMsg>) -> Owner 
                 st.local.insert(id, (addrs, meta));
             } else {
                 st.local.remove(&id);
+                st.refused
+                    .remove(&(Scope::Pod, p.namespace().unwrap_or_default(), p.name_any()));
             }
             let _ = tx.send(KubeMsg::Ips(owner, ips));
         }
@@ -541,8 +587,74 @@ fn apply(st: &mut State, o: &Obj, tx: &mpsc::UnboundedSender<KubeMsg>) -> Owner 
                 }
             }
         }
+        Obj::Namespace(n) => {
+            let name = n.name_any();
+            let allowed = declarations(
+                &mut st.refused,
+                Scope::Namespace,
+                &name,
+                "",
+                n.annotations().get(declared::ANNOTATION),
+            );
+            if allowed.is_empty() {
+                st.ns_allowed.remove(&name);
+            } else {
+                st.ns_allowed.insert(name.clone(), allowed);
+            }
+            st.ns_names.insert(id, name);
+        }
     }
     owner
+}
+
+/// An object's declared sources from its annotation; a malformed one is refused whole, kept in
+/// `refused` (reported by the controller) and logged when it changes.
+fn declarations(
+    refused: &mut BTreeMap<(Scope, String, String), String>,
+    scope: Scope,
+    namespace: &str,
+    name: &str,
+    value: Option<&String>,
+) -> Vec<Allowance> {
+    let key = (scope, namespace.to_string(), name.to_string());
+    let Some(value) = value else {
+        refused.remove(&key);
+        return Vec::new();
+    };
+    match declared::parse(value, scope) {
+        Ok(allowed) => {
+            refused.remove(&key);
+            allowed
+        }
+        Err(e) => {
+            let error = e.to_string();
+            if refused.get(&key) != Some(&error) {
+                tracing::warn!(
+                    scope = scope.name(),
+                    namespace,
+                    name,
+                    annotation = declared::ANNOTATION,
+                    value = value.as_str(),
+                    error = error.as_str(),
+                    "a declaration of allowed sources is malformed: refused whole, nothing of it applies"
+                );
+            }
+            refused.insert(key, error);
+            Vec::new()
+        }
+    }
+}
+
+fn refused_list(refused: &BTreeMap<(Scope, String, String), String>) -> Vec<Refused> {
+    refused
+        .iter()
+        .map(|((scope, namespace, name), error)| Refused {
+            scope: *scope,
+            namespace: namespace.clone(),
+            name: name.clone(),
+            error: error.clone(),
+        })
+        .collect()
 }
 
 /// Builds a client from in-cluster config or KUBECONFIG.

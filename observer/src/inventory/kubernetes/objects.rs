@@ -1,6 +1,6 @@
 //! The Kubernetes objects as the inventory reads them: only the fields it uses. A 150k-pod
 //! list is read in pages, object by object, and the rest of each object (managed fields,
-//! container specs, conditions, annotations) is skipped by the parser instead of being built
+//! container specs, conditions, annotations but ours) is skipped by the parser instead of being built
 //! into `k8s_openapi` structures and dropped: that was most of the agent's CPU at a full sync.
 //!
 //! Each type is a `kube::Resource` under the real group, version and plural, so the
@@ -53,7 +53,47 @@ struct Meta {
     uid: Option<String>,
     resource_version: Option<String>,
     labels: Option<BTreeMap<String, String>>,
+    #[serde(default, deserialize_with = "our_annotations")]
+    annotations: Option<BTreeMap<String, String>>,
     owner_references: Option<Vec<Owner>>,
+}
+
+/// Of an object's annotations, only the observer's own ([`crate::inventory::declared`]): the
+/// others (last-applied configurations above all) are skipped, never built.
+fn our_annotations<'de, D: Deserializer<'de>>(
+    d: D,
+) -> Result<Option<BTreeMap<String, String>>, D::Error> {
+    struct Ours;
+    impl<'de> serde::de::Visitor<'de> for Ours {
+        type Value = Option<BTreeMap<String, String>>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a map of annotations, or null")
+        }
+        fn visit_unit<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_none<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+            d.deserialize_map(Ours)
+        }
+        fn visit_map<A: serde::de::MapAccess<'de>>(
+            self,
+            mut m: A,
+        ) -> Result<Self::Value, A::Error> {
+            let mut out = BTreeMap::new();
+            while let Some(k) = m.next_key::<Cow<'de, str>>()? {
+                if k == crate::inventory::declared::ANNOTATION {
+                    out.insert(k.into_owned(), m.next_value::<String>()?);
+                } else {
+                    m.next_value::<serde::de::IgnoredAny>()?;
+                }
+            }
+            Ok((!out.is_empty()).then_some(out))
+        }
+    }
+    d.deserialize_option(Ours)
 }
 
 #[derive(Deserialize)]
@@ -76,6 +116,7 @@ fn meta<'de, D: Deserializer<'de>>(d: D) -> Result<ObjectMeta, D::Error> {
         uid: m.uid,
         resource_version: m.resource_version,
         labels: m.labels,
+        annotations: m.annotations,
         owner_references: m.owner_references.map(|o| {
             o.into_iter()
                 .map(|o| OwnerReference {
@@ -89,6 +130,21 @@ fn meta<'de, D: Deserializer<'de>>(d: D) -> Result<ObjectMeta, D::Error> {
         ..ObjectMeta::default()
     })
 }
+
+/// A Namespace: only its metadata (the observer's annotation).
+#[derive(Clone, Debug, Default, Deserialize)]
+pub struct Namespace {
+    #[serde(deserialize_with = "meta", default)]
+    pub metadata: ObjectMeta,
+}
+resource!(
+    Namespace,
+    ClusterResourceScope,
+    "",
+    "v1",
+    "Namespace",
+    "namespaces"
+);
 
 #[derive(Clone, Debug, Default, Deserialize)]
 pub struct Pod {
