@@ -104,6 +104,7 @@ fn rbac_is_read_only_on_exactly_the_resources_used() {
     assert_eq!(
         resources,
         [
+            "/namespaces",
             "/nodes",
             "/pods",
             "/services",

@@ -60,7 +60,7 @@ fn cilium_dsr_marks_are_service_traffic_on_a_cilium_node() {
 
     // Before: a node without Cilium trusts no mark (`--dsr-marks auto`): a marked SYN from
     // outside is a direct access like any other.
-    let agent = start(&n, "dsr-no-cilium", &[]);
+    let mut agent = start(&n, "dsr-no-cilium", &[]);
     assert_eq!(
         log_count(&agent, "\"trusted\":\"none\""),
         1,
@@ -73,7 +73,7 @@ fn cilium_dsr_marks_are_service_traffic_on_a_cilium_node() {
     wait_for("the marked SYN flagged", Duration::from_secs(10), || {
         flows(&agent).iter().any(|f| f.src_port == 41_000)
     });
-    agent.stop();
+    assert!(agent.signal(libc::SIGTERM).success());
 
     // The node runs Cilium: it has the cilium_host/cilium_net pair Cilium creates.
     n.node.sh(&[
@@ -87,7 +87,7 @@ fn cilium_dsr_marks_are_service_traffic_on_a_cilium_node() {
         "name",
         "cilium_net",
     ]);
-    let agent = start(&n, "dsr-cilium", &[]);
+    let mut agent = start(&n, "dsr-cilium", &[]);
     assert_eq!(
         log_count(&agent, "\"trusted\":\"cilium\""),
         1,
@@ -135,7 +135,7 @@ fn cilium_dsr_marks_are_service_traffic_on_a_cilium_node() {
     assert_eq!(alerts[0]["src"], client);
 
     // `--dsr-marks off` on the same node trusts nothing.
-    agent.stop();
+    assert!(agent.signal(libc::SIGTERM).success());
     let agent = start(&n, "dsr-off", &["--dsr-marks", "off"]);
     send(vec![
         Frame::tcp(client, pod, 41_005, 80, TCP_SYN).cilium_dsr(n.service_ip, 80),

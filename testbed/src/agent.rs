@@ -168,10 +168,11 @@ impl AgentProc {
         out
     }
 
-    /// Sends a signal and waits (at most 10 s) for the exit.
+    /// Sends a signal and waits (at most 30 s, the DaemonSet's grace period: on SIGTERM the
+    /// agent first judges the direct flows it has seen) for the exit.
     pub fn signal(&mut self, sig: i32) -> ExitStatus {
         self.send(sig);
-        let deadline = Instant::now() + Duration::from_secs(10);
+        let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if let Ok(Some(s)) = self.child.try_wait() {
                 return s;

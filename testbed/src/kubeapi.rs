@@ -106,6 +106,8 @@ struct Store {
 #[derive(Clone)]
 pub struct KubeApi {
     state: Arc<(Mutex<Store>, Condvar)>,
+    /// The address it listens on (127.0.0.1 unless started with [`KubeApi::start_at`]).
+    pub host: &'static str,
     pub port: u16,
 }
 
@@ -149,8 +151,15 @@ fn stamp(kind: Kind, o: &mut serde_json::Value, rv: &str) {
 impl KubeApi {
     /// Starts the server on 127.0.0.1:`port` inside `ns`.
     pub fn start(ns: &Netns, port: u16) -> KubeApi {
+        Self::start_at(ns, "127.0.0.1", port)
+    }
+
+    /// Starts the server on `host`:`port` inside `ns` (an address of `ns`, for clients in
+    /// other namespaces: the agents of several nodes).
+    pub fn start_at(ns: &Netns, host: &'static str, port: u16) -> KubeApi {
         let api = KubeApi {
             state: Arc::new((Mutex::new(Store::default()), Condvar::new())),
+            host,
             port,
         };
         let a = api.clone();
@@ -159,7 +168,7 @@ impl KubeApi {
             // While "down" the port is closed: clients get connection refused, as from an
             // API server that is gone.
             let bind = || {
-                let l = TcpListener::bind(("127.0.0.1", port)).expect("bind the fixture API");
+                let l = TcpListener::bind((host, port)).expect("bind the fixture API");
                 l.set_nonblocking(true).expect("nonblocking");
                 l
             };
@@ -199,8 +208,8 @@ impl KubeApi {
         std::fs::write(
             path,
             format!(
-                "apiVersion: v1\nkind: Config\nclusters:\n- name: fixture\n  cluster:\n    server: http://127.0.0.1:{}\nusers:\n- name: fixture\n  user:\n    token: fixture\ncontexts:\n- name: fixture\n  context:\n    cluster: fixture\n    user: fixture\ncurrent-context: fixture\n",
-                self.port
+                "apiVersion: v1\nkind: Config\nclusters:\n- name: fixture\n  cluster:\n    server: http://{}:{}\nusers:\n- name: fixture\n  user:\n    token: fixture\ncontexts:\n- name: fixture\n  context:\n    cluster: fixture\n    user: fixture\ncurrent-context: fixture\n",
+                self.host, self.port
             ),
         )
         .expect("kubeconfig");

@@ -4,6 +4,7 @@
 
 pub mod agent;
 pub mod bpffs;
+pub mod cluster;
 pub mod cpu;
 pub mod evasion;
 pub mod kubeapi;

@@ -70,7 +70,7 @@ pub struct Node {
 
 /// Joins `a_if` in `a` and `b_if` in `b` with a veth pair, created directly in those
 /// namespaces (nothing passes through the root namespace).
-fn veth(a: &Netns, a_if: &str, b: &Netns, b_if: &str) {
+pub(crate) fn veth(a: &Netns, a_if: &str, b: &Netns, b_if: &str) {
     a.sh(&[
         "ip", "link", "add", a_if, "type", "veth", "peer", "name", b_if, "netns", &b.name,
     ]);
@@ -78,7 +78,7 @@ fn veth(a: &Netns, a_if: &str, b: &Netns, b_if: &str) {
     b.sh(&["ip", "link", "set", b_if, "up"]);
 }
 
-fn host_settings(ns: &Netns) {
+pub(crate) fn host_settings(ns: &Netns) {
     for key in [
         "net.ipv4.conf.all.rp_filter",
         "net.ipv4.conf.default.rp_filter",
@@ -418,7 +418,12 @@ const FROM_POD_RULE_PRIORITY: &str = "1536";
 /// Calico: every host veth has the MAC ee:ee:ee:ee:ee:ee and proxy ARP without delay; the
 /// pod's default route goes via 169.254.1.1, which the host veth answers by proxy ARP (the node
 /// routes it elsewhere, by its default route); a /32 route `dev cali…` on the host.
-fn add_pod(node: &Netns, layout: Layout, ip: &'static str, veth_name: &'static str) -> Pod {
+pub(crate) fn add_pod(
+    node: &Netns,
+    layout: Layout,
+    ip: &'static str,
+    veth_name: &'static str,
+) -> Pod {
     let ns = Netns::new("pod");
     match layout {
         Layout::VpcCni => {

@@ -50,6 +50,17 @@ enum Task {
         #[arg(long, requires = "write_docs", conflicts_with = "only")]
         from_report: bool,
     },
+    /// A cluster's day for a while (three nodes, the fixture API, traffic, restarts, injected
+    /// intrusions): writes target/soak/report.json; fails on any false alarm or a missed
+    /// intrusion. `cargo xtask test` runs it for 2 minutes.
+    Soak {
+        /// How long, in minutes.
+        #[arg(long, default_value_t = 30.0)]
+        minutes: f64,
+        /// The seed of the intrusions' and the pods' timing (a failure replays with it).
+        #[arg(long)]
+        seed: Option<u64>,
+    },
     /// Fuzz the host parser and verdict (cargo fuzz) for a while.
     Fuzz {
         /// How long, in seconds.
@@ -170,6 +181,24 @@ fn real_main() -> Result<()> {
         Task::Fuzz { seconds } => {
             timed("toolchain check", || toolchain::ensure(&[]))?;
             checks::fuzz(&root, seconds)
+        }
+        Task::Soak { minutes, seed } => {
+            timed("toolchain check", || toolchain::ensure(&[]))?;
+            let mut cmd = cargo();
+            cmd.args([
+                "test",
+                "-p",
+                "observer",
+                "--test",
+                "soak",
+                "--",
+                "--nocapture",
+            ])
+            .env("OBSERVER_SOAK_MINUTES", minutes.to_string());
+            if let Some(seed) = seed {
+                cmd.env("OBSERVER_SOAK_SEED", seed.to_string());
+            }
+            timed(&format!("soak ({minutes} min)"), || run(&mut cmd))
         }
         Task::Test { args } => {
             timed("toolchain check", || toolchain::ensure(&[]))?;

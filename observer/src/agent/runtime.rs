@@ -578,10 +578,54 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
 
     let mut reconcile = tokio::time::interval(cfg.reconcile_interval);
     reconcile.tick().await;
+    // On SIGTERM (a rollout, a drain) the agent goes on until the direct flows it has seen are
+    // judged, at most the time a flow waits for its judgement: a flow seen in its last
+    // seconds would otherwise be lost with it (the next agent starts with an empty flow table),
+    // and judged early, a new pod's late address would make it a false alarm. Inventory
+    // updates keep coming meanwhile. A second signal ends it at once.
+    let judge_wait = if cfg.kubernetes {
+        cfg.peer_wait.max(cfg.settle)
+    } else {
+        cfg.settle
+    } + 2 * cfg.refresh_interval;
+    let mut draining: Option<(&'static str, tokio::time::Instant)> = None;
+    let mut drain_tick = tokio::time::interval(std::time::Duration::from_millis(100));
+    let waiting = |shared: &Shared| {
+        shared
+            .tracker
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .awaiting_judgement()
+    };
+    let stop = |signal: &'static str,
+                draining: &mut Option<(&'static str, tokio::time::Instant)>| {
+        if draining.is_some() {
+            return true;
+        }
+        let n = waiting(&shared);
+        if n == 0 {
+            return true;
+        }
+        tracing::info!(
+            signal,
+            flows = n,
+            at_most_ms = judge_wait.as_millis() as u64,
+            "stopping once the direct flows seen are judged"
+        );
+        *draining = Some((signal, tokio::time::Instant::now() + judge_wait));
+        false
+    };
     let result = loop {
         tokio::select! {
-            _ = term.recv() => break Ok("SIGTERM"),
-            _ = int.recv() => break Ok("SIGINT"),
+            _ = term.recv() => if stop("SIGTERM", &mut draining) { break Ok(draining.map_or("SIGTERM", |d| d.0)) },
+            _ = int.recv() => if stop("SIGINT", &mut draining) { break Ok(draining.map_or("SIGINT", |d| d.0)) },
+            _ = drain_tick.tick(), if draining.is_some() => {
+                if let Some((signal, until)) = draining
+                    && (waiting(&shared) == 0 || tokio::time::Instant::now() >= until)
+                {
+                    break Ok(signal);
+                }
+            }
             e = events.recv() => match e {
                 Some(NetEvent::Resync) | None => {
                     tracing::warn!("netlink events were lost; full reconcile");
@@ -656,6 +700,22 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         }
     };
     shared.ready.store(false, Ordering::Relaxed);
+    if result.is_ok() {
+        // Flows still waiting for their judgement would be lost with this agent: the next one
+        // starts with an empty flow table. Judge them now, from the kernel's last counters.
+        let (flows, now_ns) = crate::flows::read_flows(&shared.maps);
+        let dir = shared.dir.read().unwrap_or_else(|p| p.into_inner()).clone();
+        let mut t = shared.tracker.lock().unwrap_or_else(|p| p.into_inner());
+        let _ = t.refresh(&flows, now_ns, &dir, &shared.metrics);
+        let judged = t.settle_before_exit(&dir, &shared.metrics);
+        drop(t);
+        if judged > 0 {
+            tracing::info!(
+                flows = judged,
+                "direct flows judged at exit, before their wait was over"
+            );
+        }
+    }
     for (index, name) in ctl.ifaces.detach_all() {
         // Our clsact qdisc goes when no filter of anyone is left on it.
         let ingress = netlink.tc_filter_names(index, true).await;

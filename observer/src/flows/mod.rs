@@ -567,6 +567,14 @@ impl Tracker {
                 expired.push(key);
                 continue;
             }
+            // A pod reached in its first moments was known only by its veth then (its host
+            // route comes before its status): named now, if the inventory has it.
+            if let Some(r) = self.records.get_mut(&key)
+                && r.pod.as_ref().is_none_or(|p| p.namespace.is_empty())
+                && let Some(p) = dir.pod_shared(&ip_of(&key.dst))
+            {
+                r.pod = Some(p);
+            }
             self.settle(key, metrics);
             if let Some(r) = self.records.get_mut(&key)
                 && r.labels.is_some()
@@ -588,6 +596,56 @@ impl Tracker {
         self.flush_folds(metrics);
         self.remove_gone_pods(dir, metrics);
         expired
+    }
+
+    /// Flows not judged yet (settling, waiting for their source to join, or for conntrack),
+    /// held ones excepted.
+    pub fn awaiting_judgement(&self) -> usize {
+        self.records
+            .values()
+            .filter(|r| r.labels.is_none() && !r.held)
+            .count()
+    }
+
+    /// The agent is stopping (a rollout, a drain): every flow not judged yet is judged now, with
+    /// what is known, rather than lost with the agent (the next agent does not know it: the
+    /// kernel's flow table goes with this one). A flow whose source joined is cleared as at
+    /// any time. Held flows (no first sync yet) stay unjudged: nothing to judge them by.
+    /// Returns how many were judged.
+    pub fn settle_before_exit(&mut self, dir: &Directory, metrics: &Metrics) -> usize {
+        let due: Vec<FlowKey> = self
+            .order
+            .iter()
+            .filter(|k| {
+                self.records
+                    .get(k)
+                    .is_some_and(|r| r.labels.is_none() && !r.held)
+            })
+            .copied()
+            .collect();
+        let mut judged = 0;
+        for key in due {
+            if self.source_joined(&key, dir, metrics) {
+                continue;
+            }
+            if let Some(r) = self.records.get_mut(&key) {
+                if r.pending {
+                    r.pending = false;
+                    metrics.origin_lookups.with_label_values(&["skipped"]).inc();
+                }
+                if r.pod.as_ref().is_none_or(|p| p.namespace.is_empty())
+                    && let Some(p) = dir.pod_shared(&ip_of(&key.dst))
+                {
+                    r.pod = Some(p);
+                }
+            }
+            self.settle(key, metrics);
+            if let Some(r) = self.records.get_mut(&key) {
+                r.count_moved(metrics);
+            }
+            judged += 1;
+        }
+        judged
     }
 
     /// The flow's state is taken as settled: count it and raise its alert.
