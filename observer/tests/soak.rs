@@ -199,6 +199,22 @@ fn udp_query(dst: String, port: u16) -> bool {
     s.recv_from(&mut buf).is_ok()
 }
 
+/// The kernel memory of a process's BPF maps (KiB), as the kernel accounts it (`memlock:` of
+/// each map's fdinfo): what memory-cgroup accounting charges to the agent's pod beside its RSS.
+fn maps_memlock_kib(pid: u32) -> u64 {
+    std::fs::read_dir(format!("/proc/{pid}/fdinfo"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| std::fs::read_to_string(e.path()).ok())
+        .filter_map(|info| {
+            info.lines()
+                .find_map(|l| l.strip_prefix("memlock:")?.trim().parse::<u64>().ok())
+        })
+        .sum::<u64>()
+        / 1024
+}
+
 /// CPU seconds (user + system) and peak RSS (KiB) of a process.
 fn usage(pid: u32) -> (f64, u64) {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
@@ -228,6 +244,7 @@ fn usage(pid: u32) -> (f64, u64) {
 struct AgentFigures {
     cpu_s: f64,
     peak_rss_kib: u64,
+    maps_kib: u64,
 }
 
 #[test]
@@ -356,6 +373,7 @@ fn a_clusters_day_has_no_false_alarm_and_every_intrusion_caught() {
         let (cpu, rss) = usage(a.pid());
         f.cpu_s += cpu;
         f.peak_rss_kib = f.peak_rss_kib.max(rss);
+        f.maps_kib = f.maps_kib.max(maps_memlock_kib(a.pid()));
     };
     for a in agents.lock().unwrap().iter() {
         wait_for("the agent's first sync", Duration::from_secs(30), || {
@@ -636,7 +654,7 @@ fn a_clusters_day_has_no_false_alarm_and_every_intrusion_caught() {
         "false_alarms": false_alarms.len(),
         "false_alarm_lines": false_alarms,
         "injections": injections.iter().map(|i| json!({"at_s": (i.at_s * 10.0).round() / 10.0, "pod": i.pod, "protocol": i.protocol, "port": i.port})).collect::<Vec<_>>(),
-        "agents": figures.iter().enumerate().map(|(i, f)| json!({"node": c.nodes[i].name, "cpu_seconds": (f.cpu_s * 100.0).round() / 100.0, "peak_rss_mib": (f.peak_rss_kib as f64 / 1024.0 * 10.0).round() / 10.0})).collect::<Vec<_>>(),
+        "agents": figures.iter().enumerate().map(|(i, f)| json!({"node": c.nodes[i].name, "cpu_seconds": (f.cpu_s * 100.0).round() / 100.0, "peak_rss_mib": (f.peak_rss_kib as f64 / 1024.0 * 10.0).round() / 10.0, "maps_mib": (f.maps_kib as f64 / 1024.0 * 10.0).round() / 10.0})).collect::<Vec<_>>(),
     });
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/soak");
     std::fs::create_dir_all(&dir).unwrap();
@@ -654,10 +672,11 @@ fn a_clusters_day_has_no_false_alarm_and_every_intrusion_caught() {
     );
     for (i, f) in figures.iter().enumerate() {
         eprintln!(
-            "  {:<28} {:>7.2} CPU s   peak RSS {:>6.1} MiB",
+            "  {:<28} {:>7.2} CPU s   peak RSS {:>6.1} MiB   maps {:>6.1} MiB",
             c.nodes[i].name,
             f.cpu_s,
-            f.peak_rss_kib as f64 / 1024.0
+            f.peak_rss_kib as f64 / 1024.0,
+            f.maps_kib as f64 / 1024.0
         );
     }
     assert!(false_alarms.is_empty(), "false alarms: {false_alarms:#?}");
