@@ -21,6 +21,9 @@ pub mod role {
     pub const ALLOWED: u32 = 1 << 3;
     /// A Service ClusterIP / external IP, or the Service CIDR (destination role).
     pub const SERVICE: u32 = 1 << 4;
+    /// An address of another node of the cluster, as the Kubernetes inventory knows it (its
+    /// Node object): what a DSR mark may name with a NodePort.
+    pub const OTHER_NODE: u32 = 1 << 5;
 }
 
 /// A flow's 5-tuple as the packet's sender sent it. Ports in host order. Aligned to 8 so BPF
@@ -142,6 +145,9 @@ pub struct FlowStats {
 
 /// Capacity of `POD_FLOWS` (LRU).
 pub const POD_FLOWS_ENTRIES: u32 = 131_072;
+
+/// Capacity of `DSR_FLOWS` (LRU): connections recognised by a DSR mark on their first packet.
+pub const DSR_FLOWS_ENTRIES: u32 = 65_536;
 
 /// The version of what the agent keeps across its restarts (`POD_FLOWS` and `POD_PORTS`,
 /// pinned in bpffs under `v<KEPT_STATE_VERSION>`). Bump it whenever their keys or values change

@@ -297,9 +297,8 @@ pub trait Lookup {
     /// the kernel judges the frame's mark before parsing it, in the program's one first
     /// state rather than once per packet shape the parse makes, and answers from that.
     #[inline(always)]
-    fn dsr_marked(&self, p: &Packet, settings: &Settings) -> bool {
-        p.dsr
-            .is_some_and(|m| dsr_names_frontend(&m, settings, self))
+    fn dsr_marked(&self, p: &Packet) -> bool {
+        p.dsr.is_some_and(|m| dsr_names_frontend(&m, self))
     }
     /// The roles of an address: the exact map first, the CIDR trie only on a miss. The kernel
     /// answers repeated addresses from a per-CPU cache in front of both.
@@ -380,7 +379,7 @@ fn to_local_pod<L: Lookup + ?Sized>(p: &Packet, settings: &Settings, l: &L) -> D
     if src & role::ALLOWED != 0 {
         return Decision::of(Verdict::Allowed, Reason::SrcAllowed);
     }
-    if settings.dsr_marks && p.has_ports() && l.dsr_marked(p, settings) {
+    if settings.dsr_marks && p.has_ports() && l.dsr_marked(p) {
         return Decision::of(Verdict::Service, Reason::DsrMarked);
     }
     // A later packet of a connection whose first packet was marked.
@@ -397,8 +396,8 @@ fn to_local_pod<L: Lookup + ?Sized>(p: &Packet, settings: &Settings, l: &L) -> D
 /// Whether a DSR mark names a frontend of this cluster ([`dsr_frontend`]), read as Cilium up to
 /// 1.18 writes it or, for IPv4, in network order (newer Cilium's test fixtures).
 #[inline(always)]
-pub fn dsr_names_frontend<L: Lookup + ?Sized>(m: &DsrMark, settings: &Settings, l: &L) -> bool {
-    if dsr_frontend(&m.addr, m.port, m.proto, settings, l) {
+pub fn dsr_names_frontend<L: Lookup + ?Sized>(m: &DsrMark, l: &L) -> bool {
+    if dsr_frontend(&m.addr, m.port, m.proto, l) {
         return true;
     }
     if !is_v4(&m.addr) {
@@ -407,23 +406,28 @@ pub fn dsr_names_frontend<L: Lookup + ?Sized>(m: &DsrMark, settings: &Settings, 
     let mut addr = m.addr;
     addr.swap(12, 15);
     addr.swap(13, 14);
-    dsr_frontend(&addr, m.port.swap_bytes(), m.proto, settings, l)
+    dsr_frontend(&addr, m.port.swap_bytes(), m.proto, l)
 }
 
 /// Whether a DSR mark's address and port are a frontend of this cluster: a Service address, or
-/// a cluster address on a NodePort.
+/// a node's address (this node's, or another's the Kubernetes inventory knows) on a NodePort a
+/// Service allocated.
 #[inline(always)]
-pub fn dsr_frontend<L: Lookup + ?Sized>(
-    addr: &IpKey,
-    port: u16,
-    proto: u8,
-    settings: &Settings,
-    l: &L,
-) -> bool {
-    // Uncached: marked packets are few, and the cache's code is not inlined again.
+pub fn dsr_frontend<L: Lookup + ?Sized>(addr: &IpKey, port: u16, proto: u8, l: &L) -> bool {
+    // A node address only counts with a NodePort some Service allocated: a port of the range
+    // alone, or any cluster address (a pod's), would let anyone forge a mark.
     let roles = uncached_roles(l, addr);
     roles & role::SERVICE != 0
-        || (roles & (role::NODE | role::CLUSTER) != 0 && settings.nodeport(port, proto, l))
+        || (roles & (role::NODE | role::OTHER_NODE) != 0
+            && if proto == 0 {
+                // An IPv6 mark followed by the client's own extension headers: of any
+                // protocol the load balancer forwards.
+                [IPPROTO_TCP, IPPROTO_UDP, IPPROTO_SCTP]
+                    .into_iter()
+                    .any(|p| l.nodeport(port, p))
+            } else {
+                l.nodeport(port, proto)
+            })
 }
 
 /// Whether the uplink remembers this packet's flow in `DSR_FLOWS`: a recognised mark on a

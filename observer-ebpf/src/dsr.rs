@@ -8,15 +8,9 @@
 //! (judged inline, they doubled the instructions the verifier walks, past its limit).
 
 use aya_ebpf::programs::TcContext;
-use observer_common::{
-    packet::dsr_mark,
-    verdict::{Settings, dsr_names_frontend},
-};
+use observer_common::{packet::dsr_mark, verdict::dsr_names_frontend};
 
-use crate::{
-    maps::{Maps, nodeport_range},
-    skb::Skb,
-};
+use crate::{maps::Maps, skb::Skb};
 
 /// Non-zero when DSR marks are trusted and the frame carries one naming a frontend.
 #[inline(always)]
@@ -58,16 +52,10 @@ pub extern "C" fn observer_dsr_frontend(high: u64, low: u64, port_proto: u32, ma
     let mut addr = [0u8; 16];
     addr[..8].copy_from_slice(&high.to_ne_bytes());
     addr[8..].copy_from_slice(&low.to_ne_bytes());
-    let (nodeport_min, nodeport_max) = nodeport_range();
-    let settings = Settings {
-        nodeport_min,
-        nodeport_max,
-        dsr_marks: true,
-    };
     let m = observer_common::packet::DsrMark {
         addr,
         port: (port_proto >> 8) as u16,
         proto: port_proto as u8,
     };
-    u32::from(dsr_names_frontend(&m, &settings, &Maps))
+    u32::from(dsr_names_frontend(&m, &Maps))
 }

@@ -26,7 +26,7 @@
 //! | `STAGED_POSITIONS` | array, mmapped | CPU → head (kernel), tail (agent) | uplink, pod side; agent | both |
 //! | `STAGED_INDEX` | per-CPU array | fingerprint slot → fingerprint, ring position of a staged SYN | uplink | pod veths, uplink egress |
 //!
-//! `POD_FLOWS` and `POD_PORTS` outlive the agent: it pins them in bpffs and adopts them at its
+//! `POD_FLOWS`, `POD_PORTS` and `DSR_FLOWS` outlive the agent: it pins them in bpffs and adopts them at its
 //! next start (`observer/src/kernel/state.rs`), so the flows pods opened before a restart stay
 //! known where no netfilter conntrack could tell them again. Change their key or value and
 //! bump `observer_common::maps::KEPT_STATE_VERSION`.
@@ -40,9 +40,9 @@ use aya_ebpf::{
 use observer_common::{
     addr::IpKey,
     maps::{
-        FlowEvent, FlowKey, FlowStats, FragKey, POD_FLOWS_ENTRIES, PORT_BITMAP_WORDS, PodFlow,
-        PodUnjudged, ROLE_CACHE_SLOTS, RoleCacheEntry, STATS_ENTRIES, TraceRecord, VerdictStats,
-        events, health, port_bit, role_cache_slot, staged,
+        DSR_FLOWS_ENTRIES, FlowEvent, FlowKey, FlowStats, FragKey, POD_FLOWS_ENTRIES,
+        PORT_BITMAP_WORDS, PodFlow, PodUnjudged, ROLE_CACHE_SLOTS, RoleCacheEntry, STATS_ENTRIES,
+        TraceRecord, VerdictStats, events, health, port_bit, role_cache_slot, staged,
     },
     verdict::{Lookup, uncached_roles},
 };
@@ -126,7 +126,7 @@ pub static FRAGS: LruHashMap<FragKey, u32> = LruHashMap::with_max_entries(8_192,
 /// Connections another node's load balancer forwarded in DSR mode, recognised by the mark on
 /// their first packet (only with `DSR_MARKS`): their later packets carry no mark.
 #[map]
-pub static DSR_FLOWS: LruHashMap<FlowKey, u64> = LruHashMap::with_max_entries(65_536, 0);
+pub static DSR_FLOWS: LruHashMap<FlowKey, u64> = LruHashMap::with_max_entries(DSR_FLOWS_ENTRIES, 0);
 
 /// Per local pod address, packets from outside the cluster whose flow the parser could not read
 /// ([`observer_common::verdict::unjudged`]): a connection hidden in tiny fragments or behind a

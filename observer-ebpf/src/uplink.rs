@@ -118,7 +118,7 @@ impl Lookup for View {
         Maps.dsr_flow(key)
     }
     #[inline(always)]
-    fn dsr_marked(&self, _p: &Packet, _settings: &Settings) -> bool {
+    fn dsr_marked(&self, _p: &Packet) -> bool {
         self.dsr_marked != 0
     }
     #[inline(always)]

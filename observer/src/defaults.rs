@@ -52,6 +52,9 @@ pub const SETTLE: Duration = Duration::from_secs(2);
 /// second since 1.27: a node starting 110 pods at once needs about 10 s for the last one);
 /// then the API server's watch brings it here. See docs/configuration.md for the timeline.
 pub const PEER_WAIT: Duration = Duration::from_secs(15);
+/// The longest the agent waits on SIGTERM for the flows it has seen to be judged: below the
+/// DaemonSet's 30 s grace period.
+pub const DRAIN_MAX: Duration = Duration::from_secs(25);
 /// How often the agent reads the flow event ring. The kernel submits events without waking
 /// the agent (a wakeup costs the packet's CPU about 6 µs in a VM), except when the ring fills
 /// past an eighth (`observer_common::maps::events`): a new flow reaches the view at most this

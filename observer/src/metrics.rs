@@ -311,13 +311,13 @@ impl Metrics {
                 &r,
                 "observer_declared_direct_flows_total",
                 "Flows from outside the cluster straight to a local pod's IP from a source the SREs declared for it (a pod or namespace annotation observer.io/allowed-sources): judged allowed, never alerted on. declared_by: pod or namespace.",
-                &["namespace", "workload", "declared_by"],
+                &["pod_namespace", "pod_workload", "declared_by"],
             ),
             declarations_refused: gauge_vec(
                 &r,
                 "observer_declarations_refused",
                 "1 for each object (a local pod, or a namespace) whose observer.io/allowed-sources annotation is malformed: refused whole, so nothing of it applies (the reason is in the log and `observer status`). Other declarations are unaffected.",
-                &["scope", "namespace", "name"],
+                &["scope", "object_namespace", "object_name"],
             ),
             settled_early: counter(
                 &r,

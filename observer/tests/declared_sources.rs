@@ -91,7 +91,7 @@ fn declared_sources_are_allowed_with_their_rule_and_a_malformed_one_is_reported(
         sample(
             &metrics(&n, &agent),
             "observer_declarations_refused",
-            "name=\"\",namespace=\"shop\",scope=\"namespace\""
+            "object_name=\"\",object_namespace=\"shop\",scope=\"namespace\""
         ),
         Some(1.0)
     );
@@ -162,7 +162,7 @@ fn declared_sources_are_allowed_with_their_rule_and_a_malformed_one_is_reported(
         sample(
             &text,
             "observer_declared_direct_flows_total",
-            "declared_by=\"pod\",namespace=\"shop\",workload=\"web\""
+            "declared_by=\"pod\",pod_namespace=\"shop\",pod_workload=\"web\""
         ),
         Some(1.0)
     );
@@ -170,7 +170,7 @@ fn declared_sources_are_allowed_with_their_rule_and_a_malformed_one_is_reported(
         sample(
             &text,
             "observer_declared_direct_flows_total",
-            "declared_by=\"namespace\",namespace=\"metrics\",workload=\"exporter\""
+            "declared_by=\"namespace\",pod_namespace=\"metrics\",pod_workload=\"exporter\""
         ),
         Some(1.0)
     );
@@ -192,7 +192,7 @@ fn declared_sources_are_allowed_with_their_rule_and_a_malformed_one_is_reported(
         sample(
             &metrics(&n, &agent),
             "observer_declarations_refused",
-            "name=\"\",namespace=\"shop\",scope=\"namespace\""
+            "object_name=\"\",object_namespace=\"shop\",scope=\"namespace\""
         ),
         None
     );

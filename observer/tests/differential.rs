@@ -28,7 +28,7 @@ use observer_common::{
         frames::{Frame, L4},
         scenarios::{Case, Layout, SETTINGS, full_corpus},
     },
-    verdict::{Decision, Reason, Verdict, decide, remember_fragment, unjudged},
+    verdict::{Decision, Reason, Verdict, decide, remember_dsr, remember_fragment, unjudged},
 };
 
 /// Random, structured and mutated frames per layout: over a million in all.
@@ -122,12 +122,17 @@ fn host(layout: &Layout, maps: &Maps, frame: &[u8]) -> Decision {
 }
 
 /// Per pod address and kind, the unjudged packets the host counts for these frames, in order:
-/// `inv` learns each remembered first fragment as the kernel's `FRAGS` does.
+/// `inv` learns each remembered first fragment as the kernel's `FRAGS` does, and each
+/// connection a DSR mark opened as its `DSR_FLOWS` does (its later first fragments are then
+/// Service traffic, whose other fragments nothing remembers).
 fn host_unjudged(inv: &mut Inventory, frame: &[u8], counts: &mut BTreeMap<(IpKey, usize), u64>) {
     let (status, p) = parse_frame(frame);
     let d = decide(status, &p, &SETTINGS, inv);
     if status == observer_common::packet::Status::Ip && remember_fragment(&p, &d) {
         inv.add_fragment(p.frag_key());
+    }
+    if status == observer_common::packet::Status::Ip && remember_dsr(&p, &d) {
+        inv.add_dsr_flow(p.key());
     }
     if matches!(d.verdict, Verdict::Malformed | Verdict::Fragment)
         && let Some(kind) = unjudged(status, &p, inv)

@@ -87,7 +87,9 @@ fn cilium_dsr_marks_are_service_traffic_on_a_cilium_node() {
         "name",
         "cilium_net",
     ]);
-    let mut agent = start(&n, "dsr-cilium", &[]);
+    // An IPv6 Service CIDR beside the node's IPv4 one, for the IPv6 mark.
+    const SERVICE6: &str = "fd00:20::a";
+    let mut agent = start(&n, "dsr-cilium", &["--service-cidr", "fd00:20::/108"]);
     assert_eq!(
         log_count(&agent, "\"trusted\":\"cilium\""),
         1,
@@ -105,8 +107,8 @@ fn cilium_dsr_marks_are_service_traffic_on_a_cilium_node() {
         Frame::udp(client, pod, 41_002, 53)
             .cilium_dsr(n.service_ip, 53)
             .payload(16),
-        // IPv6, to the node's NodePort (DSR NodePort): a Destination Options header.
-        Frame::tcp(client6, pod6, 41_003, 80, TCP_SYN).cilium_dsr(n.node_ip6, n.nodeport),
+        // IPv6, to a Service: a Destination Options header.
+        Frame::tcp(client6, pod6, 41_003, 80, TCP_SYN).cilium_dsr(SERVICE6, 80),
         // A forged mark naming no Service of the cluster: still a direct access.
         Frame::tcp(client, pod, 41_004, 80, TCP_SYN).cilium_dsr(client, 80),
     ]);

@@ -126,14 +126,18 @@ pub fn vpc_cni() -> Layout {
     for p in [POD_A, POD_B, POD_LATE, POD6] {
         inv.add_ip(addr(p), role::LOCAL_POD | role::CLUSTER);
     }
-    for c in [PEER_NODE, PEER_POD, PEER_NODE6] {
-        inv.add_ip(addr(c), role::CLUSTER);
+    for c in [PEER_NODE, PEER_NODE6] {
+        inv.add_ip(addr(c), role::CLUSTER | role::OTHER_NODE);
     }
+    inv.add_ip(addr(PEER_POD), role::CLUSTER);
     inv.add_cidr(ALLOWED_CIDR.parse().unwrap(), role::ALLOWED);
     inv.add_cidr(SERVICE_CIDR.parse().unwrap(), role::SERVICE);
     inv.add_ip(addr(EXTERNAL_IP), role::SERVICE);
     // A NodePort allocated outside the range (a cluster with a custom range).
     inv.add_nodeport(8443, 6);
+    // The NodePorts of Services the DSR rows' marks name.
+    inv.add_nodeport(30999, 6);
+    inv.add_nodeport(32001, 6);
     inv.add_pod_flow(flow_key(POD_A, INTERNET, 40000, 443, 6));
     inv.add_pod_flow(flow_key(POD_A, VPC_DNS, 40001, 53, 17));
     inv.add_pod_flow(flow_key(POD_A, INTERNET, 77, 0, 1));
@@ -181,12 +185,14 @@ pub fn calico() -> Layout {
     for p in [POD_A, POD_B, POD_LATE, POD6] {
         inv.add_ip(addr(p), role::LOCAL_POD | role::CLUSTER);
     }
-    inv.add_ip(addr(PEER_NODE), role::CLUSTER);
+    inv.add_ip(addr(PEER_NODE), role::CLUSTER | role::OTHER_NODE);
     inv.add_cidr(CLUSTER_CIDR.parse().unwrap(), role::CLUSTER);
     inv.add_cidr(POD_CIDR6.parse().unwrap(), role::CLUSTER);
     inv.add_cidr(ALLOWED_CIDR.parse().unwrap(), role::ALLOWED);
     inv.add_cidr(SERVICE_CIDR.parse().unwrap(), role::SERVICE);
     inv.add_nodeport(8443, 6);
+    inv.add_nodeport(30999, 6);
+    inv.add_nodeport(32001, 6);
     inv.add_pod_flow(flow_key(POD_A, INTERNET, 40000, 443, 6));
     inv.add_pod_flow(flow_key(POD_A, "10.0.0.2", 40001, 53, 17));
     inv.add_pod_flow(flow_key(POD_A, INTERNET, 77, 0, 1));
@@ -428,7 +434,7 @@ fn rows(a: &Addrs) -> Vec<Case> {
         case(
             "24",
             "a SYN marked with a node address on a NodePort (DSR NodePort)",
-            Frame::tcp(a.internet, a.pod, 51201, 8080, syn).cilium_dsr(a.node, 30080),
+            Frame::tcp(a.internet, a.pod, 51201, 8080, syn).cilium_dsr(a.node, 30999),
             Service,
         ),
         case(
@@ -440,7 +446,7 @@ fn rows(a: &Addrs) -> Vec<Case> {
         case(
             "24",
             "a SYN marked with another node's address on a NodePort (it took the client's packet)",
-            Frame::tcp(a.internet, a.pod, 51209, 8080, syn).cilium_dsr(a.peer_node, 31000),
+            Frame::tcp(a.internet, a.pod, 51209, 8080, syn).cilium_dsr(a.peer_node, 32001),
             Service,
         ),
         case(
@@ -452,13 +458,25 @@ fn rows(a: &Addrs) -> Vec<Case> {
         case(
             "24",
             "an IPv6 SYN marked (destination option) with a node address on a NodePort",
-            Frame::tcp(a.internet6, a.pod6, 51203, 8080, syn).cilium_dsr(a.node6, 30080),
+            Frame::tcp(a.internet6, a.pod6, 51203, 8080, syn).cilium_dsr(a.node6, 30999),
             Service,
         ),
         case(
             "1",
             "a forged DSR mark naming no Service of the cluster",
             Frame::tcp(a.internet, a.pod, 51204, 8080, syn).cilium_dsr(a.internet, 80),
+            DirectToPod,
+        ),
+        case(
+            "1",
+            "a forged DSR mark naming a pod address on a port of the NodePort range",
+            Frame::tcp(a.internet, a.pod, 51210, 8080, syn).cilium_dsr(a.peer_pod, 30500),
+            DirectToPod,
+        ),
+        case(
+            "1",
+            "a forged DSR mark naming a node address on an unallocated port of the range",
+            Frame::tcp(a.internet, a.pod, 51211, 8080, syn).cilium_dsr(a.node, 30500),
             DirectToPod,
         ),
         case(

@@ -56,6 +56,7 @@ fn role_names(bits: u32) -> Vec<String> {
         (role::CLUSTER, "in cluster"),
         (role::ALLOWED, "allowed source"),
         (role::SERVICE, "service"),
+        (role::OTHER_NODE, "another node"),
     ]
     .iter()
     .filter(|(b, _)| bits & b != 0)

@@ -583,13 +583,18 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     // seconds would otherwise be lost with it (the next agent starts with an empty flow table),
     // and judged early, a new pod's late address would make it a false alarm. Inventory
     // updates keep coming meanwhile. A second signal ends it at once.
-    let judge_wait = if cfg.kubernetes {
+    // Within the DaemonSet's grace period (30 s), or the kubelet's SIGKILL would leave the
+    // filters attached and judge nothing.
+    let judge_wait = (if cfg.kubernetes {
         cfg.peer_wait.max(cfg.settle)
     } else {
         cfg.settle
-    } + 2 * cfg.refresh_interval;
+    } + 2 * cfg.refresh_interval)
+        .min(crate::defaults::DRAIN_MAX);
     let mut draining: Option<(&'static str, tokio::time::Instant)> = None;
     let mut drain_tick = tokio::time::interval(std::time::Duration::from_millis(100));
+    // Polled only while draining: no burst of missed ticks then.
+    drain_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let waiting = |shared: &Shared| {
         shared
             .tracker

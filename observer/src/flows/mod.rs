@@ -207,6 +207,24 @@ pub fn read_flows(maps: &Maps) -> (FlowMap<FlowStats>, u64) {
     (flows, now_ns)
 }
 
+/// The pod a flow is judged against when it settles: the inventory's current view of it, so
+/// a pod reached in its first moments (known then only by its veth: its host route comes
+/// before its status) is named, and its declarations are today's. A different pod now holding
+/// the address (reused) is not the one reached: the first view stays.
+fn current_pod(seen: Option<Arc<PodRef>>, dir: &Directory, key: &FlowKey) -> Option<Arc<PodRef>> {
+    let now = dir.pod_shared(&ip_of(&key.dst));
+    match (seen, now) {
+        (None, now) => now,
+        (Some(seen), Some(now))
+            if seen.namespace.is_empty()
+                || (seen.namespace == now.namespace && seen.name == now.name) =>
+        {
+            Some(now)
+        }
+        (seen, _) => seen,
+    }
+}
+
 /// The recent flagged flows and what follows from them.
 pub struct Tracker {
     cfg: TrackerConfig,
@@ -567,13 +585,8 @@ impl Tracker {
                 expired.push(key);
                 continue;
             }
-            // A pod reached in its first moments was known only by its veth then (its host
-            // route comes before its status): named now, if the inventory has it.
-            if let Some(r) = self.records.get_mut(&key)
-                && r.pod.as_ref().is_none_or(|p| p.namespace.is_empty())
-                && let Some(p) = dir.pod_shared(&ip_of(&key.dst))
-            {
-                r.pod = Some(p);
+            if let Some(r) = self.records.get_mut(&key) {
+                r.pod = current_pod(r.pod.take(), dir, &key);
             }
             self.settle(key, metrics);
             if let Some(r) = self.records.get_mut(&key)
@@ -633,11 +646,7 @@ impl Tracker {
                     r.pending = false;
                     metrics.origin_lookups.with_label_values(&["skipped"]).inc();
                 }
-                if r.pod.as_ref().is_none_or(|p| p.namespace.is_empty())
-                    && let Some(p) = dir.pod_shared(&ip_of(&key.dst))
-                {
-                    r.pod = Some(p);
-                }
+                r.pod = current_pod(r.pod.take(), dir, &key);
             }
             self.settle(key, metrics);
             if let Some(r) = self.records.get_mut(&key) {

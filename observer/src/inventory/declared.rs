@@ -58,7 +58,10 @@ pub struct Allowance {
 impl Allowance {
     /// Whether a flow from `src` to the pod's `port` over `proto` is declared.
     pub fn admits(&self, src: IpAddr, proto: u8, port: u16) -> bool {
-        self.cidr.contains_key(&key_of(src))
+        // Of the source's own family: an IPv6 prefix covering `::ffff:0:0/96` (`::/0`) must
+        // not admit IPv4 sources through their mapped form.
+        self.cidr.addr().is_ipv4() == src.is_ipv4()
+            && self.cidr.contains_key(&key_of(src))
             && (self.ports.is_empty()
                 || self.ports.iter().any(|p| {
                     (p.proto == proto || (p.proto == 0 && matches!(proto, 6 | 17 | 132)))
@@ -205,6 +208,10 @@ mod tests {
         assert!(!a[2].admits(ip("2001:db8::1"), 1, 443));
         // No ports: anything, ICMP included.
         assert!(a[3].admits(ip("203.0.113.7"), 1, 0));
+        // An IPv6 catch-all admits no IPv4 source.
+        let all6 = parse("::/0", Scope::Pod).unwrap();
+        assert!(!all6[0].admits(ip("10.20.3.4"), 6, 80));
+        assert!(all6[0].admits(ip("2001:db8::1"), 6, 80));
         assert_eq!(a[1].text, "192.168.5.0/24 tcp/8080-8090 udp/53");
         assert_eq!(
             a[0].rule(),

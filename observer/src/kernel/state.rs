@@ -19,8 +19,11 @@ use std::{
 
 use aya::maps::{MapInfo, MapType};
 use observer_common::{
-    maps::{FlowKey, KEPT_STATE_VERSION, POD_FLOWS_ENTRIES, PORT_BITMAP_WORDS, PodFlow},
-    names::{MAP_POD_FLOWS, MAP_POD_PORTS},
+    maps::{
+        DSR_FLOWS_ENTRIES, FlowKey, KEPT_STATE_VERSION, POD_FLOWS_ENTRIES, PORT_BITMAP_WORDS,
+        PodFlow,
+    },
+    names::{MAP_DSR_FLOWS, MAP_POD_FLOWS, MAP_POD_PORTS},
 };
 
 /// `statfs(2)`'s `f_type` of bpffs.
@@ -36,8 +39,9 @@ pub struct Layout {
     pub max_entries: u32,
 }
 
-/// The maps kept across restarts, as this version lays them out.
-pub fn layouts() -> [Layout; 2] {
+/// The maps kept across restarts, as this version lays them out. (A map added here is created
+/// empty where an older agent of this version pinned none.)
+pub fn layouts() -> [Layout; 3] {
     [
         Layout {
             name: MAP_POD_FLOWS,
@@ -52,6 +56,15 @@ pub fn layouts() -> [Layout; 2] {
             key_size: size_of::<u32>() as u32,
             value_size: size_of::<u64>() as u32,
             max_entries: PORT_BITMAP_WORDS,
+        },
+        // The DSR connections recognised by their marked first packet: their later segments
+        // carry no mark, and would look direct to the next agent.
+        Layout {
+            name: MAP_DSR_FLOWS,
+            map_type: MapType::LruHash,
+            key_size: size_of::<FlowKey>() as u32,
+            value_size: size_of::<u64>() as u32,
+            max_entries: DSR_FLOWS_ENTRIES,
         },
     ]
 }
@@ -231,7 +244,8 @@ mod tests {
 
     #[test]
     fn the_layouts_are_the_shared_types() {
-        let [flows, ports] = layouts();
+        let [flows, ports, dsr] = layouts();
+        assert_eq!((dsr.key_size, dsr.value_size), (40, 8));
         assert_eq!((flows.key_size, flows.value_size), (40, 16));
         assert_eq!((ports.key_size, ports.value_size), (4, 8));
     }

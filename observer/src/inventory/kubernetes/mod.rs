@@ -394,7 +394,14 @@ fn forget(st: &mut State, owner: &Owner, tx: &mpsc::UnboundedSender<KubeMsg>) {
     if let Owner::Object(kind, id) = owner {
         match kind {
             Kind::Pod => {
-                if let Some((_, meta)) = st.local.remove(id) {
+                // A pod of the same name may be there under another uid already (recreated
+                // while a watch was broken, forgotten at the relist's end): its entry stays.
+                if let Some((_, meta)) = st.local.remove(id)
+                    && !st
+                        .local
+                        .values()
+                        .any(|(_, m)| m.namespace == meta.namespace && m.name == meta.name)
+                {
                     st.refused.remove(&(Scope::Pod, meta.namespace, meta.name));
                 }
             }
@@ -405,7 +412,10 @@ fn forget(st: &mut State, owner: &Owner, tx: &mpsc::UnboundedSender<KubeMsg>) {
                 st.tgb.remove(id);
             }
             Kind::Namespace => {
-                if let Some(name) = st.ns_names.remove(id) {
+                // As for pods: a namespace recreated under the same name keeps its entries.
+                if let Some(name) = st.ns_names.remove(id)
+                    && !st.ns_names.values().any(|n| *n == name)
+                {
                     st.ns_allowed.remove(&name);
                     st.refused.remove(&(Scope::Namespace, name, String::new()));
                 }
@@ -431,7 +441,12 @@ fn apply(st: &mut State, o: &Obj, tx: &mpsc::UnboundedSender<KubeMsg>) -> Owner 
                 .iter()
                 .filter(|a| a.type_ == "InternalIP" || a.type_ == "ExternalIP")
                 .filter_map(|a| ip_key(&a.address))
-                .map(|k| (k, role::CLUSTER | if me { role::NODE } else { 0 }))
+                .map(|k| {
+                    (
+                        k,
+                        role::CLUSTER | if me { role::NODE } else { role::OTHER_NODE },
+                    )
+                })
                 .collect();
             let cidrs: Vec<(Cidr, u32)> = n
                 .spec
