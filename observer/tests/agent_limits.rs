@@ -107,6 +107,42 @@ fn bad_requests_on_the_socket_get_errors() {
     assert!(String::from_utf8_lossy(&e.stderr).contains("invalid destination"));
 }
 
+/// Followers that go away (`observer flows --follow` interrupted) give their debug-socket slot
+/// back at once: after 100 of them (more than the 64 slots), each having received the view,
+/// the next clients are served. Before, a follower's slot was held until the next update
+/// reached it, and the 65th client was told "too many clients".
+#[test]
+fn interrupted_followers_free_their_slots() {
+    let n = Node::new(Layout::Calico);
+    let mut servers = Servers::new();
+    servers.tcp(&n.pods[0].ns, 80);
+    let agent = start(&n, "followers", &[]);
+    // A flow in the view, so each follower gets a row as soon as it is following.
+    assert!(
+        testbed::traffic::tcp_get(&n.outside, None, n.pods[0].ip, 80)
+            .1
+            .is_ok()
+    );
+    wait_for("the flow in the view", Duration::from_secs(10), || {
+        !flows(&agent).is_empty()
+    });
+    for i in 0..100 {
+        let mut s = UnixStream::connect(&agent.socket).unwrap();
+        s.write_all(b"{\"cmd\":\"flows\",\"follow\":true}\n")
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(&s).read_line(&mut line).unwrap();
+        assert!(
+            line.contains("\"verdict\":\"direct_to_pod\""),
+            "follower {i}: {line}"
+        );
+        // Interrupted: the connection closes without a word.
+        drop(s);
+    }
+    assert!(agent.cli(&["status"]).status.success());
+    drop(servers);
+}
+
 /// `BPF_MAP_TYPE_RINGBUF` in the kernel's fdinfo.
 const BPF_MAP_TYPE_RINGBUF: u32 = 27;
 

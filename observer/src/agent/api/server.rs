@@ -151,8 +151,20 @@ async fn handle(stream: UnixStream, shared: &Shared) -> std::io::Result<()> {
             if !follow {
                 return Ok(());
             }
+            // A follower that goes away (^C, a closed pipe) frees its slot at once, not at the
+            // next update: the client's end is watched for its close beside the updates.
+            let mut read = reader.into_inner().into_inner();
+            let mut rest = [0u8; 256];
             loop {
-                match updates.recv().await {
+                let update = tokio::select! {
+                    u = updates.recv() => u,
+                    n = read.read(&mut rest) => match n {
+                        Ok(0) | Err(_) => return Ok(()),
+                        // Anything more the client sends is not a request: ignored.
+                        Ok(_) => continue,
+                    },
+                };
+                match update {
                     Ok(r) => {
                         if verdict.as_deref().is_none_or(|v| r.verdict == v) {
                             write.write_all(line(&r).as_bytes()).await?;
