@@ -94,6 +94,38 @@ pub fn run(cmd: &mut Command) -> Result<()> {
     Ok(())
 }
 
+/// What a line of cargo's output is to a reader: the eBPF build's own output, which cargo
+/// relays as the build script's warnings (`warning: observer@0.1.0: …`, aya-build passes the
+/// inner cargo's lines on so), is progress, not a warning.
+fn progress_of(line: &str) -> Option<String> {
+    let rest = line.strip_prefix("warning: observer@")?;
+    let (_, text) = rest.split_once(": ")?;
+    Some(format!("    eBPF build: {}", text.trim_start()))
+}
+
+/// Runs a cargo build, its output passed through, the eBPF build's relayed lines shown as
+/// progress ([`progress_of`]); fails with the command line if it fails.
+fn run_build(cmd: &mut Command) -> Result<()> {
+    use std::io::{BufRead, BufReader};
+    let desc = format!("{cmd:?}");
+    let mut child = cmd
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .with_context(|| format!("cannot start {desc}"))?;
+    for line in BufReader::new(child.stderr.take().context("stderr")?).lines() {
+        let line = line?;
+        match progress_of(&line) {
+            Some(p) => println!("{p}"),
+            None => eprintln!("{line}"),
+        }
+    }
+    let status = child.wait()?;
+    if !status.success() {
+        bail!("{desc} failed: {status}");
+    }
+    Ok(())
+}
+
 /// Runs `cargo test`, passing its output through; returns (passed, failed) summed over every
 /// test binary.
 fn run_tests(cmd: &mut Command) -> Result<(u64, u64)> {
@@ -206,9 +238,11 @@ fn real_main() -> Result<()> {
             // A full run builds every test binary once: incremental state would only add a
             // gigabyte of disk (CI starts from a clean checkout).
             timed("build (userspace on stable, eBPF on debian-web)", || {
-                run(cargo()
-                    .args(["build", "--all-targets"])
-                    .env("CARGO_INCREMENTAL", "0"))
+                run_build(
+                    cargo()
+                        .args(["build", "--all-targets"])
+                        .env("CARGO_INCREMENTAL", "0"),
+                )
             })?;
             let mut totals = (0, 0);
             let mut result = timed("tests", || {
@@ -298,7 +332,7 @@ fn real_main() -> Result<()> {
         Task::Demo => {
             timed("toolchain check", || toolchain::ensure(&[]))?;
             timed("build", || {
-                run(cargo().args(["build", "--bins", "-p", "observer"]))
+                run_build(cargo().args(["build", "--bins", "-p", "observer"]))
             })?;
             demo::run(&root.join("target/debug/observer"))
         }
@@ -334,6 +368,29 @@ fn real_main() -> Result<()> {
                 perfdoc::write(&root)?;
             }
             Ok(())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::progress_of;
+
+    #[test]
+    fn the_ebpf_builds_relayed_lines_are_progress() {
+        assert_eq!(
+            progress_of(
+                "warning: observer@0.1.0:    Compiling observer-ebpf v0.1.0 (/w/observer-ebpf)"
+            )
+            .as_deref(),
+            Some("    eBPF build: Compiling observer-ebpf v0.1.0 (/w/observer-ebpf)")
+        );
+        for other in [
+            "warning: unused import: `Foo`",
+            "   Compiling observer v0.1.0 (/w/observer)",
+            "error[E0063]: missing field",
+        ] {
+            assert_eq!(progress_of(other), None, "{other}");
         }
     }
 }
