@@ -132,8 +132,20 @@ fn run_tests(cmd: &mut Command) -> Result<(u64, u64)> {
     use std::io::{BufRead, BufReader};
     let mut child = cmd
         .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
         .spawn()
         .context("cannot start cargo test")?;
+    // The test profile builds the eBPF programs again: their relayed lines are progress here
+    // too; everything else on stderr (the tests' own output) passes through.
+    let stderr = child.stderr.take().context("stderr")?;
+    let relay = std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            match progress_of(&line) {
+                Some(p) => println!("{p}"),
+                None => eprintln!("{line}"),
+            }
+        }
+    });
     let (mut passed, mut failed) = (0u64, 0u64);
     for line in BufReader::new(child.stdout.take().context("stdout")?).lines() {
         let line = line?;
@@ -150,6 +162,7 @@ fn run_tests(cmd: &mut Command) -> Result<(u64, u64)> {
         }
     }
     let status = child.wait()?;
+    let _ = relay.join();
     if !status.success() {
         bail!("cargo test failed: {status} ({passed} passed, {failed} failed)");
     }
