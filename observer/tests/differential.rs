@@ -30,6 +30,7 @@ use observer_common::{
     },
     verdict::{Decision, Reason, Verdict, decide, remember_dsr, remember_fragment, unjudged},
 };
+use testbed::rng::Rng;
 
 /// Random, structured and mutated frames per layout: over a million in all.
 const RANDOM_FRAMES_PER_LAYOUT: usize = 540_000;
@@ -167,23 +168,6 @@ fn run_pod_programs(ebpf: &mut Ebpf, frame: &[u8]) {
     }
 }
 
-/// A small deterministic PRNG (xorshift64*), so a failure reproduces.
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-    fn pick<'a, T>(&mut self, v: &'a [T]) -> &'a T {
-        &v[self.below(v.len())]
-    }
-}
-
 /// A random frame built from the layout's addresses and random ones, so that every verdict
 /// comes up, not only "malformed".
 fn structured(rng: &mut Rng, addrs4: &[String], addrs6: &[String]) -> Vec<u8> {
@@ -192,9 +176,9 @@ fn structured(rng: &mut Rng, addrs4: &[String], addrs6: &[String]) -> Vec<u8> {
     let addr = |rng: &mut Rng| -> String {
         if rng.below(3) == 0 {
             if v6 {
-                format!("2001:db8::{:x}", rng.next() as u16)
+                format!("2001:db8::{:x}", rng.next_u64() as u16)
             } else {
-                let x = rng.next();
+                let x = rng.next_u64();
                 format!(
                     "{}.{}.{}.{}",
                     x as u8,
@@ -215,7 +199,7 @@ fn structured(rng: &mut Rng, addrs4: &[String], addrs6: &[String]) -> Vec<u8> {
         ])
         .min(&u16::MAX)
             ^ if rng.below(4) == 0 {
-                rng.next() as u16
+                rng.next_u64() as u16
             } else {
                 0
             }
@@ -297,7 +281,7 @@ fn mutated(rng: &mut Rng, corpus: &[Case]) -> Vec<u8> {
     let mut b = rng.pick(corpus).bytes.clone();
     for _ in 0..1 + rng.below(3) {
         let i = rng.below(b.len());
-        b[i] = rng.next() as u8;
+        b[i] = rng.next_u64() as u8;
     }
     if rng.below(3) == 0 {
         let n = ETH_HLEN + rng.below(b.len() - ETH_HLEN + 1);
@@ -308,7 +292,7 @@ fn mutated(rng: &mut Rng, corpus: &[Case]) -> Vec<u8> {
 
 fn random_bytes(rng: &mut Rng) -> Vec<u8> {
     let n = ETH_HLEN + rng.below(200);
-    let mut b: Vec<u8> = (0..n).map(|_| rng.next() as u8).collect();
+    let mut b: Vec<u8> = (0..n).map(|_| rng.next_u64() as u8).collect();
     // Most random ethertypes are "not IP": make IP and VLAN likely, to stress the parser.
     let t = *rng.pick(&[
         [0x08u8, 0x00],

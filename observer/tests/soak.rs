@@ -42,23 +42,10 @@ use testbed::{
     bpffs::StateDir,
     cluster::{Cluster, Dataplane, LB_CIDR, NODEPORT, SERVICE_CIDR, SERVICE_IP, UPLINK},
     kubeapi::{KubeApi, NODES, PODS, SERVICES, fixtures},
+    rng::Rng,
     topology::VPC_ROUTER,
     traffic::{Servers, mac_of, raw_frames},
 };
-
-/// A small deterministic PRNG (xorshift64*), so a run can be replayed from its seed.
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
 
 #[derive(Clone, Debug)]
 struct Injection {
@@ -104,8 +91,8 @@ impl Soak {
     }
 
     /// Schedules a pod: the API has it Pending, the CNI wires it at once, the kubelet reports
-    /// its IP `report_after` later (returns without waiting for that).
-    fn schedule(self: &Arc<Self>, p: PodInfo, report_after: Duration) {
+    /// its IP `report_after` later: the returned thread ends once it has.
+    fn schedule(self: &Arc<Self>, p: PodInfo, report_after: Duration) -> thread::JoinHandle<()> {
         self.api.apply(PODS, self.api_pod(&p, false));
         let veth = format!(
             "eni{:011x}",
@@ -115,9 +102,10 @@ impl Soak {
         self.pods.lock().unwrap().insert(p.ip.clone(), p.clone());
         let me = self.clone();
         thread::spawn(move || {
+            // The kubelet's report delay: the scenario's own timeline.
             thread::sleep(report_after);
             me.api.apply(PODS, me.api_pod(&p, true));
-        });
+        })
     }
 
     fn delete(&self, ip: &str) {
@@ -294,7 +282,9 @@ fn a_clusters_day_has_no_false_alarm_and_every_intrusion_caught() {
             ip: pool.take(),
         },
         now,
-    );
+    )
+    .join()
+    .unwrap();
     s.schedule(
         PodInfo {
             ns: "shop",
@@ -304,7 +294,9 @@ fn a_clusters_day_has_no_false_alarm_and_every_intrusion_caught() {
             ip: pool.take(),
         },
         now,
-    );
+    )
+    .join()
+    .unwrap();
     s.c.set_service_backend(&s.of("api")[0].ip);
 
     // Servers: every pod serves :80 (its servers start with the pod, on demand below); the
@@ -457,7 +449,7 @@ fn a_clusters_day_has_no_false_alarm_and_every_intrusion_caught() {
                 .apply(NODES, fixtures::vpc_node(&c.nodes[2].name, c.nodes[2].ip));
             for k in 0..2 {
                 let ip = pool.take();
-                s.schedule(
+                let reported = s.schedule(
                     PodInfo {
                         ns: "jobs",
                         name: format!("worker-7854ff8877-k000{k}"),
@@ -465,11 +457,11 @@ fn a_clusters_day_has_no_false_alarm_and_every_intrusion_caught() {
                         node: 2,
                         ip: ip.clone(),
                     },
-                    Duration::from_millis(200 + rng.below(1800)),
+                    Duration::from_millis(200 + rng.below(1800) as u64),
                 );
                 serve(&ip);
                 // The pool opens once the pod runs (its status reported).
-                thread::sleep(Duration::from_millis(2100));
+                reported.join().unwrap();
                 let ns = s.pod_ns(&ip).unwrap();
                 let db = c.db.ip;
                 let (port, stream) = NsName(ns).run(move || tcp_open_from(db, 5432));
@@ -490,7 +482,8 @@ fn a_clusters_day_has_no_false_alarm_and_every_intrusion_caught() {
                 node: 1,
                 ip: ip.clone(),
             };
-            s.schedule(p, Duration::from_millis(200 + rng.below(1800)));
+            // Not waited for: the replica calls the Service before its status is reported.
+            let _ = s.schedule(p, Duration::from_millis(200 + rng.below(1800) as u64));
             serve(&ip);
             if let Some(ns) = s.pod_ns(&ip) {
                 netns_of(ns).run(|| tcp_hello(SERVICE_IP.into(), 80));
@@ -501,7 +494,7 @@ fn a_clusters_day_has_no_false_alarm_and_every_intrusion_caught() {
             rolled = true;
             let old = s.of("api")[0].clone();
             let ip = pool.take();
-            s.schedule(
+            let reported = s.schedule(
                 PodInfo {
                     ns: "shop",
                     name: "api-7854ff8877-a0002".into(),
@@ -509,10 +502,11 @@ fn a_clusters_day_has_no_false_alarm_and_every_intrusion_caught() {
                     node: 0,
                     ip: ip.clone(),
                 },
-                Duration::from_millis(200 + rng.below(1800)),
+                Duration::from_millis(200 + rng.below(1800) as u64),
             );
             serve(&ip);
-            thread::sleep(Duration::from_millis(2100));
+            // The Service moves to the new pod once it runs (its status reported).
+            reported.join().unwrap();
             s.c.set_service_backend(&ip);
             s.delete(&old.ip);
             // The CNI gives the freed address out again.
@@ -562,7 +556,7 @@ fn a_clusters_day_has_no_false_alarm_and_every_intrusion_caught() {
         if t > next_intrusion && t < inject_until {
             next_intrusion = t + 3.0 + rng.below(5) as f64;
             let candidates: Vec<PodInfo> = s.pods.lock().unwrap().values().cloned().collect();
-            let p = &candidates[rng.below(candidates.len() as u64) as usize];
+            let p = &candidates[rng.below(candidates.len())];
             let i = injections.len() as u16;
             // Each protocol in turn, from a random start. Pings of one pod within the alert
             // window fold into one line (an echo has no port), so a pod pinged in the last

@@ -12,7 +12,7 @@ use std::{
 
 use crate::{
     netns::Netns,
-    topology::{Layout, Pod, VPC_ROUTER, add_pod, host_settings, veth},
+    topology::{Layout, Pod, VPC_ROUTER, add_pod, host_settings, veth, vpc_switch},
 };
 
 /// How a node forwards Service traffic.
@@ -74,21 +74,7 @@ fn leak(s: String) -> &'static str {
 impl Cluster {
     /// Nodes `10.0.1.<10+i>` named `ip-10-0-1-<10+i>.ec2.internal`, with these dataplanes.
     pub fn new(dataplanes: &[Dataplane]) -> Cluster {
-        let vpc = Netns::new("vpc");
-        vpc.sh(&["ip", "link", "add", "br0", "type", "bridge"]);
-        vpc.sh(&["ip", "link", "set", "br0", "up"]);
-        for t in ["iptables", "ip6tables", "arptables"] {
-            let _ = std::process::Command::new("ip")
-                .args([
-                    "netns",
-                    "exec",
-                    &vpc.name,
-                    "sysctl",
-                    "-qw",
-                    &format!("net.bridge.bridge-nf-call-{t}=0"),
-                ])
-                .output();
-        }
+        let vpc = vpc_switch();
         let attach = |ns: &Netns, port: String, ip: &str| {
             veth(ns, UPLINK, &vpc, &port);
             vpc.sh(&["ip", "link", "set", &port, "master", "br0"]);

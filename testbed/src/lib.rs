@@ -10,5 +10,6 @@ pub mod evasion;
 pub mod kubeapi;
 pub mod monitoring;
 pub mod netns;
+pub mod rng;
 pub mod topology;
 pub mod traffic;

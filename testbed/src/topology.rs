@@ -78,6 +78,28 @@ pub(crate) fn veth(a: &Netns, a_if: &str, b: &Netns, b_if: &str) {
     b.sh(&["ip", "link", "set", b_if, "up"]);
 }
 
+/// The VPC subnet: a namespace with a plain switch (`br0`) hosts and nodes plug into.
+pub(crate) fn vpc_switch() -> Netns {
+    let vpc = Netns::new("vpc");
+    vpc.sh(&["ip", "link", "add", "br0", "type", "bridge"]);
+    vpc.sh(&["ip", "link", "set", "br0", "up"]);
+    // A plain switch: with br_netfilter loaded, bridged IPv4 would be validated (and
+    // malformed frames dropped) before reaching the node.
+    for t in ["iptables", "ip6tables", "arptables"] {
+        let _ = std::process::Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &vpc.name,
+                "sysctl",
+                "-qw",
+                &format!("net.bridge.bridge-nf-call-{t}=0"),
+            ])
+            .output();
+    }
+    vpc
+}
+
 pub(crate) fn host_settings(ns: &Netns) {
     for key in [
         "net.ipv4.conf.all.rp_filter",
@@ -93,26 +115,10 @@ impl Node {
     }
 
     pub fn with_dataplane(layout: Layout, dataplane: Dataplane) -> Node {
-        let vpc = Netns::new("vpc");
+        let vpc = vpc_switch();
         let node = Netns::new("node");
         let outside = Netns::new("out");
         let peer = Netns::new("peer");
-        vpc.sh(&["ip", "link", "add", "br0", "type", "bridge"]);
-        vpc.sh(&["ip", "link", "set", "br0", "up"]);
-        // A plain switch: with br_netfilter loaded, bridged IPv4 would be validated (and
-        // malformed frames dropped) before reaching the node.
-        for t in ["iptables", "ip6tables", "arptables"] {
-            let _ = std::process::Command::new("ip")
-                .args([
-                    "netns",
-                    "exec",
-                    &vpc.name,
-                    "sysctl",
-                    "-qw",
-                    &format!("net.bridge.bridge-nf-call-{t}=0"),
-                ])
-                .output();
-        }
         let (node_ip, uplinks, peer_ip, peer_pod_ip, service_ip, service_cidr, cluster_cidr) =
             match layout {
                 // EKS on Nitro (AL2023) names the primary and secondary ENI ens5 and ens6.

@@ -207,24 +207,6 @@ pub fn read_flows(maps: &Maps) -> (FlowMap<FlowStats>, u64) {
     (flows, now_ns)
 }
 
-/// The pod a flow is judged against when it settles: the inventory's current view of it, so
-/// a pod reached in its first moments (known then only by its veth: its host route comes
-/// before its status) is named, and its declarations are today's. A different pod now holding
-/// the address (reused) is not the one reached: the first view stays.
-fn current_pod(seen: Option<Arc<PodRef>>, dir: &Directory, key: &FlowKey) -> Option<Arc<PodRef>> {
-    let now = dir.pod_shared(&ip_of(&key.dst));
-    match (seen, now) {
-        (None, now) => now,
-        (Some(seen), Some(now))
-            if seen.namespace.is_empty()
-                || (seen.namespace == now.namespace && seen.name == now.name) =>
-        {
-            Some(now)
-        }
-        (seen, _) => seen,
-    }
-}
-
 /// The recent flagged flows and what follows from them.
 pub struct Tracker {
     cfg: TrackerConfig,
@@ -586,7 +568,7 @@ impl Tracker {
                 continue;
             }
             if let Some(r) = self.records.get_mut(&key) {
-                r.pod = current_pod(r.pod.take(), dir, &key);
+                r.pod = rejudge::current_pod(r.pod.take(), dir, &key);
             }
             self.settle(key, metrics);
             if let Some(r) = self.records.get_mut(&key)
@@ -609,52 +591,6 @@ impl Tracker {
         self.flush_folds(metrics);
         self.remove_gone_pods(dir, metrics);
         expired
-    }
-
-    /// Flows not judged yet (settling, waiting for their source to join, or for conntrack),
-    /// held ones excepted.
-    pub fn awaiting_judgement(&self) -> usize {
-        self.records
-            .values()
-            .filter(|r| r.labels.is_none() && !r.held)
-            .count()
-    }
-
-    /// The agent is stopping (a rollout, a drain): every flow not judged yet is judged now, with
-    /// what is known, rather than lost with the agent (the next agent does not know it: the
-    /// kernel's flow table goes with this one). A flow whose source joined is cleared as at
-    /// any time. Held flows (no first sync yet) stay unjudged: nothing to judge them by.
-    /// Returns how many were judged.
-    pub fn settle_before_exit(&mut self, dir: &Directory, metrics: &Metrics) -> usize {
-        let due: Vec<FlowKey> = self
-            .order
-            .iter()
-            .filter(|k| {
-                self.records
-                    .get(k)
-                    .is_some_and(|r| r.labels.is_none() && !r.held)
-            })
-            .copied()
-            .collect();
-        let mut judged = 0;
-        for key in due {
-            if self.source_joined(&key, dir, metrics) {
-                continue;
-            }
-            if let Some(r) = self.records.get_mut(&key) {
-                if r.pending {
-                    r.pending = false;
-                    metrics.origin_lookups.with_label_values(&["skipped"]).inc();
-                }
-                r.pod = current_pod(r.pod.take(), dir, &key);
-            }
-            self.settle(key, metrics);
-            if let Some(r) = self.records.get_mut(&key) {
-                r.count_moved(metrics);
-            }
-            judged += 1;
-        }
-        judged
     }
 
     /// The flow's state is taken as settled: count it and raise its alert.
