@@ -3,7 +3,7 @@
 //!
 //! Sections (all by default, or some with `--only`): the datapath cost per program and packet
 //! class, throughput A/B, pod veth churn, spoofed-source floods, and the Kubernetes inventory at
-//! scale.
+//! scale, and the agent's start with a million conntrack entries.
 
 use std::{
     path::Path,
@@ -178,15 +178,18 @@ pub enum Section {
     Flood,
     /// The 150k-pod Kubernetes inventory: sync time and memory.
     Inventory,
+    /// The agent's start with 1,000,000 conntrack entries: time and memory.
+    Conntrack,
 }
 
 impl Section {
-    pub(crate) const ALL: [Section; 5] = [
+    pub(crate) const ALL: [Section; 6] = [
         Section::Datapath,
         Section::Throughput,
         Section::Churn,
         Section::Flood,
         Section::Inventory,
+        Section::Conntrack,
     ];
 
     /// The section's key in report.json.
@@ -197,6 +200,7 @@ impl Section {
             Section::Churn => "churn",
             Section::Flood => "flood",
             Section::Inventory => "inventory_sync",
+            Section::Conntrack => "conntrack_start",
         }
     }
 }
@@ -220,6 +224,7 @@ pub fn run(bin: &Path, root: &Path, only: &[Section]) -> Result<()> {
             Section::Churn => crate::churn::run(bin)?,
             Section::Flood => crate::flood::run(bin)?,
             Section::Inventory => inventory(bin)?,
+            Section::Conntrack => crate::conntrack::run(bin)?,
         };
         print!("{text}");
         report.insert(section.key().into(), value);

@@ -253,7 +253,7 @@ impl Drop for Reaped {
 }
 
 /// Seconds since the epoch of an RFC 3339 UTC timestamp (tracing's JSON format).
-fn parse_ts(ts: &str) -> f64 {
+pub(crate) fn parse_ts(ts: &str) -> f64 {
     // 2026-11-25T01:08:32.975584Z
     let (date, time) = ts.trim_end_matches('Z').split_once('T').unwrap_or(("", ""));
     let d: Vec<i64> = date.split('-').filter_map(|x| x.parse().ok()).collect();

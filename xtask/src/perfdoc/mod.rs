@@ -12,6 +12,7 @@ use std::{
 mod sections;
 
 use anyhow::{Context as _, Result};
+pub(crate) use sections::conntrack;
 use sections::{churn, datapath, flood, inventory, throughput};
 use serde_json::{Value, json};
 
@@ -179,7 +180,7 @@ pub(crate) struct Section {
 }
 
 /// The sections, in the bench's order.
-pub(crate) const SECTIONS: [Section; 5] = [
+pub(crate) const SECTIONS: [Section; 6] = [
     Section {
         key: "datapath",
         title: "Datapath cost per packet",
@@ -257,6 +258,23 @@ pub(crate) const SECTIONS: [Section; 5] = [
             cluster with `--kubernetes-pods local`. The times include the polling, a process \
             start each time.",
         figures: inventory,
+    },
+    Section {
+        key: "conntrack_start",
+        title: "Agent start on a busy node",
+        method: "A simulated Calico node whose conntrack table holds 1,000,000 connections, \
+            created with `conntrack -R` in its namespace: 100,000 UDP flows that local pods \
+            opened to outside servers (masqueraded; UDP because a TCP connection created \
+            through ctnetlink carries the liberal-window flag, which the agent reads as picked \
+            up mid-stream and does not learn), and established TCP connections: 600,000 of outside clients through a \
+            NodePort (DNAT to a pod, the client's address kept) and 300,000 of the node's own. The agent \
+            starts on it, and before that on the same node with an empty table; each run is \
+            timed from the process's start to its `started` log line (written once the table \
+            has been read and the pods' own connections learnt) and to its debug API answering, \
+            and its peak RSS is `VmHWM`. The kernel caps a namespace's table at \
+            `net.netfilter.nf_conntrack_max`, which only the initial namespace can change: the \
+            bench raises it for this section and restores it after.",
+        figures: conntrack,
     },
 ];
 
@@ -478,8 +496,9 @@ mod tests {
         );
         assert!(page.contains("| 1,700,000 / 400,000 | 1 / 0 |"));
         assert!(page.contains("RSS 30.0 MiB, peak 40.0 MiB"));
-        // Churn (null) and inventory (absent) did not run; an unknown section is shown raw.
-        assert_eq!(page.matches("Not measured in this run").count(), 2);
+        // Churn (null), inventory and conntrack (absent) did not run; an unknown section is
+        // shown raw.
+        assert_eq!(page.matches("Not measured in this run").count(), 3);
         assert!(page.contains("## `something_new`"));
         assert!(!page.contains("## `run`"));
     }
@@ -517,6 +536,14 @@ mod tests {
                 "node_leave": {"ms": 9.0, "agent_cpu_ms": 20.0, "map_writes": 2},
                 "local_pods_mode": {"seconds_to_synced": 1.3, "agent_cpu_ms_to_synced": 1200.0,
                     "agent_rss_mib": 24.0, "api_list_pages": 15, "api_list_mib": 2.1}
+            },
+            "conntrack_start": {
+                "connections": 1000000,
+                "empty": {"started_s": 0.8, "ready_s": 0.8, "peak_rss_mib": 26.7, "rss_mib": 22.6,
+                    "agent_cpu_ms": 710.0, "connections_read": 0, "pod_opened_learnt": 0},
+                "loaded": {"started_s": 4.14, "ready_s": 4.15, "peak_rss_mib": 26.5, "rss_mib": 22.7,
+                    "agent_cpu_ms": 4050.0, "connections_read": 1000000, "pod_opened_learnt": 100000},
+                "peak_rss_over_empty_mib": -0.2
             }
         });
         let page = render(&r, &meta());
@@ -541,6 +568,14 @@ mod tests {
             "| `--kubernetes-pods local`: start to synced / agent CPU / RSS | \
              1.30 s / 1.20 s / 24.0 MiB |"
         ));
+        assert!(page.contains("| conntrack table | empty | 1,000,000 connections |"));
+        assert!(page.contains("| start to `started` | 0.80 s | 4.14 s |"));
+        assert!(
+            page.contains(
+                "| connections read / learnt as pods' own | 0 / 0 | 1,000,000 / 100,000 |"
+            )
+        );
+        assert!(page.contains("Peak RSS over the empty table's: -0.2 MiB"));
         assert_eq!(page.matches("Not measured in this run").count(), 3);
     }
 

@@ -432,3 +432,44 @@ pub(super) fn inventory(v: &Value) -> String {
     }
     out
 }
+
+pub(crate) fn conntrack(v: &Value) -> String {
+    let (empty, loaded) = (&v["empty"], &v["loaded"]);
+    let row = |what: &str, cell: &dyn Fn(&Value) -> String| {
+        format!("| {what} | {} | {} |\n", cell(empty), cell(loaded))
+    };
+    let mut out = format!(
+        "| conntrack table | empty | {} connections |\n|---|---|---|\n",
+        num(&v["connections"], 0)
+    );
+    out.push_str(&row("start to `started`", &|r| {
+        format!("{} s", num(&r["started_s"], 2))
+    }));
+    out.push_str(&row("start to the debug API answering", &|r| {
+        format!("{} s", num(&r["ready_s"], 2))
+    }));
+    out.push_str(&row("agent CPU (user and system) to then", &|r| {
+        secs_of_ms(&r["agent_cpu_ms"])
+    }));
+    out.push_str(&row("connections read / learnt as pods' own", &|r| {
+        format!(
+            "{} / {}",
+            num(&r["connections_read"], 0),
+            num(&r["pod_opened_learnt"], 0)
+        )
+    }));
+    out.push_str(&row("agent RSS then / peak", &|r| {
+        format!(
+            "{} MiB / {} MiB",
+            num(&r["rss_mib"], 1),
+            num(&r["peak_rss_mib"], 1)
+        )
+    }));
+    out.push('\n');
+    out.push_str(&super::wrap(&format!(
+        "Peak RSS over the empty table's: {} MiB (the target: at most 64).",
+        num(&v["peak_rss_over_empty_mib"], 1)
+    )));
+    out.push('\n');
+    out
+}
