@@ -46,6 +46,56 @@ fn fake_kubectl(dir: &Path, sockets: &[(&str, &Path)]) -> std::path::PathBuf {
     path
 }
 
+/// Runs the plugin with `args` in `netns` and reads its output until `done` says so (60 s at
+/// most), then interrupts its process group (the plugin and its kubectl children) as Ctrl-C
+/// does. Returns the lines read.
+fn follow(
+    netns: &str,
+    plugin: &Path,
+    kubeconfig: &Path,
+    args: &[&str],
+    done: impl Fn(&[String]) -> bool,
+) -> Vec<String> {
+    use std::{io::BufRead as _, os::unix::process::CommandExt as _};
+    let mut child = Command::new("ip")
+        .args(["netns", "exec", netns])
+        .arg(plugin)
+        .args(args)
+        .env("KUBECONFIG", kubeconfig)
+        .stdout(std::process::Stdio::piped())
+        .process_group(0)
+        .spawn()
+        .unwrap();
+    let out = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for l in std::io::BufReader::new(out).lines() {
+            if tx.send(l.unwrap_or_default()).is_err() {
+                return;
+            }
+        }
+    });
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let mut seen = Vec::new();
+    while !done(&seen) {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(l) => seen.push(l),
+            Err(_) => break,
+        }
+    }
+    let ended = child.try_wait().unwrap();
+    let _ = Command::new("kill")
+        .args(["-INT", "--", &format!("-{}", child.id())])
+        .status();
+    let _ = child.wait();
+    assert!(
+        done(&seen),
+        "the follow did not show every node in 60 s (ended: {ended:?}): {seen:?}"
+    );
+    seen
+}
+
 #[test]
 fn the_plugin_finds_the_nodes_agent_and_merges_all_nodes() {
     ports_from(19_960);
@@ -168,6 +218,44 @@ fn the_plugin_finds_the_nodes_agent_and_merges_all_nodes() {
         })
         .collect();
     assert_eq!(nodes, [NODE_B, NODE_A]);
+    // -A --fail-if-any: every node's rows, and the documented status (before: the rows of
+    // exactly the nodes that matched were dropped as failures, and it exited 1).
+    let (code, out, err) = run(&["-A", "flows", "--fail-if-any"]);
+    assert_eq!(code, Some(4), "{err}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 3, "{out}{err}");
+    assert!(
+        lines[1].starts_with(NODE_B) && lines[2].starts_with(NODE_A),
+        "{out}"
+    );
+    assert!(!err.contains("observer:"), "{err}");
+    let (code, out, _) = run(&["-A", "flows", "--fail-if-any", "--state", "refused"]);
+    assert_eq!((code, out.as_str()), (Some(0), ""));
+    // -A --follow: every node followed at once (before: it waited on the first node's follow,
+    // which never ends). Read until both nodes' rows came, then interrupted as a user does.
+    for (format, header) in [(None, true), (Some("json"), false)] {
+        let mut args = vec![
+            "--kubectl",
+            kubectl.to_str().unwrap(),
+            "-A",
+            "flows",
+            "--follow",
+        ];
+        if let Some(f) = format {
+            args.extend(["-o", f]);
+        }
+        let lines = follow(&a.node.name, &plugin, &kubeconfig, &args, |seen| {
+            [NODE_A, NODE_B].iter().all(|n| {
+                seen.iter()
+                    .any(|l| l.starts_with(n) || l.contains(&format!("\"node\":\"{n}\"")))
+            })
+        });
+        assert_eq!(
+            lines[0].starts_with("NODE") && lines[0].contains("VERDICT"),
+            header,
+            "{lines:?}"
+        );
+    }
     // A node without an agent, and no node at all: clear errors.
     let (code, _, err) = run(&["--node", "ip-10-0-99-9.ec2.internal", "status"]);
     assert_eq!(code, Some(1));

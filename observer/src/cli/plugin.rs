@@ -113,68 +113,193 @@ pub async fn run(a: PluginArgs) -> anyhow::Result<u8> {
     Ok(status.code().map_or(1, |c| c as u8))
 }
 
+/// What each agent's `flows` sends, as it arrives.
+enum Event {
+    /// A line of an agent's output (the agent's index).
+    Line(usize, String),
+    /// An agent's command ended: its exit code (None: killed) and what it wrote to stderr.
+    Done(usize, Option<i32>, String),
+}
+
+/// Starts `flows` on every agent at once; their lines and ends arrive on one channel, so a
+/// `--follow` of every node is merged as it goes, and no agent waits for another.
+fn spawn_all(
+    a: &PluginArgs,
+    agents: &[(&String, &String)],
+    args: &[String],
+) -> anyhow::Result<std::sync::mpsc::Receiver<Event>> {
+    use std::io::{BufRead as _, Read as _};
+    let (tx, rx) = std::sync::mpsc::channel();
+    for (i, (_, pod)) in agents.iter().enumerate() {
+        let mut child = exec(a, pod, args)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .with_context(|| format!("running {}", a.kubectl))?;
+        let (stdout, mut stderr) = (child.stdout.take(), child.stderr.take());
+        let tx = tx.clone();
+        std::thread::spawn(move || {
+            // stderr drained beside stdout: a chatty one cannot block the agent's rows.
+            let err = std::thread::spawn(move || {
+                let mut text = String::new();
+                if let Some(e) = stderr.as_mut() {
+                    let _ = e.read_to_string(&mut text);
+                }
+                text
+            });
+            if let Some(out) = stdout {
+                for line in std::io::BufReader::new(out).lines() {
+                    let Ok(line) = line else { break };
+                    if tx.send(Event::Line(i, line)).is_err() {
+                        return;
+                    }
+                }
+            }
+            let code = child.wait().ok().and_then(|s| s.code());
+            let err = err.join().unwrap_or_default();
+            let _ = tx.send(Event::Done(i, code, err));
+        });
+    }
+    Ok(rx)
+}
+
+/// The rows of every node, once all answered.
+fn print_merged(
+    rows: &[(&String, FlowRow)],
+    json: bool,
+    wide: bool,
+    width: usize,
+    nodes: usize,
+) -> anyhow::Result<()> {
+    if json {
+        for (node, r) in rows {
+            let mut v = serde_json::to_value(r)?;
+            v["node"] = (*node).clone().into();
+            println!("{v}");
+        }
+    } else if rows.is_empty() {
+        eprintln!("no flagged flows on {nodes} nodes");
+    } else {
+        let flows: Vec<FlowRow> = rows.iter().map(|(_, r)| r.clone()).collect();
+        let table = super::flows::table(&flows, wide);
+        for (i, line) in table.lines().enumerate() {
+            let node = if i == 0 {
+                "NODE"
+            } else {
+                rows[i - 1].0.as_str()
+            };
+            println!("{node:<width$}  {line}");
+        }
+    }
+    Ok(())
+}
+
 /// `flows` on every agent, merged: a table with a NODE column, or JSON rows with `node`.
+/// `--follow` follows every node at once. Exit status: 4 when `--fail-if-any` and any node
+/// has a matching flow (its rows are printed, as with one node), else 1 when any node's
+/// command failed (named on stderr), else 0.
 fn all_nodes(a: &PluginArgs, agents: &BTreeMap<String, String>) -> anyhow::Result<u8> {
     if a.command.first().map(String::as_str) != Some("flows") {
         bail!("-A runs `flows` only");
     }
+    if agents.is_empty() {
+        bail!(
+            "no running observer pods in namespace {} with label {}",
+            a.agent_namespace,
+            a.agent_selector
+        );
+    }
     let rest = &a.command[1..];
-    let json = rest.iter().any(|x| x == "--json")
-        || rest.windows(2).any(|w| w[0] == "-o" && w[1] == "json")
-        || rest.iter().any(|x| x == "-ojson" || x == "--output=json");
-    // Ask each agent for JSON, whatever the caller's format, and print once merged.
+    let (mut json, mut wide) = (false, false);
+    // Ask each agent for JSON, whatever the caller's format, and print once merged. Whether
+    // anything matched is decided here, from the rows: each agent is not asked to fail.
     let mut args: Vec<String> = vec!["flows".into()];
-    let mut skip = false;
-    for x in rest {
-        if skip {
-            skip = false;
-            continue;
+    let mut it = rest.iter();
+    while let Some(x) = it.next() {
+        let format = match x.as_str() {
+            "-o" | "--output" => it.next().map(String::as_str),
+            "--json" => Some("json"),
+            x => x
+                .strip_prefix("--output=")
+                .or_else(|| x.strip_prefix("-o"))
+                .filter(|f| !f.is_empty()),
+        };
+        match format {
+            Some("json") => json = true,
+            Some("wide") => wide = true,
+            Some("table") => {}
+            Some(f) => bail!("unknown output format {f} (table, wide or json)"),
+            None if x == "--fail-if-any" => {}
+            None => args.push(x.clone()),
         }
-        match x.as_str() {
-            "-o" | "--output" => skip = true,
-            "--json" | "-ojson" | "--output=json" | "-owide" | "--output=wide" => {}
-            _ => args.push(x.clone()),
-        }
+    }
+    let follow = args.iter().any(|x| x == "--follow");
+    let fail_if_any = rest.iter().any(|x| x == "--fail-if-any");
+    if follow && fail_if_any {
+        bail!("--follow and --fail-if-any cannot be used together");
     }
     args.extend(["-o".into(), "json".into()]);
-    let mut rows: Vec<(String, FlowRow)> = Vec::new();
+    let agents: Vec<(&String, &String)> = agents.iter().collect();
+    let width = agents
+        .iter()
+        .map(|(n, _)| n.len())
+        .max()
+        .unwrap_or(4)
+        .max(4);
+    let events = spawn_all(a, &agents, &args)?;
+    let mut lines: Vec<Vec<String>> = vec![Vec::new(); agents.len()];
     let mut failed = Vec::new();
-    for (node, pod) in agents {
-        let out = exec(a, pod, &args)
-            .output()
-            .with_context(|| format!("running {}", a.kubectl))?;
-        if !out.status.success() {
-            failed.push(format!(
-                "{node}: {}",
-                String::from_utf8_lossy(&out.stderr).trim()
-            ));
-            continue;
-        }
-        for l in String::from_utf8_lossy(&out.stdout).lines() {
-            let r: FlowRow = serde_json::from_str(l)
-                .with_context(|| format!("the agent on {node} sent a line that is not a flow"))?;
-            rows.push((node.clone(), r));
+    let mut running = agents.len();
+    if follow && !json {
+        print!("{:<width$}  {}", "NODE", super::flows::follow_header(wide));
+    }
+    let parse = |node: &str, l: &str| -> anyhow::Result<FlowRow> {
+        serde_json::from_str(l)
+            .with_context(|| format!("the agent on {node} sent a line that is not a flow"))
+    };
+    while running > 0 {
+        let Ok(event) = events.recv() else { break };
+        match event {
+            Event::Line(i, l) if follow => {
+                let node = agents[i].0;
+                let r = parse(node, &l)?;
+                if json {
+                    let mut v = serde_json::to_value(&r)?;
+                    v["node"] = node.clone().into();
+                    println!("{v}");
+                } else {
+                    print!("{node:<width$}  {}", super::flows::follow_row(&r, wide));
+                }
+                let _ = std::io::Write::flush(&mut std::io::stdout());
+            }
+            Event::Line(i, l) => lines[i].push(l),
+            Event::Done(i, code, err) => {
+                running -= 1;
+                if code != Some(0) {
+                    let code = code.map_or("killed".to_string(), |c| format!("exit {c}"));
+                    failed.push(format!("{}: {} ({code})", agents[i].0, err.trim()));
+                }
+            }
         }
     }
-    if json {
-        for (node, r) in &rows {
-            let mut v = serde_json::to_value(r)?;
-            v["node"] = node.clone().into();
-            println!("{v}");
+    let mut rows: Vec<(&String, FlowRow)> = Vec::new();
+    for (i, ls) in lines.iter().enumerate() {
+        for l in ls {
+            rows.push((agents[i].0, parse(agents[i].0, l)?));
         }
-    } else if rows.is_empty() {
-        eprintln!("no flagged flows on {} nodes", agents.len());
-    } else {
-        let flows: Vec<FlowRow> = rows.iter().map(|(_, r)| r.clone()).collect();
-        let table = super::flows::table(&flows, false);
-        let width = rows.iter().map(|(n, _)| n.len()).max().unwrap_or(4).max(4);
-        for (i, line) in table.lines().enumerate() {
-            let node = if i == 0 { "NODE" } else { &rows[i - 1].0 };
-            println!("{node:<width$}  {line}");
-        }
+    }
+    if !follow {
+        print_merged(&rows, json, wide, width, agents.len())?;
     }
     for f in &failed {
         eprintln!("observer: {f}");
     }
-    Ok(if failed.is_empty() { 0 } else { 1 })
+    Ok(if fail_if_any && !rows.is_empty() {
+        super::EXIT_MATCHED
+    } else if failed.is_empty() {
+        0
+    } else {
+        1
+    })
 }
