@@ -2,7 +2,8 @@
 //! (`--web.config.file`: a server certificate from a CA of the test's, bcrypt-hashed users).
 //! The push arrives with the rule's labels; the same Alertmanager refuses a client without the
 //! password (401) and a client that does not trust the CA cannot connect, so the test proves the
-//! push really used TLS and auth.
+//! push really used TLS and auth. The agent trusts the CA through `SSL_CERT_FILE`, as it trusts
+//! the bundle the image ships; with no root at all, an https URL stops its start.
 
 mod support;
 
@@ -124,20 +125,46 @@ fn the_push_reaches_alertmanager_over_tls_with_basic_auth() {
     a.extend([
         "--alertmanager-url".into(),
         url.clone(),
-        "--alertmanager-ca-file".into(),
-        ca.display().to_string(),
         "--alertmanager-user".into(),
         "observer".into(),
         "--alertmanager-password-file".into(),
         password.display().to_string(),
     ]);
     let a: Vec<&str> = a.iter().map(String::as_str).collect();
-    let agent = testbed::agent::AgentProc::start(
+    // An https URL with no root to trust stops the start with the reason (the image's case
+    // before it shipped a bundle): SSL_CERT_FILE naming nothing, no system bundle read then.
+    let check = |env: &[(&str, &str)]| {
+        std::process::Command::new(BIN)
+            .args(["run", "--check-config", "--kubernetes", "off"])
+            .args(&a)
+            .envs(env.iter().copied())
+            .env_remove("SSL_CERT_DIR")
+            .output()
+            .unwrap()
+    };
+    let none = check(&[("SSL_CERT_FILE", "/nonexistent/ca-certificates.crt")]);
+    let said = String::from_utf8_lossy(&none.stderr);
+    assert_eq!(none.status.code(), Some(2), "{said}");
+    assert!(
+        said.contains("no root certificate") && said.contains("SSL_CERT_FILE"),
+        "{said}"
+    );
+    // The roots of SSL_CERT_FILE (as the image sets it) are the ones trusted: the test's CA,
+    // without --alertmanager-ca-file, and the push below goes through over TLS with them.
+    let ca_path = ca.display().to_string();
+    let ok = check(&[("SSL_CERT_FILE", &ca_path)]);
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    let agent = testbed::agent::AgentProc::start_env(
         BIN.as_ref(),
         &n.node,
         &dir("am-tls-agent"),
         next_port(),
         &a,
+        &[("SSL_CERT_FILE", &ca_path)],
     );
     assert_eq!(
         tcp_get(&n.outside, None, n.pods[0].ip, 80).1.as_deref(),

@@ -194,9 +194,11 @@ impl AmTarget {
             ca_file,
             auth,
         };
-        // The CA file is read once here, so a bad one stops the start, not the first push.
-        AmClient::new(target.clone()).map_err(|e| {
-            invalid(
+        // The roots are loaded once here, so a bad CA file, or no root at all for https,
+        // stops the start, not the first push.
+        AmClient::new(target.clone()).map_err(|e| match e {
+            AmError::NoRoots(_) => invalid("alertmanager-url", &url, e.to_string()),
+            e => invalid(
                 "alertmanager-ca-file",
                 &target
                     .ca_file
@@ -204,7 +206,7 @@ impl AmTarget {
                     .map(|p| p.display().to_string())
                     .unwrap_or_default(),
                 e.to_string(),
-            )
+            ),
         })?;
         Ok(Some(target))
     }
@@ -220,6 +222,11 @@ pub enum AmError {
     },
     #[error("{path}: no PEM certificate in it ({detail})")]
     Ca { path: String, detail: String },
+    #[error(
+        "no root certificate to verify an https Alertmanager with ({0}): set SSL_CERT_FILE to a \
+         PEM bundle, or --alertmanager-ca-file"
+    )]
+    NoRoots(String),
     #[error("TLS setup: {0}")]
     Tls(#[from] rustls::Error),
     #[error("{0}")]
@@ -260,11 +267,26 @@ impl AmClient {
                     roots.add(c)?;
                 }
             }
-            None => {
-                for c in rustls_native_certs::load_native_certs().certs {
-                    let _ = roots.add(c);
+            // Only https needs roots: none are loaded for http.
+            None if target.url.https => {
+                // SSL_CERT_FILE / SSL_CERT_DIR when set, else the system's bundle (the image
+                // ships Debian's and sets SSL_CERT_FILE).
+                let found = rustls_native_certs::load_native_certs();
+                let (added, _) = roots.add_parsable_certificates(found.certs);
+                if added == 0 {
+                    let mut detail: Vec<String> =
+                        found.errors.iter().map(|e| e.to_string()).collect();
+                    if detail.is_empty() {
+                        detail.push("no certificate found".into());
+                    }
+                    return Err(AmError::NoRoots(detail.join("; ")));
                 }
+                tracing::debug!(
+                    roots = added,
+                    "trusting the system's root certificates for Alertmanager"
+                );
             }
+            None => {}
         }
         let tls = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
             rustls::crypto::ring::default_provider(),

@@ -77,7 +77,8 @@ pub struct RunArgs {
     /// [default: off].
     #[arg(long = "alertmanager-url", env = "OBSERVER_ALERTMANAGER_URL")]
     pub alertmanager_url: Option<String>,
-    /// PEM CA certificates to trust for an https Alertmanager [default: the system's roots].
+    /// PEM CA certificates to trust for an https Alertmanager [default: the roots of
+    /// SSL_CERT_FILE, else the system's; none found stops the start].
     #[arg(long = "alertmanager-ca-file", env = "OBSERVER_ALERTMANAGER_CA_FILE")]
     pub alertmanager_ca_file: Option<PathBuf>,
     /// A file holding a bearer token for Alertmanager (read at each push) [default: none].
