@@ -1,5 +1,6 @@
-//! The manifests an SRE applies: valid YAML of the right shape, least privilege, and a
-//! ConfigMap the agent accepts.
+//! The manifests an SRE applies (the kustomize manifests, which `cargo xtask test` checks are
+//! the Helm chart's rendering): valid YAML of the right shape, least privilege, a ConfigMap the
+//! agent accepts, and a chart whose settings cover every flag of `observer run`.
 
 use std::{path::PathBuf, process::Command};
 
@@ -16,7 +17,22 @@ fn docs(file: &str) -> Vec<Value> {
     let text = std::fs::read_to_string(root().join("deploy/kubernetes").join(file)).unwrap();
     serde_yaml_ng::Deserializer::from_str(&text)
         .map(|d| serde::Deserialize::deserialize(d).unwrap_or_else(|e| panic!("{file}: {e}")))
+        .filter(|d: &Value| !d.is_null())
         .collect()
+}
+
+/// The objects of the kustomize base and the monitoring overlay.
+fn objects() -> Vec<Value> {
+    let mut all = docs("base/observer.yaml");
+    all.extend(docs("monitoring/monitoring.yaml"));
+    all
+}
+
+/// The one object of `kind`.
+fn kind(k: &str) -> Value {
+    let all: Vec<Value> = objects().into_iter().filter(|d| d["kind"] == k).collect();
+    assert_eq!(all.len(), 1, "one {k}");
+    all[0].clone()
 }
 
 fn strings(v: &Value) -> Vec<String> {
@@ -29,8 +45,7 @@ fn strings(v: &Value) -> Vec<String> {
 
 #[test]
 fn the_daemonset_is_least_privilege_and_complete() {
-    let ds = &docs("daemonset.yaml")[0];
-    assert_eq!(ds["kind"], "DaemonSet");
+    let ds = &kind("DaemonSet");
     let spec = &ds["spec"]["template"]["spec"];
     assert_eq!(spec["hostNetwork"], true);
     assert_eq!(spec["dnsPolicy"], "ClusterFirstWithHostNet");
@@ -45,6 +60,37 @@ fn the_daemonset_is_least_privilege_and_complete() {
     assert_eq!(
         strings(&sc["capabilities"]["add"]),
         ["BPF", "PERFMON", "NET_ADMIN"]
+    );
+    // The runtime's default seccomp profile, on the pod and the container (containerd >= 1.6.9
+    // admits bpf() with CAP_BPF and perf_event_open() with CAP_PERFMON; docs/security.md).
+    assert_eq!(
+        spec["securityContext"]["seccompProfile"]["type"],
+        "RuntimeDefault"
+    );
+    assert_eq!(sc["seccompProfile"]["type"], "RuntimeDefault");
+    // A CPU request, no CPU limit: throttled during a flood is when events are lost.
+    assert!(!c["resources"]["requests"]["cpu"].is_null());
+    assert!(c["resources"]["limits"]["cpu"].is_null());
+    // /metrics on the node's own address (the downward API), not every address of the host.
+    let env = |name: &str| {
+        c["env"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .find(|e| e["name"] == name)
+            .unwrap_or_else(|| panic!("{name}"))
+            .clone()
+    };
+    assert_eq!(
+        env("NODE_IP")["valueFrom"]["fieldRef"]["fieldPath"],
+        "status.hostIP"
+    );
+    assert_eq!(env("OBSERVER_METRICS_ADDR")["value"], "$(NODE_IP):19962");
+    // A change of the settings rolls the agents.
+    assert!(
+        ds["spec"]["template"]["metadata"]["annotations"]["checksum/config"]
+            .as_str()
+            .is_some_and(|s| s.len() == 64)
     );
     assert_eq!(c["livenessProbe"]["httpGet"]["path"], "/healthz");
     assert_eq!(c["readinessProbe"]["httpGet"]["path"], "/readyz");
@@ -89,7 +135,7 @@ fn the_daemonset_is_least_privilege_and_complete() {
 
 #[test]
 fn rbac_is_read_only_on_exactly_the_resources_used() {
-    let all = docs("rbac.yaml");
+    let all = objects();
     let role = all.iter().find(|d| d["kind"] == "ClusterRole").unwrap();
     let mut resources = Vec::new();
     for r in role["rules"].as_sequence().unwrap() {
@@ -121,10 +167,9 @@ fn rbac_is_read_only_on_exactly_the_resources_used() {
 
 #[test]
 fn the_service_monitor_finds_the_headless_service() {
-    let all = docs("service.yaml");
-    let svc = all.iter().find(|d| d["kind"] == "Service").unwrap();
+    let svc = &kind("Service");
     assert_eq!(svc["spec"]["clusterIP"], "None");
-    let sm = all.iter().find(|d| d["kind"] == "ServiceMonitor").unwrap();
+    let sm = &kind("ServiceMonitor");
     for (k, v) in sm["spec"]["selector"]["matchLabels"].as_mapping().unwrap() {
         assert_eq!(&svc["metadata"]["labels"][k], v);
     }
@@ -132,16 +177,15 @@ fn the_service_monitor_finds_the_headless_service() {
         sm["spec"]["endpoints"][0]["port"],
         svc["spec"]["ports"][0]["name"]
     );
-    let ds = &docs("daemonset.yaml")[0];
-    assert_eq!(
-        ds["spec"]["template"]["metadata"]["labels"],
-        svc["spec"]["selector"]
-    );
+    let ds = &kind("DaemonSet");
+    for (k, v) in svc["spec"]["selector"].as_mapping().unwrap() {
+        assert_eq!(&ds["spec"]["template"]["metadata"]["labels"][k], v);
+    }
 }
 
 #[test]
 fn the_configmap_is_accepted_by_the_agent() {
-    let cm = &docs("configmap.yaml")[0];
+    let cm = &kind("ConfigMap");
     let file = std::env::temp_dir().join(format!("observer-cm-{}.yaml", std::process::id()));
     std::fs::write(&file, cm["data"]["config.yaml"].as_str().unwrap()).unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_observer"))
@@ -156,9 +200,78 @@ fn the_configmap_is_accepted_by_the_agent() {
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains("configuration OK"));
     let _ = std::fs::remove_file(file);
-    // Every manifest the kustomization lists exists and parses.
-    let k = &docs("kustomization.yaml")[0];
-    for r in strings(&k["resources"]) {
-        assert!(!docs(&r).is_empty(), "{r}");
+    // Every manifest the kustomizations list exists and parses.
+    for dir in ["", "base/", "monitoring/"] {
+        for r in strings(&docs(&format!("{dir}kustomization.yaml"))[0]["resources"]) {
+            let path = format!("{dir}{r}");
+            if root().join("deploy/kubernetes").join(&path).is_dir() {
+                assert!(
+                    !docs(&format!("{path}/kustomization.yaml")).is_empty(),
+                    "{path}"
+                );
+            } else {
+                assert!(!docs(&path).is_empty(), "{path}");
+            }
+        }
     }
+}
+
+/// The flags of `observer run`, from its help.
+fn run_flags() -> Vec<String> {
+    let out = Command::new(env!("CARGO_BIN_EXE_observer"))
+        .args(["run", "--help"])
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&out.stdout).to_string();
+    let mut flags: Vec<String> = help
+        .lines()
+        .filter_map(|l| l.trim_start().strip_prefix("--"))
+        .filter_map(|l| l.split([' ', '\n']).next())
+        .filter(|f| *f != "help")
+        .map(String::from)
+        .collect();
+    flags.sort();
+    flags
+}
+
+#[test]
+fn the_charts_settings_cover_every_flag_of_the_agent() {
+    let text = std::fs::read_to_string(root().join("deploy/helm/observer/values.yaml")).unwrap();
+    let values: Value = serde_yaml_ng::from_str(&text).unwrap();
+    let mut covered: Vec<String> = values["config"]
+        .as_mapping()
+        .unwrap()
+        .keys()
+        .map(|k| k.as_str().unwrap().to_string())
+        .collect();
+    // What the chart sets itself: from the node (name, address), its own volumes and
+    // `alertmanager.*`; --check-config is a command-line check, not a setting.
+    let daemonset =
+        std::fs::read_to_string(root().join("deploy/helm/observer/templates/daemonset.yaml"))
+            .unwrap();
+    for flag in [
+        "kubernetes",
+        "node-name",
+        "metrics-addr",
+        "state-dir",
+        "config",
+        "alertmanager-url",
+        "alertmanager-ca-file",
+        "alertmanager-bearer-token-file",
+        "alertmanager-user",
+        "alertmanager-password-file",
+    ] {
+        let env = format!("OBSERVER_{}", flag.to_uppercase().replace('-', "_"));
+        assert!(daemonset.contains(&env), "the chart sets {env}");
+        covered.push(flag.into());
+    }
+    // The socket's default is the directory the chart mounts.
+    assert!(daemonset.contains("mountPath: /run/observer"));
+    covered.extend(["socket".into(), "check-config".into()]);
+    covered.sort();
+    assert_eq!(
+        covered,
+        run_flags(),
+        "every flag of `observer run` is under `config` in values.yaml or set by the chart"
+    );
 }

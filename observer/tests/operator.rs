@@ -1,6 +1,7 @@
 //! The shipped monitoring under the Prometheus Operator's label semantics: a real Prometheus
 //! scrapes the agent with the target labels and `honor_labels` that the shipped ServiceMonitor
-//! makes the Operator generate (read from `deploy/kubernetes/service.yaml`: the endpoint's port
+//! makes the Operator generate (read from the kustomize manifests, the chart's rendering: the
+//! endpoint's port
 //! name and path, `honorLabels`, its relabelings) and the labels the Operator always adds
 //! (`namespace`, `service`, `pod`, `container`, `endpoint`, `job` of the agent's own pod). It
 //! evaluates the shipped rules; the direct-access alert must name the attacked pod and the node,
@@ -45,14 +46,19 @@ fn root() -> PathBuf {
 /// first endpoint, with the Kubernetes service discovery replaced by a static target that
 /// carries the same `__meta_kubernetes_*` labels.
 fn operator_scrape_config(agent_port: u16) -> String {
-    let text = std::fs::read_to_string(root().join("deploy/kubernetes/service.yaml")).unwrap();
+    let mut text =
+        std::fs::read_to_string(root().join("deploy/kubernetes/base/observer.yaml")).unwrap();
+    text.push_str(
+        &std::fs::read_to_string(root().join("deploy/kubernetes/monitoring/monitoring.yaml"))
+            .unwrap(),
+    );
     let docs: Vec<serde_yaml_ng::Value> = serde_yaml_ng::Deserializer::from_str(&text)
         .map(|d| serde::Deserialize::deserialize(d).expect("YAML"))
         .collect();
     let kind = |k: &str| {
         docs.iter()
             .find(|d| d["kind"] == k)
-            .unwrap_or_else(|| panic!("no {k} in service.yaml"))
+            .unwrap_or_else(|| panic!("no {k} in the manifests"))
             .clone()
     };
     let svc = kind("Service");
