@@ -244,8 +244,8 @@ fn the_charts_settings_cover_every_flag_of_the_agent() {
         .keys()
         .map(|k| k.as_str().unwrap().to_string())
         .collect();
-    // What the chart sets itself: from the node (name, address), its own volumes and
-    // `alertmanager.*`; --check-config is a command-line check, not a setting.
+    // What the chart sets itself: from the node (name, address), its own volumes,
+    // `metrics.*` and `alertmanager.*`; --check-config is a command-line check, not a setting.
     let daemonset =
         std::fs::read_to_string(root().join("deploy/helm/observer/templates/daemonset.yaml"))
             .unwrap();
@@ -260,6 +260,9 @@ fn the_charts_settings_cover_every_flag_of_the_agent() {
         "alertmanager-bearer-token-file",
         "alertmanager-user",
         "alertmanager-password-file",
+        "metrics-tls-cert-file",
+        "metrics-tls-key-file",
+        "metrics-bearer-token-file",
     ] {
         let env = format!("OBSERVER_{}", flag.to_uppercase().replace('-', "_"));
         assert!(daemonset.contains(&env), "the chart sets {env}");

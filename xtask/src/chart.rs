@@ -44,6 +44,8 @@ fn variants() -> Vec<(&'static str, Vec<&'static str>)> {
                 "podLabels.team=sre",
                 "config.allow-source={10.0.14.0/26,10.0.15.0/26}",
                 "config.peer-wait=30s",
+                "metrics.tls.secretName=observer-metrics-tls",
+                "metrics.bearerTokenSecret.name=observer-metrics-token",
             ]),
         ),
         (
@@ -54,6 +56,7 @@ fn variants() -> Vec<(&'static str, Vec<&'static str>)> {
                 "alertmanager.basicAuth.user=observer",
                 "alertmanager.basicAuth.passwordSecret.name=alertmanager-password",
                 "metrics.listen=all",
+                "metrics.bearerTokenSecret.name=observer-metrics-token",
             ]),
         ),
         (

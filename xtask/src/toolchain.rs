@@ -19,6 +19,8 @@ pub const PACKAGES: &[&str] = &[
     // What the node's namespace tracks (tests of nodes without netfilter users).
     "conntrack",
     "iputils-ping",
+    // The metrics endpoint's TLS test scrapes with it.
+    "curl",
     "procps",
     "prometheus",
     "prometheus-alertmanager",

@@ -7,5 +7,6 @@ pub mod api;
 pub mod config;
 pub mod explain;
 pub mod kept;
+pub mod metrics_endpoint;
 pub mod runtime;
 pub mod state;

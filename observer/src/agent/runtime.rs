@@ -316,49 +316,6 @@ async fn read_events(
     }
 }
 
-async fn metrics_server(addr: std::net::SocketAddr, shared: Arc<Shared>) -> anyhow::Result<()> {
-    use axum::{Router, http::StatusCode, routing::get};
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("binding the metrics endpoint {addr}"))?;
-    tracing::info!(%addr, "serving /metrics, /healthz, /readyz");
-    let s1 = shared.clone();
-    let s2 = shared.clone();
-    let app = Router::new()
-        .route(
-            "/metrics",
-            get(move || {
-                let s = s1.clone();
-                async move {
-                    s.metrics.sample_kernel(&s.maps);
-                    (
-                        [("content-type", "text/plain; version=0.0.4")],
-                        s.metrics.render(),
-                    )
-                }
-            }),
-        )
-        .route("/healthz", get(|| async { "ok\n" }))
-        .route(
-            "/readyz",
-            get(move || {
-                let s = s2.clone();
-                async move {
-                    if s.ready.load(Ordering::Relaxed) {
-                        (StatusCode::OK, "ready\n")
-                    } else {
-                        (
-                            StatusCode::SERVICE_UNAVAILABLE,
-                            "not ready: first sync pending\n",
-                        )
-                    }
-                }
-            }),
-        );
-    axum::serve(listener, app).await?;
-    Ok(())
-}
-
 /// Runs the agent until SIGTERM or SIGINT.
 pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let started = std::time::Instant::now();
@@ -532,7 +489,10 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let mut int = tokio::signal::unix::signal(SignalKind::interrupt())?;
     let mut tasks = tokio::task::JoinSet::new();
     tasks.spawn(api::server::serve(listener, shared.clone()).then_ok());
-    tasks.spawn(metrics_server(cfg.metrics_addr, shared.clone()));
+    tasks.spawn(super::metrics_endpoint::serve(
+        cfg.metrics.clone(),
+        shared.clone(),
+    ));
     tasks.spawn(read_events(ring, rings, shared.clone()));
     {
         let shared = shared.clone();

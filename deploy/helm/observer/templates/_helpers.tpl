@@ -67,3 +67,24 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- end }}
 {{- toYaml $c }}
 {{- end }}
+
+{{/* The scrape's scheme, TLS and authorization, for the ServiceMonitor and the PodMonitor. */}}
+{{- define "observer.scrapeSecurity" -}}
+{{- $m := .Values.metrics }}
+{{- if $m.tls.secretName }}
+scheme: https
+tlsConfig:
+  serverName: {{ include "observer.fullname" . }}.{{ .Release.Namespace }}.svc
+  ca:
+    secret:
+      name: {{ $m.tls.secretName }}
+      key: ca.crt
+{{- end }}
+{{- if $m.bearerTokenSecret.name }}
+authorization:
+  type: Bearer
+  credentials:
+    name: {{ $m.bearerTokenSecret.name }}
+    key: {{ $m.bearerTokenSecret.key }}
+{{- end }}
+{{- end }}

@@ -10,7 +10,7 @@ mod validate;
 
 pub use validate::parse_duration;
 
-use std::{net::SocketAddr, path::PathBuf, time::Duration};
+use std::{path::PathBuf, time::Duration};
 
 use observer_common::user::Cidr;
 use serde::Deserialize;
@@ -61,6 +61,20 @@ pub struct RunArgs {
     /// Prometheus endpoint address [default: 0.0.0.0:19962].
     #[arg(long = "metrics-addr", env = "OBSERVER_METRICS_ADDR")]
     pub metrics_addr: Option<String>,
+    /// Serve the metrics endpoint over TLS with this PEM certificate chain (with
+    /// --metrics-tls-key-file; both read again when they change) [default: plain HTTP].
+    #[arg(long = "metrics-tls-cert-file", env = "OBSERVER_METRICS_TLS_CERT_FILE")]
+    pub metrics_tls_cert_file: Option<PathBuf>,
+    /// The PEM private key of --metrics-tls-cert-file [default: none].
+    #[arg(long = "metrics-tls-key-file", env = "OBSERVER_METRICS_TLS_KEY_FILE")]
+    pub metrics_tls_key_file: Option<PathBuf>,
+    /// Serve /metrics only to clients presenting the token in this file (`Authorization:
+    /// Bearer`; read at each scrape). /healthz and /readyz stay open [default: none].
+    #[arg(
+        long = "metrics-bearer-token-file",
+        env = "OBSERVER_METRICS_BEARER_TOKEN_FILE"
+    )]
+    pub metrics_bearer_token_file: Option<PathBuf>,
     /// How to attach: auto (TCX on Linux >= 6.6, else netlink), tcx, netlink, netlink-pods
     /// (uplinks as auto, pod veths netlink: cheaper pod churn), or uplink-egress (uplinks as
     /// auto at ingress and egress, nothing on pod veths: pod churn costs nothing, flows are
@@ -177,6 +191,9 @@ struct FileConfig {
     service_cidr: Vec<String>,
     nodeport_range: Option<String>,
     metrics_addr: Option<String>,
+    metrics_tls_cert_file: Option<PathBuf>,
+    metrics_tls_key_file: Option<PathBuf>,
+    metrics_bearer_token_file: Option<PathBuf>,
     attach_mode: Option<String>,
     dsr_marks: Option<String>,
     alertmanager_url: Option<String>,
@@ -247,7 +264,8 @@ pub struct Config {
     pub service_cidrs: Vec<Cidr>,
     pub nodeport_min: u16,
     pub nodeport_max: u16,
-    pub metrics_addr: SocketAddr,
+    /// Where and how /metrics is served (`--metrics-*`).
+    pub metrics: crate::agent::metrics_endpoint::MetricsEndpoint,
     pub attach_mode: crate::kernel::attach::Modes,
     /// Which DSR marks to trust (`--dsr-marks`).
     pub dsr_marks: DsrMarks,

@@ -177,6 +177,13 @@ impl Config {
                 "an address:port such as 0.0.0.0:19962, 10.0.7.223:19962 or [::]:19962",
             )
         })?;
+        let metrics = metrics_endpoint(
+            metrics_addr,
+            args.metrics_tls_cert_file.or(file.metrics_tls_cert_file),
+            args.metrics_tls_key_file.or(file.metrics_tls_key_file),
+            args.metrics_bearer_token_file
+                .or(file.metrics_bearer_token_file),
+        )?;
         let log_format = match one(args.log_format, file.log_format, defaults::LOG_FORMAT).as_str()
         {
             "text" => LogFormat::Text,
@@ -334,7 +341,7 @@ impl Config {
             )?,
             nodeport_min,
             nodeport_max,
-            metrics_addr,
+            metrics,
             attach_mode,
             dsr_marks,
             alertmanager,
@@ -380,6 +387,49 @@ impl Config {
             refresh_interval: defaults::REFRESH_INTERVAL,
         })
     }
+}
+
+/// The metrics endpoint's TLS and token files, checked now: both TLS files or neither, each
+/// loading, a token file holding a token.
+fn metrics_endpoint(
+    addr: std::net::SocketAddr,
+    cert: Option<std::path::PathBuf>,
+    key: Option<std::path::PathBuf>,
+    token: Option<std::path::PathBuf>,
+) -> Result<crate::agent::metrics_endpoint::MetricsEndpoint, ConfigError> {
+    use crate::agent::metrics_endpoint::{MetricsEndpoint, read_token, server_config};
+    let shown = |p: &std::path::Path| p.display().to_string();
+    let tls = match (cert, key) {
+        (None, None) => None,
+        (Some(c), Some(k)) => {
+            server_config(&c, &k)
+                .map_err(|e| invalid("metrics-tls-cert-file", &shown(&c), e.to_string()))?;
+            Some((c, k))
+        }
+        (Some(c), None) => {
+            return Err(invalid(
+                "metrics-tls-cert-file",
+                &shown(&c),
+                "with --metrics-tls-key-file",
+            ));
+        }
+        (None, Some(k)) => {
+            return Err(invalid(
+                "metrics-tls-key-file",
+                &shown(&k),
+                "with --metrics-tls-cert-file",
+            ));
+        }
+    };
+    if let Some(t) = &token {
+        read_token(t)
+            .map_err(|e| invalid("metrics-bearer-token-file", &shown(t), e.to_string()))?;
+    }
+    Ok(MetricsEndpoint {
+        addr,
+        tls,
+        bearer_token_file: token,
+    })
 }
 
 /// An `address:port` to listen on. An IPv6 address may come without brackets
@@ -429,7 +479,7 @@ mod tests {
     fn defaults_apply() {
         let c = cfg(RunArgs::default()).unwrap();
         assert_eq!((c.nodeport_min, c.nodeport_max), (30000, 32767));
-        assert_eq!(c.metrics_addr.to_string(), "0.0.0.0:19962");
+        assert_eq!(c.metrics.addr.to_string(), "0.0.0.0:19962");
         assert_eq!(c.uplinks.len(), 5);
         assert!(c.pod_ifaces.iter().any(|p| p.matches("eni9397facaed1")));
         assert!(c.uplinks.iter().any(|p| p.matches("eth1")));
