@@ -1,9 +1,12 @@
 //! `cargo xtask <task>`: the project's commands. Each sets up what it needs first.
 
 mod bench;
+mod chart;
 mod checks;
 mod churn;
+mod conntrack;
 mod demo;
+mod deploytools;
 mod flood;
 mod generated;
 mod image;
@@ -67,11 +70,16 @@ enum Task {
         #[arg(long, default_value_t = 600)]
         seconds: u64,
     },
-    /// The agent's container image (static binary, OCI layout under target/image), checked.
+    /// The agent's container image (static binaries for amd64 and arm64, an OCI index under
+    /// target/image), checked.
     Image,
+    /// The deploy checks alone: the Helm chart linted and rendered with every toggle, validated
+    /// (kubernetes-validate), the kustomize manifests equal to its rendering, checkov.
+    Chart,
     /// Only check for the toolchain and install what is missing.
     Setup,
-    /// Regenerate generated files (the PrometheusRule from the rules file).
+    /// Regenerate generated files (the chart's copies of the rules and the dashboard, the
+    /// kustomize manifests from the chart).
     Gen,
     /// rustfmt check and clippy -D warnings for the userspace crates and the eBPF crate.
     Lint,
@@ -211,7 +219,7 @@ fn real_main() -> Result<()> {
     match cli.task {
         Task::Setup => timed("toolchain check", || toolchain::ensure(&[])),
         Task::Image => {
-            timed("toolchain check", || toolchain::ensure(&[]))?;
+            timed("toolchain check", || toolchain::ensure(&image::PACKAGES))?;
             let mut built = None;
             timed("container image", || {
                 built = Some(image::build(&root)?);
@@ -222,7 +230,21 @@ fn real_main() -> Result<()> {
                 None => bail!("no image was built"),
             })
         }
-        Task::Gen => generated::write_all(&root),
+        Task::Chart => {
+            timed("toolchain check", || toolchain::ensure(&[]))?;
+            timed("build", || {
+                run_build(cargo().args(["build", "--bins", "-p", "observer"]))
+            })?;
+            timed("deploy checks", || {
+                chart::check(&root, &root.join("target/debug/observer")).map(|n| {
+                    step(&format!("{n} deploy checks passed"));
+                })
+            })
+        }
+        Task::Gen => {
+            let tools = deploytools::ensure(&root)?;
+            generated::write_all(&root, &tools)
+        }
         Task::Fuzz { seconds } => {
             timed("toolchain check", || toolchain::ensure(&[]))?;
             checks::fuzz(&root, seconds)
@@ -246,7 +268,7 @@ fn real_main() -> Result<()> {
             timed(&format!("soak ({minutes} min)"), || run(&mut cmd))
         }
         Task::Test { args } => {
-            timed("toolchain check", || toolchain::ensure(&[]))?;
+            timed("toolchain check", || toolchain::ensure(&image::PACKAGES))?;
             checks::disk_space(&root.join("target"))?;
             // A full run builds every test binary once: incremental state would only add a
             // gigabyte of disk (CI starts from a clean checkout).
@@ -277,6 +299,15 @@ fn real_main() -> Result<()> {
                 }
                 if result.is_ok() {
                     result = timed(
+                        "deploy checks (the Helm chart: helm lint and template, kubernetes-validate, kustomize, checkov)",
+                        || {
+                            totals.0 += chart::check(&root, &root.join("target/debug/observer"))?;
+                            Ok(())
+                        },
+                    );
+                }
+                if result.is_ok() {
+                    result = timed(
                         "supply chain (cargo deny check licenses bans sources)",
                         checks::deny,
                     );
@@ -291,7 +322,7 @@ fn real_main() -> Result<()> {
                 }
                 if result.is_ok() {
                     result = timed(
-                        "container image (static build, umoci, run in the image's root)",
+                        "container image (static amd64 and arm64 builds, umoci, an OCI index, each run in its image's root)",
                         || image::build(&root).and_then(|i| image::check(&i)),
                     );
                     totals.0 += u64::from(result.is_ok());
