@@ -2,7 +2,8 @@
 //! ServiceMonitor (`scheme: https`, `tlsConfig.serverName`, `authorization`): scraped by curl
 //! from the node's namespace, verifying the certificate by the Service's name. `/metrics`
 //! answers only the token; the probes stay open; plain HTTP gets nothing; a rotated token and
-//! a rotated certificate (as a Secret's update swaps the files) are used from the next scrape.
+//! a rotated certificate (as a Secret's update swaps the files) are used from the next scrape;
+//! a rotation that does not load keeps the previous certificate until a good one comes.
 
 mod support;
 
@@ -178,5 +179,40 @@ fn metrics_over_tls_answer_only_the_token_and_follow_rotations() {
         1,
         "{}",
         agent.log_text()
+    );
+
+    // A rotation that does not load (a certificate file that holds none) keeps the previous
+    // certificate, said once; the good pair written after it is loaded at the next connection.
+    swap(&cert_file, "not a certificate\n");
+    for _ in 0..2 {
+        assert_eq!(
+            curl(&n.node, "https", port, "/healthz", &ca2_file, None).0,
+            200
+        );
+    }
+    assert_eq!(
+        log_count(&agent, "does not load; serving the previous one"),
+        1
+    );
+    let (ca3, cert3, key3) = certificates();
+    let ca3_file = d.join("ca3.pem");
+    std::fs::write(&ca3_file, &ca3).unwrap();
+    swap(&key_file, &key3);
+    swap(&cert_file, &cert3);
+    assert_eq!(
+        curl(
+            &n.node,
+            "https",
+            port,
+            "/metrics",
+            &ca3_file,
+            Some("second-token")
+        )
+        .0,
+        200
+    );
+    assert_eq!(
+        log_count(&agent, "the metrics certificate changed: loaded"),
+        2
     );
 }

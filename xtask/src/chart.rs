@@ -56,7 +56,9 @@ fn variants() -> Vec<(&'static str, Vec<&'static str>)> {
                 "alertmanager.basicAuth.user=observer",
                 "alertmanager.basicAuth.passwordSecret.name=alertmanager-password",
                 "metrics.listen=all",
+                "metrics.tls.secretName=observer-metrics-tls",
                 "metrics.bearerTokenSecret.name=observer-metrics-token",
+                "updateStrategy.type=OnDelete",
             ]),
         ),
         (
@@ -74,7 +76,7 @@ fn variants() -> Vec<(&'static str, Vec<&'static str>)> {
 }
 
 /// Values the chart must refuse: (`--set` value, words of the message).
-const REFUSED: [(&str, &str); 5] = [
+const REFUSED: [(&str, &str); 7] = [
     (
         "metrics.listen=everywhere",
         "metrics.listen must be node or all",
@@ -91,6 +93,14 @@ const REFUSED: [(&str, &str); 5] = [
     (
         "podMonitor.enabled=true,serviceMonitor.enabled=true",
         "choose one",
+    ),
+    (
+        "metrics.bearerTokenSecret.name=token",
+        "would send the token in clear",
+    ),
+    (
+        "updateStrategy.type=Recreate",
+        "updateStrategy.type must be RollingUpdate or OnDelete",
     ),
 ];
 

@@ -5,8 +5,9 @@
 //! The table is filled in the simulated node's namespace with `conntrack -R` (batched netlink
 //! creations). The kernel caps every namespace's table at `net.netfilter.nf_conntrack_max`,
 //! which only the initial namespace may change (262,144 here); this section raises it for its
-//! run and puts the previous value back when it ends, failed or not. Nothing else outside the
-//! bench's namespaces is touched.
+//! run and puts the previous value back when it ends, failed or not, after emptying the node's
+//! table (a run killed meanwhile leaves the value in target/bench, and the next run restores
+//! it first). Nothing else outside the bench's namespaces is touched.
 
 use std::{
     io::Write as _,
@@ -36,37 +37,66 @@ const THROUGH_NODEPORT: usize = 600_000;
 /// The rest: the node's own connections to outside hosts (kubelet, the runtime, agents).
 const MAX_SYSCTL: &str = "/proc/sys/net/netfilter/nf_conntrack_max";
 
-/// The global table limit, raised for the run and restored on drop (also on a failure).
+/// Where the limit before the raise is written while it is raised: a run interrupted before
+/// it could restore it (Ctrl-C) is undone by the next one.
+const SAVED: &str = "target/bench/nf_conntrack_max.before";
+
+/// The global table limit, raised for the run; on drop (also on a failure) the node's table is
+/// emptied, then the limit restored.
 struct MaxRaised {
     before: String,
+    /// The namespace whose table is emptied first.
+    ns: String,
 }
 
 impl MaxRaised {
-    fn to(limit: usize) -> Result<MaxRaised> {
+    fn to(limit: usize, ns: &Netns) -> Result<MaxRaised> {
+        if let Ok(saved) = std::fs::read_to_string(SAVED) {
+            println!(
+                "    restoring net.netfilter.nf_conntrack_max to {} (an interrupted run raised it)",
+                saved.trim()
+            );
+            std::fs::write(MAX_SYSCTL, saved.trim())
+                .with_context(|| format!("writing {MAX_SYSCTL}"))?;
+            let _ = std::fs::remove_file(SAVED);
+        }
         let before = std::fs::read_to_string(MAX_SYSCTL)
             .with_context(|| format!("reading {MAX_SYSCTL} (is nf_conntrack loaded?)"))?
             .trim()
             .to_string();
+        let raised = MaxRaised {
+            before: before.clone(),
+            ns: ns.name.clone(),
+        };
         if before.parse::<usize>().is_ok_and(|b| b >= limit) {
-            return Ok(MaxRaised { before });
+            return Ok(raised);
         }
         println!(
             "    raising net.netfilter.nf_conntrack_max {before} -> {limit} for this run (restored after)"
         );
+        if let Some(dir) = Path::new(SAVED).parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        std::fs::write(SAVED, &before)?;
         std::fs::write(MAX_SYSCTL, limit.to_string())
             .with_context(|| format!("writing {MAX_SYSCTL}"))?;
-        Ok(MaxRaised { before })
+        Ok(raised)
     }
 }
 
 impl Drop for MaxRaised {
     fn drop(&mut self) {
+        let _ = std::process::Command::new("ip")
+            .args(["netns", "exec", &self.ns, "conntrack", "-F"])
+            .stderr(std::process::Stdio::null())
+            .status();
         if let Err(e) = std::fs::write(MAX_SYSCTL, &self.before) {
             eprintln!(
                 "could not restore net.netfilter.nf_conntrack_max to {}: {e}",
                 self.before
             );
         } else {
+            let _ = std::fs::remove_file(SAVED);
             println!(
                 "    net.netfilter.nf_conntrack_max restored to {}",
                 self.before
@@ -238,7 +268,7 @@ pub fn run(bin: &Path) -> Result<(Value, String)> {
         "RETURN",
     ]);
     let idle = start(bin, &n, &dir.join("idle"))?;
-    let _raised = MaxRaised::to(ENTRIES + 100_000)?;
+    let raised = MaxRaised::to(ENTRIES + 100_000, &n.node)?;
     let lines = table(&n);
     let fill_time = fill(&n.node, &lines)?;
     drop(lines);
@@ -251,11 +281,8 @@ pub fn run(bin: &Path) -> Result<(Value, String)> {
         bail!("only {in_table} of {ENTRIES} connections could be created");
     }
     let loaded = start(bin, &n, &dir.join("loaded"))?;
-    // Empty the table before the limit goes back down.
-    let _ = std::process::Command::new("ip")
-        .args(["netns", "exec", &n.node.name, "conntrack", "-F"])
-        .stderr(std::process::Stdio::null())
-        .status();
+    // The table emptied, then the limit restored, before the node goes.
+    drop(raised);
     let over_idle = (loaded.peak_rss_kib as f64 - idle.peak_rss_kib as f64) / 1024.0;
     let value = json!({
         "connections": in_table,

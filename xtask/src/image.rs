@@ -2,8 +2,8 @@
 //! and arm64 (Graviton) in one OCI index. Each binary is a fully static release build (glibc
 //! linked statically, the eBPF object embedded: `bpfel` bytecode that each kernel's JIT
 //! compiles), so the image needs no base image: an OCI layout assembled with umoci from
-//! scratch, holding the binary, Debian's CA bundle (for an https Alertmanager; `SSL_CERT_FILE`
-//! names it) and the directories the agent uses, nothing else. Then checked: each architecture's
+//! scratch, holding the binary, Mozilla's roots from Debian's ca-certificates package (for an
+//! https Alertmanager; `SSL_CERT_FILE` names the bundle) and the directories the agent uses, nothing else. Then checked: each architecture's
 //! image is unpacked again and its binary answers `--version` and validates configurations
 //! (one with an https Alertmanager, which needs the bundle) in fresh user, mount and PID
 //! namespaces whose root is the image's root filesystem, without any file of the host; the
@@ -20,7 +20,9 @@ use serde_json::{Value, json};
 use crate::{run, step};
 
 const TAG: &str = env!("CARGO_PKG_VERSION");
-/// Debian's CA bundle (package ca-certificates), shipped at the same path in the image.
+/// Where the image holds its CA bundle: Mozilla's roots as Debian's ca-certificates package
+/// ships them (taken from the package itself, not from this machine's /etc, which may hold
+/// local additions).
 const CA_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
 
 /// One architecture of the image.
@@ -233,15 +235,65 @@ fn binary(root: &Path, arch: &Arch) -> Result<(PathBuf, PathBuf)> {
     Ok((bin, object))
 }
 
+/// Mozilla's roots from Debian's ca-certificates package (downloaded, unpacked, the
+/// certificates concatenated), in `out/ca-certificates.crt`.
+fn debian_ca_bundle(out: &Path) -> Result<PathBuf> {
+    let dir = out.join("ca");
+    std::fs::create_dir_all(&dir)?;
+    let download = || {
+        Command::new("apt-get")
+            .args(["download", "-q", "ca-certificates"])
+            .current_dir(&dir)
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    if !download() {
+        // No package lists yet on a fresh machine.
+        run(Command::new("apt-get").arg("update"))?;
+        if !download() {
+            bail!("apt-get download ca-certificates failed");
+        }
+    }
+    let deb = std::fs::read_dir(&dir)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .find(|p| p.extension().is_some_and(|x| x == "deb"))
+        .context("no ca-certificates .deb downloaded")?;
+    let unpacked = dir.join("x");
+    run(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&unpacked))?;
+    let mozilla = unpacked.join("usr/share/ca-certificates/mozilla");
+    let mut certs: Vec<PathBuf> = std::fs::read_dir(&mozilla)
+        .with_context(|| format!("{}", mozilla.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "crt"))
+        .collect();
+    certs.sort();
+    let mut bundle = String::new();
+    for c in &certs {
+        bundle.push_str(&std::fs::read_to_string(c)?);
+        if !bundle.ends_with('\n') {
+            bundle.push('\n');
+        }
+    }
+    if certs.len() < 100 {
+        bail!("only {} certificates in {}", certs.len(), deb.display());
+    }
+    let path = out.join("ca-certificates.crt");
+    std::fs::write(&path, bundle)?;
+    step(&format!(
+        "CA bundle: {} roots from {}",
+        certs.len(),
+        deb.file_name().unwrap_or_default().to_string_lossy()
+    ));
+    Ok(path)
+}
+
 /// Builds both binaries and the multi-arch image under `target/image`.
 pub fn build(root: &Path) -> Result<Image> {
     let out = root.join("target/image");
     let layout = out.join("oci");
     let _ = std::fs::remove_dir_all(&out);
     std::fs::create_dir_all(&out)?;
-    if !Path::new(CA_BUNDLE).exists() {
-        bail!("{CA_BUNDLE} is missing (Debian: apt-get install ca-certificates)");
-    }
+    let ca_bundle = debian_ca_bundle(&out)?;
     umoci(&["init", "--layout", &layout.to_string_lossy()])?;
     let mut arches = Vec::new();
     for arch in &ARCHES {
@@ -265,7 +317,7 @@ pub fn build(root: &Path) -> Result<Image> {
             .cross
             .map_or("strip".to_string(), |p| format!("{p}-strip"));
         run(Command::new(strip).arg(&dest))?;
-        std::fs::copy(CA_BUNDLE, rootfs.join(CA_BUNDLE.trim_start_matches('/')))
+        std::fs::copy(&ca_bundle, rootfs.join(CA_BUNDLE.trim_start_matches('/')))
             .context("copying the CA bundle")?;
         let binary_bytes = std::fs::metadata(&dest)?.len();
         umoci(&[

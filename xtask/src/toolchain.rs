@@ -21,6 +21,9 @@ pub const PACKAGES: &[&str] = &[
     "iputils-ping",
     // The metrics endpoint's TLS test scrapes with it.
     "curl",
+    // The deploy checks' tools (kubernetes-validate, checkov) live in a virtual environment.
+    "python3",
+    "python3-venv",
     "procps",
     "prometheus",
     "prometheus-alertmanager",

@@ -158,41 +158,59 @@ fn router(shared: Arc<Shared>, token_file: Option<PathBuf>) -> Router {
         )
 }
 
-/// The TLS acceptor, rebuilt when the certificate's or the key's modification time changes;
-/// a rotation that does not load keeps the previous one (logged).
+/// What identifies a file's version: modification time, inode and length (a rotation that
+/// keeps the time, `cp -p`, still changes the inode or the length; a Secret's update swaps
+/// the file).
+type Stamp = (SystemTime, u64, u64);
+
+fn stamp(p: &Path) -> Option<Stamp> {
+    use std::os::unix::fs::MetadataExt as _;
+    let m = std::fs::metadata(p).ok()?;
+    Some((m.modified().ok()?, m.ino(), m.len()))
+}
+
+/// The TLS acceptor, rebuilt when the certificate or the key changes. A pair that does not
+/// load (half written, or a key of another certificate) keeps the previous acceptor, logged,
+/// and is tried again at the next connection: only a pair that loaded is remembered.
 struct Acceptor {
     files: (PathBuf, PathBuf),
-    stamp: Option<(SystemTime, SystemTime)>,
+    loaded: Option<(Stamp, Stamp)>,
     current: tokio_rustls::TlsAcceptor,
+    /// The stamps of the last pair that failed, so its error is logged once.
+    failed: Option<(Option<Stamp>, Option<Stamp>)>,
 }
 
 impl Acceptor {
-    fn stamp(files: &(PathBuf, PathBuf)) -> Option<(SystemTime, SystemTime)> {
-        let m = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
-        Some((m(&files.0)?, m(&files.1)?))
+    fn stamps(files: &(PathBuf, PathBuf)) -> (Option<Stamp>, Option<Stamp>) {
+        (stamp(&files.0), stamp(&files.1))
     }
 
     fn new(files: (PathBuf, PathBuf)) -> anyhow::Result<Acceptor> {
-        let stamp = Self::stamp(&files);
+        let stamps = Self::stamps(&files);
         let config = server_config(&files.0, &files.1)?;
         Ok(Acceptor {
+            loaded: stamps.0.zip(stamps.1),
             files,
-            stamp,
             current: tokio_rustls::TlsAcceptor::from(Arc::new(config)),
+            failed: None,
         })
     }
 
     fn get(&mut self) -> tokio_rustls::TlsAcceptor {
-        let stamp = Self::stamp(&self.files);
-        if stamp != self.stamp {
-            self.stamp = stamp;
+        let stamps = Self::stamps(&self.files);
+        if stamps.0.zip(stamps.1) != self.loaded {
             match server_config(&self.files.0, &self.files.1) {
                 Ok(c) => {
                     tracing::info!("the metrics certificate changed: loaded");
                     self.current = tokio_rustls::TlsAcceptor::from(Arc::new(c));
+                    self.loaded = stamps.0.zip(stamps.1);
+                    self.failed = None;
                 }
                 Err(e) => {
-                    tracing::error!(error = %e, "the metrics certificate changed but does not load; serving the previous one")
+                    if self.failed != Some(stamps) {
+                        tracing::error!(error = %e, "the metrics certificate changed but does not load; serving the previous one");
+                        self.failed = Some(stamps);
+                    }
                 }
             }
         }

@@ -113,55 +113,69 @@ pub async fn run(a: PluginArgs) -> anyhow::Result<u8> {
     Ok(status.code().map_or(1, |c| c as u8))
 }
 
+/// Agents asked at once, at most, without `--follow`: each is a kubectl process and two pipes.
+const AT_ONCE: usize = 32;
+/// Nodes `-A --follow` follows at most: each holds its kubectl for the whole follow.
+const FOLLOW_MAX: usize = 128;
+
 /// What each agent's `flows` sends, as it arrives.
 enum Event {
     /// A line of an agent's output (the agent's index).
     Line(usize, String),
-    /// An agent's command ended: its exit code (None: killed) and what it wrote to stderr.
-    Done(usize, Option<i32>, String),
+    /// An agent's output ended: what it wrote to stderr.
+    Ended(usize, String),
 }
 
-/// Starts `flows` on every agent at once; their lines and ends arrive on one channel, so a
-/// `--follow` of every node is merged as it goes, and no agent waits for another.
-fn spawn_all(
+/// The kubectl processes started; those still running are killed and reaped if the plugin
+/// returns early (an error, a line that is not a flow).
+struct Children(Vec<Option<std::process::Child>>);
+
+impl Drop for Children {
+    fn drop(&mut self) {
+        for c in self.0.iter_mut().flatten() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Starts `flows` on agent `i`: its lines and its end arrive on `tx`.
+fn start_one(
     a: &PluginArgs,
-    agents: &[(&String, &String)],
+    pod: &str,
     args: &[String],
-) -> anyhow::Result<std::sync::mpsc::Receiver<Event>> {
+    i: usize,
+    tx: std::sync::mpsc::Sender<Event>,
+) -> anyhow::Result<std::process::Child> {
     use std::io::{BufRead as _, Read as _};
-    let (tx, rx) = std::sync::mpsc::channel();
-    for (i, (_, pod)) in agents.iter().enumerate() {
-        let mut child = exec(a, pod, args)
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .with_context(|| format!("running {}", a.kubectl))?;
-        let (stdout, mut stderr) = (child.stdout.take(), child.stderr.take());
-        let tx = tx.clone();
-        std::thread::spawn(move || {
-            // stderr drained beside stdout: a chatty one cannot block the agent's rows.
-            let err = std::thread::spawn(move || {
-                let mut text = String::new();
-                if let Some(e) = stderr.as_mut() {
-                    let _ = e.read_to_string(&mut text);
-                }
-                text
-            });
-            if let Some(out) = stdout {
-                for line in std::io::BufReader::new(out).lines() {
-                    let Ok(line) = line else { break };
-                    if tx.send(Event::Line(i, line)).is_err() {
-                        return;
-                    }
+    let mut child = exec(a, pod, args)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .with_context(|| format!("running {}", a.kubectl))?;
+    let (stdout, mut stderr) = (child.stdout.take(), child.stderr.take());
+    std::thread::spawn(move || {
+        // stderr drained beside stdout: a chatty one cannot block the agent's rows.
+        let err = std::thread::spawn(move || {
+            let mut text = String::new();
+            if let Some(e) = stderr.as_mut() {
+                let _ = e.read_to_string(&mut text);
+            }
+            text
+        });
+        if let Some(out) = stdout {
+            for line in std::io::BufReader::new(out).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(Event::Line(i, line)).is_err() {
+                    return;
                 }
             }
-            let code = child.wait().ok().and_then(|s| s.code());
-            let err = err.join().unwrap_or_default();
-            let _ = tx.send(Event::Done(i, code, err));
-        });
-    }
-    Ok(rx)
+        }
+        let err = err.join().unwrap_or_default();
+        let _ = tx.send(Event::Ended(i, err));
+    });
+    Ok(child)
 }
 
 /// The rows of every node, once all answered.
@@ -196,7 +210,8 @@ fn print_merged(
 }
 
 /// `flows` on every agent, merged: a table with a NODE column, or JSON rows with `node`.
-/// `--follow` follows every node at once. Exit status: 4 when `--fail-if-any` and any node
+/// `--follow` follows every node at once (at most [`FOLLOW_MAX`]); without it, [`AT_ONCE`]
+/// agents are asked at a time. Filters apply on each node (`--last N`: N per node). Exit status: 4 when `--fail-if-any` and any node
 /// has a matching flow (its rows are printed, as with one node), else 1 when any node's
 /// command failed (named on stderr), else 0.
 fn all_nodes(a: &PluginArgs, agents: &BTreeMap<String, String>) -> anyhow::Result<u8> {
@@ -222,7 +237,7 @@ fn all_nodes(a: &PluginArgs, agents: &BTreeMap<String, String>) -> anyhow::Resul
             "--json" => Some("json"),
             x => x
                 .strip_prefix("--output=")
-                .or_else(|| x.strip_prefix("-o"))
+                .or_else(|| x.strip_prefix("-o").map(|f| f.trim_start_matches('=')))
                 .filter(|f| !f.is_empty()),
         };
         match format {
@@ -247,7 +262,22 @@ fn all_nodes(a: &PluginArgs, agents: &BTreeMap<String, String>) -> anyhow::Resul
         .max()
         .unwrap_or(4)
         .max(4);
-    let events = spawn_all(a, &agents, &args)?;
+    if follow && agents.len() > FOLLOW_MAX {
+        bail!(
+            "-A --follow follows at most {FOLLOW_MAX} nodes ({} here): follow fewer with --node, \
+             or list without --follow",
+            agents.len()
+        );
+    }
+    // Every node at once with --follow (each follow lasts); else AT_ONCE at a time.
+    let at_once = if follow { agents.len() } else { AT_ONCE };
+    let (tx, events) = std::sync::mpsc::channel();
+    let mut children = Children((0..agents.len()).map(|_| None).collect());
+    let mut started = 0;
+    while started < agents.len().min(at_once) {
+        children.0[started] = Some(start_one(a, agents[started].1, &args, started, tx.clone())?);
+        started += 1;
+    }
     let mut lines: Vec<Vec<String>> = vec![Vec::new(); agents.len()];
     let mut failed = Vec::new();
     let mut running = agents.len();
@@ -274,11 +304,20 @@ fn all_nodes(a: &PluginArgs, agents: &BTreeMap<String, String>) -> anyhow::Resul
                 let _ = std::io::Write::flush(&mut std::io::stdout());
             }
             Event::Line(i, l) => lines[i].push(l),
-            Event::Done(i, code, err) => {
+            Event::Ended(i, err) => {
                 running -= 1;
+                let code = children.0[i]
+                    .take()
+                    .and_then(|mut c| c.wait().ok())
+                    .and_then(|s| s.code());
                 if code != Some(0) {
                     let code = code.map_or("killed".to_string(), |c| format!("exit {c}"));
                     failed.push(format!("{}: {} ({code})", agents[i].0, err.trim()));
+                }
+                if started < agents.len() {
+                    children.0[started] =
+                        Some(start_one(a, agents[started].1, &args, started, tx.clone())?);
+                    started += 1;
                 }
             }
         }
