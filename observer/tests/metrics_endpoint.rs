@@ -132,6 +132,9 @@ fn metrics_over_tls_answer_only_the_token_and_follow_rotations() {
     let get = |scheme: &str, path: &str, token: Option<&str>| {
         curl(&n.node, scheme, port, path, &ca_file, token)
     };
+    // The same over https, verifying with another CA.
+    let with =
+        |ca: &Path, path: &str, token: Option<&str>| curl(&n.node, "https", port, path, ca, token);
 
     // The token: metrics; none or another: 401.
     let (code, body) = get("https", "/metrics", Some("first-token"));
@@ -150,30 +153,25 @@ fn metrics_over_tls_answer_only_the_token_and_follow_rotations() {
     assert_eq!(get("https", "/metrics", Some("first-token")).0, 401);
     assert_eq!(get("https", "/metrics", Some("second-token")).0, 200);
 
+    // A new CA's pair written over the served one (the key first, as a Secret's update may
+    // land): the new CA's file.
+    let rotate = |name: &str| {
+        let (ca, cert, key) = certificates();
+        let ca_file = d.join(name);
+        std::fs::write(&ca_file, &ca).unwrap();
+        swap(&key_file, &key);
+        swap(&cert_file, &cert);
+        ca_file
+    };
     // The certificate rotated to another CA's: the next connection presents it (the old CA no
     // longer verifies it, the new one does).
-    let (ca2, cert2, key2) = certificates();
-    let ca2_file = d.join("ca2.pem");
-    std::fs::write(&ca2_file, &ca2).unwrap();
-    swap(&key_file, &key2);
-    swap(&cert_file, &cert2);
+    let ca2_file = rotate("ca2.pem");
     assert_eq!(
         get("https", "/healthz", None).0,
         0,
         "the old CA still verifies"
     );
-    assert_eq!(
-        curl(
-            &n.node,
-            "https",
-            port,
-            "/metrics",
-            &ca2_file,
-            Some("second-token")
-        )
-        .0,
-        200
-    );
+    assert_eq!(with(&ca2_file, "/metrics", Some("second-token")).0, 200);
     assert_eq!(
         log_count(&agent, "the metrics certificate changed: loaded"),
         1,
@@ -185,32 +183,14 @@ fn metrics_over_tls_answer_only_the_token_and_follow_rotations() {
     // certificate, said once; the good pair written after it is loaded at the next connection.
     swap(&cert_file, "not a certificate\n");
     for _ in 0..2 {
-        assert_eq!(
-            curl(&n.node, "https", port, "/healthz", &ca2_file, None).0,
-            200
-        );
+        assert_eq!(with(&ca2_file, "/healthz", None).0, 200);
     }
     assert_eq!(
         log_count(&agent, "does not load; serving the previous one"),
         1
     );
-    let (ca3, cert3, key3) = certificates();
-    let ca3_file = d.join("ca3.pem");
-    std::fs::write(&ca3_file, &ca3).unwrap();
-    swap(&key_file, &key3);
-    swap(&cert_file, &cert3);
-    assert_eq!(
-        curl(
-            &n.node,
-            "https",
-            port,
-            "/metrics",
-            &ca3_file,
-            Some("second-token")
-        )
-        .0,
-        200
-    );
+    let ca3_file = rotate("ca3.pem");
+    assert_eq!(with(&ca3_file, "/metrics", Some("second-token")).0, 200);
     assert_eq!(
         log_count(&agent, "the metrics certificate changed: loaded"),
         2

@@ -131,6 +131,11 @@ impl Soak {
     }
 }
 
+/// How long the kubelet takes to report a new pod's IP in its status: 0.2-2 s.
+fn kubelet_report(rng: &mut Rng) -> Duration {
+    Duration::from_millis(200 + rng.below(1800) as u64)
+}
+
 /// Runs `f` every `every` until the soak stops, in its own thread.
 fn every(
     s: &Arc<Soak>,
@@ -457,7 +462,7 @@ fn a_clusters_day_has_no_false_alarm_and_every_intrusion_caught() {
                         node: 2,
                         ip: ip.clone(),
                     },
-                    Duration::from_millis(200 + rng.below(1800) as u64),
+                    kubelet_report(&mut rng),
                 );
                 serve(&ip);
                 // The pool opens once the pod runs (its status reported).
@@ -483,7 +488,7 @@ fn a_clusters_day_has_no_false_alarm_and_every_intrusion_caught() {
                 ip: ip.clone(),
             };
             // Not waited for: the replica calls the Service before its status is reported.
-            let _ = s.schedule(p, Duration::from_millis(200 + rng.below(1800) as u64));
+            let _ = s.schedule(p, kubelet_report(&mut rng));
             serve(&ip);
             if let Some(ns) = s.pod_ns(&ip) {
                 netns_of(ns).run(|| tcp_hello(SERVICE_IP.into(), 80));
@@ -502,7 +507,7 @@ fn a_clusters_day_has_no_false_alarm_and_every_intrusion_caught() {
                     node: 0,
                     ip: ip.clone(),
                 },
-                Duration::from_millis(200 + rng.below(1800) as u64),
+                kubelet_report(&mut rng),
             );
             serve(&ip);
             // The Service moves to the new pod once it runs (its status reported).
@@ -597,6 +602,7 @@ fn a_clusters_day_has_no_false_alarm_and_every_intrusion_caught() {
                 port,
             });
         }
+        // The day's pace: one step of the timeline every 250 ms (not a wait for a result).
         thread::sleep(Duration::from_millis(250));
     }
     s.stop.store(true, Ordering::Relaxed);
@@ -630,6 +636,7 @@ fn a_clusters_day_has_no_false_alarm_and_every_intrusion_caught() {
         if injections.iter().all(|i| l.iter().any(|l| caught_by(i, l))) {
             break;
         }
+        // Polling the agents' logs for the positives; the negatives wait for refreshes below.
         thread::sleep(Duration::from_millis(500));
     }
     for a in agents.lock().unwrap().iter() {

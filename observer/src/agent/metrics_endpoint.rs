@@ -88,6 +88,18 @@ pub fn server_config(cert: &Path, key: &Path) -> Result<rustls::ServerConfig, En
     Ok(config)
 }
 
+/// An `address:port` to listen on. An IPv6 address may come without brackets
+/// (`fd00::7:19962`: the port is after the last colon), as the downward API's `status.hostIP`
+/// gives it, which the manifests put before `:PORT` without knowing the family.
+pub fn listen_addr(s: &str) -> Option<std::net::SocketAddr> {
+    if let Ok(a) = s.parse() {
+        return Some(a);
+    }
+    let (host, port) = s.rsplit_once(':')?;
+    let ip: std::net::Ipv6Addr = host.parse().ok()?;
+    Some(std::net::SocketAddr::new(ip.into(), port.parse().ok()?))
+}
+
 /// Whether `headers` carry `Bearer <token>`, compared in constant time.
 fn authorized(headers: &HeaderMap, token: &str) -> bool {
     let Some(given) = headers
@@ -266,6 +278,29 @@ pub async fn serve(endpoint: MetricsEndpoint, shared: Arc<Shared>) -> anyhow::Re
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn listen_addresses_take_bare_ipv6_from_the_downward_api() {
+        let a = |s: &str| listen_addr(s).map(|a| a.to_string());
+        assert_eq!(a("0.0.0.0:19962").as_deref(), Some("0.0.0.0:19962"));
+        assert_eq!(a("10.0.7.223:19962").as_deref(), Some("10.0.7.223:19962"));
+        assert_eq!(a("[::]:19962").as_deref(), Some("[::]:19962"));
+        assert_eq!(
+            a("2600:1f18:4a3:6e00::7:19962").as_deref(),
+            Some("[2600:1f18:4a3:6e00::7]:19962")
+        );
+        for bad in [
+            "19962",
+            "10.0.7.223",
+            "10.0.7.223:",
+            ":19962",
+            "fd00::7",
+            "host:19962",
+            "10.0.7.223:99999",
+        ] {
+            assert_eq!(a(bad), None, "{bad}");
+        }
+    }
 
     #[test]
     fn only_the_exact_bearer_token_is_authorized() {

@@ -538,23 +538,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
 
     let mut reconcile = tokio::time::interval(cfg.reconcile_interval);
     reconcile.tick().await;
-    // On SIGTERM (a rollout, a drain) the agent goes on until the direct flows it has seen are
-    // judged, at most the time a flow waits for its judgement: a flow seen in its last
-    // seconds would otherwise be lost with it (the next agent starts with an empty flow table),
-    // and judged early, a new pod's late address would make it a false alarm. Inventory
-    // updates keep coming meanwhile. A second signal ends it at once.
-    // Within the DaemonSet's grace period (30 s), or the kubelet's SIGKILL would leave the
-    // filters attached and judge nothing.
-    let judge_wait = (if cfg.kubernetes {
-        cfg.peer_wait.max(cfg.settle)
-    } else {
-        cfg.settle
-    } + 2 * cfg.refresh_interval)
-        .min(crate::defaults::DRAIN_MAX);
-    let mut draining: Option<(&'static str, tokio::time::Instant)> = None;
-    let mut drain_tick = tokio::time::interval(std::time::Duration::from_millis(100));
-    // Polled only while draining: no burst of missed ticks then.
-    drain_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let mut drain = super::drain::Drain::new(&cfg);
     let waiting = |shared: &Shared| {
         shared
             .tracker
@@ -562,32 +546,12 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             .unwrap_or_else(|p| p.into_inner())
             .awaiting_judgement()
     };
-    let stop = |signal: &'static str,
-                draining: &mut Option<(&'static str, tokio::time::Instant)>| {
-        if draining.is_some() {
-            return true;
-        }
-        let n = waiting(&shared);
-        if n == 0 {
-            return true;
-        }
-        tracing::info!(
-            signal,
-            flows = n,
-            at_most_ms = judge_wait.as_millis() as u64,
-            "stopping once the direct flows seen are judged"
-        );
-        *draining = Some((signal, tokio::time::Instant::now() + judge_wait));
-        false
-    };
     let result = loop {
         tokio::select! {
-            _ = term.recv() => if stop("SIGTERM", &mut draining) { break Ok(draining.map_or("SIGTERM", |d| d.0)) },
-            _ = int.recv() => if stop("SIGINT", &mut draining) { break Ok(draining.map_or("SIGINT", |d| d.0)) },
-            _ = drain_tick.tick(), if draining.is_some() => {
-                if let Some((signal, until)) = draining
-                    && (waiting(&shared) == 0 || tokio::time::Instant::now() >= until)
-                {
+            _ = term.recv() => if let Some(signal) = drain.signal("SIGTERM", waiting(&shared)) { break Ok(signal) },
+            _ = int.recv() => if let Some(signal) = drain.signal("SIGINT", waiting(&shared)) { break Ok(signal) },
+            _ = drain.tick(), if drain.draining() => {
+                if let Some(signal) = drain.done(waiting(&shared)) {
                     break Ok(signal);
                 }
             }

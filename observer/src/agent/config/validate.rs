@@ -170,13 +170,14 @@ impl Config {
         );
         let (nodeport_min, nodeport_max) = nodeport_range(&nodeport)?;
         let metrics = one(args.metrics_addr, file.metrics_addr, defaults::METRICS_ADDR);
-        let metrics_addr = listen_addr(metrics.trim()).ok_or_else(|| {
-            invalid(
-                "metrics-addr",
-                &metrics,
-                "an address:port such as 0.0.0.0:19962, 10.0.7.223:19962 or [::]:19962",
-            )
-        })?;
+        let metrics_addr =
+            crate::agent::metrics_endpoint::listen_addr(metrics.trim()).ok_or_else(|| {
+                invalid(
+                    "metrics-addr",
+                    &metrics,
+                    "an address:port such as 0.0.0.0:19962, 10.0.7.223:19962 or [::]:19962",
+                )
+            })?;
         let metrics = metrics_endpoint(
             metrics_addr,
             args.metrics_tls_cert_file.or(file.metrics_tls_cert_file),
@@ -432,47 +433,12 @@ fn metrics_endpoint(
     })
 }
 
-/// An `address:port` to listen on. An IPv6 address may come without brackets
-/// (`fd00::7:19962`: the port is after the last colon), as the downward API's `status.hostIP`
-/// gives it, which the manifests put before `:PORT` without knowing the family.
-fn listen_addr(s: &str) -> Option<std::net::SocketAddr> {
-    if let Ok(a) = s.parse() {
-        return Some(a);
-    }
-    let (host, port) = s.rsplit_once(':')?;
-    let ip: std::net::Ipv6Addr = host.parse().ok()?;
-    Some(std::net::SocketAddr::new(ip.into(), port.parse().ok()?))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn cfg(args: RunArgs) -> Result<Config, ConfigError> {
         Config::from_args(args, PathBuf::from(defaults::SOCKET))
-    }
-
-    #[test]
-    fn listen_addresses_take_bare_ipv6_from_the_downward_api() {
-        let a = |s: &str| listen_addr(s).map(|a| a.to_string());
-        assert_eq!(a("0.0.0.0:19962").as_deref(), Some("0.0.0.0:19962"));
-        assert_eq!(a("10.0.7.223:19962").as_deref(), Some("10.0.7.223:19962"));
-        assert_eq!(a("[::]:19962").as_deref(), Some("[::]:19962"));
-        assert_eq!(
-            a("2600:1f18:4a3:6e00::7:19962").as_deref(),
-            Some("[2600:1f18:4a3:6e00::7]:19962")
-        );
-        for bad in [
-            "19962",
-            "10.0.7.223",
-            "10.0.7.223:",
-            ":19962",
-            "fd00::7",
-            "host:19962",
-            "10.0.7.223:99999",
-        ] {
-            assert_eq!(a(bad), None, "{bad}");
-        }
     }
 
     #[test]
